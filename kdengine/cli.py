@@ -1,0 +1,254 @@
+"""Command line: ``python -m kdengine train|list|show|export|presets|methods|prune|resume``.
+
+The CLI drives the same Engine the web app uses, so what works here works there.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import RunConfig
+from .params import ConfigError
+from .paths import assets_dir
+
+
+def _parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(item, "--set takes KEY=VALUE, e.g. method.params.T=4")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def preset_path(name: str) -> Path:
+    p = Path(name)
+    if p.exists():
+        return p
+    cand = assets_dir() / "presets" / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")
+    if cand.exists():
+        return cand
+    raise ConfigError("config", f"no config file or preset named {name!r}; see `presets`")
+
+
+def load_config(path: str, sets: list[str] | None = None) -> RunConfig:
+    cfg = RunConfig.load(str(preset_path(path)))
+    overrides = _parse_sets(sets or [])
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _bar(frac: float, width: int = 30) -> str:
+    n = int(round(max(0.0, min(1.0, frac)) * width))
+    return "[" + "#" * n + "-" * (width - n) + "]"
+
+
+def cmd_train(args) -> int:
+    from .engine import Engine
+    from .lint import lint
+    cfg = load_config(args.config, args.set)
+    for w in lint(cfg):
+        print(f"warning: {w}", file=sys.stderr)
+    eng = Engine(max_workers=1)
+    rid = eng.submit(cfg, owner="cli")
+    print(f"run {rid}: {cfg.method.name} on {cfg.data.name}")
+    tty = sys.stdout.isatty()
+
+    def on_event(ev):
+        if ev["type"] == "notice":
+            print(f"  {ev['message']}")
+        elif ev["type"] == "phase" and ev["phase"] in ("teacher", "baseline") and not tty:
+            pass
+        elif ev["type"] == "metrics" and "test_acc" in ev["values"]:
+            v = ev["values"]
+            extra = f" agree {v['agreement']:.3f}" if "agreement" in v else ""
+            print(f"  epoch {ev['epoch']:>5.0f}  test acc {v['test_acc']:.4f}  train acc "
+                  f"{v['train_acc']:.4f}{extra}")
+    eng.subscribe(rid, on_event)
+    try:
+        while eng.status(rid) in ("queued", "running", "paused"):
+            s = eng.snapshot(rid)
+            if tty:
+                frac = s["progress"] if s["phase"] == "student" else s["phase_progress"]
+                eta = s["eta_s"]
+                eta_txt = f" ETA {eta:4.0f}s" if isinstance(eta, float) and eta == eta else ""
+                print(f"\r{s['phase']:>8} {_bar(frac)} {frac:6.1%}{eta_txt}   ", end="", flush=True)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        eng.stop(rid)
+        eng.wait(rid)
+    if tty:
+        print()
+    s = eng.snapshot(rid)
+    eng.shutdown()
+    if s["status"] != "done":
+        print(f"run {rid} {s['status']}: {s['error']}", file=sys.stderr)
+        return 1
+    _print_summary(s["summary"])
+    return 0
+
+
+def _print_summary(sm: dict) -> None:
+    def pct(k):
+        v = sm.get(k)
+        return f"{v:.2%}" if isinstance(v, (int, float)) and v == v else "-"
+    print("result:")
+    if "teacher_label" in sm:
+        print(f"  teacher        {sm['teacher_label']:<16} test acc {pct('teacher_test_acc')}")
+    if "baseline_test_acc" in sm:
+        print(f"  student alone  {sm.get('student_label', ''):<16} test acc {pct('baseline_test_acc')}")
+    print(f"  student ({sm.get('method', '?')}) {sm.get('student_label', ''):<10} test acc "
+          f"{pct('final_test_acc')}")
+    if "baseline_test_acc" in sm and "final_test_acc" in sm:
+        gain = sm["final_test_acc"] - sm["baseline_test_acc"]
+        print(f"  the teacher {'helped' if gain > 0 else 'did not help'}: {gain * 100:+.2f} points")
+
+
+def _store():
+    from .store import Store
+    return Store()
+
+
+def cmd_list(args) -> int:
+    runs = _store().list_runs(limit=args.limit)
+    print(f"{'id':<24} {'status':<11} {'method':<13} {'data':<9} {'test acc':>8}  name")
+    for r in runs:
+        acc = r["summary"].get("final_test_acc")
+        acc_txt = f"{acc:.4f}" if isinstance(acc, float) else "-"
+        print(f"{r['id']:<24} {r['status']:<11} {r['method']:<13} "
+              f"{r['config'].get('data', {}).get('name', ''):<9} {acc_txt:>8}  {r['name']}")
+    return 0
+
+
+def _get(store, run: str) -> dict:
+    row = store.find_run(run)
+    if row is None:
+        raise ConfigError("run", f"no run (or no unique run) matches {run!r}")
+    return row
+
+
+def cmd_show(args) -> int:
+    store = _store()
+    row = _get(store, args.run)
+    print(json.dumps({k: row[k] for k in ("id", "name", "status", "error", "method", "seed",
+                                          "config_hash", "summary", "versions", "config")},
+                     indent=2, default=str))
+    return 0
+
+
+def export_run(store, run_id: str, fmt: str) -> str:
+    """A run's config, summary and metrics as JSON, or its metrics as CSV (long format)."""
+    row = store.get_run(run_id)
+    metrics = store.metrics(run_id)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["run_id", "step", "epoch", "name", "value"])
+        for m in metrics:
+            w.writerow([run_id, m["step"], m["epoch"], m["name"], m["value"]])
+        return buf.getvalue()
+    return json.dumps({"run": {k: row[k] for k in ("id", "name", "status", "error", "config",
+                                                   "summary", "versions", "created", "finished")},
+                       "metrics": metrics}, indent=1, default=str)
+
+
+def cmd_export(args) -> int:
+    store = _store()
+    row = _get(store, args.run)
+    text = export_run(store, row["id"], args.format)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for p in sorted((assets_dir() / "presets").glob("*.yaml")):
+        first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.read_text() else ""
+        print(f"{p.stem:<28} {first}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import get_method_class, method_names
+    from .params import field_specs
+    for name in method_names():
+        cls = get_method_class(name)
+        knobs = ", ".join(f"{s['name']}={s['default']}" for s in field_specs(cls.Params))
+        print(f"{name:<15} {cls.title}\n{'':<15} {knobs}")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    n = _store().prune(keep=args.keep)
+    print(f"deleted {n} finished runs; kept the newest {args.keep}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .engine import Engine
+    store = _store()
+    row = _get(store, args.run)
+    eng = Engine(store=store, max_workers=1)
+    rid = eng.resume_run(row["id"])
+    st = eng.wait(rid)
+    s = eng.snapshot(rid)
+    eng.shutdown()
+    print(f"run {rid} {st}" + (f": {s['error']}" if s["error"] else ""))
+    if st == "done":
+        _print_summary(s["summary"])
+    return 0 if st == "done" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m kdengine", description="KD Playground engine")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train one config (file or preset name)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. --set method.params.T=8 (repeatable)")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("list", help="list stored runs")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("show", help="show one run")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("export", help="export a run's metrics")
+    p.add_argument("run")
+    p.add_argument("--format", choices=("csv", "json"), default="json")
+    p.add_argument("--output", "-o")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("presets", help="list shipped presets")
+    p.set_defaults(fn=cmd_presets)
+    p = sub.add_parser("methods", help="list distillation methods and their knobs")
+    p.set_defaults(fn=cmd_methods)
+    p = sub.add_parser("prune", help="delete old finished runs")
+    p.add_argument("--keep", type=int, default=100)
+    p.set_defaults(fn=cmd_prune)
+    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_resume)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # DataUnavailable, CheckpointError: one clear line, not a traceback
+        from .data import DataUnavailable
+        from .teachers import CheckpointError
+        if isinstance(e, (DataUnavailable, CheckpointError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

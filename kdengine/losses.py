@@ -1,0 +1,92 @@
+"""Pure functional distillation losses shared by methods, tests and the explorer pages.
+
+All losses reduce by the batch mean of a per-sample sum over classes (``KL(..., 'batchmean')``);
+PyTorch's ``KLDivLoss(reduction='mean')`` would also divide by the class count, a common bug.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_EPS = 1e-12
+
+
+def soften(logits: Tensor, T: float) -> Tensor:
+    """Softmax at temperature T: q_i = exp(z_i/T) / sum_j exp(z_j/T)."""
+    return F.softmax(logits / T, dim=-1)
+
+
+def kl_div(p_log_target: Tensor, q_log: Tensor) -> Tensor:
+    """Per-sample KL(p || q) from log-probabilities, summed over classes."""
+    return (p_log_target.exp() * (p_log_target - q_log)).sum(-1)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.
+
+    The T^2 factor keeps the soft-target gradient magnitude independent of T (Hinton et al. 2015)."""
+    return kd_loss_unscaled(student_logits, teacher_logits, T) * (T * T)
+
+
+def kd_loss_unscaled(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))`` without the T^2 factor, batch mean."""
+    log_p_t = F.log_softmax(teacher_logits.detach() / T, dim=-1)
+    log_p_s = F.log_softmax(student_logits / T, dim=-1)
+    return kl_div(log_p_t, log_p_s).mean()
+
+
+def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, T: float = 1.0) -> Tensor:
+    """H(p, q_s) = -sum p log q_s(T), batch mean (Hinton's soft cross-entropy form)."""
+    return -(target_probs * F.log_softmax(student_logits / T, dim=-1)).sum(-1).mean()
+
+
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Ba & Caruana 2014 logit regression: mean over samples of the squared logit distance / classes."""
+    return F.mse_loss(student_logits, teacher_logits.detach())
+
+
+def _binary_kl(p_t: Tensor, p_s: Tensor) -> Tensor:
+    """KL between per-sample Bernoulli distributions [p, 1-p]."""
+    p_t = p_t.clamp(_EPS, 1 - _EPS)
+    p_s = p_s.clamp(_EPS, 1 - _EPS)
+    return p_t * (p_t.log() - p_s.log()) + (1 - p_t) * ((1 - p_t).log() - (1 - p_s).log())
+
+
+def dkd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> dict:
+    """Per-sample TCKD, NCKD (both without T^2) and the teacher's target probability p_t at T.
+
+    TCKD = KL over [p_target, 1 - p_target]; NCKD = KL over the non-target classes renormalised
+    (Zhao et al., CVPR 2022). Identity: KL = TCKD + (1 - p_t) * NCKD."""
+    t = teacher_logits.detach()
+    gt = F.one_hot(target.long(), student_logits.shape[-1]).bool()
+    p_t = soften(t, T)
+    p_s = soften(student_logits, T)
+    pt_target = p_t[gt]
+    ps_target = p_s[gt]
+    tckd = _binary_kl(pt_target, ps_target)
+    # Non-target distributions: mask the target logit with a large negative number, then softmax.
+    neg = torch.finfo(student_logits.dtype).min / 4
+    log_q_t = F.log_softmax(t.masked_fill(gt, neg) / T, dim=-1)
+    log_q_s = F.log_softmax(student_logits.masked_fill(gt, neg) / T, dim=-1)
+    q_t = log_q_t.exp()
+    nckd = (q_t * (log_q_t - log_q_s)).masked_fill(gt, 0.0).sum(-1)
+    return {"tckd": tckd, "nckd": nckd, "p_t": pt_target}
+
+
+def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> dict:
+    """Unweighted batch-mean TCKD and NCKD (each times T^2), plus the mean teacher target prob."""
+    per = dkd_per_sample(student_logits, teacher_logits, target, T)
+    return {"tckd": per["tckd"].mean() * T * T, "nckd": per["nckd"].mean() * T * T,
+            "p_t": per["p_t"].mean()}
+
+
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float,
+             beta: float, T: float) -> Tensor:
+    """DKD: ``alpha * TCKD + beta * NCKD``, each with its T^2, batch mean."""
+    terms = dkd_terms(student_logits, teacher_logits, target, T)
+    return alpha * terms["tckd"] + beta * terms["nckd"]
+
+
+def entropy(probs: Tensor) -> Tensor:
+    return -(probs * (probs.clamp_min(_EPS)).log()).sum(-1)

@@ -1,0 +1,16 @@
+"""Student alone: cross-entropy on the labels, no teacher. The baseline every method is read against."""
+from __future__ import annotations
+
+from .base import Method, register
+
+
+@register
+class CrossEntropy(Method):
+    name = "ce"
+    title = "Student alone (cross-entropy)"
+    paper = "baseline"
+    needs_teacher = False
+    term_names = ("ce",)
+
+    def loss_terms(self, batch, step):
+        return {"ce": self.hard_ce(self.student(batch.x), batch)}

@@ -1,0 +1,43 @@
+"""Hinton KD (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
+
+loss = hard_weight * CE(y, s) + soft_weight * T^2 * KL(softmax(t/T) || softmax(s/T)).
+The weights are named explicitly because libraries disagree on what a single ``alpha`` means.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..losses import kd_loss, kd_loss_unscaled
+from ..params import param
+from .base import Method, register
+
+
+@dataclass
+class HintonParams:
+    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
+                     help="Temperature of the softmax on both teacher and student logits.")
+    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight",
+                               help="Weight of the soft-target (KL) term.")
+    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight",
+                               help="Weight of the cross-entropy on true labels.")
+    t_squared: bool = param(True, label="multiply soft term by T²",
+                            help="Keeps soft-gradient size constant as T changes (Hinton 2015).")
+
+
+@register
+class HintonKD(Method):
+    name = "hinton"
+    Params = HintonParams
+    title = "Hinton KD (soft targets at temperature T)"
+    paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531"
+    term_names = ("ce", "kd")
+
+    def loss_terms(self, batch, step):
+        p = self.params
+        s = self.student(batch.x)
+        t = self.teacher_logits(batch)
+        kd = kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
+        terms = {"kd": p.soft_weight * kd}
+        if p.hard_weight > 0:
+            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        return terms
