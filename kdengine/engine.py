@@ -126,8 +126,10 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------------
     def submit(self, cfg: RunConfig | dict, owner: str = "", name: str = "",
-               run_id: str | None = None) -> str:
-        """Validate and queue a run; returns its id. Raises ConfigError for a bad config."""
+               run_id: str | None = None, parent: str | None = None) -> str:
+        """Validate and queue a run; returns its id. Raises ConfigError for a bad config.
+
+        ``parent`` tags the run with the sweep / experiment that asked for it."""
         if isinstance(cfg, dict):
             cfg = RunConfig.from_dict(cfg)
         cfg = cfg.copy().validate()
@@ -136,7 +138,7 @@ class Engine:
         resume = run_id is not None
         if run_id is None:
             run_id = self.store.create_run(cfg.to_dict(), cfg.hash, owner=owner, name=name,
-                                           versions=versions())
+                                           versions=versions(), parent=parent)
         else:
             self.store.set_status(run_id, "queued")
         state = RunState(run_id, cfg.to_dict(), owner, name)
@@ -227,6 +229,15 @@ class Engine:
             if end is not None and time.monotonic() > end:
                 return st
             time.sleep(poll)
+
+    def wait_for(self, run_id: str, status: str, timeout: float = 30, poll: float = 0.02) -> bool:
+        """Wait until a run reaches ``status``; False on timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.status(run_id) == status:
+                return True
+            time.sleep(poll)
+        return False
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:

@@ -1,0 +1,170 @@
+"""The engine end to end: submit -> done, store contents, determinism, pause/resume/stop, faults."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from kdengine.cli import load_config
+from kdengine.engine import Engine
+from kdengine.store import Store
+from kdengine.trainer import Trainer
+
+
+@pytest.fixture
+def engine(runs_dir):
+    eng = Engine(store=Store(runs_dir), max_workers=1)
+    yield eng
+    eng.shutdown()
+
+
+def test_digits_preset_trains_end_to_end_and_is_stored(engine):
+    cfg = load_config("digits-50-labels", ["train.epochs=3", "teacher.epochs=5"])
+    rid = engine.submit(cfg, owner="alice")
+    assert engine.wait(rid, timeout=300) == "done", engine.snapshot(rid)["error"]
+    snap = engine.snapshot(rid)
+    assert snap["progress"] == 1.0 and snap["summary"]["final_test_acc"] > 0.3
+    assert {"loss/kd", "loss/ce", "loss/total", "test_acc", "train_acc", "agreement", "kl_test",
+            "lr", "samples_per_s", "eta_s", "teacher_test_acc", "baseline_test_acc"} <= set(snap["series"])
+    assert [p[1] for p in snap["series"]["test_acc"]] == [1.0, 2.0, 3.0]
+    row = engine.store.get_run(rid)
+    assert row["status"] == "done" and row["owner"] == "alice"
+    assert row["versions"]["torch"] == torch.__version__ and row["seed"] == 0
+    stored = engine.store.series(rid)
+    assert [v for _, _, v in stored["test_acc"]] == [v for _, _, v in snap["series"]["test_acc"]]
+    assert engine.store.checkpoint_path(rid).exists()
+    assert any("50 of" in n for n in snap["notices"])
+
+
+def test_same_seed_same_metrics_different_seed_differs(runs_dir, tiny_cfg):
+    def losses(cfg):
+        out = []
+        Trainer(cfg, lambda e: out.append(e["values"]) if e["type"] == "metrics" else None).run()
+        return [v.get("loss/total") for v in out if "loss/total" in v]
+    a, b = losses(tiny_cfg), losses(tiny_cfg)
+    c = losses(tiny_cfg.with_overrides({"train.seed": 1}))
+    assert a == b and len(a) > 3
+    assert a != c
+
+
+def test_owners_see_only_their_runs(engine, tiny_cfg):
+    r1 = engine.submit(tiny_cfg, owner="tab-1")
+    r2 = engine.submit(tiny_cfg, owner="tab-2")
+    assert [s["run_id"] for s in engine.runs(owner="tab-1")] == [r1]
+    assert [s["run_id"] for s in engine.runs(owner="tab-2")] == [r2]
+    engine.wait(r1, 120), engine.wait(r2, 120)
+    assert engine.snapshot(r1)["series"]["test_acc"] != [] and engine.snapshot(r2)["owner"] == "tab-2"
+
+
+def test_concurrency_limit_queues_the_rest(engine, tiny_cfg):
+    slow = tiny_cfg.with_overrides({"train.epochs": 30})
+    r1 = engine.submit(slow)
+    r2 = engine.submit(tiny_cfg)
+    seen = set()
+    while engine.status(r1) in ("queued", "running"):
+        seen.add((engine.status(r1), engine.status(r2)))
+        if ("running", "queued") in seen:
+            break
+    assert ("running", "queued") in seen and engine.queued() == [r2]
+    engine.stop(r1)
+    assert engine.wait(r2, 120) == "done"
+
+
+def test_pause_resume_stop(engine, tiny_cfg):
+    cfg = tiny_cfg.with_overrides({"train.epochs": 200})
+    rid = engine.submit(cfg)
+    first_point = threading.Event()
+    engine.subscribe(rid, lambda e: first_point.set() if e["type"] == "metrics" and "loss/total" in e["values"] else None)
+    assert first_point.wait(120)
+    engine.pause(rid)
+    assert engine.wait_for(rid, "paused", 30)
+    step = engine.snapshot(rid)["step"]
+    import time
+    time.sleep(0.3)
+    assert engine.snapshot(rid)["step"] == step          # no progress while paused
+    engine.resume(rid)
+    assert engine.wait_for(rid, "running", 30)
+    engine.stop(rid)
+    assert engine.wait(rid, 60) == "stopped"
+    assert engine.store.get_run(rid)["status"] == "stopped"
+
+
+def test_stopping_a_queued_run(engine, tiny_cfg):
+    r1 = engine.submit(tiny_cfg.with_overrides({"train.epochs": 100}))
+    r2 = engine.submit(tiny_cfg)
+    engine.stop(r2)
+    assert engine.status(r2) == "stopped"
+    engine.stop(r1)
+    assert engine.wait(r1, 60) == "stopped"
+
+
+def test_failing_run_is_recorded_and_engine_keeps_serving(engine, tiny_cfg, monkeypatch):
+    from kdengine.methods import hinton
+
+    def boom(self, batch, step):
+        raise RuntimeError("kaboom in loss")
+    monkeypatch.setattr(hinton.HintonKD, "loss_terms", boom)
+    bad = engine.submit(tiny_cfg)
+    assert engine.wait(bad, 120) == "failed"
+    assert "kaboom in loss" in engine.snapshot(bad)["error"]
+    assert "kaboom in loss" in engine.store.get_run(bad)["error"]
+    monkeypatch.undo()
+    good = engine.submit(tiny_cfg)
+    assert engine.wait(good, 120) == "done"
+
+
+def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg):
+    cfg = tiny_cfg.with_overrides({"train.lr": 10.0, "train.optimizer": "sgd", "train.momentum": 0.0,
+                                   "method.params.T": 1.0, "train.epochs": 20, "train.log_every": 7})
+    from kdengine.methods import hinton
+    orig = hinton.HintonKD.loss_terms
+
+    def explode(self, batch, step):   # a loss that is finite until step 11, then inf
+        terms = orig(self, batch, step)
+        if step >= 10:
+            terms["kd"] = terms["kd"] * float("inf")
+        return terms
+    hinton.HintonKD.loss_terms = explode
+    try:
+        rid = engine.submit(cfg)
+        assert engine.wait(rid, 120) == "failed"
+    finally:
+        hinton.HintonKD.loss_terms = orig
+    err = engine.snapshot(rid)["error"]
+    assert "'kd'" in err and "step 11" in err
+
+
+def test_huge_learning_rate_becomes_nonfinite_and_fails(engine, tiny_cfg):
+    cfg = tiny_cfg.with_overrides({"train.lr": 10.0, "train.optimizer": "sgd", "train.epochs": 30,
+                                   "method.params.hard_weight": 1.0})
+    rid = engine.submit(cfg)
+    st = engine.wait(rid, 120)
+    if st == "failed":
+        assert "became" in engine.snapshot(rid)["error"] and "step" in engine.snapshot(rid)["error"]
+    else:  # SGD may survive; then all recorded losses must be finite
+        assert st == "done"
+
+
+def test_bad_config_is_rejected_at_submit(engine):
+    from kdengine.params import ConfigError
+    with pytest.raises(ConfigError) as e:
+        engine.submit({"method": {"name": "hinton", "params": {"T": -1}}})
+    assert e.value.field == "method.params.T"
+
+
+def test_interrupted_runs_are_recovered_and_resumed(runs_dir, tiny_cfg):
+    store = Store(runs_dir)
+    eng = Engine(store=store, max_workers=1)
+    rid = eng.submit(tiny_cfg.with_overrides({"train.epochs": 3}))
+    assert eng.wait(rid, 120) == "done"
+    eng.shutdown()
+    # pretend the process died mid-run: status running, owned by a pid that no longer exists
+    store._tx("UPDATE runs SET status='running', pid=999999 WHERE id=?", (rid,))
+    store2 = Store(runs_dir)
+    assert store2.get_run(rid)["status"] == "interrupted"
+    eng2 = Engine(store=store2, max_workers=1)
+    assert eng2.resume_run(rid) == rid
+    assert eng2.wait(rid, 120) == "done"
+    assert any("Resumed" in n for n in eng2.snapshot(rid)["notices"])
+    eng2.shutdown()
