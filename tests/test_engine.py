@@ -168,3 +168,16 @@ def test_interrupted_runs_are_recovered_and_resumed(runs_dir, tiny_cfg):
     assert eng2.wait(rid, 120) == "done"
     assert any("Resumed" in n for n in eng2.snapshot(rid)["notices"])
     eng2.shutdown()
+
+
+def test_shipped_teacher_is_used_and_checked(engine, tiny_cfg):
+    from kdengine.teachers import shipped_teachers
+    assert "digits-mlp-2x256" in shipped_teachers()
+    cfg = tiny_cfg.with_overrides({"teacher.source": "shipped", "teacher.checkpoint": "digits-mlp-2x256"})
+    rid = engine.submit(cfg)
+    assert engine.wait(rid, 120) == "done", engine.snapshot(rid)["error"]
+    assert engine.snapshot(rid)["summary"]["teacher_test_acc"] > 0.9
+    bad = tiny_cfg.with_overrides({"teacher.source": "shipped", "teacher.checkpoint": "moons-mlp-3x64"})
+    rid = engine.submit(bad)
+    assert engine.wait(rid, 120) == "failed"
+    assert "teacher.checkpoint" in engine.snapshot(rid)["error"]
