@@ -206,6 +206,44 @@ def cmd_resume(args) -> int:
     return 0 if st == "done" else 1
 
 
+def cmd_sweep(args) -> int:
+    """A grid over two (or more) knobs, e.g. --axis method.params.T=1,2,4 --axis
+    method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done."""
+    from .engine import Engine
+    from .sweeps import parse_values, resume_sweep, start_sweep
+    eng = Engine(max_workers=1)
+    if args.resume:
+        sweep = resume_sweep(eng, args.resume, args.backend)
+    else:
+        if not args.config:
+            raise ConfigError("config", "a sweep needs --config (or --resume SWEEP_ID)")
+        axes = {}
+        for item in args.axis or []:
+            if "=" not in item:
+                raise ConfigError(item, "--axis takes KEY=V1,V2,..., e.g. method.params.T=1,2,4")
+            key, values = item.split("=", 1)
+            axes[key.strip()] = parse_values(values)
+        cfg = load_config(args.config, args.set)
+        sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes, "backend": args.backend,
+                                  "metric": args.metric}, owner="cli")
+    print(f"sweep {sweep.id}: {len(sweep.cells)} cells on the {sweep.spec.backend} backend")
+    try:
+        while not sweep.done:
+            print(f"\r  {sweep.progress():6.1%} of cells finished", end="", flush=True)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        sweep.stop()
+    print()
+    keys = list(sweep.spec.axes)
+    for row in sweep.rows():
+        knobs = "  ".join(f"{k.rsplit('.', 1)[-1]}={row.get(k)}" for k in keys)
+        val = row.get(args.metric)
+        print(f"  {knobs:<40} {row['status']:<9} {args.metric} "
+              f"{val:.4f}" if isinstance(val, float) else f"  {knobs:<40} {row['status']}")
+    eng.shutdown()
+    return 0 if sweep.status == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kdengine", description="KD Playground engine")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -214,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field, e.g. --set method.params.T=8 (repeatable)")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("sweep", help="run a grid over config fields (or resume one)")
+    p.add_argument("--config", help="base config file or preset name")
+    p.add_argument("--axis", action="append", metavar="KEY=V1,V2,...")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--backend", choices=("local", "vectorised", "ray"), default="local")
+    p.add_argument("--metric", default="final_test_acc")
+    p.add_argument("--resume", metavar="SWEEP_ID")
+    p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("list", help="list stored runs")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(fn=cmd_list)

@@ -133,8 +133,16 @@ def _torchvision(cfg: DataConfig):
 
 
 # ---------------------------------------------------------------------------------------------
+def _strata(y: np.ndarray) -> np.ndarray:
+    """Class ids to stratify on; multi-hot labels (text) stratify on their label pattern."""
+    if y.ndim == 1:
+        return y
+    return (y > 0.5).astype(np.int64) @ (1 << np.arange(y.shape[1], dtype=np.int64))
+
+
 def _split(n: int, fraction: float, rng: np.random.Generator, y: np.ndarray):
     """Stratified split: returns (idx_a, idx_b) with roughly ``fraction`` of each class in b."""
+    y = _strata(y)
     a, b = [], []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
@@ -150,6 +158,7 @@ def _split(n: int, fraction: float, rng: np.random.Generator, y: np.ndarray):
 
 def _stratified_labels(y: np.ndarray, n_labels: int, rng: np.random.Generator) -> np.ndarray:
     """A bool mask with ``n_labels`` labelled samples spread as evenly as possible over classes."""
+    y = _strata(y)
     classes = np.unique(y)
     mask = np.zeros(len(y), bool)
     per = [n_labels // len(classes) + (1 if i < n_labels % len(classes) else 0)
@@ -259,7 +268,8 @@ def _build(cfg: DataConfig) -> DataBundle:
         if cfg.omit_class >= n_classes:
             raise ConfigError("data.omit_class", f"omit_class must be < {n_classes}, got "
                                                  f"{cfg.omit_class}")
-        keep = y_tr != cfg.omit_class
+        # multi-label data: drop every sample that carries the omitted label
+        keep = (y_tr != cfg.omit_class) if y_tr.ndim == 1 else (y_tr[:, cfg.omit_class] < 0.5)
         x_tr, y_tr, labeled = x_tr[keep], y_tr[keep], labeled[keep]
         notes.append(f"Class {names[cfg.omit_class]!r} is removed from the student's transfer set.")
     x_teacher, (x_tr, xte_n), mean, std = _normalise(x_teacher, [x_tr, xte], kind)

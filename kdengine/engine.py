@@ -108,7 +108,9 @@ def default_workers() -> int:
 class Engine:
     """Thread-safe run manager. One per process is enough (the web app keeps it in cache_resource)."""
 
-    FLUSH_SECONDS = 1.0          # metrics reach SQLite at most this often (plus at epoch/run end)
+    # Metrics reach SQLite at most this often (plus at every epoch end and at the run's end), so a
+    # killed process loses at most this much; KD_FLUSH_SECONDS=0 flushes every point (tests).
+    FLUSH_SECONDS = float(os.environ.get("KD_FLUSH_SECONDS", "1.0"))
     KEEP_FINISHED = 200          # finished runs kept in memory; older ones are read from the store
 
     def __init__(self, store: Store | None = None, max_workers: int | None = None):
@@ -286,7 +288,19 @@ class Engine:
             job = self._jobs.get(run_id)
             if job is None or job.state.status != "queued":
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except Exception as e:  # a fault while recording a fault (e.g. the store failing):
+                self._fail_quietly(job, e)   # the run is marked failed, the worker lives on
+
+    def _fail_quietly(self, job: _Job, exc: Exception) -> None:
+        msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        tb = traceback.format_exc()
+        try:
+            self.store.set_status(job.state.run_id, "failed", msg)
+        except Exception:
+            pass   # the store is what failed; the in-memory state still tells the page
+        self._publish(job, {"type": "status", "status": "failed", "error": msg, "traceback": tb})
 
     def _run(self, job: _Job) -> None:
         rid = job.state.run_id
@@ -343,8 +357,9 @@ def check_resources(cfg: RunConfig) -> None:
     need, what = estimate_bytes(cfg)
     limit = memory_limit(cfg)
     if need > limit:
-        raise ConfigError(what, f"this run needs about {need / 2**30:.1f} GiB, more than the "
-                                f"{limit / 2**30:.1f} GiB allowed; make it smaller")
+        raise ConfigError(what, f"this run needs about {need / 2**30:.2f} GiB, more than the "
+                                f"{limit / 2**30:.2f} GiB allowed; most of it comes from {what}, "
+                                f"so make that smaller")
 
 
 def snapshot_from_store(store: Store, run_id: str) -> dict:

@@ -7,6 +7,7 @@ Lab renders. Adding a knob to a method therefore needs no page or CLI edit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import MISSING, field, fields
@@ -38,7 +39,7 @@ def param(default: Any = MISSING, *, min: float | None = None, max: float | None
 def field_specs(cls_or_obj) -> list[dict]:
     """Plain description of each knob of a params dataclass (for the UI and the CLI help)."""
     cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     out = []
     for f in fields(cls):
         default = f.default if f.default is not MISSING else (
@@ -47,6 +48,13 @@ def field_specs(cls_or_obj) -> list[dict]:
                     **{k: f.metadata.get(k) for k in
                        ("min", "max", "min_exclusive", "choices", "help", "label", "step", "advanced")}})
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls) -> dict:
+    """typing.get_type_hints, cached: with string annotations it compiles every one on each call,
+    which was most of the cost of validating a config (the app validates on every rerun)."""
+    return typing.get_type_hints(cls)
 
 
 def _base_type(tp):
@@ -107,6 +115,10 @@ def coerce_value(path: str, value: Any, tp) -> Any:
         raise ConfigError(path, f"must be a number, got {value!r}")
     if base is str:
         if isinstance(value, str):
+            try:
+                value.encode("utf-8")   # a lone surrogate (JSON "\ud800") breaks YAML, URLs, paths
+            except UnicodeEncodeError:
+                raise ConfigError(path, f"is not valid Unicode text: {value!r}") from None
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -150,7 +162,7 @@ def from_dict(cls, data: Any, path: str = ""):
         data = dataclasses.asdict(data)
     if not isinstance(data, dict):
         raise ConfigError(path or cls.__name__, f"must be a mapping of fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
@@ -175,7 +187,7 @@ def from_dict(cls, data: Any, path: str = ""):
 
 def validate_dataclass(obj, path: str = "") -> None:
     """Check every field of ``obj`` (recursively) against its metadata."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     for f in fields(obj):
         fpath = f"{path}.{f.name}" if path else f.name
         value = getattr(obj, f.name)

@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS artifacts (
     json TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS artifacts_run ON artifacts(run_id, name, step);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs(config_hash, status);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    state_json TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 ACTIVE = ("queued", "running", "paused")
@@ -150,6 +162,41 @@ class Store:
         args.append(limit)
         return [_row(r) for r in self._tx(sql, args).fetchall()]
 
+    def runs_by_hash(self, config_hash: str, statuses: Iterable[str] | None = None) -> list[dict]:
+        """Runs with this config hash, newest first (sweep resume and TA reuse find them here)."""
+        sql, args = "SELECT * FROM runs WHERE config_hash = ?", [config_hash]
+        if statuses is not None:
+            statuses = list(statuses)
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        return [_row(r) for r in self._tx(sql + " ORDER BY created DESC", args).fetchall()]
+
+    # -- sweeps (grids, TA-gap experiments): spec plus a JSON state the driver keeps current -----
+    def save_sweep(self, sweep_id: str, kind: str, spec: dict, state: dict, status: str,
+                   name: str = "", owner: str = "") -> None:
+        now = time.time()
+        self._tx("INSERT INTO sweeps (id, kind, name, owner, status, spec_json, state_json, created, "
+                 "updated) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status = "
+                 "excluded.status, state_json = excluded.state_json, updated = excluded.updated",
+                 (sweep_id, kind, name, owner, status, json.dumps(spec, default=_jsonable),
+                  json.dumps(state, default=_jsonable), now, now))
+
+    def get_sweep(self, sweep_id: str) -> dict | None:
+        row = self._tx("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        return _sweep_row(row) if row else None
+
+    def list_sweeps(self, kind: str | None = None, owner: str | None = None,
+                    limit: int = 100) -> list[dict]:
+        sql, conds, args = "SELECT * FROM sweeps", [], []
+        for col, val in (("kind", kind), ("owner", owner)):
+            if val is not None:
+                conds.append(f"{col} = ?")
+                args.append(val)
+        if conds:
+            sql += " WHERE " + " AND ".join(conds)
+        rows = self._tx(sql + " ORDER BY created DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_sweep_row(r) for r in rows]
+
     def delete_run(self, run_id: str) -> None:
         for table, col in (("metrics", "run_id"), ("artifacts", "run_id"), ("runs", "id")):
             self._tx(f"DELETE FROM {table} WHERE {col} = ?", (run_id,))
@@ -182,6 +229,20 @@ class Store:
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
         conn.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
+        conn.execute("COMMIT")
+
+    def add_metrics_many(self, items: Iterable[tuple[str, int, float, dict[str, float]]]) -> None:
+        """Several (run_id, step, epoch, values) in one transaction (vectorised sweeps write 16
+        runs' points at once; one commit each was a visible share of the sweep's time)."""
+        items = list(items)
+        rows = [(rid, step, epoch, k, _num(v)) for rid, step, epoch, vals in items
+                for k, v in vals.items()]
+        conn = self._conn()
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
+        now = time.time()
+        conn.executemany("UPDATE runs SET updated = ? WHERE id = ?",
+                         [(now, rid) for rid in {i[0] for i in items}])
         conn.execute("COMMIT")
 
     def metrics(self, run_id: str, names: Iterable[str] | None = None) -> list[dict]:
@@ -238,6 +299,13 @@ def _jsonable(o):
     if hasattr(o, "item"):
         return o.item()
     return str(o)
+
+
+def _sweep_row(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["spec"] = json.loads(d.pop("spec_json"))
+    d["state"] = json.loads(d.pop("state_json") or "{}")
+    return d
 
 
 def _row(row: sqlite3.Row) -> dict:

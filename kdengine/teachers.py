@@ -6,6 +6,8 @@ Teachers come back in eval mode with gradients off. Checkpoints are loaded with
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import multilabel
 from .config import ModelConfig, RunConfig, config_hash
 from .data import DataBundle, teacher_data_key
 from .models import build_model, model_label
@@ -26,7 +29,12 @@ class CheckpointError(RuntimeError):
 
 def safe_load(path: Path) -> dict:
     """torch.load with weights_only=True and errors a user can act on."""
-    if not path.exists():
+    try:
+        found = path.is_file()
+    except OSError as e:     # e.g. a name longer than the file system allows
+        raise CheckpointError(f"checkpoint path {str(path)[:120]!r} cannot be used: "
+                              f"{e.strerror or e}") from None
+    if not found:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -46,11 +54,16 @@ def load_state_into(model: nn.Module, state: dict, what: str) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic write: a crash never leaves a half-written checkpoint under the final name."""
+    """Atomic write: a crash never leaves a half-written checkpoint under the final name. The
+    temporary name is unique per process and thread: two runs training the same (not yet cached)
+    teacher at once both write it, and a shared temporary file made one of them fail."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def teacher_key(cfg: RunConfig) -> str:
@@ -74,7 +87,9 @@ def fit_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: i
         perm = torch.randperm(n, generator=g).to(device)
         for i in range(steps):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            out = model(x[idx])
+            loss = (multilabel.hard_loss(out, y[idx]) if y.dim() == 2    # multi-hot text labels
+                    else nn.functional.cross_entropy(out, y[idx]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -82,6 +97,7 @@ def fit_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: i
             raise InterruptedError("stopped")
         if progress:
             progress((ep + 1) / epochs, f"epoch {ep + 1}/{epochs}")
+    opt.zero_grad(set_to_none=True)   # a teacher must not carry the last step's gradients around
     model.eval()
 
 
@@ -91,7 +107,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
     model.eval()
     correct = 0
     for i in range(0, len(y), chunk):
-        correct += (model(x[i:i + chunk].to(device)).argmax(-1).cpu() == y[i:i + chunk]).sum().item()
+        out = model(x[i:i + chunk].to(device)).cpu()
+        if y.dim() == 2:   # multi-label: per-label accuracy, as the trainer reports for text
+            hit = multilabel.predictions(out) == (y[i:i + chunk] > 0.5)
+            correct += hit.float().mean(-1).sum().item()
+        else:
+            correct += (out.argmax(-1) == y[i:i + chunk]).sum().item()
     return correct / max(1, len(y))
 
 
@@ -100,6 +121,9 @@ def get_teacher(cfg: RunConfig, data: DataBundle, device: torch.device,
                 should_stop: Callable[[], bool] | None = None) -> tuple[nn.Module, dict]:
     """Return (teacher in eval mode, info dict with label, test accuracy, source, cached)."""
     t = cfg.teacher
+    if t.source in ("train", "checkpoint") and t.checkpoint.startswith("hf:"):
+        from .hf_text import get_hf_teacher   # optional Hugging Face teacher (text data)
+        return get_hf_teacher(cfg, data, device, progress, should_stop)
     if t.source == "shipped":
         return load_shipped_teacher(t.checkpoint, cfg, data, device)
     if t.source == "checkpoint":
@@ -111,6 +135,8 @@ def get_teacher(cfg: RunConfig, data: DataBundle, device: torch.device,
         acc = accuracy(model, data.test.x, data.test.y, device)
         return model, {"label": model_label(t.model), "test_acc": acc, "source": "checkpoint",
                        "cached": True}
+    if t.source == "run":
+        return load_run_teacher(t.checkpoint, cfg, data, device)
     key = teacher_key(cfg)
     path = data_root() / "teachers" / f"{key}.pt"
     model = build_model(t.model, data.input_shape, data.n_classes)
@@ -134,6 +160,32 @@ def get_teacher(cfg: RunConfig, data: DataBundle, device: torch.device,
                                                    "created": time.time()})})
     return model, {"label": model_label(t.model), "test_acc": acc, "source": "train",
                    "cached": cached, "key": key}
+
+
+def load_run_teacher(run_id: str, cfg: RunConfig, data: DataBundle, device: torch.device):
+    """The trained student of a finished stored run, as a teacher (teacher-assistant chains).
+
+    The architecture comes from that run's own config, so ``teacher.model`` cannot disagree with the
+    weights; the data set must be the one the run was trained on."""
+    from .store import Store
+    store = Store()
+    row = store.get_run(run_id)
+    if row is None:
+        raise ConfigError("teacher.checkpoint", f"no stored run {run_id!r}")
+    if row["status"] != "done":
+        raise ConfigError("teacher.checkpoint", f"run {run_id} is {row['status']}; only a finished "
+                                                f"run can teach")
+    rdata = row["config"].get("data", {})
+    if rdata.get("name") != cfg.data.name:
+        raise ConfigError("teacher.checkpoint", f"run {run_id} was trained on {rdata.get('name')}, "
+                                                f"not {cfg.data.name}")
+    mcfg = ModelConfig(**row["config"]["student"])
+    model = build_model(mcfg, data.input_shape, data.n_classes)
+    load_state_into(model, safe_load(store.checkpoint_path(run_id))["state_dict"], f"the student of run {run_id}")
+    model.to(device).eval().requires_grad_(False)
+    acc = accuracy(model, data.test.x, data.test.y, device)
+    return model, {"label": f"{model_label(mcfg)} (run {run_id})", "test_acc": acc, "source": "run",
+                   "cached": True, "run_id": run_id}
 
 
 def shipped_teachers() -> dict[str, dict]:
@@ -163,5 +215,12 @@ def load_shipped_teacher(name: str, cfg: RunConfig, data: DataBundle, device: to
     load_state_into(model, state["state_dict"], f"shipped teacher {name}")
     model.to(device).eval().requires_grad_(False)
     acc = accuracy(model, data.test.x, data.test.y, device)
-    return model, {"label": f"{model_label(mcfg)} (shipped)", "test_acc": acc, "source": "shipped",
-                   "cached": True}
+    info = {"label": f"{model_label(mcfg)} (shipped)", "test_acc": acc, "source": "shipped",
+            "cached": True}
+    # A teacher trained on another split may have seen today's test samples: say so.
+    split = ("n_samples", "noise", "n_classes", "test_fraction", "seed")
+    shipped = meta.get("data_config", {})
+    if any(shipped.get(k) != getattr(cfg.data, k) for k in split if k in shipped):
+        info["warning"] = (f"shipped teacher {name} was trained on a different split of "
+                           f"{cfg.data.name}; its test accuracy may be optimistic")
+    return model, info

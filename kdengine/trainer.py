@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adversarial import BoundaryMonitor
 from .config import RunConfig
 from .data import DataBundle, load_data
 from .methods import Batch, TrainContext, get_method_class
@@ -113,6 +114,11 @@ def evaluate(student: nn.Module, data: DataBundle, device: torch.device,
     """Train/test accuracy, and agreement and KL(teacher || student) with the teacher on test."""
     s_test = logits_of(student, data.test.x, device)
     y_test = data.test.y.to(device)
+    if data.kind == "text":  # multi-label: per-label accuracy, micro-F1, binary KL (multilabel.py)
+        from .multilabel import metrics
+        n = min(len(data.transfer), max_train)
+        return metrics(s_test, y_test, logits_of(student, data.transfer.x[:n], device),
+                       data.transfer.y[:n].to(device), t_test_logits)
     out = {"test_acc": (s_test.argmax(-1) == y_test).float().mean().item()}
     n = min(len(data.transfer), max_train)
     s_tr = logits_of(student, data.transfer.x[:n], device)
@@ -171,6 +177,8 @@ class Trainer:
                                 teacher_params=count_params(teacher), teacher_cached=info["cached"])
             self._notice(f"Teacher {info['label']} ({'cached' if info['cached'] else info['source']})"
                          f": test accuracy {info['test_acc']:.2%}")
+            if info.get("warning"):
+                self._notice(info["warning"])
             teachers = [teacher]
             t_test_logits = logits_of(teacher, data.test.x, self.device)
             self._metrics(0, 0.0, {"teacher_test_acc": info["test_acc"]})
@@ -199,6 +207,10 @@ class Trainer:
         self._metrics(0, 0.0, {"baseline_test_acc": acc})
         self._notice(f"Student alone ({'cached' if cached else 'trained now'}): test accuracy "
                      f"{acc:.2%}")
+        from .lint import teacher_gap_warning
+        warn = teacher_gap_warning(self.summary.get("teacher_test_acc"), acc)
+        if warn:
+            self._notice(warn)
 
     def _train_student(self, data, method_cls, params, teachers, t_test_logits, t0) -> dict:
         cfg, dev = self.cfg, self.device
@@ -227,7 +239,8 @@ class Trainer:
         L = data.labeled.to(dev)
         cached_t = None
         if teachers and getattr(method, "cache_teacher_logits", True):
-            cached_t = [logits_of(t, data.transfer.x, dev) for t in teachers]
+            # method.teachers: a method may add teachers in setup() (multi_teacher)
+            cached_t = [logits_of(t, data.transfer.x, dev) for t in method.teachers]
         gen = torch.Generator().manual_seed(tc.seed)
         start_epoch = 0
         if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
@@ -242,6 +255,10 @@ class Trainer:
         t_start = time.perf_counter()
         step0 = step
         self._phase("student", f"training student with {method_cls.name}", 0.0)
+        # Boundary grids (2-D) and MagSim/AngSim for every method, so runs can be compared.
+        monitor = BoundaryMonitor(teachers[0] if teachers else None, data, dev, tc.seed)
+        monitor.measure = tc.boundary_metrics == "on" or (
+            tc.boundary_metrics == "auto" and (data.kind == "2d" or method_cls.name == "bss"))
         method.train(True)
         ctl = self.control
         for epoch in range(start_epoch, tc.epochs):
@@ -273,8 +290,12 @@ class Trainer:
             method.train(False)
             ev = evaluate(student, data, dev, t_test_logits)
             ev.update(method.epoch_metrics(epoch))
+            if cfg.data.omit_class is not None:     # Hinton's omitted-class lesson (omitted.py)
+                from .omitted import omitted_metrics
+                ev.update(omitted_metrics(student, data, dev, cfg.data.omit_class))
+            ev.update(monitor.metrics(student, ev))
             self._metrics(step, float(epoch + 1), ev)
-            arts = method.artifacts()
+            arts = {**method.artifacts(), **monitor.artifacts(student, epoch + 1)}
             if arts:
                 self.emit({"type": "artifacts", "step": step, "epoch": epoch + 1, "data": arts})
             method.train(True)

@@ -56,3 +56,12 @@ def test_presets_and_methods_listed(runs_dir):
     out = run_cli(["methods"], runs_dir).stdout
     for name in ("ce", "hinton", "logit_mse", "dkd"):
         assert name in out
+
+
+def test_sweep_command_runs_a_grid(runs_dir):
+    p = run_cli(["sweep", "--config", "digits-quick", "--axis", "method.params.T=1,4",
+                 "--set", "train.epochs=1", "--set", "teacher.epochs=2", "--backend", "vectorised"],
+                runs_dir)
+    assert "2 cells" in p.stdout
+    assert p.stdout.count("done") == 2 and "T=1" in p.stdout and "T=4" in p.stdout
+    assert len(run_cli(["list"], runs_dir).stdout.strip().splitlines()) == 3   # header + 2 runs

@@ -71,6 +71,8 @@ class Method:
     # Terms this method can emit, for charts that want to lay out panels before the first point.
     term_names: ClassVar[tuple[str, ...]] = ()
     uses_hard_labels: ClassVar[bool] = True
+    # Multi-hot targets (the text task) need per-label losses; methods that have them say so.
+    supports_multilabel: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], params: Any, ctx: TrainContext):
         self.student = student
@@ -122,6 +124,9 @@ class Method:
 
     def hard_ce(self, logits: Tensor, batch: Batch) -> Tensor:
         """Cross-entropy on the labelled part of the batch (0 when the batch has no labels)."""
+        if batch.y.dim() == 2:   # multi-hot targets (text data): per-label BCE, multilabel.py
+            from ..multilabel import hard_loss
+            return hard_loss(logits, batch.y, batch.labeled)
         if batch.labeled.all():
             return F.cross_entropy(logits, batch.y)
         lab = batch.labeled

@@ -7,6 +7,7 @@ from .base import Method, register
 @register
 class CrossEntropy(Method):
     name = "ce"
+    supports_multilabel = True
     title = "Student alone (cross-entropy)"
     paper = "baseline"
     needs_teacher = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..losses import kd_loss, kd_loss_unscaled
+from ..multilabel import multilabel_kd_loss
 from ..params import param
 from .base import Method, register
 
@@ -31,12 +32,16 @@ class HintonKD(Method):
     title = "Hinton KD (soft targets at temperature T)"
     paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531"
     term_names = ("ce", "kd")
+    supports_multilabel = True
 
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
         t = self.teacher_logits(batch)
-        kd = kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
+        if batch.y.dim() == 2:   # multi-hot labels (text): per-label sigmoid targets at T
+            kd = multilabel_kd_loss(s, t, p.T, p.t_squared)
+        else:
+            kd = kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
         terms = {"kd": p.soft_weight * kd}
         if p.hard_weight > 0:
             terms["ce"] = p.hard_weight * self.hard_ce(s, batch)

@@ -17,6 +17,7 @@ class LogitMSEParams:
 @register
 class LogitMSE(Method):
     name = "logit_mse"
+    supports_multilabel = True
     Params = LogitMSEParams
     title = "Logit regression (MSE)"
     paper = "Ba & Caruana 2014, arXiv:1312.6184"

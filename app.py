@@ -1,0 +1,7 @@
+"""KD Playground: `streamlit run app.py`. Navigation only; the pages live in pages/ (see ui/nav.py)."""
+import streamlit as st
+
+from ui.nav import st_pages
+
+st.set_page_config(page_title="KD Playground", page_icon=":material/school:", layout="wide")
+st.navigation(st_pages()).run()

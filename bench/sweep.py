@@ -1,0 +1,83 @@
+"""Sweep cost against one run, on digits: ``python bench/sweep.py [--epochs 10] [--workers 1]``.
+
+Prints, from one invocation, on the same 4 x 4 grid (T x soft weight, MLP 1x32 student, teacher from
+the digits-quick preset, cached before timing starts):
+
+* (16-cell vectorised sweep time) / (one run time)   — goal <= 3x
+* (16-cell local-backend sweep time) / (one run time)
+
+Each stage has its own store, so no stage can reuse another's cells. Times are wall clock through the
+Engine / Sweep (what a user waits for), including data, evaluation and store writes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=1, help="engine workers for the local backend")
+    ap.add_argument("--repeats", type=int, default=3, help="single runs timed (median)")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="kd-bench-sweep-"))
+    os.environ["KD_RUNS_DIR"] = str(root)
+
+    import torch
+    torch.set_num_threads(1)
+    from kdengine.cli import load_config
+    from kdengine.engine import Engine
+    from kdengine.store import Store
+    from kdengine.sweeps import SweepSpec, start_sweep
+    from kdengine.trainer import Trainer
+
+    base = load_config("digits-quick", [f"train.epochs={args.epochs}"])
+    axes = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
+            "method.params.soft_weight": [0.25, 0.5, 0.75, 1.0]}
+    Trainer(base).run()                   # warm-up: data, imports, the cached teacher
+
+    eng = Engine(Store(root / "one"), max_workers=1)
+    one: list[float] = []
+
+    def single_runs(n: int) -> None:
+        for _ in range(n):
+            cfg = base.with_overrides({"method.params.T": 3.0 + 0.1 * len(one)})   # never a grid cell
+            t = time.perf_counter()
+            eng.wait(eng.submit(cfg))
+            one.append(time.perf_counter() - t)
+
+    def sweep(backend: str, workers: int) -> float:
+        e = Engine(Store(root / backend), max_workers=workers)
+        t = time.perf_counter()
+        sw = start_sweep(e, SweepSpec(base=base.to_dict(), axes=axes, backend=backend))
+        status = sw.wait()
+        dt = time.perf_counter() - t
+        e.shutdown()
+        assert status == "done", sw.error
+        return dt
+
+    # single runs before and after the sweeps: on a shared machine the load drifts
+    single_runs(args.repeats)
+    t_vec = sweep("vectorised", 1)
+    t_local = sweep("local", args.workers)
+    single_runs(args.repeats)
+    eng.shutdown()
+    t_one = statistics.median(one)
+    print(f"device: cpu, torch {torch.__version__}, {os.cpu_count()} cores, 1 thread per run")
+    print(f"grid: 4 x 4 (T x soft weight), digits, student MLP 1x32, {args.epochs} epochs")
+    print(f"one run:                 {t_one:7.2f} s (median of {len(one)}, range {min(one):.2f}-{max(one):.2f})")
+    print(f"16-cell vectorised sweep:{t_vec:7.2f} s  = {t_vec / t_one:5.2f} x one run (goal <= 3)")
+    print(f"16-cell local sweep:     {t_local:7.2f} s  = {t_local / t_one:5.2f} x one run "
+          f"({args.workers} worker{'s' if args.workers > 1 else ''})")
+
+
+if __name__ == "__main__":
+    main()

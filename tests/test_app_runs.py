@@ -1,0 +1,98 @@
+"""AppTest of the Runs page: table, overlay, export buttons, open in Lab, delete and prune (each
+with its confirmation). Uses its own data folder, since deleting and pruning are the point."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from kdengine.config import RunConfig
+from kdengine.engine import Engine
+from kdengine.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def tiny(T: float) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": "digits"},
+        "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64}, "epochs": 2},
+        "student": {"arch": "mlp", "depth": 1, "width": 16},
+        "method": {"name": "hinton", "params": {"T": T}},
+        "train": {"epochs": 2, "log_every": 5}})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs_page")
+    old = os.environ["KD_RUNS_DIR"]
+    os.environ["KD_RUNS_DIR"] = str(root)        # the page's engine is keyed by this folder
+    eng = Engine(store=Store(root), max_workers=1)
+    try:
+        ids = [eng.submit(tiny(T), owner="someone", name=f"T{T:g}") for T in (2.0, 6.0, 9.0)]
+        for rid in ids:
+            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+    finally:
+        eng.shutdown()
+    yield ids, Store(root)
+    os.environ["KD_RUNS_DIR"] = old
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_runs_table_overlay_and_export(runs):
+    ids, _ = runs
+    at = page()
+    table = at.dataframe[0].value
+    assert set(ids) <= set(table["id"]) and set(table["T"]) >= {2.0, 6.0, 9.0}
+    assert {"method", "weights", "teacher", "student", "test acc.", "status"} <= set(table.columns)
+    assert set(at.multiselect(key="runs_sel").value) == set(ids)      # newest finished, up to 3
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(fig["data"]) == 3 and fig["layout"]["xaxis"]["title"]["text"] == "epoch"
+    at.selectbox(key="runs_metric").set_value("loss/kd").run()
+    assert "loss/kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    labels = {b.label for b in at.get("download_button")}
+    assert labels == {"Export CSV", "Export JSON"}
+
+
+def test_open_in_lab_loads_the_stored_config(runs):
+    ids, store = runs
+    at = page()
+    at.multiselect(key="runs_sel").set_value([ids[1]]).run()
+    at.button(key="runs_open").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="lab.mp.hinton.T").value == 6.0
+    assert at.number_input(key="lab.teacher.epochs").value == 2
+
+
+def test_delete_asks_first_then_deletes(runs):
+    ids, store = runs
+    at = page()
+    at.multiselect(key="runs_sel").set_value([ids[0]]).run()
+    at.button(key="runs_delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert store.get_run(ids[0]) is not None                      # nothing gone before confirming
+    at.button(key="runs_confirm_delete_no").click().run()
+    assert store.get_run(ids[0]) is not None
+    at.button(key="runs_delete").click().run()
+    at.button(key="runs_confirm_delete_yes").click().run()
+    assert store.get_run(ids[0]) is None and not store.checkpoint_path(ids[0]).exists()
+    assert ids[0] not in set(at.dataframe[0].value["id"])
+
+
+def test_prune_keeps_the_newest(runs):
+    ids, store = runs
+    at = page()
+    at.number_input(key="runs_keep").set_value(1).run()
+    at.button(key="runs_prune").click().run()
+    at.button(key="runs_confirm_prune_yes").click().run()
+    assert [r["id"] for r in store.list_runs()] == [ids[2]]
+    assert any("Deleted 1" in s.value for s in at.success)

@@ -1,0 +1,124 @@
+"""Soft-target explorer: identities of kdengine.explore, and AppTest of the page on a finished run
+and on a live (paused) one."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from kdengine import explore
+from kdengine.cli import load_config
+from kdengine.engine import Engine
+from kdengine.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+# -- kdengine.explore (pure) ---------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+def test_dkd_identity_holds_per_sample(seed):
+    g = torch.Generator().manual_seed(seed)
+    s, t = torch.randn(10, generator=g) * 3, torch.randn(10, generator=g) * 3
+    for T in (0.5, 1.0, 4.0, 20.0):
+        d = explore.dkd_identity(s, t, target=seed % 10, T=T)
+        assert d["kl"] == pytest.approx(d["rhs"], rel=1e-9, abs=1e-12)
+        assert d["tckd"] >= 0 and d["nckd"] >= 0 and 0 < d["p_t"] < 1
+        assert d["p_t"] == pytest.approx(explore.softmax_T(t, T)[seed % 10])
+
+
+def test_entropy_rises_with_T_towards_log_classes():
+    z = torch.tensor([6.0, 2.0, 1.0, -1.0, 0.5])
+    Ts = explore.temperature_grid()
+    H = explore.entropy_curve(z, Ts)
+    assert np.all(np.diff(H) > 0) and H[-1] < np.log(5) and H[-1] > 0.95 * np.log(5)
+    assert explore.softmax_T(z, 3.0).sum() == pytest.approx(1.0)
+
+
+def test_wrong_classes_ranked_excludes_target_and_sorts_by_teacher():
+    pt = np.array([0.7, 0.05, 0.2, 0.05])
+    ps = np.array([0.4, 0.3, 0.2, 0.1])
+    rows = explore.wrong_classes_ranked(pt, ps, target=0, class_names=list("abcd"))
+    assert [r["name"] for r in rows][0] == "c" and all(r["class"] != 0 for r in rows)
+    assert sum(r["share_of_wrong_mass"] for r in rows) == pytest.approx(1.0)
+
+
+# -- the page ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished():
+    eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
+    try:
+        rid = eng.submit(load_config("digits-quick", ["train.epochs=1"]), owner="someone")
+        assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+    finally:
+        eng.shutdown()
+    return rid
+
+
+def page(query: dict) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update(query)
+    at.switch_page("pages/soft_targets.py").run()       # a direct link: /soft_targets?run=...
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def bars(at: AppTest) -> dict:
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return next(s for s in specs if "soft targets at T" in s["layout"]["title"]["text"])
+
+
+def identity_numbers(at: AppTest) -> list[float]:
+    tex = at.latex[1].value
+    return [float(x) for x in re.findall(r"\d+\.\d+", tex)]
+
+
+def test_soft_targets_page_shows_bars_entropy_ranking_and_identity(finished):
+    at = page({"run": finished, "i": "3", "T": "4.0"})
+    assert at.session_state["st_run"] == finished and at.session_state["st_i"] == 3
+    assert {"st_T", "st_i"} <= {w.key for w in [*at.slider, *at.number_input]}
+    fig = bars(at)
+    assert [t["name"] for t in fig["data"]] == ["teacher", "student"]
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 9     # the 9 wrong classes
+    kl, tckd, pt, nckd = identity_numbers(at)[:4]
+    assert kl == pytest.approx(tckd + (1 - pt) * nckd, abs=2e-4)           # printed numbers agree
+    before = bars(at)["data"][0]["y"]
+    at.slider(key="st_T").set_value(12.0).run()
+    assert not at.exception
+    assert bars(at)["data"][0]["y"] != before                              # T moved the bars
+    assert at.query_params["T"] == "12.0" and at.query_params["i"] == "3"
+    at.button(key="st_pick_0").click().run()             # a thumbnail in the image grid
+    assert at.session_state["st_i"] == 0
+
+
+def test_soft_targets_bad_url_values_get_a_notice(finished):
+    at = page({"run": "no-such-run", "T": "99", "i": "x"})
+    notice = " ".join(w.value for w in at.warning)
+    assert "run" in notice and "T" in notice and "i:" in notice
+    assert at.slider(key="st_T").value == 4.0                 # the run's own T
+    assert not at.error
+
+
+def test_soft_targets_reads_a_live_run_from_its_checkpoint():
+    eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
+    try:
+        cfg = load_config("digits-quick", ["train.epochs=400"])
+        rid = eng.submit(cfg, owner="someone")
+        ck = eng.store.checkpoint_path(rid)
+        end = time.monotonic() + 120
+        while not ck.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        eng.pause(rid)
+        assert eng.wait_for(rid, "paused", timeout=60)
+        at = page({"run": rid})
+        assert any("live run" in c.value for c in at.caption)
+        assert any("after epoch" in c.value for c in at.caption)
+        assert len(at.latex) == 2 and not at.error
+    finally:
+        eng.shutdown()

@@ -1,0 +1,89 @@
+"""AppTest of the Sweeps and TA-gap pages with real (one-epoch) runs.
+
+``run_every`` fragments do not tick under AppTest, so the live views are polled with ``at.run()``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(PAGES / name), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def poll(at: AppTest, until, timeout: float = 180.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if until(at):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; errors {[e.value for e in at.error]}")
+
+
+def test_sweeps_page_fills_a_heatmap_and_exports_csv():
+    at = page("sweeps.py")
+    at.selectbox(key="sw_preset").set_value("digits-quick").run()
+    at.number_input(key="sw_epochs").set_value(1)
+    at.text_input(key="sw_xv_method.params.T").set_value("1, 4")
+    at.text_input(key="sw_yv_method.params.soft_weight").set_value("0.5, 0.9")
+    at.radio(key="sw_backend").set_value("vectorised")
+    at.button(key="sw_launch").click().run()
+    assert not at.error, [e.value for e in at.error]
+    sweep_id = at.session_state["sweep_id"]
+
+    def heat_full(at):
+        heat = [f for f in figures(at) if f["data"] and f["data"][0]["type"] == "heatmap"]
+        return heat and all(v is not None for row in heat[0]["data"][0]["z"] for v in row)
+    poll(at, heat_full)
+    heat = next(f for f in figures(at) if f["data"][0]["type"] == "heatmap")["data"][0]
+    assert heat["x"] == ["1", "4"] and heat["y"] == ["0.5", "0.9"]
+    assert all(0.0 <= v <= 1.0 for row in heat["z"] for v in row)
+    run_ids = {c[0] for row in heat["customdata"] for c in row}
+    assert len(run_ids) == 4 and "" not in run_ids         # hover (and click) carry the run id
+    lines = [f for f in figures(at) if f["data"] and f["data"][0]["type"] == "scatter"]
+    assert len(lines) == 2                                   # one line view per knob
+    csv = at.get("download_button")
+    assert csv, "the grid can be exported as CSV"
+    # a bad value is reported on the page, not raised
+    at.text_input(key="sw_xv_method.params.T").set_value("-3")
+    at.button(key="sw_launch").click().run()
+    assert any("method.params.T" in e.value for e in at.error)
+    assert at.session_state["sweep_id"] == sweep_id
+
+
+def test_ta_gap_page_draws_curves_and_ladder():
+    at = page("ta_gap.py")
+    at.multiselect(key="ta_sizes_mlp").set_value(["MLP 1x8", "MLP 1x16", "MLP 1x32"]).run()
+    at.number_input(key="ta_seeds").set_value(1)
+    at.number_input(key="ta_epochs").set_value(1)
+    at.button(key="ta_launch").click().run()
+    assert not at.error, [e.value for e in at.error]
+
+    def finished(at):
+        return any("100%" in (p.proto.text or "") for p in at.get("progress"))
+    poll(at, finished)
+    curve = figures(at)[0]
+    names = {t.get("name") for t in curve["data"]}
+    assert {"direct KD", "via TA", "student alone"} <= names
+    assert curve["layout"]["xaxis"]["type"] == "log"
+    via = next(t for t in curve["data"] if t.get("name") == "via TA" and t.get("mode", "").endswith("text"))
+    assert via["text"] == ["TA MLP 1x16"]                    # the rule's pick, labelled on the curve
+    ladder = at.dataframe[0].value
+    assert list(ladder["size"]) == ["MLP 1x8", "MLP 1x16", "MLP 1x32"]
+    assert list(ladder["role"]) == ["student", "TA pick", ""]
+    assert ladder["accuracy (scratch)"].notna().all()

@@ -1,0 +1,131 @@
+"""The pitfall linter: static KL-reduction scan, the one-step runtime probe, T^2, labels, and the
+teacher-vs-student-alone warning (also from the trainer once the baseline is known)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdengine.config import RunConfig
+from kdengine.lint import kl_mean_calls, lint, probe_method, teacher_gap_warning
+from kdengine.methods import Method
+from kdengine.methods.base import _REGISTRY
+
+
+def _cfg(method="hinton", params=None, **data):
+    return RunConfig.from_dict({
+        "data": {"name": "digits", **data},
+        "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 2, "width": 64}},
+        "student": {"arch": "mlp", "depth": 1, "width": 16},
+        "method": {"name": method, "params": params or {}}})
+
+
+def test_static_scan_finds_kl_with_mean_reduction_only():
+    src = '''
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.functional import kl_div
+from kdengine.losses import kl_div as kd_kl
+a = F.kl_div(x, y, reduction="mean")
+b = nn.KLDivLoss()
+c = F.kl_div(F.log_softmax(s, -1), p,
+             reduction='batchmean')
+d = kd_kl(p, q)
+e = nn.KLDivLoss(reduction="sum")
+f = kl_div(x, y)
+'''
+    assert kl_mean_calls(src) == [6, 7, 12]
+    # kdengine.losses defines its own kl_div: a bare call to it is not PyTorch's
+    assert kl_mean_calls("from ..losses import kl_div\nkl_div(p, q)\n") == []
+    assert kl_mean_calls("def broken(:\n") == []
+
+
+@dataclass
+class _P:
+    T: float = 4.0
+
+
+class _Careless(Method):
+    """Every pitfall at once: mean-reduced KL, teacher in train mode and outside no_grad."""
+    name = "_careless"
+    Params = _P
+
+    def loss_terms(self, batch, step):
+        t_model = self.teachers[0]
+        t_model.train()
+        t = t_model(batch.x)
+        s = self.student(batch.x)
+        kl = F.kl_div(F.log_softmax(s / 4, -1), F.softmax(t / 4, -1), reduction="mean")
+        return {"kd": kl}
+
+
+@pytest.fixture
+def careless():
+    _REGISTRY["_careless"] = _Careless
+    yield
+    _REGISTRY.pop("_careless", None)
+
+
+def test_probe_catches_a_careless_method(careless):
+    msgs = lint(_cfg("_careless"))
+    text = " ".join(msgs)
+    assert "reduction='mean'" in text and "line" in text          # static, with the line
+    probe = probe_method(_cfg("_careless"))
+    assert any("One step of '_careless'" in m for m in probe)      # runtime kl_div record
+    assert any("train mode" in m for m in probe)
+    assert any("outside torch.no_grad()" in m for m in probe)
+    assert any("Gradients reached the teacher" in m for m in probe)
+
+
+@pytest.mark.parametrize("name", ["hinton", "dkd", "logit_mse", "noisy_teacher", "sobolev",
+                                  "fitnet", "dml", "multi_teacher", "adversarial"])
+def test_shipped_methods_pass_the_probe(name):
+    assert probe_method(_cfg(name)) == []
+    assert not any("reduction='mean'" in m for m in lint(_cfg(name)))
+
+
+def test_probe_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    a = torch.rand(1)
+    torch.manual_seed(123)
+    probe_method(_cfg("fitnet", {"hint_weight": 2.5}))
+    assert torch.equal(torch.rand(1), a)
+
+
+def test_t_squared_and_unlabeled_checks():
+    off = lint(_cfg("hinton", {"t_squared": False, "soft_weight": 0.5, "hard_weight": 0.5}))
+    assert any("T² scaling is off" in m for m in off)
+    assert not any("T² scaling" in m for m in lint(_cfg("hinton", {"t_squared": False,
+                                                                    "hard_weight": 0.0})))
+    unl = lint(_cfg("hinton", transfer="unlabeled"))
+    assert any("unlabelled" in m for m in unl)
+    assert not any("unlabelled" in m for m in lint(_cfg("hinton", {"hard_weight": 0.0},
+                                                        transfer="unlabeled")))
+
+
+def test_teacher_gap_warning():
+    assert teacher_gap_warning(0.95, 0.90) is None
+    w = teacher_gap_warning(0.905, 0.90)
+    assert w and "90.50%" in w and "not clearly better" in w
+    assert teacher_gap_warning(0.80, 0.90) is not None
+    assert teacher_gap_warning(None, 0.9) is None and teacher_gap_warning(float("nan"), 0.9) is None
+
+
+def test_trainer_warns_when_the_teacher_does_not_beat_the_student_alone(runs_dir):
+    from kdengine.trainer import Trainer
+    cfg = RunConfig.from_dict({
+        "data": {"name": "digits"},
+        # a one-epoch 8-unit teacher against a 32-unit student trained for the full run
+        "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 8},
+                    "epochs": 1},
+        "student": {"arch": "mlp", "depth": 1, "width": 32},
+        "method": {"name": "hinton"},
+        "train": {"epochs": 3, "lr": 0.003, "baseline": True}})
+    events = []
+    summary = Trainer(cfg, events.append).run()
+    notices = [e["message"] for e in events if e["type"] == "notice"]
+    warned = any("not clearly better than the student alone" in n for n in notices)
+    assert warned == (summary["teacher_test_acc"] - summary["baseline_test_acc"] < 0.01)
+    assert warned      # the setup above is meant to produce a weak teacher

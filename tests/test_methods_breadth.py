@@ -1,0 +1,394 @@
+"""Method breadth (issue 7): noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
+adversarial. For each: finite terms, gradients only into the student and its helper modules (never a
+teacher), and a short run through the Engine; plus each method's identity."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdengine.config import ModelConfig, RunConfig
+from kdengine.data import load_data
+from kdengine.losses import kd_loss, logit_mse
+from kdengine.methods import Batch, TrainContext, get_method_class
+from kdengine.models import build_model
+
+NEW = ["noisy_teacher", "sobolev", "fitnet", "dml", "multi_teacher", "specialists", "adversarial"]
+# Small knobs so setup (extra teachers, specialists) stays quick.
+FAST = {"multi_teacher": {"teachers": ["mlp-1-64"]},
+        "specialists": {"specialist_epochs": 2, "n_specialists": 2, "combine_steps": 10},
+        "fitnet": {}, "dml": {"cohort_size": 3}}
+EXPECTED_TERMS = {"noisy_teacher": {"mse"}, "sobolev": {"mse", "sobolev"},
+                  "fitnet": {"hint", "kd", "ce"}, "dml": {"ce", "kl", "peer_ce", "peer_kl"},
+                  "multi_teacher": {"kd", "ce"}, "specialists": {"kd", "ce"},
+                  "adversarial": {"kd", "ce", "adv", "disc"}}
+
+
+def _cfg(method: str, params: dict | None = None, **train) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": "digits"},
+        "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64},
+                    "epochs": 3},
+        "student": {"arch": "mlp", "depth": 1, "width": 16},
+        "method": {"name": method, "params": params or {}},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003, "seed": 0, "log_every": 5, **train}})
+
+
+def _ctx(cfg: RunConfig, data, events=None) -> TrainContext:
+    return TrainContext(steps_per_epoch=10, epochs=2, n_classes=data.n_classes,
+                        input_shape=data.input_shape, device=torch.device("cpu"),
+                        data_kind=data.kind, seed=0,
+                        extras={"config": cfg, "emit": (events.append if events is not None
+                                                        else lambda e: None), "control": None})
+
+
+def _method(name: str, params: dict | None = None, teacher=None, student_cfg=None, data=None):
+    """A method on digits with a trained (cached) teacher, after setup()."""
+    from kdengine.teachers import get_teacher
+    cfg = _cfg(name, {**FAST.get(name, {}), **(params or {})})
+    if student_cfg is not None:
+        cfg.student = student_cfg
+    data = data or load_data(cfg.data)
+    cls = get_method_class(name)
+    teachers = []
+    if cls.needs_teacher:
+        teacher = teacher or get_teacher(cfg, data, torch.device("cpu"))[0]
+        teachers = [teacher]
+    torch.manual_seed(0)
+    student = build_model(cfg.student, data.input_shape, data.n_classes)
+    m = cls(student, teachers, cls.Params(**cfg.method.params), _ctx(cfg, data))
+    m.setup(data)
+    return m, data
+
+
+def _batch(data, n=32, labeled=True):
+    idx = torch.arange(n)
+    lab = torch.ones(n, dtype=torch.bool) if labeled else torch.zeros(n, dtype=torch.bool)
+    return Batch(data.transfer.x[idx], data.transfer.y[idx], lab, idx)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_terms_finite_and_gradients_only_reach_student_and_helpers(name):
+    m, data = _method(name)
+    # Switch the teachers' gradients back on: a method that ran them outside no_grad, or forgot to
+    # detach their outputs, would now leak gradients into them.
+    frozen = [t for t in m.teachers]
+    for t in frozen:
+        t.requires_grad_(True)
+        t.zero_grad(set_to_none=True)    # a teacher trained just now keeps its last .grad
+    m.train(True)
+    terms = m.loss_terms(_batch(data), 0)
+    assert set(terms) == EXPECTED_TERMS[name]
+    for k, v in terms.items():
+        assert v.dim() == 0 and torch.isfinite(v), (k, v)
+    sum(terms.values()).backward()
+    for t in frozen:
+        assert all(p.grad is None for p in t.parameters()), f"{name}: gradient reached a teacher"
+        assert not t.training, f"{name}: teacher left in train mode"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.student.parameters())
+    for mod in m.extra_modules():
+        if name == "adversarial":     # stepped by its own optimiser, frozen for the trainer's
+            assert not any(p.requires_grad for p in mod.parameters())
+        else:
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters()), \
+                f"{name}: a helper module got no gradient"
+    if name == "specialists":
+        for s in m.specialists:
+            assert all(p.grad is None and not p.requires_grad for p in s.parameters())
+
+
+def test_every_new_method_trains_on_digits_through_the_engine(runs_dir):
+    from kdengine.engine import Engine
+    eng = Engine(max_workers=1)
+    try:
+        ids = {}
+        for name in NEW:
+            ids[name] = eng.submit(_cfg(name, FAST.get(name)), owner="t")
+        ids["dml-online"] = eng.submit(_cfg("dml", {"mode": "online"}), owner="t")
+        ids["fitnet-stagewise"] = eng.submit(
+            _cfg("fitnet", {"schedule": "stagewise", "hint_epochs": 1}, epochs=2), owner="t")
+        for key, rid in ids.items():
+            assert eng.wait(rid, timeout=240) == "done", (key, eng.snapshot(rid)["error"])
+        for name in NEW:
+            s = eng.snapshot(ids[name])
+            got = {k.split("/", 1)[1] for k in s["series"] if k.startswith("loss/")}
+            assert EXPECTED_TERMS[name] | {"total"} <= got, (name, got)
+            assert 0.0 <= s["summary"]["final_test_acc"] <= 1.0
+        assert "peer_test_acc" in eng.snapshot(ids["dml"])["latest"]
+        assert "ensemble_test_acc" in eng.snapshot(ids["multi_teacher"])["latest"]
+        assert "disc_acc" in eng.snapshot(ids["adversarial"])["latest"]
+        spec = eng.snapshot(ids["specialists"])
+        assert {"ensemble_test_acc", "generalist_test_acc"} <= set(spec["latest"])
+        arts = spec["artifacts"]["specialists"]
+        assert len(arts["clusters"]) == 2 and len(arts["soft_confusion"]) == 10
+        # stagewise FitNet: the hint alone in epoch 1, KD alone after it
+        st = eng.snapshot(ids["fitnet-stagewise"])["series"]
+        assert max(e for _, e, _ in st["loss/hint"]) <= 1.0
+        assert min(e for _, e, _ in st["loss/kd"]) > 1.0
+    finally:
+        eng.shutdown()
+
+
+# ---- noisy teacher -----------------------------------------------------------------------------
+def test_noisy_teacher_with_sigma_zero_equals_logit_mse():
+    from kdengine.methods.noisy_teacher import perturb_logits
+    m, data = _method("noisy_teacher", {"sigma": 0.0, "alpha": 1.0})
+    b = _batch(data)
+    t = m.teacher_logits(b)
+    expected = logit_mse(m.student(b.x), t)
+    assert torch.allclose(m.loss_terms(b, 0)["mse"], expected, atol=0, rtol=0)
+    # and noise > 0 changes the target, on exactly round(alpha * batch) rows
+    z = torch.randn(10, 4)
+    for mode in ("multiplicative", "additive"):
+        out = perturb_logits(z, 0.5, 0.3, mode, torch.Generator().manual_seed(1))
+        changed = (out != z).any(1)
+        assert int(changed.sum()) == 3
+    # the student-side switch perturbs the student and still trains it
+    m2, _ = _method("noisy_teacher", {"noisy_student": True, "sigma": 0.9, "alpha": 1.0})
+    loss = m2.loss_terms(b, 0)["mse"]
+    loss.backward()
+    assert not torch.allclose(loss, logit_mse(m2.student(b.x), t))
+    assert m2.student.head.weight.grad.abs().sum() > 0
+
+
+# ---- Sobolev -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_sobolev_jvp_equals_full_jacobian_times_v(arch):
+    from kdengine.methods.sobolev import jacobian_projection, random_unit_vectors
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch, 2, 8), (1, 8, 8), 5).double()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.double)
+    v = random_unit_vectors(x, 1, torch.Generator().manual_seed(0))
+    assert torch.allclose(v.flatten(1).norm(dim=1), torch.ones(4, dtype=torch.double))
+    for train in (False, True):   # BatchNorm in train mode couples the batch: compare whole-batch J
+        model.train(train)
+        out, jv = jacobian_projection(model, x, v)
+        J = torch.autograd.functional.jacobian(model, x)          # (B, C, B, 1, 8, 8)
+        full = torch.einsum("bcnijk,nijk->bc", J, v)
+        assert torch.allclose(jv, full, atol=1e-10)
+        assert torch.allclose(out, model(x), atol=1e-12)
+
+
+def test_sobolev_gradients_reach_student_through_the_jvp_and_teacher_stays_constant():
+    m, data = _method("sobolev", {"value_weight": 0.0, "deriv_weight": 1.0})
+    b = _batch(data, 8)
+    terms = m.loss_terms(b, 0)
+    assert float(terms["mse"].detach()) == 0.0
+    terms["sobolev"].backward()      # the derivative term alone trains the student
+    assert m.student.features[1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.teachers[0].parameters())
+
+
+def test_sobolev_cached_teacher_jacobians_give_the_same_terms_as_its_jvp():
+    from kdengine.trainer import logits_of
+    m, data = _method("sobolev", {"k": 3})
+    assert m.t_jac is not None and m.cache_teacher_logits     # digits: small enough to cache
+    b = _batch(data, 16)
+    b.teacher_logits = [logits_of(m.teachers[0], data.transfer.x, torch.device("cpu"))[b.idx]]
+    state = m.gen.get_state()
+    cached = m.loss_terms(b, 0)
+    m.gen.set_state(state)
+    b.teacher_logits = None                                   # forces the per-step teacher JVP
+    direct = m.loss_terms(b, 0)
+    for k in ("mse", "sobolev"):
+        assert torch.allclose(cached[k], direct[k], rtol=1e-5, atol=1e-7), k
+
+
+def test_sobolev_field_artifact_on_2d_data():
+    cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 200},
+                               "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 16},
+                                           "epochs": 2},
+                               "student": {"arch": "mlp", "depth": 1, "width": 8},
+                               "method": {"name": "sobolev"}})
+    data = load_data(cfg.data)
+    teacher = build_model(cfg.teacher.model, data.input_shape, data.n_classes).eval()
+    m, _ = _method("sobolev", teacher=teacher, student_cfg=cfg.student, data=data)
+    field = m.artifacts()["sobolev_field"]
+    assert len(field["teacher"]["logits"]) == 21 * 21
+    assert torch.tensor(field["student"]["grads"]).shape == (441, 2, 2)
+
+
+# ---- FitNet ------------------------------------------------------------------------------------
+def test_fitnet_regressor_maps_student_features_to_teacher_features():
+    m, data = _method("fitnet")
+    reg = m.regressor
+    assert isinstance(reg, torch.nn.Linear) and (reg.in_features, reg.out_features) == (16, 64)
+    # CNN pair: a 1x1 conv, the student map pooled to the teacher's size
+    cnn_t = build_model(ModelConfig("cnn", 3, 8), data.input_shape, 10).eval()
+    m2, _ = _method("fitnet", teacher=cnn_t, student_cfg=ModelConfig("cnn", 1, 4), data=data)
+    assert isinstance(m2.regressor, torch.nn.Conv2d)
+    assert torch.isfinite(m2.loss_terms(_batch(data), 0)["hint"])
+    with pytest.raises(Exception, match="no module"):
+        _method("fitnet", {"teacher_layer": "nope"})
+
+
+# ---- DML ---------------------------------------------------------------------------------------
+def test_dml_terms_are_ce_plus_kl_to_each_peer():
+    m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5})
+    assert m.needs_teacher is False and len(m.peers) == 2
+    b = _batch(data)
+    zs = [m.student(b.x)] + [p(b.x) for p in m.peers]
+    terms = m.loss_terms(b, 0)
+    kl = (kd_loss(zs[0], zs[1], 2.0) + kd_loss(zs[0], zs[2], 2.0)) / 2
+    assert torch.allclose(terms["kl"], 0.5 * kl, atol=1e-6)
+    assert torch.allclose(terms["ce"], F.cross_entropy(zs[0], b.y), atol=1e-6)
+    online, _ = _method("dml", {"mode": "online"})
+    assert len(online.peers) == 1 and online.peers[0].features[1].out_features == 64
+
+
+# ---- multi-teacher -----------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["avg_probs", "avg_logits", "confidence"])
+def test_multi_teacher_with_one_teacher_equals_that_teachers_kd(how):
+    params = {"teachers": [], "aggregation": how, "T": 3.0, "soft_weight": 0.7, "hard_weight": 0.2}
+    m, data = _method("multi_teacher", params)
+    h, _ = _method("hinton", {"T": 3.0, "soft_weight": 0.7, "hard_weight": 0.2})
+    h.student.load_state_dict(m.student.state_dict())
+    b = _batch(data)
+    got, want = m.loss_terms(b, 0), h.loss_terms(b, 0)
+    assert set(got) == set(want) == {"kd", "ce"}
+    for k in got:
+        assert torch.allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["avg_probs", "avg_logits", "confidence"])
+def test_multi_teacher_aggregates(how):
+    from kdengine.methods.multi_teacher import aggregate_log_target, multi_kd_loss
+    torch.manual_seed(0)
+    s, t1, t2 = torch.randn(3, 6, 5).unbind(0)
+    # identical teachers are one teacher, whatever the aggregation
+    assert torch.allclose(multi_kd_loss(s, [t1, t1], 2.0, how), kd_loss(s, t1, 2.0), atol=1e-6)
+    lt = aggregate_log_target([t1, t2], 2.0, how)
+    assert torch.allclose(lt.exp().sum(-1), torch.ones(6), atol=1e-6)
+    if how == "avg_probs":
+        want = (F.softmax(t1 / 2, -1) + F.softmax(t2 / 2, -1)) / 2
+        assert torch.allclose(lt.exp(), want, atol=1e-6)
+
+
+def test_multi_teacher_setup_adds_the_extra_teachers_frozen():
+    m, _ = _method("multi_teacher", {"teachers": ["mlp-1-64", "mlp-2-128"]})
+    assert len(m.teachers) == 3
+    assert all(not t.training and not any(p.requires_grad for p in t.parameters())
+               for t in m.teachers)
+    assert 0.5 < m.epoch_metrics(0)["ensemble_test_acc"] <= 1.0
+
+
+# ---- specialists -------------------------------------------------------------------------------
+def _em_reference(p_gen, specs, subsets, act, iters=3000):
+    """The same minimum by a different algorithm: EM (multiplicative) fixed-point iterations."""
+    from kdengine.methods.specialists import collapse_matrix
+    mats = [collapse_matrix(s, p_gen.shape[1]) for s in subsets]
+    n_terms = 1 + act.float().sum(1, keepdim=True)
+    q = p_gen.clone()
+    for _ in range(iters):
+        acc = p_gen.clone()
+        for m, (pm, cm) in enumerate(zip(specs, mats)):
+            acc = acc + act[:, m:m + 1].float() * ((pm / (q @ cm)) @ cm.T * q)
+        q = acc / n_terms
+    return q
+
+
+def test_specialists_combiner_returns_a_distribution_at_the_kl_minimum():
+    from kdengine.methods.specialists import active_specialists, combine, combine_objective
+    torch.manual_seed(0)
+    B, N = 32, 10
+    p_gen = F.softmax(torch.randn(B, N) * 3, -1)
+    subsets = [[1, 2, 3], [4, 5, 6, 7]]
+    specs = [F.softmax(torch.randn(B, len(s) + 1) * 3, -1) for s in subsets]
+    act = active_specialists(p_gen, subsets, 3)
+    assert act.any() and not act.all()
+    log_q = combine(p_gen, specs, subsets, act, steps=100)
+    q = log_q.exp()
+    assert (q >= 0).all() and torch.allclose(q.sum(-1), torch.ones(B), atol=1e-5)
+    ref = _em_reference(p_gen, specs, subsets, act)
+    assert torch.allclose(q, ref, atol=1e-3)
+    gap = combine_objective(p_gen, specs, subsets, act, log_q) \
+        - combine_objective(p_gen, specs, subsets, act, ref.log())
+    assert gap.max() < 1e-3
+    # the default few steps already land close
+    assert torch.allclose(combine(p_gen, specs, subsets, act).exp(), ref, atol=1e-2)
+    # inactive specialists are ignored: rows with none active return the generalist
+    none = torch.zeros(B, 2, dtype=torch.bool)
+    assert torch.allclose(combine(p_gen, specs, subsets, none, steps=20).exp(), p_gen, atol=1e-4,
+                          rtol=1e-3)
+
+
+def test_specialists_one_specialist_covering_all_classes_gives_the_average():
+    """min_q KL(p_gen || q) + KL(p_m || q) is the mean of the two distributions (the dustbin of a
+    specialist that covers every class is empty, so C_m q = q)."""
+    from kdengine.methods.specialists import combine
+    torch.manual_seed(0)
+    B, N = 16, 10
+    p_gen = F.softmax(torch.randn(B, N) * 3, -1)
+    p2 = F.softmax(torch.randn(B, N) * 3, -1)
+    p_m = torch.cat([p2, torch.zeros(B, 1)], 1)
+    log_q = combine(p_gen, [p_m], [list(range(N))], torch.ones(B, 1, dtype=torch.bool))
+    assert torch.allclose(log_q, ((p_gen + p2) / 2).log(), atol=1e-3)
+
+
+def test_specialists_clusters_group_the_most_confused_classes():
+    from kdengine.methods.specialists import cluster_classes, collapse_matrix, soft_confusion
+    conf = torch.eye(6) * 0.8
+    conf[0, 4] = conf[4, 0] = 0.3
+    conf[2, 5] = 0.25
+    conf[1, 3] = conf[3, 1] = 0.1
+    assert cluster_classes(conf, 3, 2) == [[0, 4], [2, 5], [1, 3]]
+    conf[2, 0] = 0.05                    # 2 is the class most confused with the pair {0, 4}
+    assert cluster_classes(conf, 1, 3) == [[0, 2, 4]]
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    c = soft_confusion(probs, torch.tensor([0, 1, 0]), 2)
+    assert torch.allclose(c, torch.tensor([[0.75, 0.25], [0.2, 0.8]]))
+    cm = collapse_matrix([2, 0], 4)
+    assert cm.tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]]
+
+
+def test_specialists_setup_reports_progress_and_exposes_clusters():
+    from kdengine.teachers import get_teacher
+    cfg = _cfg("specialists", FAST["specialists"])
+    data = load_data(cfg.data)
+    events = []
+    teacher = get_teacher(cfg, data, torch.device("cpu"))[0]
+    cls = get_method_class("specialists")
+    m = cls(build_model(cfg.student, data.input_shape, 10), [teacher],
+            cls.Params(**cfg.method.params), _ctx(cfg, data, events))
+    m.setup(data)
+    phases = [e for e in events if e["type"] == "phase" and e["phase"] == "specialists"]
+    assert phases and phases[-1]["progress"] == 1.0
+    arts = m.artifacts()["specialists"]
+    flat = [c for cl in arts["clusters"] for c in cl]
+    assert len(flat) == len(set(flat)) == 6
+    assert m.artifacts() == {}          # sent once
+    q = m.log_q.exp()
+    assert q.shape == (len(data.transfer), 10) and torch.allclose(q.sum(-1), torch.ones(len(q)),
+                                                                  atol=1e-5)
+
+
+# ---- adversarial -------------------------------------------------------------------------------
+def test_adversarial_discriminator_steps_itself_and_is_kept_from_the_trainers_optimiser():
+    m, data = _method("adversarial")
+    d = m.extra_modules()[0]
+    assert not any(p.requires_grad for p in d.parameters())   # the trainer collects none of them
+    before = [p.detach().clone() for p in d.parameters()]
+    terms = m.loss_terms(_batch(data), 0)
+    assert not terms["disc"].requires_grad and terms["disc"] > 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, d.parameters()))
+    terms["adv"].backward()
+    assert all(p.grad is None for p in d.parameters())
+    assert m.student.head.weight.grad.abs().sum() > 0
+    assert 0.0 <= m.epoch_metrics(0)["disc_acc"] <= 1.0
+
+
+def test_new_methods_are_listed_with_validated_params():
+    from kdengine.params import ConfigError
+    for name in NEW:
+        cls = get_method_class(name)
+        assert cls.paper and cls.title and cls.term_names
+        assert "arXiv" in (__import__(cls.__module__, fromlist=["x"]).__doc__ or "")
+    with pytest.raises(ConfigError):
+        _cfg("multi_teacher", {"teachers": ["mlp-9-9999"]})
+    with pytest.raises(ConfigError):
+        _cfg("noisy_teacher", {"alpha": 1.5})
+    assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params["teachers"] \
+        == ["mlp-1-64", "mlp-2-128"]
+    assert math.isclose(_cfg("sobolev").method.params["deriv_weight"], 1.0)

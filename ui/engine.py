@@ -1,0 +1,80 @@
+"""The one Engine per server process, and the per-browser-session owner id.
+
+Every run is submitted with ``owner=owner_id()``, so two tabs (two sessions) never see each other's
+runs. The owner id lives in ``st.session_state`` and is mirrored into the URL (``?sid=...``): a page
+reload starts a new session, reads the id back from the URL and reattaches to that owner's runs.
+Worker threads never call ``st.*``; pages read ``engine.snapshot(run_id)``.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+
+import streamlit as st
+
+from ui.nav import guard_direct_link
+
+OWNER_KEY = "kd_owner"
+OWNER_PARAM = "sid"
+_OWNER_RE = re.compile(r"^[0-9a-f]{12}$")
+
+
+@st.cache_resource(show_spinner=False)
+def _engine_for(root: str):
+    # Import pandas (and plotly's lazy pandas check) on this thread before any worker exists: a
+    # worker importing it through scikit-learn while a page's chart imports it gave a
+    # "partially initialized module 'pandas'" error.
+    import pandas  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+    from kdengine.engine import Engine
+    from kdengine.store import Store
+    engine = Engine(store=Store(root))
+    threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
+    return engine
+
+
+def _prewarm() -> None:
+    """While the user reads the page: import the training stack and load digits once, so the first
+    Train press in a fresh server shows its first point in about a second instead of ~5-10 s."""
+    try:
+        from kdengine.config import DataConfig, RunConfig
+        from kdengine.data import load_data
+        from kdengine.engine import check_resources
+        import kdengine.trainer  # noqa: F401
+        check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
+        load_data(DataConfig())
+    except Exception:  # best effort only: a real run reports its own errors
+        pass
+
+
+def get_engine():
+    """The process-wide Engine for the current data folder (``KD_RUNS_DIR``)."""
+    from kdengine.paths import data_root
+    guard_direct_link()
+    return _engine_for(str(data_root()))
+
+
+def owner_id() -> str:
+    """This browser session's owner id (kept across reloads through the ``sid`` query param)."""
+    guard_direct_link()
+    ss = st.session_state
+    if OWNER_KEY not in ss:
+        from_url = st.query_params.get(OWNER_PARAM, "")
+        ss[OWNER_KEY] = from_url if _OWNER_RE.match(from_url or "") else uuid.uuid4().hex[:12]
+    if st.query_params.get(OWNER_PARAM) != ss[OWNER_KEY]:
+        st.query_params[OWNER_PARAM] = ss[OWNER_KEY]   # page switches clear the URL; put it back
+    return ss[OWNER_KEY]
+
+
+def owner_runs(active_only: bool = False) -> list[dict]:
+    """Light snapshots of this owner's runs held by the engine, newest first."""
+    from kdengine.store import ACTIVE
+    runs = get_engine().runs(owner_id())
+    return [r for r in runs if r["status"] in ACTIVE] if active_only else runs
+
+
+def stored_runs(limit: int = 300, owner_only: bool = False) -> list[dict]:
+    """Rows of the run store (all sessions' finished runs are shared history), newest first."""
+    store = get_engine().store
+    return store.list_runs(owner=owner_id() if owner_only else None, limit=limit)

@@ -1,0 +1,199 @@
+"""Widgets rendered from ``param()`` metadata, so a new method or knob needs no page edit.
+
+``render_fields(cls, values, key_prefix)`` draws one widget per field of a params dataclass (choices
+-> selectbox, bool -> toggle, int/float -> number input with the field's range and step, text ->
+text input) and returns the plain values. Widget state is seeded from ``values`` only when the
+widget has no state yet, so a page can reload a config by deleting the keys (``clear_keys``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Callable, Iterable
+
+import streamlit as st
+
+from kdengine.params import _base_type, field_specs
+
+
+def label_of(spec: dict) -> str:
+    return spec.get("label") or spec["name"].replace("_", " ")
+
+
+def _kind(spec: dict) -> tuple[str, bool]:
+    base, optional = _base_type(spec["type"])
+    if spec.get("choices") and typing.get_origin(base) in (list, tuple):
+        return "multi", optional        # e.g. multi_teacher's list of teacher specs
+    if spec.get("choices"):
+        return "choice", optional
+    if typing.get_origin(base) in (list, tuple):
+        return "list", optional
+    if base is bool:
+        return "bool", optional
+    if base is int:
+        return "int", optional
+    if base is float:
+        return "float", optional
+    return "str", optional
+
+
+def _seed(kind: str, value: Any, optional: bool) -> Any:
+    """Widget state of the right type (a float widget refuses an int value, and vice versa)."""
+    if value is None:
+        return None if optional or kind in ("int", "float") else ""
+    if kind == "float":
+        return float(value)
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    if kind == "list":
+        return ", ".join(str(v) for v in value)
+    if kind == "multi":
+        return list(value)
+    return value
+
+
+def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
+           format_func: Callable[[Any], str] = str) -> Any:
+    """One widget for one field spec; returns its current value."""
+    where = where or st
+    kind, optional = _kind(spec)
+    if key not in st.session_state:
+        st.session_state[key] = _seed(kind, value, optional)
+    label, help_ = label_of(spec), spec.get("help") or None
+    if kind == "choice":
+        opts = list(spec["choices"])
+        if st.session_state[key] not in opts:
+            st.session_state[key] = opts[0]
+        return where.selectbox(label, opts, key=key, help=help_, disabled=disabled,
+                               format_func=format_func)
+    if kind == "multi":
+        opts = list(spec["choices"])
+        st.session_state[key] = [v for v in st.session_state[key] if v in opts]
+        return where.multiselect(label, opts, key=key, help=help_, disabled=disabled,
+                                 format_func=format_func)
+    if kind == "multi":
+        opts = list(spec["choices"])
+        st.session_state[key] = [v for v in st.session_state[key] if v in opts]
+        return where.multiselect(label, opts, key=key, help=help_, disabled=disabled,
+                                 format_func=format_func)
+    if kind == "bool":
+        return where.toggle(label, key=key, help=help_, disabled=disabled)
+    if kind in ("int", "float"):
+        cast = int if kind == "int" else float
+        lo, hi = spec.get("min"), spec.get("max")
+        step = spec.get("step") or (1 if kind == "int" else None)
+        kw: dict[str, Any] = {"min_value": cast(lo) if lo is not None else None,
+                              "max_value": cast(hi) if hi is not None else None}
+        if kind == "float":
+            kw["format"] = "%g"
+            kw["step"] = float(step) if step else _float_step(spec["default"])  # fixed per field
+        else:
+            kw["step"] = int(step)
+        v = st.session_state[key]
+        # A stored value outside the widget's range would make Streamlit raise; clamp it in view.
+        if v is not None:
+            if kw["min_value"] is not None and v < kw["min_value"]:
+                st.session_state[key] = kw["min_value"]
+            if kw["max_value"] is not None and v > kw["max_value"]:
+                st.session_state[key] = kw["max_value"]
+        return where.number_input(label, key=key, help=help_, disabled=disabled,
+                                  placeholder="none" if optional else None, **kw)
+    return where.text_input(label, key=key, help=help_, disabled=disabled)
+
+
+def _float_step(value: Any) -> float:
+    """A step of about a tenth of the value's order of magnitude (lr 0.003 -> 0.001)."""
+    import math
+    try:
+        v = abs(float(value))
+    except (TypeError, ValueError):
+        return 0.1
+    if v == 0 or not math.isfinite(v):
+        return 0.1
+    return float(10.0 ** math.floor(math.log10(v)))
+
+
+def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | None = None,
+                  where=None, columns: int = 1, disabled: bool = False,
+                  advanced: bool | None = None) -> dict:
+    """Widgets for the fields of dataclass ``cls``; returns ``{name: value}`` for those drawn.
+
+    ``names`` picks and orders fields; ``advanced`` True/False keeps only advanced / plain ones.
+    Nested dataclass fields are skipped (render them with their own call)."""
+    specs = {s["name"]: s for s in field_specs(cls)}
+    hints = typing.get_type_hints(cls)
+    order = list(names) if names is not None else list(specs)
+    chosen = []
+    for n in order:
+        s = specs[n]
+        if dataclasses.is_dataclass(_base_type(hints[n])[0]) or hints[n] is dict:
+            continue
+        if advanced is not None and bool(s.get("advanced")) != advanced:
+            continue
+        chosen.append(s)
+    where = where or st
+    cols = where.columns(columns) if columns > 1 and chosen else [where]
+    out = {}
+    for i, s in enumerate(chosen):
+        out[s["name"]] = widget(s, f"{key_prefix}{s['name']}", values.get(s["name"], s["default"]),
+                                cols[i % len(cols)], disabled)
+    return out
+
+
+def clear_keys(prefix: str) -> None:
+    """Forget widget state under ``prefix`` so the next render seeds it from a new config."""
+    for k in [k for k in st.session_state if isinstance(k, str) and k.startswith(prefix)]:
+        del st.session_state[k]
+
+
+def run_label(r: dict) -> str:
+    """'20250101-120000-abc123 · hinton · digits · done' for pickers and tables."""
+    cfg = r.get("config", {})
+    acc = (r.get("summary") or {}).get("final_test_acc")
+    acc_txt = f" · {acc:.1%}" if isinstance(acc, (int, float)) else ""
+    name = f" · {r['name']}" if r.get("name") else ""
+    return (f"{r.get('id') or r.get('run_id')} · {cfg.get('method', {}).get('name', '?')} · "
+            f"{cfg.get('data', {}).get('name', '?')} · {r.get('status', '?')}{acc_txt}{name}")
+
+
+def run_picker(runs: list[dict], key: str, label: str = "Run", default: str | None = None,
+               where=None, help: str | None = None,
+               label_fn: Callable[[dict], str] | None = None) -> str | None:
+    """A selectbox over run rows or snapshots (``id`` or ``run_id``); returns the chosen run id."""
+    where = where or st
+    ids = [r.get("id") or r.get("run_id") for r in runs]
+    if not ids:
+        where.info("No runs yet: train one in the Lab.", icon=":material/info:")
+        return None
+    labels = {i: (label_fn or run_label)(r) for i, r in zip(ids, runs)}
+    if key in st.session_state and st.session_state[key] not in ids:
+        del st.session_state[key]
+    if key not in st.session_state:
+        st.session_state[key] = default if default in ids else ids[0]
+    return where.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
+
+
+def confirm(key: str, prompt: str, action: Callable[[], None], label: str = "Yes, do it",
+            where=None) -> None:
+    """Two-step confirmation: after the first button set ``st.session_state[key] = True``; this
+    draws the question with confirm / cancel buttons and runs ``action`` on confirm."""
+    where = where or st
+    if not st.session_state.get(key):
+        return
+    where.warning(prompt, icon=":material/warning:")
+    c1, c2 = where.columns(2)
+    if c1.button(label, key=f"{key}_yes", type="primary"):
+        st.session_state[key] = False
+        action()
+        st.rerun()
+    if c2.button("Cancel", key=f"{key}_no"):
+        st.session_state[key] = False
+        st.rerun()
+
+
+def field(cls, name: str, values: dict, key_prefix: str, where=None, **kw) -> Any:
+    """The widget of one named field of ``cls`` (e.g. a selectbox with a custom ``format_func``)."""
+    spec = next(s for s in field_specs(cls) if s["name"] == name)
+    return widget(spec, f"{key_prefix}{name}", values.get(name, spec["default"]), where, **kw)
