@@ -237,6 +237,8 @@ class Trainer:
 
         X, Y = data.transfer.x.to(dev), data.transfer.y.to(dev)
         L = data.labeled.to(dev)
+        all_labeled = bool(data.labeled.all())
+        ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
         cached_t = None
         if teachers and getattr(method, "cache_teacher_logits", True):
             # method.teachers: a method may add teachers in setup() (multi_teacher)
@@ -267,14 +269,18 @@ class Trainer:
                 if ctl.interrupt:
                     ctl.checkpoint()
                 idx = perm[i * bs:(i + 1) * bs]
-                batch = Batch(X[idx], Y[idx], L[idx], idx,
-                              None if cached_t is None else [c[idx] for c in cached_t])
+                batch = Batch(X[idx], Y[idx], ones if all_labeled else L[idx], idx,
+                              None if cached_t is None else [c[idx] for c in cached_t],
+                              all_labeled)
                 if amp is not None:
                     with amp:
                         terms = method.loss_terms(batch, step)
                 else:
                     terms = method.loss_terms(batch, step)
-                total = sum(terms.values())
+                vals = iter(terms.values())
+                total = next(vals)
+                for v in vals:          # not sum(): that starts from 0 and costs one more op
+                    total = total + v
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()

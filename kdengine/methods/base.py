@@ -40,6 +40,9 @@ class Batch:
     # Teacher logits for this batch, one tensor per teacher, when the trainer could cache them
     # (fixed, un-augmented transfer set); otherwise None and the method runs the teachers itself.
     teacher_logits: list[Tensor] | None = None
+    # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
+    # host sync that testing the mask would cost every step).
+    all_labeled: bool = False
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Method:
         if batch.y.dim() == 2:   # multi-hot targets (text data): per-label BCE, multilabel.py
             from ..multilabel import hard_loss
             return hard_loss(logits, batch.y, batch.labeled)
-        if batch.labeled.all():
+        if batch.all_labeled:
             return F.cross_entropy(logits, batch.y)
         lab = batch.labeled
         # Sum over labelled samples / batch size: keeps the per-step scale independent of how many
