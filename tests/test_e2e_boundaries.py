@@ -1,0 +1,38 @@
+"""Browser test: the Boundaries page during a live BSS run on moons redraws the student's heatmap.
+
+Reuses the Streamlit server of tests/test_e2e.py (same module-scoped fixture and helpers).
+"""
+from __future__ import annotations
+
+import re
+
+from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM, idle, pytestmark, server, wait_until  # noqa: F401
+
+
+def student_epoch(page) -> int:
+    """The epoch in the student panel's title ("student, epoch N"), 0 before the first snapshot."""
+    text = page.locator(".st-key-bd_heatmap").all_inner_texts()
+    m = re.search(r"student, epoch (\d+)", " ".join(text))
+    return int(m.group(1)) if m else 0
+
+
+def test_boundaries_heatmap_follows_a_live_bss_run(server):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1600})
+        try:
+            page.goto(f"{server}/boundaries")
+            start = page.locator(".st-key-bd_start button").first
+            start.wait_for(timeout=120_000)
+            idle(page)
+            start.click()
+            first = wait_until(lambda: student_epoch(page), 180, "the first student heatmap")
+            wait_until(lambda: student_epoch(page) > first, 180, "the heatmap to follow training")
+            assert page.locator(".st-key-bd_heatmap .main-svg").count() > 0
+            page.screenshot(path=str(ARTIFACTS / "boundaries.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure-boundaries.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
