@@ -62,6 +62,14 @@ st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * 
                             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
 by_id = {r["id"]: r for r in rows}
+# A link to one run (e.g. a click on a Sweeps heatmap cell: ?run=<id>) selects it, once per link.
+linked = st.query_params.get("run")
+if linked and ss.get("runs_linked") != linked:
+    ss["runs_linked"] = linked
+    if linked in by_id:
+        ss["runs_sel"] = [linked]
+    else:
+        st.warning(f"No stored run {linked!r} (deleted, or stored on another machine).")
 if "runs_sel" not in ss:
     ss["runs_sel"] = [r["id"] for r in rows if r["status"] not in ACTIVE][:3]   # newest finished
 ss["runs_sel"] = [i for i in ss["runs_sel"] if i in by_id]

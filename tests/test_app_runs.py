@@ -73,6 +73,19 @@ def test_open_in_lab_loads_the_stored_config(runs):
     assert at.number_input(key="lab.teacher.epochs").value == 2
 
 
+def test_a_run_link_selects_that_run(runs):
+    """Sweeps heatmap cells link to ?run=<id>: the Runs page opens with that run selected."""
+    ids, _ = runs
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = ids[0]
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.multiselect(key="runs_sel").value == [ids[0]]
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert any("no-such-run" in w.value for w in at.warning)
+
+
 def test_delete_asks_first_then_deletes(runs):
     ids, store = runs
     at = page()
@@ -96,3 +109,4 @@ def test_prune_keeps_the_newest(runs):
     at.button(key="runs_confirm_prune_yes").click().run()
     assert [r["id"] for r in store.list_runs()] == [ids[2]]
     assert any("Deleted 1" in s.value for s in at.success)
+
