@@ -12,7 +12,7 @@ from kdengine.config import flatten
 from kdengine.params import ConfigError
 from kdengine.sweeps import (BACKENDS, DEFAULT_AXES, SweepSpec, get_sweep, parse_values, ray_available,
                              resume_sweep, shown_status, start_sweep, stored_cells)
-from ui import state
+from ui import state, widgets
 from ui.engine import get_engine, owner_id
 from ui.nav import ROOT
 from ui.sweep_charts import heatmap_figure, knob_lines_figure
@@ -81,14 +81,7 @@ if st.button("Run sweep", type="primary", key="sw_launch"):
     except ConfigError as e:
         st.error(str(e), icon=":material/error:")
 
-stored = engine.store.list_sweeps(kind="sweep", limit=50)
-if stored:
-    ids = [r["id"] for r in stored]
-    if ss.get("sweep_id") not in ids:
-        ss["sweep_id"] = ids[0]
-    st.selectbox("Sweep", ids, key="sweep_id",
-                 # labels must not change while a page is open (status is in the progress line)
-                 format_func=lambda i: next(f"{r['id']} · {r['name']}" for r in stored if r["id"] == i))
+widgets.stored_sweep_picker(engine.store, "sweep", "sweep_id", "Sweep", limit=50)
 
 
 # -- the live view -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from kdengine.models import ladder, model_label
 from kdengine.params import ConfigError
 from kdengine.ta_gap import (PRESET, TAGapSpec, get_experiment, resume_experiment, shown_status,
                              start_experiment, stored_results)
+from ui import widgets
 from ui.engine import get_engine, owner_id
 from ui.sweep_charts import ladder_figure, ta_gap_figure
 
@@ -75,14 +76,7 @@ if b1.button("Run TA-gap experiment", type="primary", key="ta_launch"):
 if b2.button("Run the workshop preset (digits, a minute or two)", key="ta_preset"):
     launch(TAGapSpec.from_dict(PRESET))
 
-stored = engine.store.list_sweeps(kind="ta_gap", limit=30)
-if stored:
-    ids = [r["id"] for r in stored]
-    if ss.get("ta_exp") not in ids:
-        ss["ta_exp"] = ids[0]
-    st.selectbox("Experiment", ids, key="ta_exp",
-                 # labels must not change while a page is open (status is in the progress line)
-                 format_func=lambda i: next(f"{r['id']} · {r['name']}" for r in stored if r["id"] == i))
+widgets.stored_sweep_picker(engine.store, "ta_gap", "ta_exp", "Experiment", limit=30)
 
 
 # -- the live view -------------------------------------------------------------------------------

@@ -197,3 +197,16 @@ def field(cls, name: str, values: dict, key_prefix: str, where=None, **kw) -> An
     """The widget of one named field of ``cls`` (e.g. a selectbox with a custom ``format_func``)."""
     spec = next(s for s in field_specs(cls) if s["name"] == name)
     return widget(spec, f"{key_prefix}{name}", values.get(name, spec["default"]), where, **kw)
+
+
+def stored_sweep_picker(store, kind: str, key: str, label: str, limit: int = 50) -> str | None:
+    """Pick one of the stored sweeps of ``kind`` (grids or TA-gap experiments), newest first; the
+    choice lives in ``st.session_state[key]``. Returns the chosen id, or None when there are none."""
+    stored = store.list_sweeps(kind=kind, limit=limit)
+    if not stored:
+        return None
+    names = {r["id"]: f"{r['id']} · {r['name']}" for r in stored}
+    if st.session_state.get(key) not in names:
+        st.session_state[key] = stored[0]["id"]
+    # labels must not change while a page is open (status is in the progress line)
+    return st.selectbox(label, list(names), key=key, format_func=names.get)
