@@ -12,6 +12,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("pages/soft_targets.py", "Soft targets", ":material/bar_chart:"),
     ("pages/dark_knowledge.py", "Dark knowledge", ":material/dark_mode:"),
     ("pages/boundaries.py", "Boundaries", ":material/scatter_plot:"),
+    ("pages/method_views.py", "Method views", ":material/insights:"),
     ("pages/ta_gap.py", "TA gap", ":material/stairs:"),
     ("pages/sweeps.py", "Sweeps", ":material/grid_on:"),
     ("pages/lessons.py", "Lessons", ":material/school:"),

@@ -1,0 +1,84 @@
+"""AppTest of the Method views page (Sobolev field on moons, specialists' clusters on digits), and
+the figure builders against the stored artifacts."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from kdengine.config import RunConfig
+from kdengine.engine import Engine
+from kdengine.store import Store
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def cfg(data: str, method: str, params: dict) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": data, "n_samples": 300},
+        "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 32}, "epochs": 3},
+        "student": {"arch": "mlp", "depth": 1, "width": 8},
+        "method": {"name": method, "params": params},
+        "train": {"epochs": 1, "log_every": 5}})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("method_views")
+    old = os.environ["KD_RUNS_DIR"]
+    os.environ["KD_RUNS_DIR"] = str(root)        # the page's engine is keyed by this folder
+    eng = Engine(store=Store(root), max_workers=1)
+    try:
+        ids = {"sobolev": eng.submit(cfg("moons", "sobolev", {"k": 1})),
+               "specialists": eng.submit(cfg("digits", "specialists", {
+                   "specialist_epochs": 2, "n_specialists": 2, "combine_steps": 10}))}
+        for rid in ids.values():
+            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+    finally:
+        eng.shutdown()
+    yield ids
+    os.environ["KD_RUNS_DIR"] = old
+
+
+def figure(at, key: str) -> dict:
+    charts = [c for c in at.get("plotly_chart")]
+    assert charts, f"no chart for {key}"
+    return json.loads(charts[0].proto.spec)
+
+
+def test_sobolev_field_and_specialist_clusters_are_drawn(runs):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/method_views.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    at.selectbox(key="mv_run").set_value(runs["sobolev"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    fig = figure(at, "sobolev")
+    kinds = [t["type"] for t in fig["data"]]
+    assert kinds.count("heatmap") == 2 and kinds.count("scatter") == 2   # teacher + student
+    arrows = fig["data"][1]
+    assert len(arrows["x"]) == 3 * 21 * 21                                 # a segment per grid point
+    at.selectbox(key="mv_class").set_value(1).run()
+    assert "class 1" in figure(at, "sobolev")["layout"]["title"]["text"]
+
+    at.selectbox(key="mv_run").set_value(runs["specialists"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    fig = figure(at, "specialists")
+    assert fig["data"][0]["type"] == "heatmap" and len(fig["data"][0]["z"]) == 10
+    assert len(fig["layout"]["shapes"]) == 2                                # one box per specialist
+    labels = {m.label for m in at.metric}
+    assert {"generalist test acc.", "generalist + specialists"} <= labels
+
+
+def test_specialists_figure_groups_each_cluster_into_a_block():
+    from ui.method_figs import specialists_figure
+    art = {"class_names": list("abcd"), "clusters": [[3, 1]],
+           "soft_confusion": [[float(10 * r + c) for c in range(4)] for r in range(4)]}
+    fig = specialists_figure(art)
+    assert list(fig.data[0].x) == ["d", "b", "a", "c"]          # the cluster first, in its order
+    assert fig.data[0].z[0][1] == 31.0                          # row d, column b: conf[3][1]
+    box = fig.layout.shapes[0]
+    assert (box.x0, box.x1) == (-0.5, 1.5)
