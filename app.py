@@ -1,4 +1,4 @@
-"""KD Playground: `streamlit run app.py`. Navigation only; the pages live in pages/ (see ui/nav.py)."""
+"""KD Playground: `streamlit run app.py`. Navigation only; the pages live in app_pages/ (see ui/nav.py)."""
 import streamlit as st
 
 from ui.nav import st_pages

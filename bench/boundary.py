@@ -10,7 +10,6 @@ Prints medians of several repeats; one CPU thread.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -19,15 +18,14 @@ import plotly.tools
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from kdengine import adversarial as adv  # noqa: E402
-from kdengine.cli import load_config  # noqa: E402
-from kdengine.data import load_data  # noqa: E402
-from kdengine.losses import kd_loss  # noqa: E402
-from kdengine.models import build_model  # noqa: E402
-from kdengine.teachers import get_teacher  # noqa: E402
-from ui import boundary_figs as bf  # noqa: E402
+from kdengine.analysis import boundaries as adv
+from kdengine.cli import load_config
+from kdengine.data.datasets import load_data
+from kdengine.losses.logits import kd_loss
+from kdengine.models.families import build_model
+from kdengine.teachers.sources import get_teacher
+from ui import boundary_figs as bf
 
 CPU = torch.device("cpu")
 
@@ -55,7 +53,7 @@ def setup(preset: str):
 def redraw(n: int = 100) -> None:
     _, data, teacher, student = setup("moons-bss")
     bounds = adv.grid_bounds(data.transfer.x)
-    x, y = data.transfer.x[:64], data.transfer.y[:64]
+    x = data.transfer.x[:64]
     with torch.no_grad():
         t = teacher(x)
     base = t.argmax(1)
@@ -103,7 +101,7 @@ def redraw(n: int = 100) -> None:
 
 def attack_cost(preset: str) -> None:
     cfg, data, teacher, student = setup(preset)
-    x, y = data.transfer.x[:64], data.transfer.y[:64]
+    x = data.transfer.x[:64]
     with torch.no_grad():
         t = teacher(x)
     base = t.argmax(1)

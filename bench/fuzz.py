@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_fuzz_"))
 
 

@@ -16,15 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 
-import torch  # noqa: E402
+import torch
 
-from kdengine.config import RunConfig  # noqa: E402
-from kdengine.trainer import Trainer  # noqa: E402
+from kdengine.core.config import RunConfig
+from kdengine.run.trainer import Trainer
 
 # (label, method, params); the student alone first, Hinton KD is the reference row.
 METHODS = [

@@ -10,25 +10,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from kdengine.config import RunConfig  # noqa: E402
-from kdengine.data import load_data  # noqa: E402
-from kdengine.engine import Engine  # noqa: E402
-from kdengine.losses import kd_loss  # noqa: E402
-from kdengine.models import build_model  # noqa: E402
-from kdengine.store import Store  # noqa: E402
-from kdengine.teachers import get_teacher  # noqa: E402
-from kdengine.trainer import evaluate, logits_of  # noqa: E402
+from kdengine.core.config import RunConfig
+from kdengine.data.datasets import load_data
+from kdengine.run.engine import Engine
+from kdengine.losses.logits import kd_loss
+from kdengine.models.families import build_model
+from kdengine.core.store import Store
+from kdengine.teachers.sources import get_teacher
+from kdengine.run.evaluation import evaluate
+from kdengine.models import logits_of
 
 
 def config(epochs: int, method: str = "hinton") -> RunConfig:

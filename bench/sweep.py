@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -34,10 +32,10 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     from kdengine.cli import load_config
-    from kdengine.engine import Engine
-    from kdengine.store import Store
-    from kdengine.sweeps import SweepSpec, start_sweep
-    from kdengine.trainer import Trainer
+    from kdengine.run.engine import Engine
+    from kdengine.core.store import Store
+    from kdengine.experiments.sweeps import SweepSpec, start_sweep
+    from kdengine.run.trainer import Trainer
 
     base = load_config("digits-quick", [f"train.epochs={args.epochs}"])
     axes = {"method.params.T": [1.0, 2.0, 4.0, 8.0],

@@ -1,11 +1,66 @@
 """kdengine: the knowledge-distillation training engine behind KD Playground.
 
-Never imports Streamlit: the same calls serve the web pages, the CLI (``python -m kdengine``) and
-the tests.
-"""
-from .config import DataConfig, MethodConfig, ModelConfig, RunConfig, TeacherConfig, TrainConfig
-from .params import ConfigError
+This module is the public API: the pages, the CLI, the benches and the tests import these names
+from ``kdengine`` itself. They are loaded on first use, so ``import kdengine`` is cheap (the web
+app's first page renders before torch has finished importing). Never imports Streamlit.
 
-__version__ = "0.1.0"
-__all__ = ["ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "RunConfig", "TeacherConfig",
-           "TrainConfig", "__version__"]
+The packages, from the bottom up (each imports only those before it):
+
+    core        config and knobs, paths, store, checkpoints, presets, export
+    losses      pure functional losses (kd_loss, dkd_loss, dkd_terms, ...)
+    data        data sets, transfer sets, the generated text task
+    models      model families with a size knob, the transformer, Hugging Face wrappers
+    teachers    teacher sources (train/cache/shipped/checkpoint/run/HF), baselines
+    methods     one module per distillation method behind one contract (methods/base.py)
+    analysis    soft targets, dark knowledge, decision boundaries
+    run         trainer, engine, evaluation, per-epoch monitors, resources, stored runs
+    teaching    lessons, pitfall linter
+    experiments sweeps, vectorised students, Ray, teacher-assistant chains and the TA gap
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+# name -> module that defines it
+_API: dict[str, str] = {}
+for _mod, _names in {
+    "kdengine.core.config": "RunConfig DataConfig ModelConfig TeacherConfig MethodConfig "
+                            "TrainConfig DATASETS TOY_DATASETS flatten config_hash",
+    "kdengine.core.knobs": "ConfigError field_specs param",
+    "kdengine.core.paths": "data_root assets_dir",
+    "kdengine.core.store": "Store ACTIVE",
+    "kdengine.core.checkpoints": "CheckpointError safe_load",
+    "kdengine.core.presets": "list_presets load_preset preset_path",
+    "kdengine.core.export": "export_run",
+    "kdengine.losses": "kd_loss dkd_loss dkd_terms",
+    "kdengine.data": "load_data fallback_config DataUnavailable DataBundle",
+    "kdengine.models": "build_model model_label ladder logits_of count_params",
+    "kdengine.teachers.sources": "get_teacher shipped_teachers",
+    "kdengine.methods": "Method method_names get_method_class register",
+    "kdengine.run.engine": "Engine train check_resources",
+    "kdengine.run.trainer": "Trainer",
+    "kdengine.run.evaluation": "evaluate",
+    "kdengine.run.stored": "load_run_models teacher_is_cached checkpoint_state TeacherNotCached RunModels",
+    "kdengine.teaching.pitfalls": "lint",
+    "kdengine.teaching.lessons": "load_lessons lesson_link parse_link knob_spec",
+}.items():
+    for _n in _names.split():
+        _API[_n] = _mod
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'kdengine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value       # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -5,16 +5,15 @@ The CLI drives the same Engine the web app uses, so what works here works there.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
 from pathlib import Path
 
-from .config import RunConfig
-from .params import ConfigError
-from .paths import assets_dir
+from kdengine.core.config import RunConfig
+from kdengine.core.knobs import ConfigError
+from kdengine.core.export import export_run
+from kdengine.core.presets import list_presets, preset_path
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -25,16 +24,6 @@ def _parse_sets(items: list[str]) -> dict:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
-
-
-def preset_path(name: str) -> Path:
-    p = Path(name)
-    if p.exists():
-        return p
-    cand = assets_dir() / "presets" / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")
-    if cand.exists():
-        return cand
-    raise ConfigError("config", f"no config file or preset named {name!r}; see `presets`")
 
 
 def load_config(path: str, sets: list[str] | None = None) -> RunConfig:
@@ -49,8 +38,8 @@ def _bar(frac: float, width: int = 30) -> str:
 
 
 def cmd_train(args) -> int:
-    from .engine import Engine
-    from .lint import lint
+    from kdengine.run.engine import Engine
+    from kdengine.teaching.pitfalls import lint
     cfg = load_config(args.config, args.set)
     for w in lint(cfg):
         print(f"warning: {w}", file=sys.stderr)
@@ -110,7 +99,7 @@ def _print_summary(sm: dict) -> None:
 
 
 def _store():
-    from .store import Store
+    from kdengine.core.store import Store
     return Store()
 
 
@@ -141,22 +130,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def export_run(store, run_id: str, fmt: str) -> str:
-    """A run's config, summary and metrics as JSON, or its metrics as CSV (long format)."""
-    row = store.get_run(run_id)
-    metrics = store.metrics(run_id)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["run_id", "step", "epoch", "name", "value"])
-        for m in metrics:
-            w.writerow([run_id, m["step"], m["epoch"], m["name"], m["value"]])
-        return buf.getvalue()
-    return json.dumps({"run": {k: row[k] for k in ("id", "name", "status", "error", "config",
-                                                   "summary", "versions", "created", "finished")},
-                       "metrics": metrics}, indent=1, default=str)
-
-
 def cmd_export(args) -> int:
     store = _store()
     row = _get(store, args.run)
@@ -169,15 +142,14 @@ def cmd_export(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    for p in sorted((assets_dir() / "presets").glob("*.yaml")):
-        first = p.read_text().splitlines()[0].lstrip("# ").strip() if p.read_text() else ""
-        print(f"{p.stem:<28} {first}")
+    for name, first in list_presets().items():
+        print(f"{name:<28} {first}")
     return 0
 
 
 def cmd_methods(args) -> int:
-    from .methods import get_method_class, method_names
-    from .params import field_specs
+    from kdengine.methods import get_method_class, method_names
+    from kdengine.core.knobs import field_specs
     for name in method_names():
         cls = get_method_class(name)
         knobs = ", ".join(f"{s['name']}={s['default']}" for s in field_specs(cls.Params))
@@ -192,7 +164,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .engine import Engine
+    from kdengine.run.engine import Engine
     store = _store()
     row = _get(store, args.run)
     eng = Engine(store=store, max_workers=1)
@@ -209,8 +181,8 @@ def cmd_resume(args) -> int:
 def cmd_sweep(args) -> int:
     """A grid over two (or more) knobs, e.g. --axis method.params.T=1,2,4 --axis
     method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done."""
-    from .engine import Engine
-    from .sweeps import parse_values, resume_sweep, start_sweep
+    from kdengine.run.engine import Engine
+    from kdengine.experiments.sweeps import parse_values, resume_sweep, start_sweep
     eng = Engine(max_workers=1)
     if args.resume:
         sweep = resume_sweep(eng, args.resume, args.backend)
@@ -292,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # DataUnavailable, CheckpointError: one clear line, not a traceback
-        from .data import DataUnavailable
-        from .teachers import CheckpointError
+        from kdengine.data.datasets import DataUnavailable
+        from kdengine.core.checkpoints import CheckpointError
         if isinstance(e, (DataUnavailable, CheckpointError)):
             print(f"error: {e}", file=sys.stderr)
             return 2

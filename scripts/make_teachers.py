@@ -6,18 +6,15 @@ model config, data set, split seed and measured test accuracy.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from kdengine.config import DataConfig, ModelConfig  # noqa: E402
-from kdengine.data import load_data  # noqa: E402
-from kdengine.models import build_model, count_params, model_label  # noqa: E402
-from kdengine.paths import assets_dir  # noqa: E402
-from kdengine.teachers import accuracy, fit_supervised  # noqa: E402
+from kdengine.core.config import DataConfig, ModelConfig
+from kdengine.data.datasets import load_data
+from kdengine.models.families import build_model, count_params, model_label
+from kdengine.core.paths import assets_dir
+from kdengine.teachers.fitting import accuracy, fit_supervised
 
 TEACHERS = {
     "digits-mlp-2x256": (DataConfig(name="digits"), ModelConfig("mlp", 2, 256), 40, 1e-3),

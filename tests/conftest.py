@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,7 +31,7 @@ def runs_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_cfg():
     """A digits config that trains in about a second."""
-    from kdengine.config import RunConfig
+    from kdengine.core.config import RunConfig
     return RunConfig.from_dict({
         "data": {"name": "digits"},
         "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64},

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from kdengine import adversarial as adv
+from kdengine.analysis import boundaries as adv
 from kdengine.cli import load_config
-from kdengine.data import load_data
-from kdengine.engine import Engine
+from kdengine.data.datasets import load_data
+from kdengine.run.engine import Engine
 from kdengine.methods import TrainContext
 from kdengine.methods.bss import BSS, BSSParams
-from kdengine.store import Store
-from kdengine.teachers import get_teacher
-from kdengine.trainer import train
+from kdengine.core.store import Store
+from kdengine.teachers.sources import get_teacher
+from kdengine.run.engine import train
 
 CPU = torch.device("cpu")
 

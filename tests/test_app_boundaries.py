@@ -11,10 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from kdengine.cli import load_config
-from kdengine.engine import Engine
-from kdengine.store import Store
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "boundaries.py")
+PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "boundaries.py")
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_train_button_starts_a_bss_run_and_selects_it(stored):
 def test_boundary_figure_dict_is_valid_plotly(stored):
     """The page hands plotly a prebuilt dict without validation; validate it here once."""
     import plotly.graph_objects as go
-    from kdengine.adversarial import dequantise
+    from kdengine.analysis.boundaries import dequantise
     from ui import boundary_figs as bf
     eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
     try:

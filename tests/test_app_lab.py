@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdengine.config import RunConfig
+from kdengine.core.config import RunConfig
 from kdengine.methods import get_method_class, method_names
-from kdengine.params import field_specs
-from kdengine.store import Store
+from kdengine.core.knobs import field_specs
+from kdengine.core.store import Store
 from ui import state
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")

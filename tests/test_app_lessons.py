@@ -8,12 +8,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import AppTestError
 
-from kdengine import lessons as lessons_mod
-from kdengine.lessons import load_lessons
+from kdengine.teaching import lessons as lessons_mod
+from kdengine.teaching.lessons import load_lessons
 
 ROOT = Path(__file__).resolve().parent.parent
-LESSONS = str(ROOT / "pages" / "lessons.py")
-INSTRUCTOR = str(ROOT / "pages" / "instructor.py")
+LESSONS = str(ROOT / "app_pages" / "lessons.py")
+INSTRUCTOR = str(ROOT / "app_pages" / "instructor.py")
 
 
 def page(params: dict | None = None, path: str = LESSONS) -> AppTest:
@@ -87,7 +87,7 @@ def test_a_lesson_whose_parts_are_missing_says_so(tmp_path, monkeypatch):
     shutil.copy(lessons_mod.lessons_dir() / "1-why-temperature.md", folder)
     (folder / "9-future.md").write_text(
         "---\nid: future\norder: 9\ntitle: Future lesson\npresets: [no-such-preset]\n"
-        "page: pages/no_such_page.py\nknobs: [train.epochs]\nquestion: Why?\nanswer: Because.\n"
+        "page: app_pages/no_such_page.py\nknobs: [train.epochs]\nquestion: Why?\nanswer: Because.\n"
         "---\nA lesson about a method that is not built.\n\n## What to look for\nLater.\n")
     monkeypatch.setattr(lessons_mod, "lessons_dir", lambda: folder)
     at = page({"lesson": "future"})
@@ -98,7 +98,7 @@ def test_a_lesson_whose_parts_are_missing_says_so(tmp_path, monkeypatch):
 
 
 def test_instructor_view_lists_every_sessions_runs(runs_dir):
-    from kdengine.lessons import get_lesson
+    from kdengine.teaching.lessons import get_lesson
     eng = engine()
     lesson = get_lesson("why-temperature")
     ids = [eng.submit(lesson.config({"method.params.T": T}, fast=True), owner=o, name="lesson:x")
@@ -126,7 +126,7 @@ def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir)
                                           "train.epochs=1", "train.baseline=false"])
     rid = eng.submit(cfg, owner="someone")
     assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    at = AppTest.from_file(str(ROOT / "pages" / "soft_targets.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "soft_targets.py"), default_timeout=120)
     at.session_state["st_run"] = rid
     at.run()
     assert not at.exception, at.exception

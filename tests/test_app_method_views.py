@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdengine.config import RunConfig
-from kdengine.engine import Engine
-from kdengine.store import Store
+from kdengine.core.config import RunConfig
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -51,7 +51,7 @@ def figure(at, key: str) -> dict:
 
 def test_sobolev_field_and_specialist_clusters_are_drawn(runs):
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("pages/method_views.py").run()
+    at.switch_page("app_pages/method_views.py").run()
     assert not at.exception, [e.value for e in at.exception]
 
     at.selectbox(key="mv_run").set_value(runs["sobolev"]).run()

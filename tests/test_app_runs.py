@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdengine.config import RunConfig
-from kdengine.engine import Engine
-from kdengine.store import Store
+from kdengine.core.config import RunConfig
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
 
 def page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -78,7 +78,7 @@ def test_a_run_link_selects_that_run(runs):
     ids, _ = runs
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["run"] = ids[0]
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("app_pages/runs.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.multiselect(key="runs_sel").value == [ids[0]]
     at.query_params["run"] = "no-such-run"

@@ -1,4 +1,4 @@
-"""Soft-target explorer: identities of kdengine.explore, and AppTest of the page on a finished run
+"""Soft-target explorer: identities of kdengine.analysis.soft_targets, and AppTest of the page on a finished run
 and on a live (paused) one."""
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from kdengine import explore
+from kdengine.analysis import soft_targets as explore
 from kdengine.cli import load_config
-from kdengine.engine import Engine
-from kdengine.store import Store
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-# -- kdengine.explore (pure) ---------------------------------------------------------------------
+# -- kdengine.analysis.soft_targets (pure) ---------------------------------------------------------------------
 @pytest.mark.parametrize("seed", range(5))
 def test_dkd_identity_holds_per_sample(seed):
     g = torch.Generator().manual_seed(seed)
@@ -64,7 +64,7 @@ def finished():
 def page(query: dict) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params.update(query)
-    at.switch_page("pages/soft_targets.py").run()       # a direct link: /soft_targets?run=...
+    at.switch_page("app_pages/soft_targets.py").run()       # a direct link: /soft_targets?run=...
     assert not at.exception, [e.value for e in at.exception]
     return at
 

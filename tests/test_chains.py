@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdengine.chains import link_config, run_chain, run_teacher
-from kdengine.config import ModelConfig
-from kdengine.data import load_data
-from kdengine.engine import Engine
-from kdengine.params import ConfigError
-from kdengine.store import Store
-from kdengine.ta_gap import TAGapSpec, pick_ta, start_experiment
-from kdengine.teachers import get_teacher
+from kdengine.experiments.chains import link_config, run_chain, run_teacher
+from kdengine.core.config import ModelConfig
+from kdengine.data.datasets import load_data
+from kdengine.run.engine import Engine
+from kdengine.core.knobs import ConfigError
+from kdengine.core.store import Store
+from kdengine.experiments.ta_gap import TAGapSpec, pick_ta, start_experiment
+from kdengine.teachers.sources import get_teacher
 
 W = lambda w: ModelConfig("mlp", 1, w)  # noqa: E731
 

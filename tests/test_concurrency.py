@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import kdengine.engine as engine_mod
-from kdengine.config import RunConfig
-from kdengine.engine import Engine
-from kdengine.store import Store
+import kdengine.run.engine as engine_mod
+from kdengine.core.config import RunConfig
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 WIDTHS = {"ann": 8, "bob": 12, "cat": 16, "dan": 20}     # a different student for each user
@@ -114,7 +114,7 @@ def test_four_lab_sessions_at_once(runs_dir, gauge, monkeypatch):
     rids = [at.session_state["lab_run"] for at in sessions]
     assert len(set(rids)) == 4
     from ui.engine import _engine_for
-    from kdengine.paths import data_root
+    from kdengine.core.paths import data_root
     eng = _engine_for(str(data_root()))
     assert eng.max_workers == 2
     _wait_running(gauge, 2)
@@ -186,7 +186,7 @@ def test_two_runs_caching_the_same_teacher_at_once(tmp_path):
     saves must succeed and leave one whole checkpoint (a shared temp file made one fail)."""
     import torch
 
-    from kdengine.teachers import safe_load, save_checkpoint
+    from kdengine.core.checkpoints import safe_load, save_checkpoint
     path = tmp_path / "teachers" / "same.pt"
     errors: list[Exception] = []
     start = threading.Barrier(4)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from kdengine.config import RunConfig, flatten
-from kdengine.params import ConfigError
+from kdengine.core.config import RunConfig, flatten
+from kdengine.core.knobs import ConfigError
 
 BAD = [
     ("method.params.T", -1, "T must be > 0"),

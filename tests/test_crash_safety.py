@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from kdengine import cli
-from kdengine.store import Store
-from kdengine.teachers import safe_load
+from kdengine.core.store import Store
+from kdengine.core.checkpoints import safe_load
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 6

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdengine.config import DataConfig, ModelConfig
-from kdengine.data import DataUnavailable, load_data
-from kdengine.models import build_model, count_params, ladder
+from kdengine.core.config import DataConfig, ModelConfig
+from kdengine.data.datasets import DataUnavailable, load_data
+from kdengine.models.families import build_model, count_params, ladder
 
 
 @pytest.mark.parametrize("name", ["moons", "circles", "spirals", "blobs"])

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kdengine.cli import load_config
-from kdengine.engine import Engine
-from kdengine.store import Store
-from kdengine.trainer import Trainer
+from kdengine.run.engine import Engine
+from kdengine.core.store import Store
+from kdengine.run.trainer import Trainer
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_huge_learning_rate_becomes_nonfinite_and_fails(engine, tiny_cfg):
 
 
 def test_bad_config_is_rejected_at_submit(engine):
-    from kdengine.params import ConfigError
+    from kdengine.core.knobs import ConfigError
     with pytest.raises(ConfigError) as e:
         engine.submit({"method": {"name": "hinton", "params": {"T": -1}}})
     assert e.value.field == "method.params.T"
@@ -171,7 +171,7 @@ def test_interrupted_runs_are_recovered_and_resumed(runs_dir, tiny_cfg):
 
 
 def test_shipped_teacher_is_used_and_checked(engine, tiny_cfg):
-    from kdengine.teachers import shipped_teachers
+    from kdengine.teachers.sources import shipped_teachers
     assert "digits-mlp-2x256" in shipped_teachers()
     cfg = tiny_cfg.with_overrides({"teacher.source": "shipped", "teacher.checkpoint": "digits-mlp-2x256"})
     rid = engine.submit(cfg)

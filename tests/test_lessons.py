@@ -5,10 +5,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from kdengine.engine import Engine
-from kdengine.lessons import (check_knob, knob_spec, lesson_link, load_lessons, parse_lesson,
+from kdengine.run.engine import Engine
+from kdengine.teaching.lessons import (check_knob, knob_spec, lesson_link, load_lessons, parse_lesson,
                               parse_link)
-from kdengine.params import ConfigError
+from kdengine.core.knobs import ConfigError
 
 REQUIRED = ["why-temperature", "few-labels", "dark-knowledge", "decoupling", "boundary-samples",
             "teacher-too-big"]
@@ -38,11 +38,11 @@ def test_every_lesson_knob_is_a_real_field_of_its_preset():
 
 def test_missing_parts_are_reported_not_faked(tmp_path):
     text = ("---\nid: future\norder: 9\ntitle: Future\npresets: [no-such-preset]\n"
-            "page: pages/no_such_page.py\nmethod: no_such_method\nknobs: [train.epochs]\n"
+            "page: app_pages/no_such_page.py\nmethod: no_such_method\nknobs: [train.epochs]\n"
             "question: q?\nanswer: a.\n---\nBody.\n\n## What to look for\nNothing yet.\n")
     lesson = parse_lesson(text)
     missing = " ".join(lesson.missing())
-    for part in ("no-such-preset", "pages/no_such_page.py", "no_such_method"):
+    for part in ("no-such-preset", "app_pages/no_such_page.py", "no_such_method"):
         assert part in missing
     with pytest.raises(ConfigError, match="no preset"):
         lesson.config()

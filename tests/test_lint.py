@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdengine.config import RunConfig
-from kdengine.lint import kl_mean_calls, lint, probe_method, teacher_gap_warning
+from kdengine.core.config import RunConfig
+from kdengine.teaching.pitfalls import kl_mean_calls, lint, probe_method, teacher_gap_warning
 from kdengine.methods import Method
 from kdengine.methods.base import _REGISTRY
 
@@ -27,7 +27,7 @@ def test_static_scan_finds_kl_with_mean_reduction_only():
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.functional import kl_div
-from kdengine.losses import kl_div as kd_kl
+from kdengine.losses.logits import kl_div as kd_kl
 a = F.kl_div(x, y, reduction="mean")
 b = nn.KLDivLoss()
 c = F.kl_div(F.log_softmax(s, -1), p,
@@ -37,7 +37,7 @@ e = nn.KLDivLoss(reduction="sum")
 f = kl_div(x, y)
 '''
     assert kl_mean_calls(src) == [6, 7, 12]
-    # kdengine.losses defines its own kl_div: a bare call to it is not PyTorch's
+    # kdengine.losses.logits defines its own kl_div: a bare call to it is not PyTorch's
     assert kl_mean_calls("from ..losses import kl_div\nkl_div(p, q)\n") == []
     assert kl_mean_calls("def broken(:\n") == []
 
@@ -114,7 +114,7 @@ def test_teacher_gap_warning():
 
 
 def test_trainer_warns_when_the_teacher_does_not_beat_the_student_alone(runs_dir):
-    from kdengine.trainer import Trainer
+    from kdengine.run.trainer import Trainer
     cfg = RunConfig.from_dict({
         "data": {"name": "digits"},
         # a one-epoch 8-unit teacher against a 32-unit student trained for the full run

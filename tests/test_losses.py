@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdengine.losses import dkd_loss, dkd_per_sample, dkd_terms, kd_loss, kd_loss_unscaled
+from kdengine.losses.logits import dkd_loss, dkd_per_sample, dkd_terms, kd_loss, kd_loss_unscaled
 
 
 def _logits(seed=0, n=32, k=10, scale=3.0):

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdengine.config import ModelConfig, RunConfig
-from kdengine.data import load_data
-from kdengine.losses import kd_loss, logit_mse
+from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.data.datasets import load_data
+from kdengine.losses.logits import kd_loss, logit_mse
 from kdengine.methods import Batch, TrainContext, get_method_class
-from kdengine.models import build_model
+from kdengine.models.families import build_model
 
 NEW = ["noisy_teacher", "sobolev", "fitnet", "dml", "multi_teacher", "specialists", "adversarial"]
 # Small knobs so setup (extra teachers, specialists) stays quick.
@@ -46,7 +46,7 @@ def _ctx(cfg: RunConfig, data, events=None) -> TrainContext:
 
 def _method(name: str, params: dict | None = None, teacher=None, student_cfg=None, data=None):
     """A method on digits with a trained (cached) teacher, after setup()."""
-    from kdengine.teachers import get_teacher
+    from kdengine.teachers.sources import get_teacher
     cfg = _cfg(name, {**FAST.get(name, {}), **(params or {})})
     if student_cfg is not None:
         cfg.student = student_cfg
@@ -100,7 +100,7 @@ def test_terms_finite_and_gradients_only_reach_student_and_helpers(name):
 
 
 def test_every_new_method_trains_on_digits_through_the_engine(runs_dir):
-    from kdengine.engine import Engine
+    from kdengine.run.engine import Engine
     eng = Engine(max_workers=1)
     try:
         ids = {}
@@ -182,7 +182,7 @@ def test_sobolev_gradients_reach_student_through_the_jvp_and_teacher_stays_const
 
 
 def test_sobolev_cached_teacher_jacobians_give_the_same_terms_as_its_jvp():
-    from kdengine.trainer import logits_of
+    from kdengine.models import logits_of
     m, data = _method("sobolev", {"k": 3})
     assert m.t_jac is not None and m.cache_teacher_logits     # digits: small enough to cache
     b = _batch(data, 16)
@@ -344,7 +344,7 @@ def test_specialists_clusters_group_the_most_confused_classes():
 
 
 def test_specialists_setup_reports_progress_and_exposes_clusters():
-    from kdengine.teachers import get_teacher
+    from kdengine.teachers.sources import get_teacher
     cfg = _cfg("specialists", FAST["specialists"])
     data = load_data(cfg.data)
     events = []
@@ -380,7 +380,7 @@ def test_adversarial_discriminator_steps_itself_and_is_kept_from_the_trainers_op
 
 
 def test_new_methods_are_listed_with_validated_params():
-    from kdengine.params import ConfigError
+    from kdengine.core.knobs import ConfigError
     for name in NEW:
         cls = get_method_class(name)
         assert cls.paper and cls.title and cls.term_names

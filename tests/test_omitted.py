@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from kdengine.config import RunConfig
-from kdengine.omitted import (best_shift, bias_curve, omitted_report, omitted_runs,
+from kdengine.core.config import RunConfig
+from kdengine.analysis.dark_knowledge import (best_shift, bias_curve, omitted_report, omitted_runs,
                               per_class_accuracy, run_test_logits, shift_bias)
 
 
@@ -39,8 +39,8 @@ def test_raising_the_bias_only_ever_adds_predictions_of_that_class():
 
 
 def test_omit_3_run_end_to_end(runs_dir):
-    from kdengine.data import load_data
-    from kdengine.engine import Engine
+    from kdengine.data.datasets import load_data
+    from kdengine.run.engine import Engine
     cfg = RunConfig.from_dict({
         "data": {"name": "digits", "omit_class": 3},
         "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64},
@@ -69,7 +69,7 @@ def test_omit_3_run_end_to_end(runs_dir):
 
     # the Dark knowledge page shows this run; a large shift puts every 3 right
     from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file("../pages/dark_knowledge.py", default_timeout=60).run()
+    at = AppTest.from_file("../app_pages/dark_knowledge.py", default_timeout=60).run()
     assert not at.exception
     shown = {m.label: m.value for m in at.metric}
     assert shown["Accuracy on class 3"] == f"{rep['class_acc']:.2%}"
@@ -86,7 +86,7 @@ def test_preset_is_hintons_omitted_three():
 
 def test_dark_knowledge_page_without_runs(runs_dir):
     from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file("../pages/dark_knowledge.py", default_timeout=60).run()
+    at = AppTest.from_file("../app_pages/dark_knowledge.py", default_timeout=60).run()
     assert not at.exception
     assert any("No runs yet" in i.value for i in at.info)     # nothing to show: offers the preset
     assert any("digits-omit-3" in b.label for b in at.button)

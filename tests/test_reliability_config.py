@@ -31,10 +31,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdengine.config import MAX_CONFIG_BYTES, RunConfig
+from kdengine.core.config import MAX_CONFIG_BYTES, RunConfig
 from kdengine.methods import get_method_class, method_names
-from kdengine.params import ConfigError, _base_type, field_specs
-from kdengine.paths import check_relative
+from kdengine.core.knobs import ConfigError, _base_type, field_specs
+from kdengine.core.paths import check_relative
 
 EXAMPLES = int(os.environ.get("KD_FUZZ_EXAMPLES", "200"))
 
@@ -423,13 +423,13 @@ def ep_url(params) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _lessons():
-    from kdengine.lessons import load_lessons
+    from kdengine.teaching.lessons import load_lessons
     return load_lessons()
 
 
 def ep_lesson_link(params) -> str:
     """The Lessons page's link reader: never raises; each problem names the key it refused."""
-    from kdengine.lessons import parse_link
+    from kdengine.teaching.lessons import parse_link
     link = parse_link(params, _lessons())
     lock = params.get("lock", "")
     allowed = set(map(str, params)) | {"lesson", "lock"} | {
@@ -531,10 +531,10 @@ HOSTILE_LINK = {"train.epochs": "1e999", "student.width": "-5", "data.data_dir":
                 "lock": "train.epochs,../..", "sid": "'; DROP TABLE runs; --", "\x00": "\x00",
                 "name": "A" * 3000}
 # page -> fields its notice must name (pages that read no query params just must not break)
-NAMED = {"pages/lab.py": ["train.epochs", "student.width", "data.data_dir", "method.params.T",
+NAMED = {"app_pages/lab.py": ["train.epochs", "student.width", "data.data_dir", "method.params.T",
                           "preset", "x.y"],
-         "pages/soft_targets.py": ["run", "T", "i"],
-         "pages/lessons.py": ["lesson"]}
+         "app_pages/soft_targets.py": ["run", "T", "i"],
+         "app_pages/lessons.py": ["lesson"]}
 
 
 def _pages():

@@ -10,14 +10,15 @@ import threading
 import pytest
 import torch
 
-from kdengine.config import ModelConfig, RunConfig
-from kdengine.data import load_data
-from kdengine.engine import Engine
+from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.data.datasets import load_data
+from kdengine.run.engine import Engine
 from kdengine.methods.hinton import HintonKD
-from kdengine.models import build_model
-from kdengine.params import ConfigError
-from kdengine.store import Store
-from kdengine.teachers import CheckpointError, get_teacher, safe_load, save_checkpoint
+from kdengine.models.families import build_model
+from kdengine.core.knobs import ConfigError
+from kdengine.core.store import Store
+from kdengine.core.checkpoints import CheckpointError, safe_load, save_checkpoint
+from kdengine.teachers.sources import get_teacher
 
 TEACHER = {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 32}, "epochs": 2}
 

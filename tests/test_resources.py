@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kdengine import cli
-from kdengine.config import RunConfig
-from kdengine.engine import Engine
-from kdengine.models import build_model, count_params
-from kdengine.params import ConfigError
-from kdengine.resources import data_shape, estimate_bytes, memory_limit, model_footprint
-from kdengine.store import Store
+from kdengine.core.config import RunConfig
+from kdengine.run.engine import Engine
+from kdengine.models.families import build_model, count_params
+from kdengine.core.knobs import ConfigError
+from kdengine.run.resources import data_shape, estimate_bytes, memory_limit, model_footprint
+from kdengine.core.store import Store
 
 
 def small(**over) -> RunConfig:

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 from kdengine import cli
-from kdengine.config import RunConfig
-from kdengine.data import load_data
-from kdengine.engine import Engine
+from kdengine.core.config import RunConfig
+from kdengine.data.datasets import load_data
+from kdengine.run.engine import Engine
 from kdengine.methods import get_method_class, method_names
-from kdengine.params import ConfigError, _base_type, field_specs
-from kdengine.paths import inside_root
-from kdengine.store import Store
-from kdengine.teachers import CheckpointError, get_teacher, safe_load
+from kdengine.core.knobs import ConfigError, _base_type, field_specs
+from kdengine.core.paths import inside_root
+from kdengine.core.store import Store
+from kdengine.core.checkpoints import CheckpointError, safe_load
+from kdengine.teachers.sources import get_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,7 +80,7 @@ def test_malicious_checkpoint_is_refused_on_every_loading_path(runs_dir):
     with pytest.raises(CheckpointError):
         get_teacher(ck_cfg, data, cpu)
     # 2. a planted entry in the teacher cache: discarded and retrained, never unpickled as code
-    from kdengine.teachers import teacher_key
+    from kdengine.teachers.keys import teacher_key
     _plant(runs_dir / "teachers" / f"{teacher_key(cfg)}.pt", marker, "torch")
     _, info = get_teacher(cfg, data, cpu)
     assert info["cached"] is False

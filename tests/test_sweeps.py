@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from kdengine.engine import Engine
-from kdengine.params import ConfigError
-from kdengine.store import Store
-from kdengine.sweeps import (SweepSpec, cell_overrides, parse_values, resume_sweep, start_sweep,
+from kdengine.run.engine import Engine
+from kdengine.core.knobs import ConfigError
+from kdengine.core.store import Store
+from kdengine.experiments.sweeps import (SweepSpec, cell_overrides, parse_values, resume_sweep, start_sweep,
                              stored_cells)
 
 AXES = {"method.params.T": [2.0, 6.0], "method.params.soft_weight": [0.5, 0.9]}

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdengine.config import DataConfig, ModelConfig, RunConfig
-from kdengine.data import load_data
+from kdengine.core.config import DataConfig, ModelConfig, RunConfig
+from kdengine.data.datasets import load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
-from kdengine.models import build_model
-from kdengine.multilabel import metrics, multilabel_kd_loss
-from kdengine.params import ConfigError
-from kdengine import text
+from kdengine.models.families import build_model
+from kdengine.losses.multilabel import metrics, multilabel_kd_loss
+from kdengine.core.knobs import ConfigError
+from kdengine.data import text
+from kdengine.models import transformer
 
 SMALL = {"name": "text", "n_samples": 1200, "noise": 0.3}
 
@@ -112,10 +113,10 @@ def test_transformer_is_text_only():
 
 
 def test_layer_map_is_uniform():
-    assert text.layer_map(2, 4) == [2, 4]
-    assert text.layer_map(1, 3) == [3]
-    assert text.layer_map(3, 6) == [2, 4, 6]
-    assert text.layer_map(4, 12) == [3, 6, 9, 12]
+    assert transformer.layer_map(2, 4) == [2, 4]
+    assert transformer.layer_map(1, 3) == [3]
+    assert transformer.layer_map(3, 6) == [2, 4, 6]
+    assert transformer.layer_map(4, 12) == [3, 6, 9, 12]
 
 
 # ---- losses -----------------------------------------------------------------------------------------
@@ -186,17 +187,17 @@ def test_tinybert_projection_trains_and_handles_other_widths():
 def test_distilbert_initialises_student_from_teacher_layers():
     teacher = build_model(ModelConfig(arch="transformer", depth=3, width=16), (text.MAX_LEN,), 6)
     student = build_model(ModelConfig(arch="transformer", depth=2, width=16), (text.MAX_LEN,), 6)
-    assert text.copy_alternate_layers(student, teacher)
+    assert transformer.copy_alternate_layers(student, teacher)
     for i, j in ((0, 0), (1, 2)):
         for a, b in zip(student.blocks[i].parameters(), teacher.blocks[j].parameters()):
             assert torch.equal(a, b)
     narrow = build_model(ModelConfig(arch="transformer", depth=1, width=8), (text.MAX_LEN,), 6)
-    assert not text.copy_alternate_layers(narrow, teacher)
+    assert not transformer.copy_alternate_layers(narrow, teacher)
 
 
 # ---- end to end through the engine -------------------------------------------------------------------
 def test_text_students_train_through_the_engine(runs_dir):
-    from kdengine.engine import Engine
+    from kdengine.run.engine import Engine
     eng = Engine(max_workers=1)
     try:
         student = {"arch": "transformer", "depth": 1, "width": 32}
@@ -240,7 +241,7 @@ def _hf():
 @pytest.mark.parametrize("kind", ["distilbert", "bert"])
 def test_hf_models_plug_into_the_methods(kind):
     _hf()
-    from kdengine.hf_text import tiny_model
+    from kdengine.models.hf import tiny_model
     teacher = tiny_model(kind, width=32, depth=2, heads=4)
     b = batch_of(load_data(DataConfig(**SMALL)))
     f = teacher.forward_features(b.x)
@@ -264,8 +265,8 @@ def test_hf_models_plug_into_the_methods(kind):
 
 def test_hf_teacher_loads_from_a_local_folder_and_fine_tunes(runs_dir):
     tf = _hf()
-    from kdengine.hf_text import HFUnavailable, load_pretrained, tiny_model
-    from kdengine.trainer import Trainer
+    from kdengine.models.hf import HFUnavailable, load_pretrained, tiny_model
+    from kdengine.run.trainer import Trainer
     vocab = text.tokenizer_for(DataConfig(**SMALL)).itos
     folder = runs_dir / "models" / "tiny-bert"
     folder.mkdir(parents=True)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdengine.config import ModelConfig, RunConfig
-from kdengine.data import load_data
+from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.data.datasets import load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
-from kdengine.models import build_model
-from kdengine.store import Store
-from kdengine.teachers import safe_load
-from kdengine.trainer import Trainer
-from kdengine.vectorised import (Knobs, StackedMLP, VmapStack, create_runs, group_key, stack_students,
+from kdengine.models.families import build_model
+from kdengine.core.store import Store
+from kdengine.core.checkpoints import safe_load
+from kdengine.run.trainer import Trainer
+from kdengine.experiments.vectorised import (Knobs, StackedMLP, VmapStack, create_runs, group_key, stack_students,
                                  stacked_terms, train_group)
 
 KNOBS = [  # (method, params): different T, weights and the T^2 switch per student

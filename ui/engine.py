@@ -13,7 +13,6 @@ import uuid
 
 import streamlit as st
 
-from ui.nav import guard_direct_link
 
 OWNER_KEY = "kd_owner"
 OWNER_PARAM = "sid"
@@ -27,8 +26,8 @@ def _engine_for(root: str):
     # "partially initialized module 'pandas'" error.
     import pandas  # noqa: F401
     import plotly.graph_objects  # noqa: F401
-    from kdengine.engine import Engine
-    from kdengine.store import Store
+    from kdengine.run.engine import Engine
+    from kdengine.core.store import Store
     engine = Engine(store=Store(root))
     threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
     return engine
@@ -38,10 +37,10 @@ def _prewarm() -> None:
     """While the user reads the page: import the training stack and load digits once, so the first
     Train press in a fresh server shows its first point in about a second instead of ~5-10 s."""
     try:
-        from kdengine.config import DataConfig, RunConfig
-        from kdengine.data import load_data
-        from kdengine.engine import check_resources
-        import kdengine.trainer  # noqa: F401
+        from kdengine.core.config import DataConfig, RunConfig
+        from kdengine.data.datasets import load_data
+        from kdengine.run.engine import check_resources
+        import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
         load_data(DataConfig())
     except Exception:  # best effort only: a real run reports its own errors
@@ -50,14 +49,12 @@ def _prewarm() -> None:
 
 def get_engine():
     """The process-wide Engine for the current data folder (``KD_RUNS_DIR``)."""
-    from kdengine.paths import data_root
-    guard_direct_link()
+    from kdengine.core.paths import data_root
     return _engine_for(str(data_root()))
 
 
 def owner_id() -> str:
     """This browser session's owner id (kept across reloads through the ``sid`` query param)."""
-    guard_direct_link()
     ss = st.session_state
     if OWNER_KEY not in ss:
         from_url = st.query_params.get(OWNER_PARAM, "")
@@ -69,7 +66,7 @@ def owner_id() -> str:
 
 def owner_runs(active_only: bool = False) -> list[dict]:
     """Light snapshots of this owner's runs held by the engine, newest first."""
-    from kdengine.store import ACTIVE
+    from kdengine.core.store import ACTIVE
     runs = get_engine().runs(owner_id())
     return [r for r in runs if r["status"] in ACTIVE] if active_only else runs
 

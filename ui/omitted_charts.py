@@ -1,4 +1,4 @@
-"""Charts for the omitted-class lesson (pages/dark_knowledge.py): per-class accuracy before and after
+"""Charts for the omitted-class lesson (app_pages/dark_knowledge.py): per-class accuracy before and after
 the bias shift, and accuracy against the shift."""
 from __future__ import annotations
 

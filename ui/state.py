@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from kdengine.config import MethodConfig, RunConfig, flatten
-from kdengine.params import ConfigError
+from kdengine.core.config import MethodConfig, RunConfig, flatten
+from kdengine.core.knobs import ConfigError
+from kdengine.core.presets import list_presets, load_preset  # noqa: F401  (load_preset: pages)
 
 # Query params that are not config fields (owner id, page-specific selections).
 RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options"}
@@ -114,17 +115,5 @@ def show_url_notice(problems: list[str]) -> None:
 
 
 def presets() -> dict[str, str]:
-    """Shipped presets (assets/presets/*.yaml): name -> the one-line description on line 1."""
-    from kdengine.paths import assets_dir
-    out = {}
-    for p in sorted((assets_dir() / "presets").glob("*.yaml")):
-        first = p.read_text(encoding="utf-8").splitlines()[:1]
-        out[p.stem] = first[0].lstrip("# ").strip() if first else ""
-    return out
-
-
-def load_preset(name: str) -> RunConfig:
-    from kdengine.cli import preset_path
-    if name not in presets():
-        raise ConfigError("preset", f"no preset named {name!r}; available: {', '.join(presets())}")
-    return RunConfig.load(str(preset_path(name)))
+    """Shipped presets: name -> one-line description."""
+    return list_presets()

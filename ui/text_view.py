@@ -1,6 +1,6 @@
 """The Soft-targets view of a text (multi-label) run: per-label probabilities of one sentence.
 
-Numbers come from ``kdengine.text_explore``; this module is charts and layout. The Soft targets page
+Numbers come from ``kdengine.analysis.text_view``; this module is charts and layout. The Soft targets page
 calls :func:`show_text_sample` instead of its softmax view when the run's data is text.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from kdengine import explore, text_explore
+from kdengine.analysis import soft_targets as explore
+from kdengine.analysis import text_view as text_explore
 from ui import charts
 
 

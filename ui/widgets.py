@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 import streamlit as st
 
-from kdengine.params import _base_type, field_specs
+from kdengine.core.knobs import _base_type, field_specs
 
 
 def label_of(spec: dict) -> str:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import kd_loss
-from ..params import param
+from kdengine.losses.logits import kd_loss
+from kdengine.core.knobs import param
 from .base import Method, register
 
 

@@ -128,7 +128,7 @@ class Method:
     def hard_ce(self, logits: Tensor, batch: Batch) -> Tensor:
         """Cross-entropy on the labelled part of the batch (0 when the batch has no labels)."""
         if batch.y.dim() == 2:   # multi-hot targets (text data): per-label BCE, multilabel.py
-            from ..multilabel import hard_loss
+            from kdengine.losses.multilabel import hard_loss
             return hard_loss(logits, batch.y, batch.labeled)
         if batch.all_labeled:
             return F.cross_entropy(logits, batch.y)

@@ -1,7 +1,7 @@
 """BSS: distillation with boundary-supporting samples (Heo et al., AAAI 2019, arXiv:1805.05532).
 
 Each step the student learns Hinton's soft targets on the batch, and also on adversarial samples that
-sit near the teacher's decision boundary, found by attacking the teacher (``kdengine.adversarial``).
+sit near the teacher's decision boundary, found by attacking the teacher (``kdengine.analysis.boundaries``).
 Reconstructed from the authors' ``train_BSS_distillation.py`` (T = 3, 64 attacked samples per batch,
 80 epochs, epoch e counted from 1 to E)::
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import adversarial as adv
-from ..losses import kd_loss, kd_loss_unscaled
-from ..params import ConfigError, param
+import kdengine.analysis.boundaries as adv
+from kdengine.losses.logits import kd_loss, kd_loss_unscaled
+from kdengine.core.knobs import ConfigError, param
 from .base import Method, register
 
 

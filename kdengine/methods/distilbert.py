@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import kd_loss
-from ..multilabel import is_multilabel, multilabel_kd_loss
-from ..params import param
+from kdengine.losses.logits import kd_loss
+from kdengine.losses.multilabel import is_multilabel, multilabel_kd_loss
+from kdengine.core.knobs import param
 from .base import Method, register
 
 
@@ -61,14 +61,14 @@ class TransformerMethod(Method):
     cache_teacher_logits = False      # the teacher runs every step anyway, for its hidden states
 
     def teacher_features(self, x: Tensor):
-        from ..text import features
+        from kdengine.models.transformer import features
         t = self.teachers[0]
         t.eval()
         with torch.no_grad():
             return features(t, x)
 
     def student_features(self, x: Tensor):
-        from ..text import features
+        from kdengine.models.transformer import features
         return features(self.student, x)
 
     def notice(self, message: str) -> None:
@@ -100,7 +100,7 @@ class DistilBert(TransformerMethod):
 
     def setup(self, data) -> None:
         if self.params.init_from_teacher:
-            from ..text import copy_alternate_layers
+            from kdengine.models.transformer import copy_alternate_layers
             if copy_alternate_layers(self.student, self.teachers[0]):
                 self.notice("Student initialised from the teacher's embeddings and evenly spread "
                             "layers (DistilBERT's initialisation).")

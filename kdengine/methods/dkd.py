@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import dkd_terms
-from ..params import param
+from kdengine.losses.logits import dkd_terms
+from kdengine.core.knobs import param
 from .base import Method, register
 
 

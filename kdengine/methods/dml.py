@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..losses import kd_loss, kd_loss_unscaled
-from ..params import param
+from kdengine.losses.logits import kd_loss, kd_loss_unscaled
+from kdengine.core.knobs import param
 from .base import Method, register
 
 
@@ -54,7 +54,7 @@ class DeepMutualLearning(Method):
         self.data = None
 
     def setup(self, data):
-        from ..models import build_model
+        from kdengine.models.families import build_model
         cfg = self.ctx.extras.get("config")
         if cfg is None:
             raise RuntimeError("dml builds its peers from the run's config (ctx.extras['config'])")

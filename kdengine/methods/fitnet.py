@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import kd_loss
-from ..params import ConfigError, param
+from kdengine.losses.logits import kd_loss
+from kdengine.core.knobs import ConfigError, param
 from .base import Method, register
 
 # A sensible pair of layers per model family: the last feature stage before pooling / the head.

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import kd_loss, kd_loss_unscaled
-from ..multilabel import multilabel_kd_loss
-from ..params import param
+from kdengine.losses.logits import kd_loss, kd_loss_unscaled
+from kdengine.losses.multilabel import multilabel_kd_loss
+from kdengine.core.knobs import param
 from .base import Method, register
 
 

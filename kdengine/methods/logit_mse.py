@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..losses import logit_mse
-from ..params import param
+from kdengine.losses.logits import logit_mse
+from kdengine.core.knobs import param
 from .base import Method, register
 
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..losses import kd_loss, kl_div
-from ..params import ConfigError, param
+from kdengine.losses.logits import kd_loss, kl_div
+from kdengine.core.knobs import ConfigError, param
 from .base import Method, register
 
 TEACHER_CHOICES = ("mlp-1-64", "mlp-1-128", "mlp-2-128", "mlp-2-256", "mlp-3-256", "mlp-2-512",
@@ -43,7 +43,7 @@ class MultiTeacherParams:
 
 
 def parse_spec(spec: str):
-    from ..config import ModelConfig
+    from kdengine.core.config import ModelConfig
     arch, depth, width = spec.split("-")
     return ModelConfig(arch=arch, depth=int(depth), width=int(width))
 
@@ -86,7 +86,7 @@ class MultiTeacher(Method):
         self.ensemble_acc: float | None = None
 
     def setup(self, data):
-        from ..teachers import get_teacher
+        from kdengine.teachers.sources import get_teacher
         cfg = self.ctx.extras.get("config")
         emit = self.ctx.extras.get("emit") or (lambda e: None)
         control = self.ctx.extras.get("control")

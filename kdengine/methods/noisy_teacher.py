@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..losses import logit_mse
-from ..params import param
+from kdengine.losses.logits import logit_mse
+from kdengine.core.knobs import param
 from .base import Method, register
 
 

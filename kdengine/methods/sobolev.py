@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacfwd, jvp, vmap
 
-from ..losses import kd_loss, logit_mse
-from ..params import ConfigError, param
+from kdengine.losses.logits import kd_loss, logit_mse
+from kdengine.core.knobs import ConfigError, param
 from .base import Method, register
 
 

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..losses import kd_loss
-from ..params import param
+from kdengine.losses.logits import kd_loss
+from kdengine.core.knobs import param
 from .base import Method, register
 
 _EPS = 1e-12
@@ -223,8 +223,8 @@ class Specialists(Method):
                           for i in range(0, len(x), chunk)])
 
     def _train_specialist(self, m: int, subset: list[int], data) -> nn.Module:
-        from ..models import build_model
-        from ..teachers import fit_supervised
+        from kdengine.models.families import build_model
+        from kdengine.teachers.fitting import fit_supervised
         cfg = self.ctx.extras.get("config")
         p = self.params
         x, y = data.teacher_train.x, data.teacher_train.y

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..params import param
+from kdengine.core.knobs import param
 from .base import register
 from .distilbert import TransformerMethod, soft_loss, width_of
 
@@ -86,7 +86,7 @@ class TinyBert(TransformerMethod):
         return [self.w_e, self.w_h]
 
     def loss_terms(self, batch, step):
-        from ..text import layer_map
+        from kdengine.models.transformer import layer_map
         p = self.params
         fs = self.student_features(batch.x)
         ft = self.teacher_features(batch.x)

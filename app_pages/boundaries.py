@@ -1,0 +1,234 @@
+"""Boundaries: teacher and student decision regions, live, with BSS boundary-supporting samples.
+
+2-D data: both models' regions side by side with the training points; BSS samples and their paths;
+an optional disagreement map; a slider back through the per-epoch snapshots the trainer stores.
+Image data: a gallery of boundary samples. Any data: MagSim / AngSim over training, against other
+runs on the same data. Everything is read from ``engine.snapshot`` (live) and the run store
+(history); a fragment polls about once a second while the run is active.
+"""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from kdengine.analysis.boundaries import dequantise
+from kdengine.core.config import TOY_DATASETS, RunConfig
+from kdengine.core.knobs import ConfigError
+from kdengine.core.store import ACTIVE
+from ui import boundary_figs as bf
+from ui import charts, state, widgets
+from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+
+ss = st.session_state
+engine = get_engine()
+owner = owner_id()
+PRESET = "moons-bss"
+
+st.title("Decision boundaries")
+st.caption("Where do teacher and student draw the line between classes? BSS (Heo et al., AAAI 2019) "
+           "attacks the teacher to find samples right on its boundary and distils on them too. "
+           "MagSim / AngSim measure how far (distance) and in which direction the student's boundary "
+           "lies from each probe sample compared with the teacher's: 1 = the same boundary.")
+
+
+def start_preset() -> None:
+    try:
+        rid = engine.submit(state.load_preset(PRESET), owner=owner, name="moons · BSS")
+    except ConfigError as e:
+        ss["bd_error"] = str(e)
+        return
+    ss["bd_run"] = rid
+
+
+def data_kind(cfg: dict) -> str:
+    name = cfg.get("data", {}).get("name", "")
+    return "2d" if name in TOY_DATASETS else ("text" if name == "text" else "image")
+
+
+def candidate_runs() -> list[dict]:
+    """This session's runs in the engine, then stored runs; text runs have no input boundary."""
+    seen, out = set(), []
+    for r in owner_runs() + stored_runs(limit=200):
+        rid = r.get("run_id") or r.get("id")
+        if rid in seen or data_kind(r.get("config", {})) == "text":
+            continue
+        seen.add(rid)
+        out.append(r)
+    return out
+
+
+def method_label(cfg: dict) -> str:
+    m = cfg.get("method", {})
+    name, p = m.get("name", "?"), m.get("params", {})
+    if name == "hinton" and p.get("soft_weight", 1) == 0:
+        return "student alone (KD weight 0)"
+    return {"hinton": "plain KD", "bss": "bss"}.get(name, name)
+
+
+c1, c2 = st.columns([3, 1])
+c2.button(f"Train {PRESET}", on_click=start_preset, key="bd_start", icon=":material/play_arrow:",
+          help="Moons, MLP teacher 3x64, student 1x8, BSS; about 20 s on a laptop CPU.")
+if ss.get("bd_error"):
+    st.error(ss.pop("bd_error"))
+runs = candidate_runs()
+with c1:
+    active = [r for r in runs if r.get("status") in ACTIVE]
+    run_id = widgets.run_picker(runs, key="bd_run", default=(active or runs or [{}])[0].get("run_id"),
+                                help="Runs on 2-D or image data; this session's runs first.")
+if run_id is None:
+    st.stop()
+
+snap0 = engine.snapshot(run_id)
+cfg0 = snap0["config"]
+kind = data_kind(cfg0)
+is_live = snap0["status"] in ACTIVE
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def training_points(data_cfg: dict, limit: int = 500):
+    """Up to ``limit`` transfer-set points (standardised, like the grid) with their labels."""
+    from kdengine.data.datasets import load_data
+    data = load_data(RunConfig.from_dict({"data": data_cfg}).data)
+    x, y = data.transfer.x.numpy(), data.transfer.y.numpy()
+    idx = np.random.default_rng(0).permutation(len(y))[:limit]
+    return x[idx], y[idx], list(data.class_names)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def history(run_id: str, upto_epoch: int):
+    """Per-epoch student grids and BSS samples from the store (keyed by epoch)."""
+    store = get_engine().store
+    grids = {g["epoch"]: (step, g) for step, g in store.artifacts(run_id, "grid_student")}
+    bss = dict(store.artifacts(run_id, "bss"))
+    return {e: (g, bss.get(step)) for e, (step, g) in grids.items()}
+
+
+def comparison_curves(snap: dict) -> dict[str, list]:
+    """MagSim / AngSim of this run and of other runs on the same data."""
+    out = {"magsim": [], "angsim": []}
+    me = snap["run_id"]
+    for metric in out:
+        x, y = charts.xy(snap["series"], metric)
+        if x:
+            out[metric].append((f"{method_label(snap['config'])} · this run", x, y))
+    same = [r for r in runs if (r.get("run_id") or r.get("id")) != me
+            and r.get("config", {}).get("data") == snap["config"].get("data")][:6]
+    for r in same:
+        rid = r.get("run_id") or r.get("id")
+        rows = engine.store.metrics(rid, ["magsim", "angsim"])
+        for metric in out:
+            pts = [(m["epoch"], m["value"]) for m in rows if m["name"] == metric and m["value"] is not None]
+            if pts:
+                out[metric].append((f"{method_label(r['config'])} · {rid[-6:]}",
+                                    [p[0] for p in pts], [p[1] for p in pts]))
+    return out
+
+
+def similarity_charts(snap: dict) -> None:
+    curves = comparison_curves(snap)
+    if not curves["magsim"]:
+        st.info("No MagSim / AngSim yet: they are measured at each epoch's end for runs with a "
+                "teacher (a student-alone `ce` run has none to compare with; use plain KD with soft "
+                "weight 0 for that).", icon=":material/info:")
+        return
+    a, b = st.columns(2)
+    with a.container(key="bd_magsim"):
+        charts.show(bf.similarity_figure(curves["magsim"], "MagSim", "MagSim: distance to the "
+                                         "boundary, student vs teacher"))
+    with b.container(key="bd_angsim"):
+        charts.show(bf.similarity_figure(curves["angsim"], "AngSim", "AngSim: direction to the "
+                                         "boundary, student vs teacher"))
+
+
+def status_line(snap: dict) -> None:
+    total = snap["config"].get("train", {}).get("epochs", "?")
+    msg = f"**{snap['status']}** · epoch {snap['epoch']:g} of {total}"
+    if snap.get("phase_message"):
+        msg += f" · {snap['phase_message']}"
+    st.markdown(msg)
+    if snap.get("error"):
+        st.error(snap["error"])
+
+
+def view_2d() -> None:
+    snap = engine.snapshot(run_id)
+    status_line(snap)
+    arts = snap["artifacts"]
+    s_grid, t_grid = arts.get("grid_student"), arts.get("grid_teacher")
+    if s_grid is None:
+        st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
+        return
+    latest = int(s_grid["epoch"])
+    grid, bss, epoch = s_grid, arts.get("bss"), latest
+    # Following: no slider, the newest snapshot. Not following: a slider the page never moves
+    # by itself (programmatic moves of a slider whose range grows raced with the browser).
+    if latest > 1 and not st.toggle("follow the latest epoch", value=True, key="bd_follow",
+                                    help="Off: step back through the saved snapshots."):
+        if ss.get("bd_epoch", latest) > latest:
+            ss["bd_epoch"] = latest
+        epoch = st.slider("epoch snapshot", 1, latest, value=latest, key="bd_epoch",
+                          help="The boundary as it was at the end of each epoch.")
+        if epoch != latest:
+            grid, bss = history(run_id, latest).get(epoch, (s_grid, None))
+    pts, labels, names = training_points(snap["config"]["data"])
+    p_t = dequantise(t_grid["probs"]) if t_grid else None
+    with st.container(key="bd_heatmap"):
+        charts.show(bf.PrebuiltFigure(bf.boundary_figure(
+            p_t, dequantise(grid["probs"]), grid["bounds"], pts, labels, names,
+            bss if ss.get("bd_show_bss", True) else None, show_disagreement=ss.get("bd_disagree", False),
+            student_title=f"student, epoch {epoch}")))
+    if bss and ss.get("bd_show_bss", True):
+        n, flipped = len(bss["base"]), sum(bss["flipped"])
+        st.caption(f"{n} boundary-supporting samples from the last attacked batch of epoch {epoch}: "
+                   f"○ base sample → path → ◆ where the search stopped (✕ if the teacher's class "
+                   f"flipped; {flipped} of {n}). They attack the teacher only; on the student's "
+                   f"panel they show whether its boundary passes through the same places.")
+    if is_live and snap["status"] not in ACTIVE:
+        st.rerun()      # the run ended: redraw once without polling
+    similarity_charts(snap)
+
+
+def view_images() -> None:
+    snap = engine.snapshot(run_id)
+    status_line(snap)
+    bss = snap["artifacts"].get("bss")
+    if not bss:
+        st.info("Boundary samples come from BSS runs (method `bss`); this run's method is "
+                f"`{snap['config']['method']['name']}`.", icon=":material/info:")
+    else:
+        names = bss["class_names"]
+        st.subheader("Boundary-supporting samples")
+        st.caption("Each row: the base image, the sample the attack on the teacher produced, and "
+                   "their difference amplified to fill the grey range (mid-grey = unchanged). The "
+                   "probabilities are for the base class b and the target class k, before and "
+                   "after the attack.")
+        with st.container(key="bd_gallery"):
+            for i in range(len(bss["x_base"])):
+                b, k = bss["base"][i], bss["target"][i]
+                diff, gain = bf.amplified_difference(bss["x_base"][i], bss["x_bss"][i])
+                cols = st.columns([1, 1, 1, 2.2])
+                cols[0].image(bf.upscale(bss["x_base"][i]), caption=f"base: {names[b]}", width=96)
+                cols[1].image(bf.upscale(bss["x_bss"][i]), width=96,
+                              caption=f"boundary sample → {names[k]}"
+                              + (" (flipped)" if bss["flipped"][i] else ""))
+                cols[2].image(bf.upscale(diff), caption=f"difference × {gain:.0f}", width=96)
+                rows = [("teacher", bss["t_before"][i], bss["t_after"][i]),
+                        ("student", bss["s_before"][i], (bss.get("s_after") or bss["s_before"])[i])]
+                cols[3].markdown("\n".join(
+                    [f"| | p({names[b]}) | p({names[k]}) |", "|---|---|---|"]
+                    + [f"| {who} | {pb[b]:.2f} → {pa[b]:.2f} | {pb[k]:.2f} → {pa[k]:.2f} |"
+                       for who, pb, pa in rows]))
+    if is_live and snap["status"] not in ACTIVE:
+        st.rerun()
+    similarity_charts(snap)
+
+
+if kind == "2d":
+    t1, t2 = st.columns(2)
+    t1.toggle("disagreement map", key="bd_disagree",
+              help="A third panel: total-variation distance between teacher and student "
+                   "probabilities; the darker, the more they differ.")
+    t2.toggle("BSS samples", value=True, key="bd_show_bss")
+    st.fragment(run_every=1.0 if is_live else None)(view_2d)()
+else:
+    st.fragment(run_every=1.0 if is_live else None)(view_images)()

@@ -1,0 +1,159 @@
+"""Lessons: guided workshop steps, each with a preset, a live chart, a question and instructor links.
+
+The lessons are markdown files read by ``kdengine.teaching.lessons``. An instructor link
+(``?lesson=few-labels&lock=method.params.T&method.params.T=4``) opens a lesson with its knobs set;
+locked knobs are drawn disabled and their link values always win when the run is built. Whether a
+lesson can run (preset, page, method built) is checked here, at render time.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from kdengine.teaching.lessons import knob_spec, lesson_link, load_lessons, parse_link
+from kdengine.core.knobs import ConfigError
+from kdengine.core.store import ACTIVE
+from ui import charts, state, widgets
+from ui.engine import get_engine, owner_id
+from ui.nav import existing_pages
+
+ss = st.session_state
+engine = get_engine()
+owner = owner_id()
+lessons = load_lessons()
+by_id = {l.id: l for l in lessons}
+PAGE_TITLES = {f: t for f, t, _ in existing_pages()}
+
+
+def open_page(page: str) -> None:
+    """A link to another page; plain text when the page is not in the navigation (tests, embeds)."""
+    title = PAGE_TITLES.get(page, page)
+    try:
+        st.page_link(page, label=f"Open {title}", icon=":material/open_in_new:")
+    except st.errors.StreamlitPageNotFoundError:
+        st.markdown(f"Open the **{title}** page from the sidebar.")
+
+# The link is read once per browser session: page switches clear the URL, the locks stay.
+if "lessons_link" not in ss:
+    ss["lessons_link"] = parse_link(st.query_params.to_dict(), lessons)
+link = ss["lessons_link"]
+locked_lesson = link.lesson.id if (link.lesson and link.locked) else None
+
+st.title("Lessons")
+state.show_url_notice(link.problems)
+if not lessons:
+    st.error("No lessons found in assets/lessons.")
+    st.stop()
+
+if "lessons_pick" not in ss:
+    ss["lessons_pick"] = link.lesson.id if link.lesson else lessons[0].id
+if locked_lesson:
+    ss["lessons_pick"] = locked_lesson
+lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=bool(locked_lesson),
+                            format_func=lambda i: f"{by_id[i].order}. {by_id[i].title}",
+                            help="Locked by the instructor's link." if locked_lesson else None)]
+mine = link.lesson is not None and link.lesson.id == lesson.id
+locked = link.locked if mine else {}
+if locked:
+    st.info("Your instructor's link fixes: " + ", ".join(f"`{k}` = {v}" for k, v in locked.items()),
+            icon=":material/lock:")
+
+st.header(f"{lesson.order}. {lesson.title}")
+missing = lesson.missing()
+st.markdown(lesson.body)
+if missing:
+    others = [f"**{PAGE_TITLES[f]}**" for f in PAGE_TITLES if f != "app_pages/lessons.py"]
+    st.warning(f"This lesson is not ready yet: {', '.join(missing)} is not built. Until it is, "
+               f"nothing here is run and no result is shown. Pages that exist: "
+               f"{', '.join(others) or 'none'}.", icon=":material/construction:")
+    if lesson.page_exists():
+        open_page(lesson.page)
+
+
+def knob_widgets() -> tuple[dict, dict]:
+    """One widget per lesson knob; locked ones disabled and reset to the link's value every run."""
+    base = lesson.base_config()
+    defaults = {**lesson.knob_values(), **(link.values if mine else {}), **locked}
+    specs, values = {}, {}
+    cols = st.columns(min(3, max(1, len(lesson.knobs))))
+    for i, k in enumerate(lesson.knobs):
+        spec = knob_spec(base, k)
+        spec["label"] = f"{widgets.label_of(spec)}  ({k})"
+        key = f"lessons.{lesson.id}.{k}"
+        if k in locked:
+            ss.pop(key, None)          # re-seeded from the link below: the URL value wins
+        values[k] = widgets.widget(spec, key, defaults[k], cols[i % len(cols)], disabled=k in locked)
+        specs[k] = spec
+    values.update(locked)              # whatever the widget says, a locked knob is the link's value
+    return values, specs
+
+
+run_key = f"lessons_run.{lesson.id}"
+if not missing:
+    st.subheader("Try it")
+    values, specs = knob_widgets()
+    try:
+        cfg = lesson.config(values)
+        err = None
+    except ConfigError as e:
+        cfg, err = None, e
+    if err:
+        st.error(f"{err.field}: {err.message}" if err.field else str(err), icon=":material/error:")
+    c1, c2 = st.columns([1, 3])
+    if c1.button("Start this preset", key="lessons_start", type="primary", disabled=cfg is None,
+                 icon=":material/play_arrow:"):
+        try:
+            ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name)
+        except ConfigError as e:
+            st.error(str(e), icon=":material/error:")
+    c2.caption(f"Preset `{lesson.preset()}`; your run is named `{cfg.name if cfg else ''}` and "
+               f"appears on the Instructor page.")
+
+    def live(run_id: str) -> None:
+        snap = engine.snapshot(run_id)
+        st.markdown(f"**Run** `{run_id}` · status **{snap['status']}**")
+        frac = 1.0 if snap["status"] == "done" else min(1.0, snap["progress"])
+        st.progress(frac, text=snap["phase_message"] if snap["phase"] != "student" else
+                    f"student: epoch {snap['epoch']:.1f} of {snap['config']['train']['epochs']}")
+        for note in dict.fromkeys(snap["notices"]):
+            st.caption(note)
+        if snap["error"] and snap["status"] == "failed":
+            st.error(f"The run failed: {snap['error']}", icon=":material/error:")
+        charts.live_panel(snap, key="lesson")
+        if ss.get("lessons_polling") == run_id and snap["status"] not in ACTIVE:
+            ss["lessons_polling"] = None
+            st.rerun()                 # one full rerun so the page stops polling
+
+    if ss.get(run_key):
+        rid = ss[run_key]
+        active = engine.status(rid) in ACTIVE
+        ss["lessons_polling"] = rid if active else None
+        st.fragment(run_every=1.0 if active else None)(live)(rid)
+
+st.subheader("What to look for")
+st.markdown(lesson.look_for or "_(no notes)_")
+if lesson.page_exists() and not missing:
+    open_page(lesson.page)
+
+st.subheader("Check your understanding")
+st.markdown(lesson.question)
+ans_key = f"lessons_answer.{lesson.id}"
+if ss.get(ans_key):
+    st.success(lesson.answer, icon=":material/lightbulb:")
+    if st.button("Hide the answer", key="lessons_hide"):
+        ss[ans_key] = False
+        st.rerun()
+elif st.button("Show the answer", key="lessons_show"):
+    ss[ans_key] = True
+    st.rerun()
+
+if not missing:
+    with st.expander("Instructor: a link for the class", icon=":material/link:"):
+        st.caption("The link opens this lesson with the values above. Locked knobs cannot be changed "
+                   "by students; the others start at these values.")
+        lock = st.multiselect("Lock these knobs", lesson.knobs, key=f"lessons_lock.{lesson.id}",
+                              default=[k for k in locked])
+        preset_values = lesson.knob_values()
+        shown = {k: v for k, v in values.items() if k in lock or v != preset_values.get(k)}
+        query = lesson_link(lesson.id, shown, lock)
+        base = str(getattr(st.context, "url", "") or "").split("?")[0]
+        st.code(f"{base}?{query}" if base else f"?{query}", language=None)

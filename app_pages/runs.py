@@ -1,0 +1,136 @@
+"""Runs: every stored run in one table; overlay curves, export, delete, prune, reopen in the Lab."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from kdengine.core.export import export_run
+from kdengine.core.store import ACTIVE
+from ui import charts, widgets
+from ui.engine import get_engine, owner_id, stored_runs
+
+ss = st.session_state
+owner = owner_id()
+engine = get_engine()
+store = engine.store
+
+st.title("Runs")
+st.caption("Every run this machine has stored (the Lab, sweeps and the command line write here).")
+
+
+def weights_text(params: dict) -> str:
+    """The method's weights in words: 'soft 0.9 · hard 0.1', 'alpha 1 · beta 8 · ce 1', ..."""
+    keys = [k for k in params if "weight" in k or k in ("alpha", "beta")]
+    return " · ".join(f"{k.replace('_weight', '')} {params[k]:g}" if isinstance(params[k], float)
+                      else f"{k.replace('_weight', '')} {params[k]}" for k in keys)
+
+
+def teacher_text(cfg: dict) -> str:
+    t = cfg.get("teacher", {})
+    if t.get("source") == "none":
+        return "none"
+    if t.get("source") in ("shipped", "checkpoint", "run"):
+        return f"{t['source']}: {t.get('checkpoint', '')}"
+    m = t.get("model", {})
+    return f"{m.get('arch')} {m.get('depth')}x{m.get('width')} ({t.get('epochs')} ep)"
+
+
+def row(r: dict) -> dict:
+    cfg, sm = r["config"], r["summary"]
+    p = cfg.get("method", {}).get("params", {})
+    s = cfg.get("student", {})
+    status = engine.status(r["id"]) if r["status"] in ACTIVE else r["status"]
+    return {"id": r["id"], "name": r["name"], "status": status, "method": r["method"],
+            "data": cfg.get("data", {}).get("name"), "T": p.get("T"), "weights": weights_text(p),
+            "teacher": teacher_text(cfg), "student": f"{s.get('arch')} {s.get('depth')}x{s.get('width')}",
+            "epochs": cfg.get("train", {}).get("epochs"),
+            "test acc.": sm.get("final_test_acc"), "teacher acc.": sm.get("teacher_test_acc"),
+            "created": pd.to_datetime(r["created"], unit="s")}
+
+
+mine = st.toggle("Only this browser session's runs", key="runs_mine")
+rows = stored_runs(limit=500, owner_only=mine)
+if not rows:
+    st.info("No runs stored yet: train one in the Lab.", icon=":material/info:")
+    st.stop()
+table = pd.DataFrame([row(r) for r in rows])
+st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
+             column_config={"test acc.": st.column_config.NumberColumn(format="percent"),
+                            "teacher acc.": st.column_config.NumberColumn(format="percent"),
+                            "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+
+by_id = {r["id"]: r for r in rows}
+# A link to one run (e.g. a click on a Sweeps heatmap cell: ?run=<id>) selects it, once per link.
+linked = st.query_params.get("run")
+if linked and ss.get("runs_linked") != linked:
+    ss["runs_linked"] = linked
+    if linked in by_id:
+        ss["runs_sel"] = [linked]
+    else:
+        st.warning(f"No stored run {linked!r} (deleted, or stored on another machine).")
+if "runs_sel" not in ss:
+    ss["runs_sel"] = [r["id"] for r in rows if r["status"] not in ACTIVE][:3]   # newest finished
+ss["runs_sel"] = [i for i in ss["runs_sel"] if i in by_id]
+sel = st.multiselect("Selected runs", list(by_id), key="runs_sel",
+                     format_func=lambda i: widgets.run_label(by_id[i]),
+                     help="Compare, export, delete or reopen these.")
+
+# -- overlay -------------------------------------------------------------------------------------
+if sel:
+    snaps = {i: engine.snapshot(i) for i in sel}
+    names = sorted({k for s in snaps.values() for k in s["series"]
+                    if k not in ("progress", "eta_s", "elapsed_s", "samples_per_s", "lr")})
+    default = "test_acc" if "test_acc" in names else (names or [""])[0]
+    if ss.get("runs_metric") not in names:
+        ss["runs_metric"] = default
+    metric = st.selectbox("Metric", names, key="runs_metric")
+    curves = [(f"{i[-6:]} {snaps[i]['config']['method']['name']}", *charts.xy(snaps[i]["series"], metric))
+              for i in sel]
+    with st.container(key="runs_overlay"):
+        charts.show(charts.overlay_figure(curves, metric))
+
+    # -- actions ---------------------------------------------------------------------------------
+    c1, c2, c3, c4 = st.columns(4)
+    csv_text = "".join(export_run(store, i, "csv").split("\n", 1)[1] if k else export_run(store, i, "csv")
+                       for k, i in enumerate(sel))
+    c1.download_button("Export CSV", csv_text, file_name="kd_runs.csv", mime="text/csv",
+                       icon=":material/download:", key="runs_csv")
+    json_text = json.dumps([json.loads(export_run(store, i, "json")) for i in sel], indent=1)
+    c2.download_button("Export JSON", json_text, file_name="kd_runs.json",
+                       mime="application/json", icon=":material/download:", key="runs_json")
+    if c3.button(f"Open {sel[0][-6:]} in Lab", key="runs_open", icon=":material/science:",
+                 help="Load this run's configuration into the Lab (first selected run)."):
+        ss["lab_load"] = by_id[sel[0]]["config"]
+        st.switch_page("app_pages/lab.py")
+    if c4.button(f"Delete {len(sel)} run(s)", key="runs_delete", icon=":material/delete:"):
+        ss["runs_confirm_delete"] = True
+
+    def delete_selected() -> None:
+        busy = [i for i in sel if engine.status(i) in ACTIVE]
+        for i in sel:
+            if i not in busy:
+                store.delete_run(i)
+        ss["runs_deleted"] = (len(sel) - len(busy), busy)
+
+    widgets.confirm("runs_confirm_delete", f"Delete {len(sel)} run(s) with their metrics and "
+                    f"checkpoints? This cannot be undone.", delete_selected, "Yes, delete")
+
+if "runs_deleted" in ss:
+    n, busy = ss.pop("runs_deleted")
+    st.success(f"Deleted {n} run(s)." + (f" Still active, not deleted (stop them first): "
+                                         f"{', '.join(busy)}" if busy else ""))
+
+with st.expander("Prune old runs"):
+    keep = st.number_input("Keep the newest finished runs", 0, 100_000, 100, key="runs_keep")
+    if st.button("Prune", key="runs_prune"):
+        ss["runs_confirm_prune"] = True
+
+    def prune() -> None:
+        ss["runs_pruned"] = store.prune(keep=int(keep))
+
+    widgets.confirm("runs_confirm_prune", f"Delete every finished run except the newest {keep}?",
+                    prune, "Yes, prune")
+    if "runs_pruned" in ss:
+        st.success(f"Deleted {ss.pop('runs_pruned')} old run(s).")

@@ -1,0 +1,225 @@
+"""Soft targets: what the student is asked to match, one sample at a time.
+
+Pick a run (finished, or live: its student is read from the checkpoint the trainer writes each
+epoch) and a test sample, move the temperature: the teacher's and student's softmax at that T, the
+entropy against T, the wrong classes ranked ("dark knowledge", Hinton et al. 2015) and DKD's split
+of the KD term (Zhao et al. 2022) with its identity filled in. The numbers come from
+``kdengine.analysis.soft_targets``; this file is layout.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from kdengine.analysis import soft_targets as explore
+from kdengine.run import stored
+from kdengine.data.datasets import DataUnavailable
+from kdengine.core.store import ACTIVE
+from kdengine.core.checkpoints import CheckpointError
+from ui import charts, state, widgets
+from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+
+ss = st.session_state
+owner = owner_id()
+engine = get_engine()
+store = engine.store
+
+st.title("Soft targets")
+st.caption("Softening the teacher's output with a temperature T reveals how it ranks the wrong "
+           "classes. That ranking is what a student learns from soft targets beyond the label.")
+
+
+# -- which runs can be shown: any with a student checkpoint --------------------------------------
+def candidate_runs() -> list[dict]:
+    live = {r["run_id"]: dict(r, id=r["run_id"]) for r in owner_runs()}
+    rows = {r["id"]: r for r in stored_runs(limit=200)}
+    rows.update(live)
+    return [r for r in sorted(rows.values(), key=lambda r: -r.get("created", 0))
+            if stored.checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's models…")
+def run_models(run_id: str, mtime: float, train_teacher: bool) -> stored.RunModels:
+    """Cached per checkpoint version: a live run's new epoch has a new mtime."""
+    return stored.load_run_models(store, run_id, train_teacher=train_teacher)
+
+
+problems: list[str] = []
+params = st.query_params.to_dict()
+runs = candidate_runs()
+ids = [r["id"] for r in runs]
+if "st_run" not in ss:
+    url_run = state.read_param(params, "run", None, str, lambda r: r in ids, problems,
+                               "a run with a checkpoint")
+    lab_run = ss.get("lab_run")
+    ss["st_run"] = url_run or (lab_run if lab_run in ids else None) or (ids[0] if ids else None)
+    ss["st_T_url"] = state.read_param(params, "T", None, float,
+                                      lambda t: explore.T_MIN <= t <= explore.T_MAX, problems,
+                                      f"a temperature in [{explore.T_MIN}, {explore.T_MAX}]")
+    ss["st_i_url"] = state.read_param(params, "i", None, int, lambda i: i >= 0, problems,
+                                      "a sample index")
+    ss["st_problems"] = problems
+state.show_url_notice(ss.get("st_problems", []))
+
+run_id = widgets.run_picker(runs, "st_run", "Run", default=ss.get("st_run"),
+                            help="Runs with a student checkpoint; a live run updates each epoch.")
+if run_id is None:
+    st.stop()
+
+ck = stored.checkpoint_state(store, run_id)
+status = engine.status(run_id)
+
+
+@st.fragment(run_every=2.0 if status in ACTIVE else None)
+def watch_checkpoint(mtime: float | None) -> None:
+    """While the run trains: redraw the page when the trainer writes a newer checkpoint."""
+    now = stored.checkpoint_state(store, run_id)
+    st.caption(f":material/sync: live run ({engine.status(run_id)}): the student is reloaded "
+               f"after each epoch.")
+    if (now and now["mtime"]) != mtime or engine.status(run_id) not in ACTIVE:
+        st.rerun()
+
+
+if status in ACTIVE:
+    watch_checkpoint(ck["mtime"] if ck else None)
+if ck is None:
+    st.info("This run has no checkpoint yet: the student appears after its first epoch.",
+            icon=":material/hourglass_top:")
+    st.stop()
+
+try:
+    models = run_models(run_id, ck["mtime"], ss.get(f"st_train_teacher_{run_id}", False))
+except stored.TeacherNotCached as e:
+    st.warning(str(e), icon=":material/school:")
+    if st.button("Train the teacher again", key="st_train_teacher"):
+        ss[f"st_train_teacher_{run_id}"] = True
+        st.rerun()
+    st.stop()
+except (CheckpointError, DataUnavailable, KeyError) as e:
+    st.error(f"Cannot show run {run_id}: {e}", icon=":material/error:")
+    st.stop()
+
+data = models.data
+n_test = len(data.test)
+st.caption(f"Student {models.student_label} after epoch {models.epoch} · teacher "
+           f"{models.teacher_label or '(none)'} · {n_test} test samples of {models.cfg.data.name}")
+
+# -- the sample ----------------------------------------------------------------------------------
+if ss.get("st_loaded_run") != run_id:                    # a new run: start from its own T
+    ss["st_loaded_run"] = run_id
+    url_T, url_i = ss.pop("st_T_url", None), ss.pop("st_i_url", None)
+    ss["st_T"] = url_T or min(explore.T_MAX, max(explore.T_MIN, explore.run_T(models.cfg) or 4.0))
+    if url_i is not None and url_i >= n_test:
+        ss["st_problems"] = ss.get("st_problems", []) + [f"i: sample {url_i} does not exist; using 0"]
+        url_i = None
+    ss["st_i"] = url_i or 0
+ss.setdefault("st_T", min(explore.T_MAX, max(explore.T_MIN, explore.run_T(models.cfg) or 4.0)))
+ss["st_i"] = min(int(ss.get("st_i", 0)), n_test - 1)
+
+
+def pick(i: int) -> None:
+    ss["st_i"] = i
+
+
+left, right = st.columns([2, 3], gap="large")
+with left:
+    if data.kind == "image":
+        which = st.selectbox("Show", explore.SAMPLE_FILTERS, key="st_filter",
+                             help="Filter the grid to the interesting samples.")
+        idx = explore.sample_indices(models, which, limit=18)
+        if not idx:
+            st.caption("No sample matches this filter.")
+        cols = st.columns(6)
+        for k, i in enumerate(idx):
+            with cols[k % 6]:
+                st.image(explore.upscale(explore.sample_image(data, i), 48), clamp=True,
+                         width="stretch")
+                st.button(f"{i}", key=f"st_pick_{i}", on_click=pick, args=(i,), width="stretch",
+                          type="primary" if i == ss["st_i"] else "secondary")
+    elif data.kind == "2d":
+        xs = data.test.x.numpy()
+        ys = data.test.y.numpy()
+        fig = go.Figure(go.Scatter(x=xs[:, 0], y=xs[:, 1], mode="markers",
+                                   marker={"color": ys, "colorscale": "Viridis", "size": 6},
+                                   customdata=list(range(n_test)), name="test samples"))
+        i0 = ss["st_i"]
+        fig.add_trace(go.Scatter(x=[xs[i0, 0]], y=[xs[i0, 1]], mode="markers", name="chosen",
+                                 marker={"size": 16, "symbol": "circle-open", "color": "red",
+                                         "line": {"width": 3}}))
+        charts.style(fig, "test samples (click one)", "x₁ (standardised)", "x₂ (standardised)",
+                       height=340)
+        ev = st.plotly_chart(fig, key="st_points", on_select="rerun", selection_mode="points",
+                             config=charts.PLOT_CONFIG)
+        pts = (ev or {}).get("selection", {}).get("points", []) if ev else []
+        picked = pts[0].get("customdata") if pts else None
+        if picked is not None and picked != ss.get("st_last_click"):   # a new click only
+            ss["st_last_click"] = picked
+            ss["st_i"] = int(picked[0] if isinstance(picked, list) else picked)
+            st.rerun()
+    st.number_input("sample index", 0, n_test - 1, key="st_i", step=1)
+    st.slider("temperature T", explore.T_MIN, explore.T_MAX, step=0.5, key="st_T",
+              help="Softmax of logits / T. T = 1 is the model's own output; higher T softens it.")
+
+i, T = int(ss["st_i"]), float(ss["st_T"])
+want = {"sid": owner, "run": run_id, "i": str(i), "T": repr(T)}
+if st.query_params.to_dict() != want:
+    st.query_params.from_dict(want)
+if data.kind == "text":                                 # multi-label: per-label sigmoids
+    from ui.text_view import show_text_sample
+    with right:
+        show_text_sample(models, i, T)
+    st.stop()
+view = explore.sample_view(models, i, T)
+names = data.class_names
+
+with right:
+    target, ps, pt = view["target"], view["p_student"], view["p_teacher"]
+    head = f"Sample **{i}** · true class **{names[target]}** · student predicts " \
+           f"**{names[view['pred_student']]}**"
+    if view["pred_teacher"] is not None:
+        head += f" · teacher predicts **{names[view['pred_teacher']]}**"
+    st.markdown(head)
+    ci, cb = st.columns([1, 4]) if data.kind == "image" else (None, st.container())
+    if ci is not None:
+        ci.image(explore.upscale(explore.sample_image(data, i), 128), clamp=True, width="stretch")
+    with cb.container(key="st_bars"):
+        charts.show(charts.bars_figure(names, pt, ps, target, T))
+
+c1, c2 = st.columns(2, gap="large")
+with c1.container(key="st_entropy"):
+    charts.show(charts.entropy_figure(view["Ts"], view["H_teacher"], view["H_student"], T,
+                                      view["H_max"]))
+with c2:
+    st.markdown(f"**Wrong classes ranked** by the {'teacher' if pt is not None else 'student'} "
+                f"at T = {T:g}")
+    rows = pd.DataFrame([{"class": r["name"], "teacher p": r["teacher"], "student p": r["student"],
+                          "share of wrong mass": r["share_of_wrong_mass"]} for r in view["wrong"]])
+    if pt is None:
+        rows = rows.drop(columns=["teacher p"])
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0,
+                                                                   format="%.3f")
+                                for c in rows.columns if c != "class"})
+
+st.subheader("DKD: target and non-target parts of the KD term", divider="gray")
+dkd = view["dkd"]
+if dkd is None:
+    st.info("This run has no teacher, so there is no KD term to split.", icon=":material/info:")
+else:
+    m = st.columns(4)
+    m[0].metric("TCKD", f"{dkd['tckd']:.4f}", help="KL between the binary [p_target, 1 − p_target] "
+                                                     "of teacher and student.")
+    m[1].metric("NCKD", f"{dkd['nckd']:.4f}", help="KL between the distributions over the wrong "
+                                                     "classes only, each renormalised.")
+    m[2].metric("teacher p_target at T", f"{dkd['p_t']:.4f}")
+    m[3].metric("KD = KL(teacher ‖ student)", f"{dkd['kl']:.4f}")
+    st.latex(r"\mathrm{KD} \;=\; \mathrm{TCKD} + (1 - p_t)\,\mathrm{NCKD}")
+    st.latex(rf"{dkd['kl']:.4f} \;=\; {dkd['tckd']:.4f} + (1 - {dkd['p_t']:.4f}) \times "
+             rf"{dkd['nckd']:.4f} \;=\; {dkd['tckd']:.4f} + {dkd['weight'] * dkd['nckd']:.4f}")
+    st.caption(f"Per-sample values without the T² factor (the training loss multiplies by "
+               f"T² = {T * T:g}). When the teacher is confident (p_t near 1), the weight 1 − p_t = "
+               f"{dkd['weight']:.4f} suppresses NCKD inside plain KD; DKD gives it its own weight "
+               f"β. Difference between the two sides: {dkd['gap']:.1e}."
+               + (" With two classes there is a single wrong class, so NCKD is always 0."
+                  if len(names) == 2 else ""))

@@ -1,0 +1,148 @@
+"""Sweeps: a grid over any two knobs (T x soft weight by default), drawn as a heatmap as cells finish.
+
+Logic lives in kdengine.experiments.sweeps; this page picks the knobs, starts / stops / resumes a sweep and
+polls its cells about once a second in a fragment. Clicking a cell opens that run on the Runs page.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from kdengine.core.config import flatten
+from kdengine.core.knobs import ConfigError
+from kdengine.experiments.sweeps import (BACKENDS, DEFAULT_AXES, SweepSpec, get_sweep, parse_values, ray_available,
+                             resume_sweep, shown_status, start_sweep, stored_cells)
+from ui import state, widgets
+from ui.engine import get_engine, owner_id
+from ui.nav import ROOT
+from ui.sweep_charts import heatmap_figure, knob_lines_figure
+
+ss = st.session_state
+engine = get_engine()
+owner = owner_id()
+METRICS = ("final_test_acc", "final_train_acc", "final_agreement", "final_kl_test", "elapsed_s")
+BACKEND_HELP = {"local": "each cell is a run in the engine's queue",
+                "vectorised": "cells that differ only in method knobs train together in one pass "
+                              "(one batch, one teacher forward)",
+                "ray": "Ray Tune trials, on this machine or a cluster (KD_RAY_ADDRESS)"}
+
+st.title("Sweeps")
+st.caption("Pick two knobs and their values; every cell is a full distillation run. Cells already "
+           "trained with the same config are reused, so a stopped sweep resumes where it was.")
+
+# -- setup ---------------------------------------------------------------------------------------
+presets = state.presets()
+c1, c2, c3 = st.columns([2, 1, 1])
+preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
+                      index=list(presets).index("digits-quick") if "digits-quick" in presets else 0,
+                      format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
+try:
+    base = state.load_preset(preset)
+except ConfigError as e:
+    st.error(f"Preset {preset}: {e}")
+    st.stop()
+epochs = c2.number_input("Student epochs", 1, 200, int(base.train.epochs), key="sw_epochs")
+backend = c3.radio("Backend", BACKENDS, key="sw_backend", horizontal=True,
+                   help="; ".join(f"{k}: {v}" for k, v in BACKEND_HELP.items()))
+if backend == "ray" and not ray_available():
+    st.info("Ray is not installed here: `pip install -r requirements-cluster.txt`.",
+            icon=":material/info:")
+fields = [k for k, v in flatten(base.to_dict()).items()  # any scalar field can be a knob
+          if k != "name" and isinstance(v, (int, float, bool, str))]
+default_x, default_y = list(DEFAULT_AXES)
+flat = flatten(base.to_dict())
+
+
+def default_text(key: str) -> str:
+    return ", ".join(map(str, DEFAULT_AXES.get(key, [flat.get(key)])))
+
+
+k1, k2 = st.columns(2)
+x_key = k1.selectbox("Knob 1 (x)", fields, index=fields.index(default_x) if default_x in fields else 0,
+                     key="sw_x")
+x_text = k1.text_input("Values (comma separated)", default_text(x_key), key=f"sw_xv_{x_key}")
+y_key = k2.selectbox("Knob 2 (y)", fields, index=fields.index(default_y) if default_y in fields else 0,
+                     key="sw_y")
+y_text = k2.text_input("Values (comma separated)", default_text(y_key), key=f"sw_yv_{y_key}")
+metric = st.selectbox("Metric", METRICS, key="sw_metric")
+
+if st.button("Run sweep", type="primary", key="sw_launch"):
+    axes = {x_key: parse_values(x_text)}
+    if y_key != x_key:
+        axes[y_key] = parse_values(y_text)
+    cfg = base.copy()
+    cfg.train.epochs = int(epochs)
+    spec = SweepSpec(base=cfg.to_dict(), axes=axes, backend=backend, metric=metric,
+                     name=f"{preset}")
+    try:
+        if backend == "ray" and not ray_available():
+            raise ConfigError("backend", "ray is not installed")
+        ss["sweep_id"] = start_sweep(engine, spec, owner=owner).id
+    except ConfigError as e:
+        st.error(str(e), icon=":material/error:")
+
+widgets.stored_sweep_picker(engine.store, "sweep", "sweep_id", "Sweep", limit=50)
+
+
+# -- the live view -------------------------------------------------------------------------------
+def view(sweep_id: str) -> None:
+    sw = get_sweep(sweep_id)
+    row = engine.store.get_sweep(sweep_id)
+    spec = sw.spec if sw else SweepSpec.from_dict(row["spec"])
+    rows = sw.rows() if sw else stored_cells(engine.store, sweep_id)
+    status = shown_status(row["status"], sw)
+    keys = list(spec.axes)
+    xk, yk = keys[0], (keys[1] if len(keys) > 1 else None)
+    done = sum(r["status"] == "done" for r in rows)
+    st.progress(done / max(1, len(rows)), text=f"{status} · {done}/{len(rows)} cells · backend "
+                                               f"{spec.backend}")
+    err = (sw.error if sw else row["state"].get("error"))
+    if err:
+        st.error(err, icon=":material/error:")
+    m = metric if any(metric in r for r in rows) or done == 0 else spec.metric
+    if yk:
+        fig = heatmap_figure(rows, xk, yk, m, spec.axes[xk], spec.axes[yk])
+        event = st.plotly_chart(fig, key=f"heat_{sweep_id}", on_select="rerun",
+                                selection_mode="points", config={"displayModeBar": False})
+        pts = (event or {}).get("selection", {}).get("points", []) if event else []
+        if pts:
+            rid = (pts[0].get("customdata") or [""])[0]
+            if rid:
+                if (ROOT / "app_pages" / "runs.py").is_file():
+                    st.page_link("app_pages/runs.py", label=f"Open run {rid}",
+                                 icon=":material/open_in_new:",
+                                 query_params={"run": rid, "sid": owner})
+                else:
+                    st.caption(f"Run {rid}")
+    cols = st.columns(len(keys))
+    for col, k in zip(cols, keys):
+        other = next((o for o in keys if o != k), None)
+        with col:
+            st.plotly_chart(knob_lines_figure(rows, k, other, m, spec.axes[k],
+                                              spec.axes[other] if other else []),
+                            key=f"line_{sweep_id}_{k}", config={"displayModeBar": False})
+    df = pd.DataFrame(rows)
+    b1, b2, b3 = st.columns(3)
+    b1.download_button("Download grid (CSV)", df.to_csv(index=False).encode(), f"{sweep_id}.csv",
+                       "text/csv", key=f"csv_{sweep_id}")
+    active = sw is not None and not sw.done
+    if active and b2.button("Stop sweep", key=f"stop_{sweep_id}"):
+        sw.stop()
+    if not active and status != "done" and b3.button("Resume sweep", key=f"resume_{sweep_id}"):
+        resume_sweep(engine, sweep_id)
+        st.rerun()
+    with st.expander("Cells"):
+        st.dataframe(df, hide_index=True)
+    if sw is not None and sw.done and ss.get("sw_was_active") == sweep_id:
+        ss["sw_was_active"] = None
+        st.rerun()                       # one full rerun stops the polling
+    if active:
+        ss["sw_was_active"] = sweep_id
+
+
+sid = ss.get("sweep_id")
+if sid:
+    live = get_sweep(sid)
+    st.fragment(view, run_every=1.0 if live is not None and not live.done else None)(sid)
+else:
+    st.info("No sweep yet: choose two knobs and press Run sweep.", icon=":material/info:")

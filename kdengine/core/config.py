@@ -1,0 +1,273 @@
+"""Run configuration: dataclasses for data, models, teacher, method and training.
+
+A ``RunConfig`` is plain data: it round-trips through dicts, JSON, YAML and URL query strings, and
+``validate()`` rejects a bad value with a :class:`ConfigError` naming the field, the value and what
+is allowed. ``config_hash`` identifies identical runs (the human ``name`` does not count).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdengine.core.knobs import ConfigError, from_dict, param, validate_dataclass
+from kdengine.core.paths import check_relative
+
+DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "mnist", "fashion_mnist", "cifar10", "text")
+TOY_DATASETS = ("moons", "circles", "spirals", "blobs")
+TRANSFER_SETS = ("train", "heldout", "unlabeled", "labels")
+ARCHS = ("mlp", "cnn", "resnet", "resnet18", "transformer")
+RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+MAX_CONFIG_BYTES = 1_000_000     # config files and uploads larger than this are refused
+
+
+@dataclass
+class DataConfig:
+    name: str = param("digits", choices=DATASETS, help="Data set. Toys and digits need no download.")
+    n_samples: int = param(1000, min=50, max=200_000, help="Points drawn for 2-D toy data sets.",
+                           label="samples (toys)")
+    noise: float = param(0.2, min=0.0, max=5.0, step=0.05, help="Noise of the 2-D toy data sets.")
+    n_classes: int = param(3, min=2, max=10, help="Classes for spirals and blobs.", label="classes (toys)")
+    test_fraction: float = param(0.25, min=0.05, max=0.8, step=0.05, help="Share of data held for test.")
+    transfer: str = param("train", choices=TRANSFER_SETS,
+                          help="What the student learns from: the teacher's training set, a held-out "
+                               "split, the training set without labels, or only a few labels.")
+    n_labels: int = param(50, min=1, max=100_000, help="Labelled samples kept when transfer = labels.")
+    heldout_fraction: float = param(0.5, min=0.05, max=0.95, step=0.05,
+                                    help="Share of the training set kept away from the teacher for "
+                                         "transfer = heldout.")
+    omit_class: int | None = param(None, min=0, max=99, advanced=True,
+                                   help="Drop this class from the student's transfer set (Hinton's "
+                                        "omitted-digit experiment).")
+    seed: int = param(0, min=0, max=2**31 - 1, help="Seed of the train/test/transfer split.",
+                      advanced=True)
+    data_dir: str = param("data", help="Folder (inside the data root) for downloaded data sets.",
+                          advanced=True)
+    download: bool = param(True, advanced=True, help="Try to download MNIST/CIFAR when absent.")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = param("mlp", choices=ARCHS, help="Model family.")
+    depth: int = param(2, min=1, max=110,
+                       help="Hidden layers (MLP), conv blocks (CNN) or ResNet depth (8/14/20/32/...).")
+    width: int = param(64, min=1, max=4096,
+                       help="Units per layer (MLP), base channels (CNN/ResNet; 64 = ResNet x4).")
+    dropout: float = param(0.0, min=0.0, max=0.9, step=0.05, advanced=True)
+
+
+@dataclass
+class TeacherConfig:
+    source: str = param("train", choices=("train", "shipped", "checkpoint", "run", "none"),
+                        help="Train the teacher now (cached by its config), use a shipped one, load a "
+                             "checkpoint file, the student of a stored run (teacher-assistant "
+                             "chains), or none (student alone).")
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="mlp", depth=2, width=256))
+    epochs: int = param(30, min=1, max=1000, help="Epochs to train the teacher (source = train).")
+    lr: float = param(1e-3, min=0.0, max=10.0, min_exclusive=True, help="Teacher learning rate.")
+    checkpoint: str = param("", help="Checkpoint path inside the data root (source = checkpoint), "
+                                     "shipped teacher name (source = shipped) or run id "
+                                     "(source = run).")
+
+
+@dataclass
+class MethodConfig:
+    name: str = param("hinton", help="Distillation method (see `python -m kdengine methods`).")
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = param(20, min=1, max=10_000)
+    batch_size: int = param(64, min=1, max=65_536)
+    optimizer: str = param("adam", choices=("adam", "adamw", "sgd"))
+    lr: float = param(1e-3, min=0.0, max=10.0, min_exclusive=True, help="Learning rate.")
+    momentum: float = param(0.9, min=0.0, max=1.0, advanced=True)
+    weight_decay: float = param(0.0, min=0.0, max=1.0, advanced=True)
+    scheduler: str = param("none", choices=("none", "cosine", "step"), advanced=True)
+    seed: int = param(0, min=0, max=2**31 - 1)
+    device: str = param("auto", choices=("auto", "cpu", "cuda"), advanced=True)
+    amp: bool = param(False, advanced=True, help="Mixed precision (CUDA only).")
+    log_every: int = param(20, min=1, max=100_000, advanced=True,
+                           help="Steps between live metric points (one device sync each).")
+    baseline: bool = param(False, help="Also train the student alone (cached) to show what the "
+                                       "teacher added.")
+    boundary_metrics: str = param("auto", choices=("auto", "on", "off"), advanced=True,
+                                  help="MagSim/AngSim against the teacher each epoch (an attack on "
+                                       "128 probes: ~10x a digits epoch). auto = on for 2-D data "
+                                       "and for bss, off otherwise.")
+    checkpoint_every: int = param(1, min=0, max=10_000, advanced=True,
+                                  help="Epochs between student checkpoints (0 = only at the end).")
+
+
+@dataclass
+class RunConfig:
+    name: str = param("", help="Free label; not part of the config hash.")
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="mlp", depth=1, width=32))
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- conversions -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunConfig":
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError("", f"not valid JSON: {e}") from None
+        except RecursionError:   # '[[[[...' : the parser recurses once per level
+            raise ConfigError("", "not valid JSON: nested too deeply") from None
+        return cls.from_dict(data)
+
+    def to_yaml(self) -> str:
+        import yaml
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)   # libyaml: ~10x faster
+        return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        import yaml
+        try:
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as e:
+            raise ConfigError("", f"not valid YAML: {str(e).splitlines()[0]}") from None
+        except RecursionError:
+            raise ConfigError("", "not valid YAML: nested too deeply") from None
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def load(cls, path: str) -> "RunConfig":
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ConfigError("", f"cannot read {path}: {e.strerror or e}") from None
+        if len(raw) > MAX_CONFIG_BYTES:   # refuse, rather than parse a silently truncated file
+            raise ConfigError("", f"{path} is larger than {MAX_CONFIG_BYTES} bytes; a config is "
+                                  f"a few hundred bytes")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError("", f"{path} is not a UTF-8 text file") from None
+        return cls.from_json(text) if path.endswith(".json") else cls.from_yaml(text)
+
+    def copy(self) -> "RunConfig":
+        return copy.deepcopy(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """Return a copy with dotted keys set, e.g. {"method.params.T": 4, "train.epochs": 5}."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, value)
+        return RunConfig.from_dict(data)
+
+    # ---- validation and identity -------------------------------------------------------------
+    def validate(self) -> "RunConfig":
+        validate_dataclass(self)
+        from kdengine.methods import get_method_class  # registry import is deferred: methods import config
+        try:
+            method_cls = get_method_class(self.method.name)
+        except KeyError as e:
+            raise ConfigError("method.name", str(e.args[0])) from None
+        self.method.params = dataclasses.asdict(
+            from_dict(method_cls.Params, self.method.params, "method.params"))
+        self._cross_checks(method_cls)
+        return self
+
+    def _cross_checks(self, method_cls) -> None:
+        d, t, s = self.data, self.teacher, self.student
+        image_data = d.name in ("digits", "mnist", "fashion_mnist", "cifar10")
+        for path, m in (("teacher.model", t.model), ("student", s)):
+            if m.arch in ("cnn", "resnet", "resnet18") and not image_data:
+                raise ConfigError(f"{path}.arch", f"{m.arch} needs image data; {d.name} is not images "
+                                                  f"(use mlp)")
+            if (m.arch == "transformer") != (d.name == "text"):
+                raise ConfigError(f"{path}.arch", "the transformer family goes with the text data set "
+                                                  "and only with it")
+            if m.arch == "resnet" and m.depth not in RESNET_DEPTHS:
+                raise ConfigError(f"{path}.depth", f"resnet depth must be one of "
+                                                   f"{', '.join(map(str, RESNET_DEPTHS))}; got {m.depth}")
+            if m.arch == "cnn" and m.depth > 6:
+                raise ConfigError(f"{path}.depth", f"cnn depth must be <= 6, got {m.depth}")
+            if m.arch == "mlp" and m.depth > 16:
+                raise ConfigError(f"{path}.depth", f"mlp depth must be <= 16, got {m.depth}")
+        if d.name in ("spirals", "blobs") or d.name in ("moons", "circles"):
+            if d.name in ("moons", "circles") and d.n_classes != 2 and d.n_classes != DataConfig.n_classes:
+                raise ConfigError("data.n_classes", f"{d.name} has 2 classes, got {d.n_classes}")
+        # Methods that read hidden states / attention (distilbert, tinybert) name their families.
+        archs = getattr(method_cls, "requires_arch", ())
+        if archs and s.arch not in archs:
+            raise ConfigError("student.arch", f"method {self.method.name!r} needs a "
+                                              f"{' or '.join(archs)} student, got {s.arch}")
+        if d.name == "text" and not method_cls.supports_multilabel:
+            from kdengine.methods import get_method_class, method_names
+            ok = [m for m in method_names() if get_method_class(m).supports_multilabel]
+            raise ConfigError("method.name", f"{self.method.name} assumes one class per sample; the "
+                                             f"text task is multi-label: use {', '.join(ok)}")
+        if method_cls.needs_teacher and t.source == "none":
+            raise ConfigError("teacher.source", f"method {self.method.name!r} needs a teacher; "
+                                                f"choose train, shipped or checkpoint")
+        if t.source in ("checkpoint", "shipped", "run") and not t.checkpoint:
+            raise ConfigError("teacher.checkpoint", f"a {t.source} teacher needs a name or path")
+        check_relative(d.data_dir, "data.data_dir")   # never a path outside the data folder
+        if t.source in ("checkpoint", "shipped"):
+            check_relative(t.checkpoint, "teacher.checkpoint")
+        if t.source == "run" and not all(c.isalnum() or c in "-_" for c in t.checkpoint):
+            raise ConfigError("teacher.checkpoint", f"a run id has only letters, digits, - and _; "
+                                                    f"got {t.checkpoint!r}")
+        if self.train.amp and self.train.device == "cpu":
+            raise ConfigError("train.amp", "mixed precision needs device cuda (or auto on a GPU)")
+
+    def semantic_dict(self) -> dict:
+        d = self.to_dict()
+        d.pop("name", None)
+        return d
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.semantic_dict())
+
+
+def config_hash(data: Any) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(".".join(parts[: i + 1]), f"no such config section {part!r}")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise ConfigError(key, "not a config field")
+    node[parts[-1]] = value
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1} (used for URLs, tables and sweeps)."""
+    out = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
