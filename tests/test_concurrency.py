@@ -146,13 +146,13 @@ def test_method_registry_first_use_from_many_threads():
     import sys
 
     import kdengine.methods as pkg
-    import kdengine.methods.base as base
+    import kdengine.core.registry as base
     saved_reg = dict(base._REGISTRY)
     saved_mods = {k: v for k, v in sys.modules.items()
                   if k.startswith("kdengine.methods.") and k != "kdengine.methods.base"}
     saved_attrs = {k.rsplit(".", 1)[1]: getattr(pkg, k.rsplit(".", 1)[1], None) for k in saved_mods}
     base._REGISTRY.clear()
-    pkg._loaded = False
+    base._loaded = False
     for k in saved_mods:
         del sys.modules[k]
     results: list = []
@@ -177,7 +177,7 @@ def test_method_registry_first_use_from_many_threads():
         for name, mod in saved_attrs.items():
             if mod is not None:
                 setattr(pkg, name, mod)
-        pkg._loaded = True
+        base._loaded = True
     assert all(r == sorted(saved_reg) for r in results), results
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from kdengine.core.config import RunConfig
 from kdengine.teaching.pitfalls import kl_mean_calls, lint, probe_method, teacher_gap_warning
 from kdengine.methods import Method
-from kdengine.methods.base import _REGISTRY
+from kdengine.core.registry import _REGISTRY
 
 
 def _cfg(method="hinton", params=None, **data):

@@ -10,7 +10,7 @@ All quantities here are per sample and *without* the T^2 factor the training los
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,9 +18,6 @@ from torch import Tensor
 
 from kdengine.core.config import RunConfig
 from kdengine.data import DataBundle
-
-if TYPE_CHECKING:
-    from kdengine.run.stored import RunModels
 from kdengine.losses.logits import dkd_per_sample, entropy, kl_div, soften
 
 T_MIN, T_MAX = 0.5, 20.0
@@ -79,7 +76,7 @@ def dkd_identity(student_logits: Tensor | np.ndarray, teacher_logits: Tensor | n
             "rhs": rhs, "gap": float(kl[0]) - rhs, "T": float(T)}
 
 
-def sample_view(models: "RunModels", index: int, T: float) -> dict[str, Any]:
+def sample_view(models, index: int, T: float) -> dict[str, Any]:
     """Everything the page shows for test sample ``index`` at temperature T."""
     n = len(models.data.test)
     if not 0 <= index < n:
@@ -117,7 +114,7 @@ def upscale(img: np.ndarray, size: int = 64) -> np.ndarray:
 SAMPLE_FILTERS = ("all", "student wrong", "student and teacher disagree", "teacher unsure")
 
 
-def sample_indices(models: "RunModels", which: str = "all", limit: int = 48) -> list[int]:
+def sample_indices(models, which: str = "all", limit: int = 48) -> list[int]:
     """Test indices to offer in the picker; the interesting ones first for the filtered views."""
     y = models.data.test.y
     ps = models.s_test.argmax(-1)

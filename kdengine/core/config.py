@@ -180,7 +180,7 @@ class RunConfig:
     # ---- validation and identity -------------------------------------------------------------
     def validate(self) -> "RunConfig":
         validate_dataclass(self)
-        from kdengine.methods import get_method_class  # registry import is deferred: methods import config
+        from kdengine.core.registry import get_method_class  # registry import is deferred: methods import config
         try:
             method_cls = get_method_class(self.method.name)
         except KeyError as e:
@@ -216,7 +216,7 @@ class RunConfig:
             raise ConfigError("student.arch", f"method {self.method.name!r} needs a "
                                               f"{' or '.join(archs)} student, got {s.arch}")
         if d.name == "text" and not method_cls.supports_multilabel:
-            from kdengine.methods import get_method_class, method_names
+            from kdengine.core.registry import get_method_class, method_names
             ok = [m for m in method_names() if get_method_class(m).supports_multilabel]
             raise ConfigError("method.name", f"{self.method.name} assumes one class per sample; the "
                                              f"text task is multi-label: use {', '.join(ok)}")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

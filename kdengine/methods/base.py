@@ -14,16 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_REGISTRY: dict[str, type["Method"]] = {}
-
-
-def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: make a method selectable by its ``name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
-
+from kdengine.core.registry import get_method_class, method_names, register  # noqa: F401  (re-exported)
 
 @dataclass
 class NoParams:
@@ -141,17 +132,3 @@ class Method:
     def progress(self, step: int) -> float:
         """Training progress in [0, 1]."""
         return min(1.0, step / max(1, self.ctx.total_steps))
-
-
-def get_method_class(name: str) -> type[Method]:
-    from . import _load_all
-    _load_all()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def method_names() -> list[str]:
-    from . import _load_all
-    _load_all()
-    return sorted(_REGISTRY)

@@ -25,7 +25,7 @@ import torch
 import kdengine.analysis.boundaries as adv
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.core.knobs import ConfigError, param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Student alone: cross-entropy on the labels, no teacher. The baseline every method is read against."""
 from __future__ import annotations
 
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @register

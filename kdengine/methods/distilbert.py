@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdengine.losses.logits import kd_loss
 from kdengine.losses.multilabel import is_multilabel, multilabel_kd_loss
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kdengine.losses.logits import dkd_terms
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
 from kdengine.core.knobs import ConfigError, param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 # A sensible pair of layers per model family: the last feature stage before pooling / the head.
 DEFAULT_LAYER = {"mlp": "features", "cnn": "features", "resnet": "layer3", "resnet18": "layer4",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from kdengine.losses.logits import logit_mse
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

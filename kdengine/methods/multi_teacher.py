@@ -23,7 +23,7 @@ from torch import Tensor
 
 from kdengine.losses.logits import kd_loss, kl_div
 from kdengine.core.knobs import ConfigError, param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 TEACHER_CHOICES = ("mlp-1-64", "mlp-1-128", "mlp-2-128", "mlp-2-256", "mlp-3-256", "mlp-2-512",
                    "cnn-2-16", "cnn-3-32", "resnet-8-16", "resnet-20-16")

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from kdengine.losses.logits import logit_mse
 from kdengine.core.knobs import param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -23,7 +23,7 @@ from torch.func import functional_call, jacfwd, jvp, vmap
 
 from kdengine.losses.logits import kd_loss, logit_mse
 from kdengine.core.knobs import ConfigError, param
-from .base import Method, register
+from kdengine.methods.base import Method, register
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from kdengine.core.knobs import param
-from .base import register
-from .distilbert import TransformerMethod, soft_loss, width_of
+from kdengine.methods.base import register
+from kdengine.methods.distilbert import TransformerMethod, soft_loss, width_of
 
 
 @dataclass
