@@ -39,7 +39,7 @@ for _mod, _names in {
     "kdengine.data": "load_data fallback_config DataUnavailable DataBundle",
     "kdengine.models": "build_model model_label ladder logits_of count_params",
     "kdengine.teachers.sources": "get_teacher shipped_teachers",
-    "kdengine.methods": "Method method_names get_method_class register",
+    "kdengine.methods": "Method method_names get_method_class register temperature_of",
     "kdengine.run.engine": "Engine train check_resources",
     "kdengine.run.trainer": "Trainer",
     "kdengine.run.evaluation": "evaluate",

@@ -63,7 +63,7 @@ def test_nan_at_a_known_step_is_reported_at_that_step(engine, monkeypatch):
 
     def poisoned(self, batch, step):
         terms = orig(self, batch, step)
-        if self.ctx.extras["config"].name == "nan7" and step == 6:    # the 7th step
+        if self.ctx.config.name == "nan7" and step == 6:    # the 7th step
             terms["kd"] = terms["kd"] * float("nan")
         return terms
     monkeypatch.setattr(HintonKD, "loss_terms", poisoned)
@@ -127,7 +127,7 @@ def _boom_at_step_3(monkeypatch):
     orig = HintonKD.loss_terms
 
     def faulty(self, batch, step):
-        if self.ctx.extras["config"].name == "boom" and step == 3:
+        if self.ctx.config.name == "boom" and step == 3:
             raise RuntimeError("injected fault at step 3")
         return orig(self, batch, step)
     monkeypatch.setattr(HintonKD, "loss_terms", faulty)
