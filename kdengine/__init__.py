@@ -11,8 +11,8 @@ The packages, from the bottom up (each imports only those before it):
     data        data sets, transfer sets, the generated text task
     models      model families with a size knob, the transformer, Hugging Face wrappers
     teachers    teacher sources (train/cache/shipped/checkpoint/run/HF), baselines
-    methods     one module per distillation method behind one contract (methods/base.py)
     analysis    soft targets, dark knowledge, decision boundaries
+    methods     one module per distillation method behind one contract (methods/base.py)
     run         trainer, engine, evaluation, per-epoch monitors, resources, stored runs
     teaching    lessons, pitfall linter
     experiments sweeps, vectorised students, Ray, teacher-assistant chains and the TA gap
