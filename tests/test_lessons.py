@@ -5,10 +5,9 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from kdengine.run.engine import Engine
+from kdengine import ConfigError, Engine
 from kdengine.teaching.lessons import (check_knob, knob_spec, lesson_link, load_lessons, parse_lesson,
                               parse_link)
-from kdengine.core.knobs import ConfigError
 
 REQUIRED = ["why-temperature", "few-labels", "dark-knowledge", "decoupling", "boundary-samples",
             "teacher-too-big"]

@@ -1,4 +1,4 @@
-"""Method breadth (issue 7): noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
+"""Method breadth: noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
 adversarial. For each: finite terms, gradients only into the student and its helper modules (never a
 teacher), and a short run through the Engine; plus each method's identity."""
 from __future__ import annotations
