@@ -81,8 +81,9 @@ class TeacherConfig:
 @dataclass
 class MethodConfig:
     name: str = param("hinton", help="Distillation method (see `python -m kdengine methods`).")
-    # A dict of knobs until RunConfig.validate(), then the method's Params dataclass.
-    params: Any = field(default_factory=dict)
+    # Declared as the plain-data form (a dict of knobs in a file, a URL, to_dict()); from
+    # RunConfig.validate() on it holds the method's typed Params dataclass.
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
