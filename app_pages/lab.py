@@ -31,7 +31,7 @@ engine = get_engine()
 # -- loading a whole config (URL on first visit, a preset, "open in Lab" from Runs) ---------------
 def set_config(cfg: RunConfig) -> None:
     ss[CFG] = cfg.to_dict()
-    ss[MP] = {cfg.method.name: dict(cfg.method.params)}
+    ss[MP] = {cfg.method.name: cfg.to_dict()["method"]["params"]}
     widgets.clear_keys(K)
 
 
@@ -283,7 +283,7 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
     controls(snap)
     progress_bar(snap)
     queue_view()
-    if cfg_hash and snap["status"] in ACTIVE and RunConfig.from_dict(snap["config"]).hash != cfg_hash:
+    if cfg_hash and snap["status"] in ACTIVE and RunConfig.hash_of(snap["config"]) != cfg_hash:
         st.info("The settings above differ from this run's. Changes need a new run: press **Train** "
                 "to queue one (this run keeps going), or **Stop** this run first.",
                 icon=":material/restart_alt:")

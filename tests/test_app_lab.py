@@ -81,7 +81,7 @@ def test_lab_url_opens_the_same_setup():
     cfg = state.load_preset("digits-dkd")
     at = lab(state.config_to_query(cfg))
     assert at.selectbox(key="lab.method.name").value == "dkd"
-    assert at.number_input(key="lab.mp.dkd.beta").value == cfg.method.params["beta"]
+    assert at.number_input(key="lab.mp.dkd.beta").value == cfg.method.params.beta
     assert not at.warning
 
 
