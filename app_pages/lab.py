@@ -10,7 +10,8 @@ import math
 
 import streamlit as st
 
-from kdengine.core.config import DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig, TrainConfig
+from kdengine.core.config import (DataConfig, ModelConfig, RunConfig, SYNTHETIC_DATASETS, TOY_DATASETS,
+                                  TeacherConfig, TrainConfig)
 from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
@@ -23,7 +24,7 @@ CFG, MP, RUN = "lab_cfg", "lab_mparams", "lab_run"
 SOURCES = {"train": "train now (then cached)", "shipped": "shipped with the app",
            "checkpoint": "checkpoint file", "run": "student of a stored run",
            "none": "none (student alone)"}
-TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10")
+TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 owner = owner_id()
 engine = get_engine()
@@ -79,6 +80,10 @@ def data_section(dd: dict) -> dict:
     if out["name"] in TOY_DATASETS:
         show = ["n_samples", "noise"] + (["n_classes"] if out["name"] in ("spirals", "blobs")
                                          else []) + show
+    if out["name"] in SYNTHETIC_DATASETS:
+        st.caption("Synthetic CIFAR-shaped images drawn from a seed: **for timing only**, the "
+                   "accuracies mean nothing.")
+        show = ["n_samples"] + show
     out.update(widgets.render_fields(DataConfig, dd, K + "data.", show))
     if out["transfer"] == "labels":
         out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["n_labels"]))
