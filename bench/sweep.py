@@ -32,6 +32,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     from kdengine.cli import load_config
+    from kdengine.core.progress import track
     from kdengine.run.engine import Engine
     from kdengine.core.store import Store
     from kdengine.experiments.sweeps import SweepSpec, start_sweep
@@ -46,7 +47,7 @@ def main() -> None:
     one: list[float] = []
 
     def single_runs(n: int) -> None:
-        for _ in range(n):
+        for _ in track(range(n), "single runs"):
             cfg = base.with_overrides({"method.params.T": 3.0 + 0.1 * len(one)})   # never a grid cell
             t = time.perf_counter()
             eng.wait(eng.submit(cfg))

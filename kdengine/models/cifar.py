@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdengine.core.config import ModelConfig
-from kdengine.models.families import builder
+from kdengine.core.config import CIFAR_ARCHS, ModelConfig
+from kdengine.models.families import LABELS, builder
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
@@ -149,3 +149,7 @@ def cifar_label(cfg: ModelConfig) -> str:
     if cfg.arch == "wrn":
         return f"wrn_{cfg.depth}_{cfg.width}"
     return f"MobileNetV2 t{cfg.depth} x{cfg.width / 100:g}"
+
+
+for _arch in CIFAR_ARCHS:
+    LABELS[_arch] = cifar_label

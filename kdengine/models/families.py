@@ -16,6 +16,8 @@ from torch import nn
 from kdengine.core.config import CIFAR_ARCHS, ModelConfig
 
 BUILDERS: dict[str, Callable[[ModelConfig, tuple, int], nn.Module]] = {}
+# How families defined in other modules name a model config (e.g. "resnet8x4"); see model_label.
+LABELS: dict[str, Callable[[ModelConfig], str]] = {}
 
 
 def builder(arch: str):
@@ -158,9 +160,8 @@ def model_label(cfg: ModelConfig) -> str:
                                                                       f" w{cfg.width}"))
     if cfg.arch == "resnet18":
         return "ResNet-18"
-    if cfg.arch in CIFAR_ARCHS:
-        from kdengine.models.cifar import cifar_label   # cifar.py imports this module
-        return cifar_label(cfg)
+    if cfg.arch in LABELS:
+        return LABELS[cfg.arch](cfg)
     return f"{cfg.arch} d{cfg.depth} w{cfg.width}"
 
 

@@ -1,0 +1,140 @@
+"""Fused KD losses: the same values as :mod:`kdengine.losses.logits`, at the cost of one autograd node.
+
+On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic:
+Hinton KD spelled out (divide, two log-softmaxes, KL, T^2, then CE's own log-softmax and NLL) adds
+about ten autograd nodes to a CE step. Here each loss is one ``autograd.Function`` whose backward is
+the closed-form gradient, and the teacher side comes in as log-probabilities at T, computed once
+per run from the cached teacher logits (:class:`TeacherCache`). tests/test_fused_losses.py checks
+values and gradients against the plain formulas.
+
+Gradients (s = z / T, q = softmax(s), p = the teacher's probabilities at T, B = batch size):
+    d KL(p || q) / dz  = (q - p) / T
+    d TCKD / dz        = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
+    d NCKD / dz        = (q' - p') / T, zero at y                       (' = renormalised without y)
+Each term keeps its T^2 (Hinton 2015) when ``scale`` is T^2, as the plain losses do.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TeacherCache:
+    """A teacher's logits over the whole transfer set, on the device, and its log-probabilities at
+    each temperature asked for (computed on first use; a new T computes a new entry)."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+        self._log_probs: dict[float, Tensor] = {}
+
+    def log_probs(self, T: float) -> Tensor:
+        T = float(T)
+        lp = self._log_probs.get(T)
+        if lp is None:
+            if len(self._log_probs) >= 4:          # a schedule over T: keep the memory bounded
+                self._log_probs.clear()
+            lp = self._log_probs[T] = F.log_softmax(_float(self.logits) / T, dim=-1)
+        return lp
+
+
+def _float(z: Tensor) -> Tensor:
+    """At least float32: the losses are computed there even under bf16 autocast."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+class _KDCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, log_p, y, lab, T, scale):
+        zf = _float(z)
+        B = zf.shape[0]
+        log_q = F.log_softmax(zf / T, dim=-1)
+        p = log_p.exp()
+        kd = (p * (log_p - log_q)).sum() * (scale / B)
+        if y is None:
+            ce = zf.new_zeros(())
+            ctx.save_for_backward(log_q, p, None, None, None)
+        else:
+            log_sm = log_q if T == 1.0 else F.log_softmax(zf, dim=-1)   # shared at T = 1
+            nll = -log_sm.gather(1, y[:, None]).squeeze(1)
+            if lab is None:
+                denom = zf.new_tensor(float(B))
+                ce = nll.mean()
+            else:
+                w = lab.to(zf.dtype)
+                denom = w.sum().clamp_min(1.0)
+                ce = (nll * w).sum() / denom
+            ctx.save_for_backward(log_q, p, log_sm, y, None if lab is None else w / denom)
+        ctx.T, ctx.scale, ctx.dtype, ctx.B = T, scale, z.dtype, B
+        return kd, ce
+
+    @staticmethod
+    def backward(ctx, g_kd, g_ce):
+        log_q, p, log_sm, y, w = ctx.saved_tensors
+        T, B = ctx.T, ctx.B
+        grad = (log_q.exp() - p) * (g_kd * ctx.scale / (T * B))
+        if y is not None:
+            g = log_sm.exp()
+            g.scatter_add_(1, y[:, None], -torch.ones_like(g[:, :1]))   # softmax - one_hot
+            g = g * (g_ce / B) if w is None else g * (g_ce * w[:, None])
+            grad = grad + g
+        return grad.to(ctx.dtype), None, None, None, None, None
+
+
+def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor | None,
+                T: float, scale: float | None = None,
+                labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(kd, ce)``: ``scale * KL(p_t || softmax(z/T))`` (batch mean; scale defaults to T^2) and the
+    cross-entropy on ``target`` (0 when None). ``labeled`` (bool per sample) restricts the CE to the
+    labelled samples, averaged over their count, as ``Method.hard_ce`` does."""
+    scale = T * T if scale is None else scale
+    return _KDCE.apply(student_logits, teacher_log_probs.detach(), target, labeled, float(T),
+                       float(scale))
+
+
+def _log_rest(log_p: Tensor, is_y: Tensor) -> Tensor:
+    """log(1 - p_y) as the log-sum of the other classes' probabilities: finite even when p_y
+    rounds to 1, where 1 - p_y would be 0."""
+    return log_p.masked_fill(is_y, float("-inf")).logsumexp(-1, keepdim=True)
+
+
+class _DKD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, log_p, y, T):
+        zf = _float(z)
+        B = zf.shape[0]
+        log_q = F.log_softmax(zf / T, dim=-1)
+        yi = y[:, None]
+        is_y = torch.zeros_like(log_q, dtype=torch.bool).scatter_(1, yi, True)
+        lp_y, lq_y = log_p.gather(1, yi), log_q.gather(1, yi)        # log target probabilities
+        lp_n, lq_n = _log_rest(log_p, is_y), _log_rest(log_q, is_y)  # log(1 - target probability)
+        p_y = lp_y.exp()
+        tckd = p_y * (lp_y - lq_y) + lp_n.exp() * (lp_n - lq_n)     # binary KL on [p_y, 1 - p_y]
+        # the non-target distributions, renormalised: log p'_j = log p_j - log(1 - p_y), j != y
+        log_pn, log_qn = log_p - lp_n, log_q - lq_n
+        p_n = log_pn.exp().masked_fill(is_y, 0.0)
+        nckd = (p_n * (log_pn - log_qn)).masked_fill(is_y, 0.0).sum(-1)
+        ctx.save_for_backward(log_q, log_qn, p_n, is_y, lq_y, p_y, lq_n)
+        ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
+        s = T * T / B
+        return tckd.sum() * s, nckd.sum() * s, p_y.mean()
+
+    @staticmethod
+    def backward(ctx, g_t, g_n, _g_p):
+        log_q, log_qn, p_n, is_y, lq_y, p_y, lq_n = ctx.saved_tensors
+        T, B = ctx.T, ctx.B
+        # TCKD: (q_y - p_y) / (1 - q_y) * (e_y - q)
+        coef = (lq_y.exp() - p_y) * (-lq_n).exp()
+        grad = (is_y.to(log_q.dtype) - log_q.exp()) * (g_t * coef)
+        # NCKD: q' - p' off the target, 0 at the target
+        grad = grad + (log_qn.exp().masked_fill(is_y, 0.0) - p_n) * g_n
+        return (grad * (T / B)).to(ctx.dtype), None, None, None
+
+
+def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor,
+                    T: float) -> dict[str, Tensor]:
+    """DKD's ``tckd`` and ``nckd`` (batch means, each times T^2) and the teacher's mean target
+    probability ``p_t``, equal to :func:`kdengine.losses.logits.dkd_terms` in one autograd node."""
+    tckd, nckd, p_t = _DKD.apply(student_logits, teacher_log_probs.detach(), target.long(),
+                                 float(T))
+    return {"tckd": tckd, "nckd": nckd, "p_t": p_t}
