@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kdengine.core.config import RunConfig
+from kdengine.core.progress import track
 from kdengine.data.datasets import load_data
 from kdengine.run.engine import Engine
 from kdengine.losses.logits import kd_loss
@@ -105,7 +106,7 @@ def main() -> None:
     bare_time(config(1), teacher)
     ratios, kd_ce = [], []
     e_times, b_times = [], []
-    for _ in range(args.repeats):
+    for _ in track(range(args.repeats), "repeats"):
         e = engine_time(eng, kd_cfg)
         b = bare_time(kd_cfg, teacher)
         c = engine_time(eng, ce_cfg)
