@@ -80,3 +80,14 @@ def test_cifar100_absent_offline_fails_with_one_clear_line(runs_dir):
     with pytest.raises(DataUnavailable) as e:
         load_data(DataConfig(name="cifar100", download=False))
     assert "\n" not in str(e.value) and "CIFAR100" in str(e.value)
+
+
+def test_the_memory_estimate_knows_the_cifar_shapes_and_the_knob_that_sizes_synthetic_data():
+    from kdengine.run.resources import data_shape, estimate_parts, model_footprint
+    cfg = RunConfig.from_dict({**_cfg(), "data": {"name": "cifar100_synthetic", "n_samples": 1000}})
+    assert data_shape(cfg) == ((3, 32, 32), 100, 1200)
+    assert "data.n_samples" in estimate_parts(cfg)
+    assert data_shape(cfg.with_overrides({"data.name": "cifar100"}))[:2] == ((3, 32, 32), 100)
+    shape, k, _ = data_shape(cfg)
+    params, _, _ = model_footprint(cfg.student, shape, k, batch=4)    # built on the meta device
+    assert params == count_params(build_model(cfg.student, shape, k))
