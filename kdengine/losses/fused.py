@@ -1,17 +1,16 @@
-"""Fused KD losses: the same values as :mod:`kdengine.losses.logits`, at the cost of one autograd node.
+"""Cheaper KD losses: the same values as :mod:`kdengine.losses.logits`, with fewer operations.
 
-On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic:
-Hinton KD spelled out (divide, two log-softmaxes, KL, T^2, then CE's own log-softmax and NLL) adds
-about ten autograd nodes to a CE step. Here each loss is one ``autograd.Function`` whose backward is
-the closed-form gradient, and the teacher side comes in as log-probabilities at T, computed once
-per run from the cached teacher logits (:class:`TeacherCache`). tests/test_fused_losses.py checks
+On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic.
+The teacher side comes in as log-probabilities at T, computed once per run and temperature from the
+cached teacher logits (:class:`TeacherCache`), so a step no longer recomputes the teacher's softmax.
+Hinton KD + CE then costs a log-softmax and a KL kernel (sharing the log-softmax with CE at T = 1);
+DKD, whose plain form is some thirty small operations with as many autograd nodes, is one
+``autograd.Function`` with the closed-form gradient (s = z / T, q = softmax(s), p = the teacher's
+probabilities at T, ' = renormalised without the target y):
+    d TCKD / dz  = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
+    d NCKD / dz  = (q' - p') / T, zero at y
+Each term keeps its T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks
 values and gradients against the plain formulas.
-
-Gradients (s = z / T, q = softmax(s), p = the teacher's probabilities at T, B = batch size):
-    d KL(p || q) / dz  = (q - p) / T
-    d TCKD / dz        = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
-    d NCKD / dz        = (q' - p') / T, zero at y                       (' = renormalised without y)
-Each term keeps its T^2 (Hinton 2015) when ``scale`` is T^2, as the plain losses do.
 """
 from __future__ import annotations
 
@@ -43,53 +42,30 @@ def _float(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
-class _KDCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, log_p, y, lab, T, scale):
-        zf = _float(z)
-        B = zf.shape[0]
-        log_q = F.log_softmax(zf / T, dim=-1)
-        p = log_p.exp()
-        kd = (p * (log_p - log_q)).sum() * (scale / B)
-        if y is None:
-            ce = zf.new_zeros(())
-            ctx.save_for_backward(log_q, p, None, None, None)
-        else:
-            log_sm = log_q if T == 1.0 else F.log_softmax(zf, dim=-1)   # shared at T = 1
-            nll = -log_sm.gather(1, y[:, None]).squeeze(1)
-            if lab is None:
-                denom = zf.new_tensor(float(B))
-                ce = nll.mean()
-            else:
-                w = lab.to(zf.dtype)
-                denom = w.sum().clamp_min(1.0)
-                ce = (nll * w).sum() / denom
-            ctx.save_for_backward(log_q, p, log_sm, y, None if lab is None else w / denom)
-        ctx.T, ctx.scale, ctx.dtype, ctx.B = T, scale, z.dtype, B
-        return kd, ce
-
-    @staticmethod
-    def backward(ctx, g_kd, g_ce):
-        log_q, p, log_sm, y, w = ctx.saved_tensors
-        T, B = ctx.T, ctx.B
-        grad = (log_q.exp() - p) * (g_kd * ctx.scale / (T * B))
-        if y is not None:
-            g = log_sm.exp()
-            g.scatter_add_(1, y[:, None], -torch.ones_like(g[:, :1]))   # softmax - one_hot
-            g = g * (g_ce / B) if w is None else g * (g_ce * w[:, None])
-            grad = grad + g
-        return grad.to(ctx.dtype), None, None, None, None, None
-
-
 def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor | None,
                 T: float, scale: float | None = None,
                 labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(kd, ce)``: ``scale * KL(p_t || softmax(z/T))`` (batch mean; scale defaults to T^2) and the
-    cross-entropy on ``target`` (0 when None). ``labeled`` (bool per sample) restricts the CE to the
-    labelled samples, averaged over their count, as ``Method.hard_ce`` does."""
+    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T.
+
+    ``labeled`` (bool per sample) restricts the CE to the labelled samples, averaged over their count,
+    as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax. (A custom
+    autograd node measured no faster here: KL and CE are already one fused kernel each.)"""
     scale = T * T if scale is None else scale
-    return _KDCE.apply(student_logits, teacher_log_probs.detach(), target, labeled, float(T),
-                       float(scale))
+    z = _float(student_logits)
+    log_q = F.log_softmax(z if T == 1.0 else z / T, dim=-1)
+    kd = F.kl_div(log_q, teacher_log_probs.detach(), reduction="batchmean", log_target=True)
+    if scale != 1.0:
+        kd = kd * scale
+    if target is None:
+        return kd, z.new_zeros(())
+    if labeled is None:
+        ce = F.nll_loss(log_q, target) if T == 1.0 else F.cross_entropy(z, target)
+    else:
+        nll = (F.nll_loss(log_q, target, reduction="none") if T == 1.0
+               else F.cross_entropy(z, target, reduction="none"))
+        ce = (nll * labeled).sum() / labeled.sum().clamp_min(1)
+    return kd, ce
 
 
 def _log_rest(log_p: Tensor, is_y: Tensor) -> Tensor:
