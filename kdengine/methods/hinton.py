@@ -40,8 +40,8 @@ class HintonKD(Method):
             if self.wants("ce"):
                 terms["ce"] = self.hard_ce(s, batch)
             return terms
-        # KD and CE in one fused node, from the teacher's cached log-probabilities at T; the same
-        # values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
+        # KD and CE from the teacher's cached log-probabilities at T (no teacher softmax per step);
+        # the same values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
         want_ce = self.wants("ce")
         kd, ce = kd_ce_terms(s, self.teacher_log_probs(batch, p.T),
                              (batch.y if batch.all_labeled else batch.y.clamp_min(0)) if want_ce

@@ -205,6 +205,10 @@ class Trainer:
         tc = cfg.train
         seed_everything(tc.seed)
         student = build_model(cfg.student, data.input_shape, data.n_classes).to(dev)
+        layout = memory_format(tc.channels_last, cfg.student.arch, data.input_shape, dev)
+        if layout is torch.channels_last:
+            # the student only: a teacher may be shared with other runs; convs accept either layout
+            student.to(memory_format=layout)
         n = len(data.transfer)
         bs = min(tc.batch_size, n)
         steps_per_epoch = max(1, n // bs)   # drop the last partial batch: fixed shapes, fewer syncs
@@ -228,11 +232,7 @@ class Trainer:
                             method=method_cls.name)
 
         # The whole transfer set lives on the device: a step is an index, never a host copy.
-        layout = memory_format(tc.channels_last, cfg.student.arch, data.input_shape, dev)
         X, Y = data.transfer.x.to(dev, memory_format=layout), data.transfer.y.to(dev)
-        if layout is torch.channels_last:
-            # the student only: a teacher may be shared with other runs; convs accept either layout
-            student.to(memory_format=torch.channels_last)
         L = data.labeled.to(dev)
         all_labeled = bool(data.labeled.all())
         ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
