@@ -68,42 +68,44 @@ def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tenso
     return kd, ce
 
 
-def _log_rest(log_p: Tensor, is_y: Tensor) -> Tensor:
-    """log(1 - p_y) as the log-sum of the other classes' probabilities: finite even when p_y
-    rounds to 1, where 1 - p_y would be 0."""
-    return log_p.masked_fill(is_y, float("-inf")).logsumexp(-1, keepdim=True)
-
-
 class _DKD(torch.autograd.Function):
+    """Teacher (index 0) and student (1) go through the same operations stacked, to halve the count."""
+
     @staticmethod
     def forward(ctx, z, log_p, y, T):
         zf = _float(z)
         B = zf.shape[0]
         log_q = F.log_softmax(zf / T, dim=-1)
+        both = torch.stack((log_p.to(log_q.dtype), log_q))                  # [2, B, C]
         yi = y[:, None]
         is_y = torch.zeros_like(log_q, dtype=torch.bool).scatter_(1, yi, True)
-        lp_y, lq_y = log_p.gather(1, yi), log_q.gather(1, yi)        # log target probabilities
-        lp_n, lq_n = _log_rest(log_p, is_y), _log_rest(log_q, is_y)  # log(1 - target probability)
-        p_y = lp_y.exp()
-        tckd = p_y * (lp_y - lq_y) + lp_n.exp() * (lp_n - lq_n)     # binary KL on [p_y, 1 - p_y]
-        # the non-target distributions, renormalised: log p'_j = log p_j - log(1 - p_y), j != y
-        log_pn, log_qn = log_p - lp_n, log_q - lq_n
-        p_n = log_pn.exp().masked_fill(is_y, 0.0)
-        nckd = (p_n * (log_pn - log_qn)).masked_fill(is_y, 0.0).sum(-1)
-        ctx.save_for_backward(log_q, log_qn, p_n, is_y, lq_y, p_y, lq_n)
+        # log target probability, and log(1 - it) as the log-sum of the other classes' (finite
+        # even when the target's probability rounds to 1, where 1 - p_y would be 0)
+        split = torch.cat((both.gather(2, yi.expand(2, B, 1)),
+                           both.masked_fill(is_y, float("-inf")).logsumexp(2, keepdim=True)), 2)
+        diff = split[0] - split[1]                       # [B, 2]: log(p_y/q_y), log((1-p_y)/(1-q_y))
+        p_bin = split[0].exp()                           # [B, 2]: p_y, 1 - p_y
+        tckd = (p_bin * diff).sum()                      # binary KL on [p_y, 1 - p_y]
+        # non-target distributions renormalised: log p'_j - log q'_j = log(p_j/q_j) - diff[:, 1]
+        lp_n = split[0, :, 1:]
+        p_n = (both[0] - lp_n).exp().masked_fill(is_y, 0.0)
+        nckd = (p_n * (both[0] - both[1] - diff[:, 1:])).sum()
+        ctx.save_for_backward(log_q, p_n, is_y, p_bin, split[1])
         ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
         s = T * T / B
-        return tckd.sum() * s, nckd.sum() * s, p_y.mean()
+        return tckd * s, nckd * s, p_bin[:, 0].mean()
 
     @staticmethod
     def backward(ctx, g_t, g_n, _g_p):
-        log_q, log_qn, p_n, is_y, lq_y, p_y, lq_n = ctx.saved_tensors
+        log_q, p_n, is_y, p_bin, q_split = ctx.saved_tensors
         T, B = ctx.T, ctx.B
+        q = log_q.exp()
+        inv_rest = (-q_split[:, 1:]).exp()                      # 1 / (1 - q_y)
         # TCKD: (q_y - p_y) / (1 - q_y) * (e_y - q)
-        coef = (lq_y.exp() - p_y) * (-lq_n).exp()
-        grad = (is_y.to(log_q.dtype) - log_q.exp()) * (g_t * coef)
-        # NCKD: q' - p' off the target, 0 at the target
-        grad = grad + (log_qn.exp().masked_fill(is_y, 0.0) - p_n) * g_n
+        coef = (q_split[:, :1].exp() - p_bin[:, :1]) * inv_rest
+        grad = (is_y.to(q.dtype) - q) * (coef * g_t)
+        # NCKD: q' - p' off the target (q' = q / (1 - q_y)), 0 at the target
+        grad = grad + ((q * inv_rest).masked_fill_(is_y, 0.0) - p_n) * g_n
         return (grad * (T / B)).to(ctx.dtype), None, None, None
 
 
