@@ -59,8 +59,9 @@ def dkd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tenso
     gt = F.one_hot(target.long(), student_logits.shape[-1]).bool()
     p_t = soften(t, T)
     p_s = soften(student_logits, T)
-    pt_target = p_t[gt]
-    ps_target = p_s[gt]
+    # gather, not p_t[gt]: boolean indexing has a data-dependent shape, a host sync per step on CUDA
+    pt_target = p_t.gather(1, target.long()[:, None]).squeeze(1)
+    ps_target = p_s.gather(1, target.long()[:, None]).squeeze(1)
     tckd = _binary_kl(pt_target, ps_target)
     # Non-target distributions: mask the target logit with a large negative number, then softmax.
     neg = torch.finfo(student_logits.dtype).min / 4

@@ -46,6 +46,9 @@ class Batch:
     # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
     # host sync that testing the mask would cost every step).
     all_labeled: bool = False
+    # The teachers' cached outputs over the whole transfer set (kdengine/losses/fused.py), when
+    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``idx``.
+    teacher_cache: list[Any] | None = None
 
 
 def _no_emit(event: dict) -> None:
@@ -188,6 +191,13 @@ class Method:
         if batch.teacher_logits is not None:
             return batch.teacher_logits[i]
         return self.run_teacher(self.teachers[i], batch.x)
+
+    def teacher_log_probs(self, batch: Batch, T: float, i: int = 0) -> Tensor:
+        """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
+        (computed once per T) when there is one, else from its logits."""
+        if batch.teacher_cache is not None:
+            return batch.teacher_cache[i].log_probs(T)[batch.idx]
+        return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
 
     @staticmethod
     def run_teacher(teacher: nn.Module, x: Tensor) -> Tensor:

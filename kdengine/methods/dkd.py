@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.logits import dkd_terms
+from kdengine.losses.fused import dkd_fused_terms
 from kdengine.methods.base import Method, register
 
 
@@ -36,12 +36,14 @@ class DKD(Method):
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        t = self.teacher_logits(batch)
+        log_p = self.teacher_log_probs(batch, p.T)        # cached per T when the trainer can
         warm = 1.0 if p.warmup_epochs <= 0 else min(1.0, self.ctx.epoch_of(step) / p.warmup_epochs)
         # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
-        target = batch.y.where(batch.labeled, t.argmax(-1))
-        d = dkd_terms(s, t, target, p.T)
-        terms = {"tckd": warm * d["tckd"], "nckd": warm * d["nckd"]}
+        target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, log_p.argmax(-1))
+        d = dkd_fused_terms(s, log_p, target, p.T)        # = dkd_terms, in one autograd node
+        terms = {"tckd": d["tckd"], "nckd": d["nckd"]}
+        if warm < 1.0:
+            terms = {k: warm * v for k, v in terms.items()}
         if self.wants("ce"):
             terms["ce"] = self.hard_ce(s, batch)
         return terms

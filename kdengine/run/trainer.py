@@ -7,6 +7,7 @@ steps, where the NaN check also happens, still naming the exact step and term.
 """
 from __future__ import annotations
 
+import collections.abc
 import platform
 import threading
 import time
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdengine.core.config import RunConfig
+from kdengine.core.config import CONV_ARCHS, RunConfig
+from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
@@ -205,6 +207,10 @@ class Trainer:
         tc = cfg.train
         seed_everything(tc.seed)
         student = build_model(cfg.student, data.input_shape, data.n_classes).to(dev)
+        layout = memory_format(tc.channels_last, cfg.student.arch, data.input_shape, dev)
+        if layout is torch.channels_last:
+            # the student only: a teacher may be shared with other runs; convs accept either layout
+            student.to(memory_format=layout)
         n = len(data.transfer)
         bs = min(tc.batch_size, n)
         steps_per_epoch = max(1, n // bs)   # drop the last partial batch: fixed shapes, fewer syncs
@@ -227,21 +233,27 @@ class Trainer:
         self.summary.update(student_label=model_label(cfg.student), student_params=count_params(student),
                             method=method_cls.name)
 
-        X, Y = data.transfer.x.to(dev), data.transfer.y.to(dev)
+        # The whole transfer set lives on the device: a step is an index, never a host copy.
+        X, Y = data.transfer.x.to(dev, memory_format=layout), data.transfer.y.to(dev)
         L = data.labeled.to(dev)
         all_labeled = bool(data.labeled.all())
         ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
-        cached_t = None
+        caches = None
         if teachers and method.cache_teacher_logits:
-            # method.teachers: a method may add teachers in setup() (multi_teacher)
-            cached_t = [logits_of(t, data.transfer.x, dev) for t in method.teachers]
+            # method.teachers: a method may add teachers in setup() (multi_teacher). On the device,
+            # with their log-probabilities at T computed once per T (TeacherCache).
+            caches = [TeacherCache(logits_of(t, X, dev)) for t in method.teachers]
+        if tc.compile:
+            student.compile()       # in place: the state_dict keys (checkpoints) stay the same
         gen = torch.Generator().manual_seed(tc.seed)
         start_epoch = 0
         if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             start_epoch = self._restore(student, extra, opt, sched, gen)
             self._notice(f"Resumed from the checkpoint after epoch {start_epoch}.")
 
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and dev.type == "cuda") else None
+        # bf16 autocast on CUDA; on the CPU only when asked for by name (device cpu), for tests
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if tc.amp and (
+            dev.type == "cuda" or tc.device == "cpu") else None
         total_steps = steps_per_epoch * tc.epochs
         step = start_epoch * steps_per_epoch
         window: dict[str, list] = {}
@@ -260,8 +272,8 @@ class Trainer:
                     ctl.checkpoint()
                 idx = perm[i * bs:(i + 1) * bs]
                 batch = Batch(X[idx], Y[idx], ones if all_labeled else L[idx], idx,
-                              None if cached_t is None else [c[idx] for c in cached_t],
-                              all_labeled)
+                              None if caches is None else CachedRows(caches, idx),
+                              all_labeled, caches)
                 if amp is not None:
                     with amp:
                         terms = method.weigh(method.loss_terms(batch, step))
@@ -353,6 +365,32 @@ class Trainer:
         gen.set_state(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
         return int(ck["epoch"])
+
+
+class CachedRows(collections.abc.Sequence):
+    """A batch's rows of the cached teacher logits, gathered only when a method reads them (methods
+    that use the cached log-probabilities never pay for the gather)."""
+    __slots__ = ("caches", "idx")
+
+    def __init__(self, caches: list[TeacherCache], idx: torch.Tensor):
+        self.caches, self.idx = caches, idx
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [c.logits[self.idx] for c in self.caches[i]]
+        return self.caches[i].logits[self.idx]
+
+
+def memory_format(choice: str, arch: str, input_shape: tuple,
+                  dev: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) for convolutional students on CUDA (``choice`` auto) or when asked for
+    (on), else the default layout. Only image batches (C, H, W) have a layout to choose."""
+    conv = arch in CONV_ARCHS and len(input_shape) == 3
+    on = choice == "on" or (choice == "auto" and dev.type == "cuda")
+    return torch.channels_last if conv and on else torch.contiguous_format
 
 
 def make_optimizer(tc, params):
