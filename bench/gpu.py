@@ -29,15 +29,10 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_gpu_"))
 import torch                                                    # noqa: E402
 import torch.nn.functional as F                                 # noqa: E402
 
-from kdengine.core.config import DataConfig, RunConfig         # noqa: E402
-from kdengine.core.progress import say, track                  # noqa: E402
-from kdengine.core.store import Store                          # noqa: E402
-from kdengine.data.datasets import DataUnavailable, load_data  # noqa: E402
-from kdengine.losses.logits import kd_loss                     # noqa: E402
-from kdengine.models import build_model, logits_of, model_label  # noqa: E402
-from kdengine.run.engine import Engine                         # noqa: E402
-from kdengine.run.trainer import memory_format                 # noqa: E402
-from kdengine.teachers.sources import get_teacher              # noqa: E402
+from kdengine import (DataConfig, DataUnavailable, Engine, RunConfig, Store, build_model, get_teacher,
+                      kd_loss, load_data, logits_of, model_label)
+from kdengine.core.progress import say, track
+from kdengine.run.trainer import memory_format
 
 
 def model_spec(text: str) -> dict:
