@@ -193,6 +193,8 @@ def cmd_sweep(args) -> int:
         sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes, "backend": args.backend,
                                   "metric": args.metric}, owner="cli")
     print(f"sweep {sweep.id}: {len(sweep.cells)} cells on the {sweep.spec.backend} backend")
+    for note in sweep.notices:
+        print(f"note: {note}")
     try:
         while not sweep.done:
             print(f"\r  {sweep.progress():6.1%} of cells finished", end="", flush=True)
