@@ -230,3 +230,35 @@ def test_a_method_that_cannot_stack_is_refused_and_named(runs_dir, tiny_cfg):
     store = Store()
     with pytest.raises(ValueError, match="sobolev does not support stacked students"):
         train_group(cfgs[:1], create_runs(cfgs[:1], store), store)
+
+
+def test_a_vectorised_sweep_trains_what_cannot_stack_locally_and_says_so(runs_dir, tiny_cfg,
+                                                                          capsys):
+    """In the CLI's output, in the stored sweep and on the Sweeps page."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from kdengine.cli import main
+    from kdengine.experiments.sweeps import stored_cells
+    cfg = _method_cfg(tiny_cfg, "sobolev", {}).with_overrides({"train.epochs": 1})
+    path = runs_dir / "sobolev.yaml"
+    path.write_text(cfg.to_yaml())
+    code = main(["sweep", "--config", str(path), "--axis", "method.params.value_weight=0.5,1",
+                 "--backend", "vectorised"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "note: 2 of 2 cells run on the local backend" in out and "sobolev" in out
+    assert out.count("done") == 2
+    store = Store()
+    sweep_id = out.split()[1].rstrip(":")            # "sweep <id>: 2 cells on the ..."
+    state = store.get_sweep(sweep_id)["state"]
+    assert state["notices"] == [out.split("note: ")[1].splitlines()[0]]   # the page shows these
+    assert {c["backend"] for c in state["cells"]} == {"local"}
+    assert {r["status"] for r in stored_cells(store, sweep_id)} == {"done"}
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "sweeps.py"),
+                           default_timeout=120)
+    at.session_state["sweep_id"] = sweep_id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning if "local backend" in w.value] == state["notices"]
