@@ -210,6 +210,8 @@ def cmd_sweep(args) -> int:
         sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes, "backend": args.backend,
                                   "metric": args.metric}, owner="cli")
     print(f"sweep {sweep.id}: {len(sweep.cells)} cells on the {sweep.spec.backend} backend")
+    for note in sweep.notices:
+        print(f"note: {note}")
     from kdengine.core import progress
     with progress.bar(len(sweep.cells), "  cells", unit="cell") as b:
         try:

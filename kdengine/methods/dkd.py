@@ -32,6 +32,8 @@ class DKD(Method):
     paper = "Zhao et al. 2022, arXiv:2203.08679"
     weight_knobs = {"tckd": "alpha", "nckd": "beta", "ce": "ce_weight"}
     temperature = "T"
+    supports_stacking = True
+    stack_knobs = ("T",)
 
     def loss_terms(self, batch, step):
         p = self.params

@@ -31,6 +31,8 @@ class HintonKD(Method):
     supports_multilabel = True
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"
+    supports_stacking = True
+    stack_knobs = ("T",)
 
     def loss_terms(self, batch, step):
         p = self.params

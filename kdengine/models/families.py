@@ -143,7 +143,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple, n_classes: int) -> nn.Modu
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 2048):
     model.eval()
-    return torch.cat([model(x[i:i + chunk].to(device)).float() for i in range(0, len(x), chunk)])
+    # joined on the sample axis: second last, since stacked students put theirs first ([S, N, C])
+    return torch.cat([model(x[i:i + chunk].to(device)).float() for i in range(0, len(x), chunk)],
+                     dim=-2)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

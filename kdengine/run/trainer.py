@@ -4,6 +4,11 @@ The trainer knows nothing about threads or UIs: it reports through ``emit(event)
 ``Control`` whether to pause or stop. Per-step Python work is kept tiny (the KD loop on a small MLP
 takes ~0.5 ms a step): loss terms are kept as device tensors and read back once every ``log_every``
 steps, where the NaN check also happens, still naming the exact step and term.
+
+The loop's parts are shared with stacked students (:mod:`kdengine.experiments.vectorised`, a
+subclass): ``train_step`` takes the method's terms whatever their shape (a scalar each, or ``[S]``,
+one per stacked student), ``read_window`` returns one metrics dict per student, ``evaluate_each``
+one evaluation per student, and ``_record`` is where they leave the trainer.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
-from kdengine.run.evaluation import evaluate
+from kdengine.run.evaluation import evaluate_each
 from kdengine.teachers.baselines import baseline_accuracy, teacher_gap_warning
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint, safe_load
@@ -205,8 +210,7 @@ class Trainer:
     def _train_student(self, data, method_cls, params, teachers, t_test_logits, t0) -> dict:
         cfg, dev = self.cfg, self.device
         tc = cfg.train
-        seed_everything(tc.seed)
-        student = build_model(cfg.student, data.input_shape, data.n_classes).to(dev)
+        student = self._build_student(data)
         layout = memory_format(tc.channels_last, cfg.student.arch, data.input_shape, dev)
         if layout is torch.channels_last:
             # the student only: a teacher may be shared with other runs; convs accept either layout
@@ -274,20 +278,7 @@ class Trainer:
                 batch = Batch(X[idx], Y[idx], ones if all_labeled else L[idx], idx,
                               None if caches is None else CachedRows(caches, idx),
                               all_labeled, caches)
-                if amp is not None:
-                    with amp:
-                        terms = method.weigh(method.loss_terms(batch, step))
-                else:
-                    terms = method.weigh(method.loss_terms(batch, step))
-                vals = iter(terms.values())
-                total = next(vals)
-                for v in vals:          # not sum(): that starts from 0 and costs one more op
-                    total = total + v
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
+                terms = train_step(method, batch, step, opt, sched, amp)
                 for k, v in terms.items():
                     window.setdefault(k, []).append(v.detach())
                 step += 1
@@ -296,17 +287,12 @@ class Trainer:
                                 total_steps, bs)
                     window, win_start = {}, step
             method.train(False)
-            ev = evaluate(student, data, dev, t_test_logits)
-            ev.update(method.epoch_metrics(epoch))
-            arts = method.artifacts()
-            for mon in monitors:
-                ev.update(mon.metrics(student, ev))
-                arts.update(mon.artifacts(student, epoch + 1))
-            self._metrics(step, float(epoch + 1), ev)
+            evs = evaluate_each(student, data, dev, t_test_logits)
+            arts = self._epoch_extras(student, method, monitors, evs, epoch)
+            self._record(step, float(epoch + 1), evs, final=True)
             if arts:
                 self.emit({"type": "artifacts", "step": step, "epoch": epoch + 1, "data": arts})
             method.train(True)
-            self.summary.update({f"final_{k}": v for k, v in ev.items()})
             if self.checkpoint_path is not None and tc.checkpoint_every and \
                     (epoch + 1) % tc.checkpoint_every == 0:
                 self._save(student, extra, opt, sched, gen, epoch + 1, step)
@@ -317,30 +303,42 @@ class Trainer:
         self.summary["elapsed_s"] = time.perf_counter() - t0
         return self.summary
 
+    # -- the parts a stacked run changes (kdengine.experiments.vectorised.StackedTrainer) -------
+    def _build_student(self, data: DataBundle) -> nn.Module:
+        """The student, seeded so that the same config always starts from the same weights."""
+        seed_everything(self.cfg.train.seed)
+        return build_model(self.cfg.student, data.input_shape, data.n_classes).to(self.device)
+
+    def _record(self, step: int, epoch: float, per_student: list[dict[str, float]],
+                final: bool = False) -> None:
+        """Metrics of the student(s) in training, one dict per student (here: one). ``final`` marks
+        an epoch's evaluation, whose values become the summary's ``final_*``."""
+        values = per_student[0]
+        self._metrics(step, epoch, values)
+        if final:
+            self.summary.update({f"final_{k}": v for k, v in values.items()})
+
+    @staticmethod
+    def _epoch_extras(student, method, monitors, evs: list[dict], epoch: int) -> dict:
+        """The method's and the monitors' epoch metrics (added to ``evs``) and their artifacts."""
+        extra = method.epoch_metrics(epoch)
+        for ev in evs:
+            ev.update(extra)
+        arts = method.artifacts()
+        for mon in monitors:      # a monitor looks at one model: a stacked run is given none
+            evs[0].update(mon.metrics(student, evs[0]))
+            arts.update(mon.artifacts(student, epoch + 1))
+        return arts
+
     def _flush(self, window, win_start, step, spe, opt, t_start, step0, total_steps, bs):
-        """Read the window's loss terms back (one sync), check them, emit one metrics point."""
-        values: dict[str, float] = {}
-        total = None
-        for k, vs in window.items():
-            arr = torch.stack(vs).float().cpu()
-            bad = ~torch.isfinite(arr)
-            if bad.any():
-                at = win_start + int(bad.nonzero()[0, 0]) + 1
-                raise NonFiniteLoss(f"loss term {k!r} became {arr[bad][0].item()} at step {at} "
-                                    f"(epoch {(at - 1) // spe + 1}); try a smaller learning rate")
-            values[f"loss/{k}"] = arr.mean().item()
-            total = arr if total is None else total + arr
-        if total is not None:
-            values["loss/total"] = total.mean().item()
+        """Read the window's loss terms back (one sync), check them, record one metrics point."""
         elapsed = time.perf_counter() - t_start
-        done = step - step0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        values["lr"] = opt.param_groups[0]["lr"]
-        values["samples_per_s"] = rate * bs
-        values["elapsed_s"] = elapsed
-        values["eta_s"] = (total_steps - step) / rate if rate > 0 else float("nan")
-        values["progress"] = step / total_steps
-        self._metrics(step, step / spe, values)
+        rate = (step - step0) / elapsed if elapsed > 0 else 0.0
+        common = {"lr": opt.param_groups[0]["lr"], "samples_per_s": rate * bs, "elapsed_s": elapsed,
+                  "eta_s": (total_steps - step) / rate if rate > 0 else float("nan"),
+                  "progress": step / total_steps}
+        self._record(step, step / spe,
+                     [{**v, **common} for v in read_window(window, win_start, spe)])
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
@@ -391,6 +389,55 @@ def memory_format(choice: str, arch: str, input_shape: tuple,
     conv = arch in CONV_ARCHS and len(input_shape) == 3
     on = choice == "on" or (choice == "auto" and dev.type == "cuda")
     return torch.channels_last if conv and on else torch.contiguous_format
+
+
+def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[str, torch.Tensor]:
+    """One optimiser step on the method's weighted terms; returns them, still on the device.
+
+    Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
+    (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
+    if amp is not None:
+        with amp:
+            terms = method.weigh(method.loss_terms(batch, step))
+    else:
+        terms = method.weigh(method.loss_terms(batch, step))
+    vals = iter(terms.values())
+    total = next(vals)
+    for v in vals:          # not sum(): that starts from 0 and costs one more op
+        total = total + v
+    if total.dim():
+        total = total.sum()
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return terms
+
+
+def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
+                spe: int) -> list[dict[str, float]]:
+    """A log window's loss terms read back (one sync per term), checked and averaged: one dict of
+    ``loss/<term>`` and ``loss/total`` per student (a plain run has one). Raises NonFiniteLoss
+    naming the term, the step (and the student, when stacked) where a value stopped being finite."""
+    means, total = {}, None
+    for k, vs in window.items():
+        arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
+        bad = ~torch.isfinite(arr)
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            at = win_start + row + 1
+            who = f" of student {col}" if arr.shape[1] > 1 else ""
+            raise NonFiniteLoss(f"loss term {k!r}{who} became {arr[row, col].item()} at step {at} "
+                                f"(epoch {(at - 1) // spe + 1}); try a smaller learning rate")
+        means[f"loss/{k}"] = arr.mean(0)
+        total = arr if total is None else total + arr
+    if total is None:
+        return [{}]
+    means["loss/total"] = total.mean(0)
+    n = total.shape[1]
+    cols = {k: m.expand(n).tolist() for k, m in means.items()}
+    return [{k: col[j] for k, col in cols.items()} for j in range(n)]
 
 
 def make_optimizer(tc, params):
