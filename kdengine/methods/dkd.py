@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.losses.fused import dkd_fused_terms
+from kdengine.losses.logits import dkd_terms
 from kdengine.methods.base import Method, register
 
 
@@ -38,11 +39,16 @@ class DKD(Method):
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        log_p = self.teacher_log_probs(batch, p.T)        # cached per T when the trainer can
         warm = 1.0 if p.warmup_epochs <= 0 else min(1.0, self.ctx.epoch_of(step) / p.warmup_epochs)
-        # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
-        target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, log_p.argmax(-1))
-        d = dkd_fused_terms(s, log_p, target, p.T)        # = dkd_terms, in one autograd node
+        if s.dim() == 3:        # stacked students [S, B, C] with per-student T: broadcasting losses
+            t = self.teacher_logits(batch)
+            target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, t.argmax(-1))
+            d = dkd_terms(s, t, target, p.T)
+        else:
+            log_p = self.teacher_log_probs(batch, p.T)    # cached per T when the trainer can
+            # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
+            target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, log_p.argmax(-1))
+            d = dkd_fused_terms(s, log_p, target, p.T)    # = dkd_terms, in one autograd node
         terms = {"tckd": d["tckd"], "nckd": d["nckd"]}
         if warm < 1.0:
             terms = {k: warm * v for k, v in terms.items()}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.losses.fused import kd_ce_terms
+from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
 from kdengine.methods.base import Method, register
 
@@ -39,6 +40,12 @@ class HintonKD(Method):
         s = self.student(batch.x)
         if batch.y.dim() == 2:   # multi-hot labels (text): per-label sigmoid targets at T
             terms = {"kd": multilabel_kd_loss(s, self.teacher_logits(batch), p.T, p.t_squared)}
+            if self.wants("ce"):
+                terms["ce"] = self.hard_ce(s, batch)
+            return terms
+        if s.dim() == 3:         # stacked students [S, B, C] with per-student T: broadcasting losses
+            t = self.teacher_logits(batch)
+            terms = {"kd": kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)}
             if self.wants("ce"):
                 terms["ce"] = self.hard_ce(s, batch)
             return terms
