@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from kdengine.analysis.boundaries import dequantise, epoch_history
+from kdengine.analysis.boundaries import dequantise, epoch_history, similarity_absent_reason
 from kdengine.core.config import TOY_DATASETS, RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
@@ -124,9 +124,10 @@ def comparison_curves(snap: dict) -> dict[str, list]:
 def similarity_charts(snap: dict) -> None:
     curves = comparison_curves(snap)
     if not curves["magsim"]:
-        st.info("No MagSim / AngSim yet: they are measured at each epoch's end for runs with a "
-                "teacher (a student-alone `ce` run has none to compare with; use plain KD with soft "
-                "weight 0 for that).", icon=":material/info:")
+        has_teacher = bool(snap["artifacts"].get("grid_teacher")) or (
+            snap["config"].get("teacher", {}).get("source", "train") != "none"
+            and snap["config"].get("method", {}).get("name") != "ce")
+        st.info(similarity_absent_reason(snap["config"], has_teacher), icon=":material/info:")
         return
     a, b = st.columns(2)
     with a.container(key="bd_magsim"):
@@ -143,7 +144,10 @@ def status_line(snap: dict) -> None:
     if snap.get("phase_message"):
         msg += f" · {snap['phase_message']}"
     st.markdown(msg)
-    if snap.get("error"):
+    if snap.get("error") and snap["status"] == "stopped":   # the user's own choice, not a fault
+        st.info(f"Stopped by you at epoch {snap['epoch']:g}; everything up to there is kept.",
+                icon=":material/stop_circle:")
+    elif snap.get("error"):
         st.error(snap["error"])
 
 
@@ -153,7 +157,11 @@ def view_2d() -> None:
     arts = snap["artifacts"]
     s_grid, t_grid = arts.get("grid_student"), arts.get("grid_teacher")
     if s_grid is None:
-        st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
+        if snap["status"] in ACTIVE:
+            st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
+        else:
+            st.info(f"This run ended ({snap['status']}) before its first epoch did, so there is no "
+                    f"boundary to show.", icon=":material/info:")
         return
     latest = int(s_grid["epoch"])
     # Every epoch goes to the browser as one frame: the figure's own slider and disagreement

@@ -153,7 +153,25 @@ def test_train_button_starts_a_bss_run_and_selects_it(stored):
     eng = get_engine()
     assert eng.snapshot(rid)["config"]["method"]["name"] == "bss"
     eng.stop(rid)
-    assert eng.wait(rid, timeout=60) in ("stopped", "done")
+    end = eng.wait(rid, timeout=60)
+    assert end in ("stopped", "done")
+    if end == "stopped":                 # a stop by the user is a neutral notice, not an error
+        at.run()
+        assert not at.error, [e.value for e in at.error]
+        assert any("Stopped by you" in i.value for i in at.info)
+
+
+def test_missing_similarity_names_the_real_reason():
+    from kdengine.analysis.boundaries import similarity_absent_reason as why
+    hinton_digits = {"data": {"name": "digits"}, "method": {"name": "hinton"}, "train": {}}
+    msg = why(hinton_digits, has_teacher=True)
+    assert "boundary_metrics = auto" in msg and "2-D data and for BSS only" in msg
+    assert "teacher" not in msg.split("(")[0]            # not "for runs with a teacher"
+    off = dict(hinton_digits, train={"boundary_metrics": "off"})
+    assert "switched off" in why(off, has_teacher=True)
+    assert "no teacher" in why(hinton_digits, has_teacher=False)
+    bss_digits = dict(hinton_digits, method={"name": "bss"})
+    assert "first epoch" in why(bss_digits, has_teacher=True)
 
 
 def test_boundary_figure_dict_is_valid_plotly(stored):

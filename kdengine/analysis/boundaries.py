@@ -358,3 +358,24 @@ def epoch_history(store, run_id: str, latest: dict | None = None,
         out[e] = {"epoch": e, "probs": dequantise(latest["probs"]), "bounds": latest["bounds"],
                   "bss": latest_bss if latest_bss is not None else out.get(e, {}).get("bss")}
     return [out[e] for e in sorted(out)]
+
+
+def similarity_absent_reason(cfg: dict, has_teacher: bool) -> str:
+    """Why a run has no MagSim / AngSim curve, in the words a student needs (``cfg`` is the run's
+    config as a dict). Mirrors the rule in ``kdengine.run.monitors.boundary_monitor``."""
+    train, data = cfg.get("train", {}), cfg.get("data", {})
+    mode = train.get("boundary_metrics", "auto")
+    method = cfg.get("method", {}).get("name", "?")
+    from kdengine.core.config import TOY_DATASETS
+    two_d = data.get("name") in TOY_DATASETS
+    if not has_teacher:
+        return ("This run has no teacher, so there is no teacher boundary to compare with (for a "
+                "student-alone reference that has one, use plain KD with soft weight 0).")
+    if mode == "off":
+        return "MagSim / AngSim were switched off for this run (train.boundary_metrics = off)."
+    if mode == "auto" and not two_d and method != "bss":
+        return (f"MagSim / AngSim are not measured for this run: with train.boundary_metrics = "
+                f"auto they are measured on 2-D data and for BSS only, and this is a `{method}` "
+                f"run on {data.get('name', '?')} (on image data the probe attack costs about ten "
+                f"epochs). Set train.boundary_metrics = on to measure them.")
+    return "MagSim / AngSim appear when the first epoch ends."
