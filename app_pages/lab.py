@@ -203,7 +203,8 @@ else:
 b1, b2, _ = st.columns([1, 3, 3], vertical_alignment="bottom")
 run_name = b2.text_input("Run label (optional)", key="lab_run_name", max_chars=80)
 if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arrow:",
-             width="stretch"):
+             width="stretch", disabled=cfg is None,
+             help=f"Fix {cfg_error.field or 'the setup'} first." if cfg_error else None):
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
