@@ -24,6 +24,7 @@ SOURCES = {"train": "train now (then cached)", "shipped": "shipped with the app"
            "checkpoint": "checkpoint file", "run": "student of a stored run",
            "none": "none (student alone)"}
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10")
+CUSTOM = "(your setup)"     # the preset box's entry when the form is not a preset's
 
 owner = owner_id()
 engine = get_engine()
@@ -64,10 +65,17 @@ if CFG not in ss:
     cfg0, more = state.config_from_query(params, base)
     set_config(cfg0)
     ss["lab_url_problems"] = problems + more
+    if base is not None and params["preset"] in state.presets():
+        ss["lab_preset"] = params["preset"]
+    elif set(params) - {"sid"}:
+        ss["lab_preset"] = CUSTOM              # a shared setup: the box must not name a preset
 if "lab_load" in ss:                         # set by the Runs page ("Open in Lab")
     try:
         set_config(RunConfig.from_dict(ss.pop("lab_load")))
         ss["lab_url_problems"] = []
+        ss["lab_preset"] = CUSTOM                # the form is that run's, not a preset's
+        ss["lab_opened_run"] = ss.pop("lab_load_run", None)
+        ss[RUN] = ss["lab_opened_run"] or ss.get(RUN)
     except ConfigError as e:
         ss["lab_load_error"] = f"the stored config could not be loaded: {e}"
 
@@ -140,6 +148,14 @@ def train_section(tr: dict) -> dict:
     return {**tr, **out}
 
 
+@st.cache_data(show_spinner=False)
+def preset_hash(name: str) -> str | None:
+    try:
+        return state.load_preset(name).hash
+    except ConfigError:
+        return None
+
+
 def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
     try:
         return RunConfig.from_dict(d), None
@@ -159,30 +175,36 @@ preset_names = list(state.presets())
 if "lab_preset" not in ss and preset_names:
     ss["lab_preset"] = "digits-quick" if "digits-quick" in preset_names else preset_names[0]
 pc1, pc2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
-pc1.selectbox("Preset", preset_names, key="lab_preset",
-              format_func=lambda n: f"{n} — {state.presets().get(n, '')}",
+pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
+              format_func=lambda n: n if n == CUSTOM else f"{n} — {state.presets().get(n, '')}",
               help="Shipped setups (assets/presets). Load one, then change anything.")
-pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch")
+pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
+           disabled=ss.get("lab_preset") == CUSTOM)
 
+# The setup folds away once a run is shown, so its live charts are in view; tabs give each section
+# the full width (five columns truncated the labels).
+shown_runs = owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
 d = ss[CFG]
-c_data, c_teacher, c_student, c_method, c_train = st.columns(5, gap="medium")
-with c_data:
-    st.subheader("Data", divider="gray")
-    d["data"] = data_section(d["data"])
-with c_teacher:
-    st.subheader("Teacher", divider="gray")
-    d["teacher"] = teacher_section(d["teacher"], d["data"]["name"])
-with c_student:
-    st.subheader("Student", divider="gray")
-    d["student"] = {**d["student"], **widgets.render_fields(ModelConfig, d["student"], K + "student.")}
-with c_method:
-    st.subheader("Method", divider="gray")
-    d["method"] = method_section(d["method"])
-with c_train:
-    st.subheader("Training", divider="gray")
-    d["train"] = train_section(d["train"])
+with st.expander("Setup: data, teacher, student, method, training",
+                 expanded=not shown_runs and not ss.get("lab_opened_run"), icon=":material/tune:"):
+    t_data, t_teacher, t_student, t_method, t_train = st.tabs(
+        ["Data", "Teacher", "Student", "Method", "Training"])
+    with t_data:
+        d["data"] = data_section(d["data"])
+    with t_teacher:
+        d["teacher"] = teacher_section(d["teacher"], d["data"]["name"])
+    with t_student:
+        d["student"] = {**d["student"],
+                        **widgets.render_fields(ModelConfig, d["student"], K + "student.", columns=2)}
+    with t_method:
+        d["method"] = method_section(d["method"])
+    with t_train:
+        d["train"] = train_section(d["train"])
 
 cfg, cfg_error = build(d)
+if cfg is not None and ss.get("lab_preset") not in (None, CUSTOM) and \
+        preset_hash(ss["lab_preset"]) != cfg.hash:
+    st.caption(f"Changed from the preset **{ss['lab_preset']}**.")
 if cfg_error is not None:
     st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
 else:
@@ -212,6 +234,8 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
             st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
+        else:
+            st.rerun()              # again with the setup folded: the live charts come into view
 
 
 # -- the run being watched -----------------------------------------------------------------------
@@ -311,9 +335,12 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
         st.rerun()
 
 
-runs = owner_runs()
-if not runs:
-    runs = [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
+runs = list(shown_runs)
+opened = ss.get("lab_opened_run")
+if opened and opened not in [r["run_id"] for r in runs]:
+    row = engine.store.get_run(opened)          # another session's run, opened from Runs
+    if row is not None:
+        runs.insert(0, dict(row, run_id=opened))
 if runs:
     ids = [r["run_id"] for r in runs]
     if ss.get(RUN) not in ids:       # first visit or reload: reattach to the newest active run

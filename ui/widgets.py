@@ -17,7 +17,8 @@ from kdengine.core.knobs import ConfigError, _base_type, check_field, field_spec
 
 
 def label_of(spec: dict) -> str:
-    return spec.get("label") or spec["name"].replace("_", " ")
+    from ui.words import field_label
+    return field_label(spec["name"], spec.get("label"))
 
 
 def _kind(spec: dict) -> tuple[str, bool]:
