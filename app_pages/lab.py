@@ -11,7 +11,6 @@ import math
 import streamlit as st
 
 from kdengine.core.config import DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig, TrainConfig
-from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
@@ -27,7 +26,13 @@ TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10")
 CUSTOM = "(your setup)"     # the preset box's entry when the form is not a preset's
 
 owner = owner_id()
-engine = get_engine()
+st.title("Lab")
+st.caption("Pick a data set, a teacher, a student and a distillation method, then press **Train**. "
+           "Runs train in the background; this page follows them live.")
+# Imported after the title: on a fresh server torch takes seconds, and the page is drawn meanwhile.
+with st.spinner("Loading the training engine (only after a server start)…"):
+    from kdengine.methods import get_method_class, method_names
+    engine = get_engine()
 
 
 # -- loading a whole config (URL on first visit, a preset, "open in Lab" from Runs) ---------------
@@ -67,8 +72,8 @@ if CFG not in ss:
     ss["lab_url_problems"] = problems + more
     if base is not None and params["preset"] in state.presets():
         ss["lab_preset"] = params["preset"]
-    elif set(params) - {"sid"}:
-        ss["lab_preset"] = CUSTOM              # a shared setup: the box must not name a preset
+    else:
+        ss["lab_preset"] = CUSTOM      # defaults or a shared setup: the box must not name a preset
 if "lab_load" in ss:                         # set by the Runs page ("Open in Lab")
     try:
         set_config(RunConfig.from_dict(ss.pop("lab_load")))
@@ -164,9 +169,6 @@ def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
 
 
 # -- page ----------------------------------------------------------------------------------------
-st.title("Lab")
-st.caption("Pick a data set, a teacher, a student and a distillation method, then press **Train**. "
-           "Runs train in the background; this page follows them live.")
 state.show_url_notice(ss.get("lab_url_problems", []))
 if ss.get("lab_load_error"):
     st.error(ss.pop("lab_load_error"))
