@@ -69,9 +69,12 @@ def _ref_line(fig: dict, y: float, label: str, color: str) -> None:
     fig["layout"]["shapes"].append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
                                     "y0": y, "y1": y, "line": {"color": color, "dash": "dot",
                                                                "width": 2}})
+    # On a white backing: the student's curve runs close to these levels and used to overdraw the
+    # label.
     fig["layout"]["annotations"].append({"xref": "paper", "x": 1, "yref": "y", "y": y,
                                          "text": f"{label} {y:.1%}", "showarrow": False,
                                          "xanchor": "right", "yanchor": "top",
+                                         "bgcolor": "rgba(255,255,255,0.85)",
                                          "font": {"color": color}})
 
 
