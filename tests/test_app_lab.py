@@ -53,7 +53,7 @@ def poll(at: AppTest, until, timeout: float = 120.0) -> None:
 
 def quick(at: AppTest, epochs: int) -> None:
     """Load the digits-quick preset and set the student's epochs."""
-    at.selectbox(key="lab_preset").set_value("digits-quick")
+    at.selectbox(key="lab_preset").set_value("digits-quick").run()
     at.button(key="lab_load_preset").click().run()
     at.number_input(key="lab.train.epochs").set_value(epochs).run()
 

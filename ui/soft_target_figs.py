@@ -44,25 +44,30 @@ def _marker(view: dict) -> dict:
 
 def _ranked(view: dict) -> list[dict]:
     """The wrong classes, most probable under the teacher first (the order does not depend on T:
-    dividing logits by T keeps their order), as horizontal bars with the numbers written on."""
+    dividing logits by T keeps their order), as horizontal bars; their numbers are in
+    :func:`_ranking_table` (text on the bars tripled the redraw time)."""
     rows = view["wrong"][::-1]                     # plotly draws the first category at the bottom
     names = [r["name"] for r in rows]
     out = []
     if view["p_teacher"] is not None:
         out.append({"type": "bar", "orientation": "h", "y": names, "x": [r["teacher"] for r in rows],
-                    "text": [f"{r['teacher']:.3f} · {r['share_of_wrong_mass']:.3f} of wrong mass"
-                             for r in rows],
-                    "textposition": "outside", "cliponaxis": False, "name": "teacher", "legendgroup": "teacher",
+                    "name": "teacher", "legendgroup": "teacher",
                     "showlegend": False, "marker": {"color": TEACHER}, "xaxis": "x3", "yaxis": "y3",
                     "hovertemplate": "%{y}: %{x:.4f}<extra>teacher</extra>"})
     out.append({"type": "bar", "orientation": "h", "y": names, "x": [r["student"] for r in rows],
-                "text": [f"{r['student']:.3f}" + ("" if view["p_teacher"] is not None else
-                                                   f" · {r['share_of_wrong_mass']:.3f} of wrong mass")
-                         for r in rows],
-                "textposition": "outside", "cliponaxis": False, "name": "student", "legendgroup": "student",
+                "name": "student", "legendgroup": "student",
                 "showlegend": False, "marker": {"color": STUDENT}, "xaxis": "x3", "yaxis": "y3",
                 "hovertemplate": "%{y}: %{x:.4f}<extra>student</extra>"})
     return out
+
+
+def _ranking_table(view: dict) -> str:
+    """The ranking's numbers, one line per wrong class, in the bars' order (top first)."""
+    has_t = view["p_teacher"] is not None
+    head = "class: " + ("teacher · " if has_t else "") + "student · share of wrong"
+    rows = [f"{r['name']}: " + (f"{r['teacher']:.3f} · " if has_t else "")
+            + f"{r['student']:.3f} · {r['share_of_wrong_mass']:.3f}" for r in view["wrong"]]
+    return "<br>".join([f"<b>{head}</b>"] + rows)
 
 
 def _note(text: str, x: float, y: float, size: int = 14, anchor: str = "left") -> dict:
@@ -89,7 +94,9 @@ def _annotations(view: dict, n_classes: int) -> list[dict]:
     who = "teacher" if view["p_teacher"] is not None else "student"
     notes = [_note(f"soft targets at T = {T:g}  (✓ = true class)", 0, BARS_Y[1] + 0.005),
              _note("entropy of the softened distribution", 0, MID_Y[1] + 0.01),
-             _note(f"wrong classes ranked by the {who} at T = {T:g}", 0.56, MID_Y[1] + 0.01)]
+             _note(f"wrong classes ranked by the {who} at T = {T:g}", 0.52, MID_Y[1] + 0.01),
+             {**_note(_ranking_table(view), 1, MID_Y[1], size=11, anchor="right"),
+              "yanchor": "top"}]
     if view["dkd"] is not None:
         for k, line in enumerate(identity_lines(view["dkd"], T, n_classes == 2)):
             notes.append(_note(line, 0, 0.115 - 0.04 * k, size=15 if k == 0 else 12))
@@ -97,10 +104,10 @@ def _annotations(view: dict, n_classes: int) -> list[dict]:
 
 
 def _ranked_range(view: dict) -> list[float]:
-    """The ranking's x range: room for the numbers written after the largest bar."""
+    """The ranking's x range for this T (the frames carry it: the largest bar shrinks with T)."""
     top = max([r["student"] for r in view["wrong"]] + [r["teacher"] or 0 for r in view["wrong"]]
               + [1e-3])
-    return [0, top * 1.9]
+    return [0, top * 1.05]
 
 
 def _slider(Ts: list[float], active: int) -> dict:
@@ -146,11 +153,11 @@ def soft_target_figure(class_names: list[str], views: list[dict[str, Any]], acti
                                            "y": BARS_Y[1] + 0.005, "yanchor": "bottom"},
         "xaxis": {"domain": [0, 1], "anchor": "y", "type": "category"},
         "yaxis": {"domain": BARS_Y, "range": [0, 1], "title": {"text": "probability"}},
-        "xaxis2": {"domain": [0, 0.46], "anchor": "y2", "type": "log", "tickvals": ticks,
+        "xaxis2": {"domain": [0, 0.44], "anchor": "y2", "type": "log", "tickvals": ticks,
                    "ticktext": [f"{t:g}" for t in ticks],
                    "title": {"text": "temperature T (log scale)"}},
         "yaxis2": {"domain": MID_Y, "anchor": "x2", "title": {"text": "entropy (nats)"}},
-        "xaxis3": {"domain": [0.56, 1], "anchor": "y3", "range": _ranked_range(first),
+        "xaxis3": {"domain": [0.52, 0.68], "anchor": "y3", "range": _ranked_range(first),
                    "title": {"text": "probability"}},
         "yaxis3": {"domain": MID_Y, "anchor": "x3", "type": "category"},
         "annotations": _annotations(first, len(class_names)),
