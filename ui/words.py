@@ -21,7 +21,7 @@ METRIC_NAMES = {
 # Config fields whose own names mean little to a student (the knob's help stays as the tooltip).
 FIELD_LABELS = {
     "transfer": "what the student learns from",
-    "baseline": "also train the student alone (for comparison)",
+    "baseline": "student alone, for comparison",
     "omit_class": "leave out one class",
     "n_labels": "labelled samples kept",
     "test_fraction": "share held out for testing",
@@ -33,9 +33,6 @@ FIELD_LABELS = {
     "hard_weight": "weight on the true labels",
     "T": "temperature T",
 }
-
-ROLE_NAMES = {"baseline": "student alone", "ce": "student alone (labels only)"}
-
 
 def metric_name(key: str) -> str:
     """'final_test_acc' -> 'test accuracy'; unknown keys lose their underscores."""
