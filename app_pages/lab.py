@@ -15,6 +15,7 @@ from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+from ui.words import metric_name
 
 ss = st.session_state
 K = "lab."                 # prefix of every config widget key
@@ -287,14 +288,17 @@ def headline(snap: dict) -> None:
     sm, latest = snap["summary"], snap["latest"]
     cols = st.columns(4)
     acc = latest.get("test_acc")
-    cols[0].metric("student test acc.", f"{acc:.1%}" if acc is not None else "–")
+    cols[0].metric(f"student: {metric_name('test_acc')}", f"{acc:.1%}" if acc is not None else "–",
+                   help="Share of the test set the distilled student gets right (latest epoch).")
     t = latest.get("teacher_test_acc", sm.get("teacher_test_acc"))
-    cols[1].metric("teacher test acc.", f"{t:.1%}" if t is not None else "–")
+    cols[1].metric(metric_name("teacher_test_acc"), f"{t:.1%}" if t is not None else "–")
     b = latest.get("baseline_test_acc", sm.get("baseline_test_acc"))
-    cols[2].metric("student alone", f"{b:.1%}" if b is not None and b == b else "–",
-                   help="Same student, trained with cross-entropy only (turn on 'baseline').")
+    cols[2].metric(metric_name("baseline_test_acc"), f"{b:.1%}" if b is not None and b == b else "–",
+                   help="Same student trained on the labels only, after this run (switch on "
+                        "'student alone, for comparison' under Training).")
     a = latest.get("agreement")
-    cols[3].metric("agreement with teacher", f"{a:.1%}" if a is not None else "–")
+    cols[3].metric(metric_name("agreement"), f"{a:.1%}" if a is not None else "–",
+                   help="Share of test samples where student and teacher pick the same class.")
 
 
 def queue_view() -> None:
