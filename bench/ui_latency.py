@@ -130,8 +130,13 @@ def train_to_first_point(page, base: str) -> float:
     time.sleep(1.0)
     t0 = time.perf_counter()
     page.get_by_role("button", name="Train").click()
+    shot = False
     while live_points(page) == 0:
-        if time.perf_counter() - t0 > 180:
+        waited = time.perf_counter() - t0
+        if waited > 15 and not shot:         # what the user sees meanwhile, for the report
+            page.screenshot(path="ui_latency_train_wait.png")
+            shot = True
+        if waited > 180:
             raise RuntimeError("no live point within 180 s")
         time.sleep(0.05)
     took = time.perf_counter() - t0
