@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from kdengine.analysis.boundaries import dequantise
 from kdengine import ACTIVE, ConfigError, RunConfig, TOY_DATASETS
+from kdengine.analysis.boundaries import dequantise, epoch_history, similarity_absent_reason
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
@@ -93,12 +93,9 @@ def training_points(data_cfg: dict, limit: int = 500):
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
-def history(run_id: str, upto_epoch: int):
-    """Per-epoch student grids and BSS samples from the store (keyed by epoch)."""
-    store = get_engine().store
-    grids = {g["epoch"]: (step, g) for step, g in store.artifacts(run_id, "grid_student")}
-    bss = dict(store.artifacts(run_id, "bss"))
-    return {e: (g, bss.get(step)) for e, (step, g) in grids.items()}
+def history(run_id: str, upto_epoch: int) -> list[dict]:
+    """Every stored epoch's student grid and BSS samples, oldest first (once per new epoch)."""
+    return epoch_history(get_engine().store, run_id)
 
 
 def comparison_curves(snap: dict) -> dict[str, list]:
@@ -125,9 +122,10 @@ def comparison_curves(snap: dict) -> dict[str, list]:
 def similarity_charts(snap: dict) -> None:
     curves = comparison_curves(snap)
     if not curves["magsim"]:
-        st.info("No MagSim / AngSim yet: they are measured at each epoch's end for runs with a "
-                "teacher (a student-alone `ce` run has none to compare with; use plain KD with soft "
-                "weight 0 for that).", icon=":material/info:")
+        has_teacher = bool(snap["artifacts"].get("grid_teacher")) or (
+            snap["config"].get("teacher", {}).get("source", "train") != "none"
+            and snap["config"].get("method", {}).get("name") != "ce")
+        st.info(similarity_absent_reason(snap["config"], has_teacher), icon=":material/info:")
         return
     a, b = st.columns(2)
     with a.container(key="bd_magsim"):
@@ -144,7 +142,10 @@ def status_line(snap: dict) -> None:
     if snap.get("phase_message"):
         msg += f" · {snap['phase_message']}"
     st.markdown(msg)
-    if snap.get("error"):
+    if snap.get("error") and snap["status"] == "stopped":   # the user's own choice, not a fault
+        st.info(f"Stopped by you at epoch {snap['epoch']:g}; everything up to there is kept.",
+                icon=":material/stop_circle:")
+    elif snap.get("error"):
         st.error(snap["error"])
 
 
@@ -154,30 +155,28 @@ def view_2d() -> None:
     arts = snap["artifacts"]
     s_grid, t_grid = arts.get("grid_student"), arts.get("grid_teacher")
     if s_grid is None:
-        st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
+        if snap["status"] in ACTIVE:
+            st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
+        else:
+            st.info(f"This run ended ({snap['status']}) before its first epoch did, so there is no "
+                    f"boundary to show.", icon=":material/info:")
         return
     latest = int(s_grid["epoch"])
-    grid, bss, epoch = s_grid, arts.get("bss"), latest
-    # Following: no slider, the newest snapshot. Not following: a slider the page never moves
-    # by itself (programmatic moves of a slider whose range grows raced with the browser).
-    if latest > 1 and not st.toggle("follow the latest epoch", value=True, key="bd_follow",
-                                    help="Off: step back through the saved snapshots."):
-        if ss.get("bd_epoch", latest) > latest:
-            ss["bd_epoch"] = latest
-        epoch = st.slider("epoch snapshot", 1, latest, value=latest, key="bd_epoch",
-                          help="The boundary as it was at the end of each epoch.")
-        if epoch != latest:
-            grid, bss = history(run_id, latest).get(epoch, (s_grid, None))
+    # Every epoch goes to the browser as one frame: the figure's own slider and disagreement
+    # switch redraw there, and the server sends the figure again only when a new epoch exists.
+    hist = history(run_id, latest)
+    if not hist or hist[-1]["epoch"] != latest:        # a live run: the store lags the snapshot
+        hist = epoch_history(engine.store, run_id, s_grid, arts.get("bss"))
     pts, labels, names = training_points(snap["config"]["data"])
     p_t = dequantise(t_grid["probs"]) if t_grid else None
+    show_bss = ss.get("bd_show_bss", True)
     with st.container(key="bd_heatmap"):
-        charts.show(bf.PrebuiltFigure(bf.boundary_figure(
-            p_t, dequantise(grid["probs"]), grid["bounds"], pts, labels, names,
-            bss if ss.get("bd_show_bss", True) else None, show_disagreement=ss.get("bd_disagree", False),
-            student_title=f"student, epoch {epoch}")))
+        charts.show(bf.PrebuiltFigure(bf.replay_figure(p_t, hist, pts, labels, names, show_bss)),
+                    key=f"bd_fig_{run_id}")
+    bss = hist[-1]["bss"]
     if bss and ss.get("bd_show_bss", True):
         n, flipped = len(bss["base"]), sum(bss["flipped"])
-        st.caption(f"{n} boundary-supporting samples from the last attacked batch of epoch {epoch}: "
+        st.caption(f"{n} boundary-supporting samples from the last attacked batch of each epoch: "
                    f"○ base sample → path → ◆ where the search stopped (✕ if the teacher's class "
                    f"flipped; {flipped} of {n}). They attack the teacher only; on the student's "
                    f"panel they show whether its boundary passes through the same places.")
@@ -222,11 +221,11 @@ def view_images() -> None:
 
 
 if kind == "2d":
-    t1, t2 = st.columns(2)
-    t1.toggle("disagreement map", key="bd_disagree",
-              help="A third panel: total-variation distance between teacher and student "
-                   "probabilities; the darker, the more they differ.")
-    t2.toggle("BSS samples", value=True, key="bd_show_bss")
+    st.toggle("BSS samples", value=True, key="bd_show_bss")
+    st.caption("The slider under the regions steps through the saved epochs, and the switch above "
+               "them adds the disagreement map (total-variation distance between teacher and "
+               "student probabilities: the darker, the more they differ); both redraw in the "
+               "browser.")
     st.fragment(run_every=1.0 if is_live else None)(view_2d)()
 else:
     st.fragment(run_every=1.0 if is_live else None)(view_images)()

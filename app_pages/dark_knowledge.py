@@ -11,9 +11,10 @@ import torch
 
 from kdengine.analysis import dark_knowledge as omitted
 from kdengine import data_root
-from ui import widgets
+from ui import charts, widgets
+from ui.boundary_figs import PrebuiltFigure
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
-from ui.omitted_charts import per_class_figure, shift_curve_figure
+from ui.omitted_charts import shift_explorer_figure
 
 PRESET = "digits-omit-3"
 SHIFTS = [x / 4 for x in range(-8, 41)]          # -2 .. 10 in steps of 0.25
@@ -60,29 +61,13 @@ except (FileNotFoundError, KeyError) as e:
     st.stop()
 logits, y = torch.from_numpy(logits), torch.from_numpy(y)
 
-shift = st.slider(f"Bias shift on class {names[cls]} (added to its logit at evaluation)",
-                  min_value=-2.0, max_value=10.0, value=0.0, step=0.25, key="dk_shift")
-base = omitted.omitted_report(logits, y, cls, 0.0)
-rep = omitted.omitted_report(logits, y, cls, shift)
-
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Test accuracy", f"{rep['acc']:.2%}", f"{(rep['acc'] - base['acc']) * 100:+.2f} pts")
-m2.metric(f"Accuracy on class {names[cls]}", f"{rep['class_acc']:.2%}",
-          f"{(rep['class_acc'] - base['class_acc']) * 100:+.2f} pts")
-m3.metric(f"Errors on the {rep['n_class']} {names[cls]}s", rep["class_errors"],
-          rep["class_errors"] - base["class_errors"], delta_color="inverse")
-m4.metric(f"Wrongly called {names[cls]}", rep["false_class"],
-          rep["false_class"] - base["false_class"], delta_color="inverse",
-          help="What too large a shift costs: other digits now predicted as the omitted class.")
-
-g1, g2 = st.columns(2)
-with g1:
-    st.plotly_chart(per_class_figure(names, base["per_class_acc"], rep["per_class_acc"], shift, cls),
-                    config={"displayModeBar": False}, key="dk_bars")
-with g2:
-    curve = omitted.bias_curve(logits, y, cls, SHIFTS)
-    st.plotly_chart(shift_curve_figure(curve, shift, names[cls]), config={"displayModeBar": False},
-                    key="dk_curve")
+# The shift only changes what is drawn: every shift's numbers go to the browser as one frame each,
+# and the figure's own slider moves between them without a server rerun.
+curve = omitted.bias_curve(logits, y, cls, SHIFTS)
+with st.container(key="dk_view"):
+    charts.show(PrebuiltFigure(shift_explorer_figure(names, curve, cls, SHIFTS.index(0.0))),
+                key="dk_figure")
 best = omitted.best_shift(logits, y, cls, SHIFTS)
-st.caption(f"Fewest test errors at a shift of {best:g} (as in the paper, this is chosen on the test "
-           f"set, so it flatters the correction a little).")
+st.caption(f"Move the bias shift on class {names[cls]} (added to its logit at evaluation) with the "
+           f"slider under the charts. Fewest test errors at a shift of {best:g} (as in the paper, "
+           f"this is chosen on the test set, so it flatters the correction a little).")

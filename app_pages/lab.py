@@ -16,6 +16,7 @@ from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_fragment
+from ui.words import metric_name
 
 ss = st.session_state
 K = "lab."                 # prefix of every config widget key
@@ -24,9 +25,16 @@ SOURCES = {"train": "train now (then cached)", "shipped": "shipped with the app"
            "checkpoint": "checkpoint file", "run": "student of a stored run",
            "none": "none (student alone)"}
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+CUSTOM = "(your setup)"     # the preset box's entry when the form is not a preset's
 
 owner = owner_id()
-engine = get_engine()
+st.title("Lab")
+st.caption("Pick a data set, a teacher, a student and a distillation method, then press **Train**. "
+           "Runs train in the background; this page follows them live.")
+# The engine (and torch) after the title: on a fresh server torch takes seconds, and the page is
+# drawn meanwhile. The kdengine names imported above are lazy and cheap.
+with st.spinner("Loading the training engine (only after a server start)…"):
+    engine = get_engine()
 
 
 # -- loading a whole config (URL on first visit, a preset, "open in Lab" from Runs) ---------------
@@ -64,10 +72,17 @@ if CFG not in ss:
     cfg0, more = state.config_from_query(params, base)
     set_config(cfg0)
     ss["lab_url_problems"] = problems + more
+    if base is not None and params["preset"] in state.presets():
+        ss["lab_preset"] = params["preset"]
+    else:
+        ss["lab_preset"] = CUSTOM      # defaults or a shared setup: the box must not name a preset
 if "lab_load" in ss:                         # set by the Runs page ("Open in Lab")
     try:
         set_config(RunConfig.from_dict(ss.pop("lab_load")))
         ss["lab_url_problems"] = []
+        ss["lab_preset"] = CUSTOM                # the form is that run's, not a preset's
+        ss["lab_opened_run"] = ss.pop("lab_load_run", None)
+        ss[RUN] = ss["lab_opened_run"] or ss.get(RUN)
     except ConfigError as e:
         ss["lab_load_error"] = f"the stored config could not be loaded: {e}"
 
@@ -144,6 +159,14 @@ def train_section(tr: dict) -> dict:
     return {**tr, **out}
 
 
+@st.cache_data(show_spinner=False)
+def preset_hash(name: str) -> str | None:
+    try:
+        return state.load_preset(name).hash
+    except ConfigError:
+        return None
+
+
 def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
     try:
         return RunConfig.from_dict(d), None
@@ -152,9 +175,6 @@ def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
 
 
 # -- page ----------------------------------------------------------------------------------------
-st.title("Lab")
-st.caption("Pick a data set, a teacher, a student and a distillation method, then press **Train**. "
-           "Runs train in the background; this page follows them live.")
 state.show_url_notice(ss.get("lab_url_problems", []))
 if ss.get("lab_load_error"):
     st.error(ss.pop("lab_load_error"))
@@ -163,30 +183,36 @@ preset_names = list(state.presets())
 if "lab_preset" not in ss and preset_names:
     ss["lab_preset"] = "digits-quick" if "digits-quick" in preset_names else preset_names[0]
 pc1, pc2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
-pc1.selectbox("Preset", preset_names, key="lab_preset",
-              format_func=lambda n: f"{n} — {state.presets().get(n, '')}",
+pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
+              format_func=lambda n: n if n == CUSTOM else f"{n} — {state.presets().get(n, '')}",
               help="Shipped setups (assets/presets). Load one, then change anything.")
-pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch")
+pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
+           disabled=ss.get("lab_preset") == CUSTOM)
 
+# The setup folds away once a run is shown, so its live charts are in view; tabs give each section
+# the full width (five columns truncated the labels).
+shown_runs = owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
 d = ss[CFG]
-c_data, c_teacher, c_student, c_method, c_train = st.columns(5, gap="medium")
-with c_data:
-    st.subheader("Data", divider="gray")
-    d["data"] = data_section(d["data"])
-with c_teacher:
-    st.subheader("Teacher", divider="gray")
-    d["teacher"] = teacher_section(d["teacher"], d["data"]["name"])
-with c_student:
-    st.subheader("Student", divider="gray")
-    d["student"] = {**d["student"], **widgets.render_fields(ModelConfig, d["student"], K + "student.")}
-with c_method:
-    st.subheader("Method", divider="gray")
-    d["method"] = method_section(d["method"])
-with c_train:
-    st.subheader("Training", divider="gray")
-    d["train"] = train_section(d["train"])
+with st.expander("Setup: data, teacher, student, method, training",
+                 expanded=not shown_runs and not ss.get("lab_opened_run"), icon=":material/tune:"):
+    t_data, t_teacher, t_student, t_method, t_train = st.tabs(
+        ["Data", "Teacher", "Student", "Method", "Training"])
+    with t_data:
+        d["data"] = data_section(d["data"])
+    with t_teacher:
+        d["teacher"] = teacher_section(d["teacher"], d["data"]["name"])
+    with t_student:
+        d["student"] = {**d["student"],
+                        **widgets.render_fields(ModelConfig, d["student"], K + "student.", columns=2)}
+    with t_method:
+        d["method"] = method_section(d["method"])
+    with t_train:
+        d["train"] = train_section(d["train"])
 
 cfg, cfg_error = build(d)
+if cfg is not None and ss.get("lab_preset") not in (None, CUSTOM) and \
+        preset_hash(ss["lab_preset"]) != cfg.hash:
+    st.caption(f"Changed from the preset **{ss['lab_preset']}**.")
 if cfg_error is not None:
     st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
 else:
@@ -207,7 +233,8 @@ else:
 b1, b2, _ = st.columns([1, 3, 3], vertical_alignment="bottom")
 run_name = b2.text_input("Run label (optional)", key="lab_run_name", max_chars=80)
 if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arrow:",
-             width="stretch"):
+             width="stretch", disabled=cfg is None,
+             help=f"Fix {cfg_error.field or 'the setup'} first." if cfg_error else None):
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
@@ -215,6 +242,8 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
             st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
+        else:
+            st.rerun()              # again with the setup folded: the live charts come into view
 
 
 # -- the run being watched -----------------------------------------------------------------------
@@ -264,14 +293,17 @@ def headline(snap: dict) -> None:
     sm, latest = snap["summary"], snap["latest"]
     cols = st.columns(4)
     acc = latest.get("test_acc")
-    cols[0].metric("student test acc.", f"{acc:.1%}" if acc is not None else "–")
+    cols[0].metric(f"student: {metric_name('test_acc')}", f"{acc:.1%}" if acc is not None else "–",
+                   help="Share of the test set the distilled student gets right (latest epoch).")
     t = latest.get("teacher_test_acc", sm.get("teacher_test_acc"))
-    cols[1].metric("teacher test acc.", f"{t:.1%}" if t is not None else "–")
+    cols[1].metric(metric_name("teacher_test_acc"), f"{t:.1%}" if t is not None else "–")
     b = latest.get("baseline_test_acc", sm.get("baseline_test_acc"))
-    cols[2].metric("student alone", f"{b:.1%}" if b is not None and b == b else "–",
-                   help="Same student, trained with cross-entropy only (turn on 'baseline').")
+    cols[2].metric(metric_name("baseline_test_acc"), f"{b:.1%}" if b is not None and b == b else "–",
+                   help="Same student trained on the labels only, after this run (switch on "
+                        "'student alone, for comparison' under Training).")
     a = latest.get("agreement")
-    cols[3].metric("agreement with teacher", f"{a:.1%}" if a is not None else "–")
+    cols[3].metric(metric_name("agreement"), f"{a:.1%}" if a is not None else "–",
+                   help="Share of test samples where student and teacher pick the same class.")
 
 
 def queue_view() -> None:
@@ -307,9 +339,12 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
     charts.live_panel(snap, key="lab")
 
 
-runs = owner_runs()
-if not runs:
-    runs = [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
+runs = list(shown_runs)
+opened = ss.get("lab_opened_run")
+if opened and opened not in [r["run_id"] for r in runs]:
+    row = engine.store.get_run(opened)          # another session's run, opened from Runs
+    if row is not None:
+        runs.insert(0, dict(row, run_id=opened))
 if runs:
     ids = [r["run_id"] for r in runs]
     if ss.get(RUN) not in ids:       # first visit or reload: reattach to the newest active run

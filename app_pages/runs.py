@@ -9,6 +9,7 @@ import streamlit as st
 from kdengine import ACTIVE, export_run, temperature_of
 from ui import charts, widgets
 from ui.engine import get_engine, owner_id, stored_runs
+from ui.words import metric_name
 
 ss = st.session_state
 owner = owner_id()
@@ -36,17 +37,22 @@ def teacher_text(cfg: dict) -> str:
     return f"{m.get('arch')} {m.get('depth')}x{m.get('width')} ({t.get('epochs')} ep)"
 
 
+TEST_ACC, TEACHER_ACC = metric_name("final_test_acc"), metric_name("teacher_test_acc")
+
+
 def row(r: dict) -> dict:
     cfg, sm = r["config"], r["summary"]
     p = cfg.get("method", {}).get("params", {})
     s = cfg.get("student", {})
     status = engine.status(r["id"]) if r["status"] in ACTIVE else r["status"]
-    return {"id": r["id"], "name": r["name"], "status": status, "method": r["method"],
+    # What a student scans for first (name, method, status, result) leads; the id goes last.
+    return {"name": r["name"] or r["id"][-6:], "method": r["method"], "status": status,
+            TEST_ACC: sm.get("final_test_acc"),
             "data": cfg.get("data", {}).get("name"), "T": temperature_of(cfg), "weights": weights_text(p),
             "teacher": teacher_text(cfg), "student": f"{s.get('arch')} {s.get('depth')}x{s.get('width')}",
             "epochs": cfg.get("train", {}).get("epochs"),
-            "test acc.": sm.get("final_test_acc"), "teacher acc.": sm.get("teacher_test_acc"),
-            "created": pd.to_datetime(r["created"], unit="s")}
+            TEACHER_ACC: sm.get("teacher_test_acc"),
+            "created": pd.to_datetime(r["created"], unit="s"), "id": r["id"]}
 
 
 mine = st.toggle("Only this browser session's runs", key="runs_mine")
@@ -56,8 +62,12 @@ if not rows:
     st.stop()
 table = pd.DataFrame([row(r) for r in rows])
 st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
-             column_config={"test acc.": st.column_config.NumberColumn(format="percent"),
-                            "teacher acc.": st.column_config.NumberColumn(format="percent"),
+             column_config={TEST_ACC: st.column_config.NumberColumn(
+                                format="percent", help="The student's accuracy on the test set "
+                                                       "after its last epoch."),
+                            TEACHER_ACC: st.column_config.NumberColumn(format="percent"),
+                            "name": st.column_config.TextColumn(
+                                help="The run's label (the end of its id when it has none)."),
                             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
 by_id = {r["id"]: r for r in rows}
@@ -102,6 +112,7 @@ if sel:
     if c3.button(f"Open {sel[0][-6:]} in Lab", key="runs_open", icon=":material/science:",
                  help="Load this run's configuration into the Lab (first selected run)."):
         ss["lab_load"] = by_id[sel[0]]["config"]
+        ss["lab_load_run"] = sel[0]            # the Lab shows this run under its setup
         st.switch_page("app_pages/lab.py")
     if c4.button(f"Delete {len(sel)} run(s)", key="runs_delete", icon=":material/delete:"):
         ss["runs_confirm_delete"] = True

@@ -8,7 +8,6 @@ of the KD term (Zhao et al. 2022) with its identity filled in. The numbers come 
 """
 from __future__ import annotations
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -16,6 +15,7 @@ from kdengine.analysis import soft_targets as explore
 from kdengine import (ACTIVE, CheckpointError, DataUnavailable, RunModels, TeacherNotCached, checkpoint_state,
                       load_run_models)
 from ui import charts, state, widgets
+from ui import soft_target_figs as stf
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
 ss = st.session_state
@@ -41,6 +41,12 @@ def candidate_runs() -> list[dict]:
 def run_models(run_id: str, mtime: float, train_teacher: bool) -> RunModels:
     """Cached per checkpoint version: a live run's new epoch has a new mtime."""
     return load_run_models(store, run_id, train_teacher=train_teacher)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def sample_views(run_id: str, mtime: float, i: int, _models: RunModels) -> list[dict]:
+    """The sample at every slider T, once per (checkpoint version, sample)."""
+    return explore.sample_views(_models, i, explore.slider_temperatures())
 
 
 problems: list[str] = []
@@ -107,12 +113,12 @@ st.caption(f"Student {models.student_label} after epoch {models.epoch} · teache
 if ss.get("st_loaded_run") != run_id:                    # a new run: start from its own T
     ss["st_loaded_run"] = run_id
     url_T, url_i = ss.pop("st_T_url", None), ss.pop("st_i_url", None)
-    ss["st_T"] = url_T or min(explore.T_MAX, max(explore.T_MIN, explore.run_T(models.cfg) or 4.0))
+    ss["st_T"] = explore.snap_T(url_T or explore.run_T(models.cfg) or 4.0)
     if url_i is not None and url_i >= n_test:
         ss["st_problems"] = ss.get("st_problems", []) + [f"i: sample {url_i} does not exist; using 0"]
         url_i = None
     ss["st_i"] = url_i or 0
-ss.setdefault("st_T", min(explore.T_MAX, max(explore.T_MIN, explore.run_T(models.cfg) or 4.0)))
+ss.setdefault("st_T", explore.snap_T(explore.run_T(models.cfg) or 4.0))
 ss["st_i"] = min(int(ss.get("st_i", 0)), n_test - 1)
 
 
@@ -156,8 +162,12 @@ with left:
             ss["st_i"] = int(picked[0] if isinstance(picked, list) else picked)
             st.rerun()
     st.number_input("sample index", 0, n_test - 1, key="st_i", step=1)
-    st.slider("temperature T", explore.T_MIN, explore.T_MAX, step=0.5, key="st_T",
-              help="Softmax of logits / T. T = 1 is the model's own output; higher T softens it.")
+    if data.kind == "text":
+        st.slider("temperature T", explore.T_MIN, explore.T_MAX, step=explore.T_STEP, key="st_T",
+                  help="Sigmoid of logits / T per label; higher T softens it.")
+    else:
+        st.caption("Move the temperature T with the slider above the charts: it redraws in the "
+                   "browser. T = 1 is the model's own output; higher T softens it.")
 
 i, T = int(ss["st_i"]), float(ss["st_T"])
 want = {"sid": owner, "run": run_id, "i": str(i), "T": repr(T)}
@@ -168,56 +178,31 @@ if data.kind == "text":                                 # multi-label: per-label
     with right:
         show_text_sample(models, i, T)
     st.stop()
-view = explore.sample_view(models, i, T)
+Ts = explore.slider_temperatures()
+views = sample_views(run_id, ck["mtime"], i, models)
+view = views[Ts.index(explore.snap_T(T))]
 names = data.class_names
 
 with right:
-    target, ps, pt = view["target"], view["p_student"], view["p_teacher"]
+    target = view["target"]
     head = f"Sample **{i}** · true class **{names[target]}** · student predicts " \
            f"**{names[view['pred_student']]}**"
     if view["pred_teacher"] is not None:
         head += f" · teacher predicts **{names[view['pred_teacher']]}**"
     st.markdown(head)
-    ci, cb = st.columns([1, 4]) if data.kind == "image" else (None, st.container())
-    if ci is not None:
-        ci.image(explore.upscale(explore.sample_image(data, i), 128), clamp=True, width="stretch")
-    with cb.container(key="st_bars"):
-        charts.show(charts.bars_figure(names, pt, ps, target, T))
+    if data.kind == "image":
+        st.image(explore.upscale(explore.sample_image(data, i), 128), clamp=True, width=160)
 
-c1, c2 = st.columns(2, gap="large")
-with c1.container(key="st_entropy"):
-    charts.show(charts.entropy_figure(view["Ts"], view["H_teacher"], view["H_student"], T,
-                                      view["H_max"]))
-with c2:
-    st.markdown(f"**Wrong classes ranked** by the {'teacher' if pt is not None else 'student'} "
-                f"at T = {T:g}")
-    rows = pd.DataFrame([{"class": r["name"], "teacher p": r["teacher"], "student p": r["student"],
-                          "share of wrong mass": r["share_of_wrong_mass"]} for r in view["wrong"]])
-    if pt is None:
-        rows = rows.drop(columns=["teacher p"])
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0,
-                                                                   format="%.3f")
-                                for c in rows.columns if c != "class"})
-
-st.subheader("DKD: target and non-target parts of the KD term", divider="gray")
-dkd = view["dkd"]
-if dkd is None:
+# Every T-dependent number lives in the figure, one frame per slider T: the slider redraws in the
+# browser, and the server only reruns for a new sample or a new checkpoint.
+with st.container(key="st_bars"):
+    charts.show(stf.prebuilt(stf.soft_target_figure(names, views, Ts.index(explore.snap_T(T)))),
+                key="st_figure")
+if view["dkd"] is None:
     st.info("This run has no teacher, so there is no KD term to split.", icon=":material/info:")
 else:
-    m = st.columns(4)
-    m[0].metric("TCKD", f"{dkd['tckd']:.4f}", help="KL between the binary [p_target, 1 − p_target] "
-                                                     "of teacher and student.")
-    m[1].metric("NCKD", f"{dkd['nckd']:.4f}", help="KL between the distributions over the wrong "
-                                                     "classes only, each renormalised.")
-    m[2].metric("teacher p_target at T", f"{dkd['p_t']:.4f}")
-    m[3].metric("KD = KL(teacher ‖ student)", f"{dkd['kl']:.4f}")
     st.latex(r"\mathrm{KD} \;=\; \mathrm{TCKD} + (1 - p_t)\,\mathrm{NCKD}")
-    st.latex(rf"{dkd['kl']:.4f} \;=\; {dkd['tckd']:.4f} + (1 - {dkd['p_t']:.4f}) \times "
-             rf"{dkd['nckd']:.4f} \;=\; {dkd['tckd']:.4f} + {dkd['weight'] * dkd['nckd']:.4f}")
-    st.caption(f"Per-sample values without the T² factor (the training loss multiplies by "
-               f"T² = {T * T:g}). When the teacher is confident (p_t near 1), the weight 1 − p_t = "
-               f"{dkd['weight']:.4f} suppresses NCKD inside plain KD; DKD gives it its own weight "
-               f"β. Difference between the two sides: {dkd['gap']:.1e}."
-               + (" With two classes there is a single wrong class, so NCKD is always 0."
-                  if len(names) == 2 else ""))
+    st.caption("**TCKD**: KL between the binary [p_target, 1 − p_target] of teacher and student. "
+               "**NCKD**: KL between the distributions over the wrong classes only, each "
+               "renormalised. When the teacher is confident (p_t near 1), the weight 1 − p_t "
+               "suppresses NCKD inside plain KD; DKD (Zhao et al. 2022) gives it its own weight β.")

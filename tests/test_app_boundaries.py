@@ -71,27 +71,40 @@ def test_2d_run_shows_both_heatmaps_bss_paths_and_similarity(stored):
     assert any("boundary-supporting samples" in c.value for c in at.caption)
 
 
-def test_disagreement_toggle_and_epoch_slider(stored):
+def test_epoch_replay_and_disagreement_map_ride_in_the_figure(stored):
+    """The slider over epochs and the disagreement switch act in the browser: the figure carries
+    one frame per stored epoch, and buttons that show or hide the disagreement panel."""
+    from kdengine.analysis.boundaries import dequantise, disagreement, epoch_history
     at = _page(stored["bss"])
-    latest = _boundary_fig(at)
-    at.toggle(key="bd_disagree").set_value(True).run()
+    assert not at.slider and "bd_disagree" not in {t.key for t in at.toggle}
     fig = _boundary_fig(at)
-    assert len(fig["layout"]["annotations"]) == 3
-    assert fig["layout"]["annotations"][2]["text"].startswith("disagreement")
-    assert any(t["type"] == "heatmap" for t in fig["data"])
-    at.toggle(key="bd_disagree").set_value(False).run()
-    assert not at.slider            # following the latest epoch: no slider
-    at.toggle(key="bd_follow").set_value(False).run()
-    assert at.slider(key="bd_epoch").value == 3
-    at.slider(key="bd_epoch").set_value(1).run()
-    assert not at.exception
-    old = _boundary_fig(at)
-    assert old["layout"]["annotations"][1]["text"] == "student, epoch 1"
+    hist = epoch_history(Store(os.environ["KD_RUNS_DIR"]), stored["bss"])
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    assert [f["name"] for f in fig["frames"]] == ["1", "2", "3"]
+    slider = fig["layout"]["sliders"][0]
+    assert slider["active"] == 2 and [s["args"][0] for s in slider["steps"]] == [["1"], ["2"], ["3"]]
     student = lambda f: f["layout"]["images"][1]["source"]  # noqa: E731
     teacher = lambda f: f["layout"]["images"][0]["source"]  # noqa: E731
-    assert student(old) != student(latest) and teacher(old) == teacher(latest)
-    at.run()                        # a rerun keeps the chosen epoch
-    assert at.slider(key="bd_epoch").value == 1
+    first, last = fig["frames"][0], fig["frames"][-1]
+    assert first["layout"]["annotations"][1]["text"] == "student, epoch 1"
+    assert student(first) != student(last) and teacher(first) == teacher(last)
+    assert student(last) == student(fig)                   # the figure opens on the newest epoch
+    # The disagreement map: a hidden heatmap per epoch, the share of the grid in its title.
+    heat = next(i for i, t in enumerate(fig["data"]) if t["type"] == "heatmap")
+    assert fig["data"][heat]["visible"] is False and fig["layout"]["xaxis3"]["visible"] is False
+    eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
+    try:
+        p_t = dequantise(eng.snapshot(stored["bss"])["artifacts"]["grid_teacher"]["probs"])
+    finally:
+        eng.shutdown()
+    for h, frame in zip(hist, fig["frames"]):
+        tv, share = disagreement(p_t, h["probs"])
+        assert f"differs on {share:.0%}" in frame["layout"]["xaxis3"]["title"]["text"]
+        z = np.array(_arr(frame["data"][heat]["z"]))
+        assert np.abs(z / 100 - tv.ravel()).max() <= 0.006           # integer percents
+    off, on = fig["layout"]["updatemenus"][0]["buttons"]
+    assert on["args"][0] == {"visible": [True]} and on["args"][2] == [heat]
+    assert on["args"][1]["xaxis3.visible"] is True and off["args"][1]["xaxis3.visible"] is False
     at.toggle(key="bd_show_bss").set_value(False).run()
     assert "BSS path" not in {t.get("name") for t in _boundary_fig(at)["data"]}
 
@@ -124,7 +137,25 @@ def test_train_button_starts_a_bss_run_and_selects_it(stored):
     eng = get_engine()
     assert eng.snapshot(rid)["config"]["method"]["name"] == "bss"
     eng.stop(rid)
-    assert eng.wait(rid, timeout=60) in ("stopped", "done")
+    end = eng.wait(rid, timeout=60)
+    assert end in ("stopped", "done")
+    if end == "stopped":                 # a stop by the user is a neutral notice, not an error
+        at.run()
+        assert not at.error, [e.value for e in at.error]
+        assert any("Stopped by you" in i.value for i in at.info)
+
+
+def test_missing_similarity_names_the_real_reason():
+    from kdengine.analysis.boundaries import similarity_absent_reason as why
+    hinton_digits = {"data": {"name": "digits"}, "method": {"name": "hinton"}, "train": {}}
+    msg = why(hinton_digits, has_teacher=True)
+    assert "boundary_metrics = auto" in msg and "2-D data and for BSS only" in msg
+    assert "teacher" not in msg.split("(")[0]            # not "for runs with a teacher"
+    off = dict(hinton_digits, train={"boundary_metrics": "off"})
+    assert "switched off" in why(off, has_teacher=True)
+    assert "no teacher" in why(hinton_digits, has_teacher=False)
+    bss_digits = dict(hinton_digits, method={"name": "bss"})
+    assert "first epoch" in why(bss_digits, has_teacher=True)
 
 
 def test_boundary_figure_dict_is_valid_plotly(stored):
@@ -145,4 +176,8 @@ def test_boundary_figure_dict_is_valid_plotly(stored):
                                None, a["bss"], show_disagreement=disagree)
         go.Figure(d)             # raises on any unknown property or bad value
         assert bf.PrebuiltFigure(d).to_dict() is d
+    from kdengine.analysis.boundaries import epoch_history
+    hist = epoch_history(Store(os.environ["KD_RUNS_DIR"]), stored["bss"])
+    for teacher in (p_t, None):
+        go.Figure(bf.replay_figure(teacher, hist, pts, np.array([0, 1])))
 

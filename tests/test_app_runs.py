@@ -37,7 +37,8 @@ def test_runs_table_overlay_and_export(runs):
     at = page()
     table = at.dataframe[0].value
     assert set(ids) <= set(table["id"]) and set(table["T"]) >= {2.0, 6.0, 9.0}
-    assert {"method", "weights", "teacher", "student", "test acc.", "status"} <= set(table.columns)
+    assert {"method", "weights", "teacher", "student", "test accuracy", "status"} <= set(table.columns)
+    assert list(table.columns[:4]) == ["name", "method", "status", "test accuracy"]
     assert set(at.multiselect(key="runs_sel").value) == set(ids)      # newest finished, up to 3
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len(fig["data"]) == 3 and fig["layout"]["xaxis"]["title"]["text"] == "epoch"
@@ -55,6 +56,10 @@ def test_open_in_lab_loads_the_stored_config(runs):
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="lab.mp.hinton.T").value == 6.0
     assert at.number_input(key="lab.teacher.epochs").value == 2
+    # The preset box no longer names a preset, and the run shown below is the one opened.
+    assert at.selectbox(key="lab_preset").value == "(your setup)"
+    assert at.session_state["lab_run"] == ids[1]
+    assert any(f"`{ids[1]}`" in m.value for m in at.markdown)
 
 
 def test_a_run_link_selects_that_run(runs):

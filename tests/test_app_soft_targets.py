@@ -58,39 +58,58 @@ def page(query: dict) -> AppTest:
     return app_test(page="app_pages/soft_targets.py", query=query)   # a direct link: /soft_targets?run=...
 
 
-def bars(at: AppTest) -> dict:
+def figure(at: AppTest) -> dict:
+    """The page's one figure: bars, entropy, ranking and DKD's identity, a frame per slider T."""
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    return next(s for s in specs if "soft targets at T" in s["layout"]["title"]["text"])
+    return next(s for s in specs if s.get("frames"))
 
 
-def identity_numbers(at: AppTest) -> list[float]:
-    tex = at.latex[1].value
-    return [float(x) for x in re.findall(r"\d+\.\d+", tex)]
+def identity_numbers(annotations: list[dict]) -> list[float]:
+    line = next(a["text"] for a in annotations if a["text"].startswith("<b>KD = TCKD"))
+    return [float(x) for x in re.findall(r"\d+\.\d+", line.split("</b>", 1)[1])]
 
 
-def test_soft_targets_page_shows_bars_entropy_ranking_and_identity(finished):
+def test_soft_targets_figure_carries_every_T_for_the_browser_slider(finished):
     at = page({"run": finished, "i": "3", "T": "4.0"})
     assert at.session_state["st_run"] == finished and at.session_state["st_i"] == 3
-    assert {"st_T", "st_i"} <= {w.key for w in [*at.slider, *at.number_input]}
-    fig = bars(at)
-    assert [t["name"] for t in fig["data"]] == ["teacher", "student"]
-    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 9     # the 9 wrong classes
-    kl, tckd, pt, nckd = identity_numbers(at)[:4]
-    assert kl == pytest.approx(tckd + (1 - pt) * nckd, abs=2e-4)           # printed numbers agree
-    before = bars(at)["data"][0]["y"]
-    at.slider(key="st_T").set_value(12.0).run()
-    assert not at.exception
-    assert bars(at)["data"][0]["y"] != before                              # T moved the bars
-    assert at.query_params["T"] == "12.0" and at.query_params["i"] == "3"
+    assert "st_T" not in {w.key for w in at.slider}          # T moves in the browser, not here
+    fig = figure(at)
+    Ts = explore.slider_temperatures()
+    assert [f["name"] for f in fig["frames"]] == [f"{T:g}" for T in Ts]
+    slider = fig["layout"]["sliders"][0]
+    assert [s["args"][0] for s in slider["steps"]] == [[f"{T:g}"] for T in Ts]
+    assert all(s["method"] == "animate" for s in slider["steps"])
+    assert Ts[slider["active"]] == 4.0
+    assert [t["name"] for t in fig["data"][:2]] == ["teacher", "student"]
+    # Each frame's numbers are the explorer's at that T, and its printed identity adds up.
+    import kdengine
+    models = kdengine.load_run_models(Store(os.environ["KD_RUNS_DIR"]), finished)
+    for T, frame in zip(Ts, fig["frames"]):
+        if T not in (0.5, 4.0, 12.0, 20.0):
+            continue
+        view = explore.sample_view(models, 3, T)
+        assert frame["data"][0]["y"] == pytest.approx(list(view["p_teacher"]))
+        assert frame["data"][1]["y"] == pytest.approx(list(view["p_student"]))
+        assert frame["data"][2]["x"] == [T, T]                      # the entropy marker
+        kl, tckd, pt, nckd = identity_numbers(frame["layout"]["annotations"])[:4]
+        assert kl == pytest.approx(tckd + (1 - pt) * nckd, abs=2e-4)
+        assert kl == pytest.approx(view["dkd"]["kl"], abs=1e-4)
+        assert f"T = {T:g}" in frame["layout"]["annotations"][0]["text"]
+        assert len(frame["data"][3]["y"]) == 9                        # the 9 wrong classes
+    assert fig["frames"][0]["data"][0]["y"] != fig["frames"][-1]["data"][0]["y"]
+    assert at.query_params["T"] == "4.0" and at.query_params["i"] == "3"
     at.button(key="st_pick_0").click().run()             # a thumbnail in the image grid
     assert at.session_state["st_i"] == 0
+    assert figure(at)["frames"][0]["data"][0]["y"] != fig["frames"][0]["data"][0]["y"]
 
 
 def test_soft_targets_bad_url_values_get_a_notice(finished):
     at = page({"run": "no-such-run", "T": "99", "i": "x"})
     notice = " ".join(w.value for w in at.warning)
     assert "run" in notice and "T" in notice and "i:" in notice
-    assert at.slider(key="st_T").value == 4.0                 # the run's own T
+    assert at.session_state["st_T"] == 4.0                     # the run's own T
+    fig = figure(at)
+    assert explore.slider_temperatures()[fig["layout"]["sliders"][0]["active"]] == 4.0
     assert not at.error
 
 
@@ -108,6 +127,6 @@ def test_soft_targets_reads_a_live_run_from_its_checkpoint():
         at = page({"run": rid})
         assert any("live run" in c.value for c in at.caption)
         assert any("after epoch" in c.value for c in at.caption)
-        assert len(at.latex) == 2 and not at.error
+        assert len(at.latex) == 1 and figure(at)["frames"] and not at.error
     finally:
         eng.shutdown()

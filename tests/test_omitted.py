@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from kdengine import RunConfig
@@ -71,10 +72,22 @@ def test_omit_3_run_end_to_end(runs_dir):
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_file("../app_pages/dark_knowledge.py", default_timeout=60).run()
     assert not at.exception
-    shown = {m.label: m.value for m in at.metric}
-    assert shown["Accuracy on class 3"] == f"{rep['class_acc']:.2%}"
-    at.slider(key="dk_shift").set_value(10.0).run()
-    assert {m.label: m.value for m in at.metric}["Accuracy on class 3"] == "100.00%"
+    # The shift moves in the browser: the figure carries one frame per shift, numbers filled in.
+    import json
+    fig = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+               if json.loads(c.proto.spec).get("frames"))
+    shifts = [x / 4 for x in range(-8, 41)]
+    assert [f["name"] for f in fig["frames"]] == [f"{s:g}" for s in shifts]
+    steps = fig["layout"]["sliders"][0]["steps"]
+    assert [s["args"][0] for s in steps] == [[f["name"]] for f in fig["frames"]]
+    assert shifts[fig["layout"]["sliders"][0]["active"]] == 0.0
+    assert f"accuracy on class 3 {rep['class_acc']:.2%}" in fig["layout"]["annotations"][0]["text"]
+    curve = bias_curve(d["logits"], d["y"], 3, shifts)
+    for frame, r in zip(fig["frames"], curve):
+        assert frame["data"][1]["y"] == pytest.approx(r["per_class_acc"], nan_ok=True)
+        assert frame["data"][2]["x"] == [r["shift"]] * 2
+        assert f"accuracy on class 3 {r['class_acc']:.2%}" in frame["layout"]["annotations"][0]["text"]
+    assert "accuracy on class 3 100.00%" in fig["frames"][-1]["layout"]["annotations"][0]["text"]
 
 
 def test_preset_is_hintons_omitted_three():

@@ -13,6 +13,8 @@ import io
 import numpy as np
 import plotly.graph_objects as go
 
+from kdengine.analysis.boundaries import disagreement
+
 CLASS_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6",
                 "#9D755D", "#EECA3B", "#BAB0AC"]
 TEACHER = "#F58518"
@@ -34,11 +36,6 @@ def region_rgb(probs: np.ndarray, lighten: float = 0.45) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def disagreement(p_t: np.ndarray, p_s: np.ndarray) -> tuple[np.ndarray, float]:
-    """Total-variation distance 0.5 * sum |p_t - p_s| per cell, and the share of cells whose top
-    class differs."""
-    tv = 0.5 * np.abs(p_t - p_s).sum(-1)
-    return tv, float((p_t.argmax(-1) != p_s.argmax(-1)).mean())
 
 
 def typed(a) -> dict:
@@ -186,6 +183,133 @@ def boundary_figure(p_teacher: np.ndarray | None, p_student: np.ndarray, bounds,
         if bss and bss.get("traj"):
             data += _bss(bss, axis, show_legend=(i == 0))
     return {"data": data, "layout": layout}
+
+
+# -- replay: every epoch in one figure, stepped through in the browser ----------------------------
+DOMAINS = {2: [[0, 0.485], [0.515, 1], [0.999, 1]], 3: [[0, 0.31], [0.345, 0.655], [0.69, 1]]}
+
+
+def _u1(a: np.ndarray) -> dict:
+    """A [0, 1] array as plotly's typed array of bytes 0..100: a quarter of float32's size, and
+    the grids are stored as integer percents anyway."""
+    q = np.ascontiguousarray(np.clip(np.rint(np.asarray(a) * 100), 0, 100), dtype=np.uint8)
+    return {"dtype": "u1", "bdata": base64.b64encode(q.tobytes()).decode(),
+            "shape": ", ".join(str(d) for d in q.shape)}
+
+
+def _bss_traces(bss: dict | None, axis: str, show_legend: bool) -> list[dict]:
+    """The three BSS traces, empty for an epoch without samples (a frame needs a fixed set)."""
+    traces = _bss(bss, axis, show_legend) if bss and bss.get("traj") else []
+    if traces:
+        return traces
+    ax = {"xaxis": "x" + axis, "yaxis": "y" + axis}
+    return [{"type": "scatter", "x": [], "y": [], "mode": m, "name": n, "legendgroup": g,
+             "showlegend": False, **ax}
+            for m, n, g in (("lines", "BSS path", "bss_path"), ("markers", "base sample", "bss_base"),
+                            ("markers", "boundary sample", "bss_end"))]
+
+
+def _frame_view(p_teacher, h: dict, bounds, s_axis: str, C: int, show_bss: bool, has_bss: bool,
+                ) -> tuple[list[dict], dict]:
+    """One epoch's traces that change (student boundary, disagreement map, BSS) and layout."""
+    x0, x1, y0, y1 = bounds
+    n = h["probs"].shape[0]
+    data, images = [], []
+    if C == 2:
+        data.append(_boundary_line(h["probs"], bounds, s_axis))
+    layout: dict = {}
+    if p_teacher is not None:
+        tv, share = disagreement(p_teacher, h["probs"])
+        data.append({"type": "heatmap", "z": _u1(tv), "x": typed(np.linspace(x0, x1, n)),
+                     "y": typed(np.linspace(y0, y1, n)), "zmin": 0, "zmax": 100,
+                     "colorscale": "Reds", "showscale": False, "xaxis": "x3", "yaxis": "y3",
+                     "hovertemplate": "TV distance %{z}%<extra></extra>"})
+        layout["xaxis3"] = {"title": {"text": f"disagreement: top class differs on {share:.0%}"}}
+        images.append(_layout_image(region_rgb(p_teacher), bounds, ""))
+    images.append(_layout_image(region_rgb(h["probs"]), bounds, s_axis))
+    if show_bss and has_bss:
+        for axis in (["", s_axis] if p_teacher is not None else [s_axis]):
+            data += _bss_traces(h.get("bss"), axis, show_legend=(axis == ""))
+    # Titles in data coordinates: they follow their panel when the switch resizes the panels.
+    notes = [{"text": t, "x": (x0 + x1) / 2, "y": 1.0, "xref": f"x{a}", "yref": "paper",
+              "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 14}}
+             for t, a in zip((["teacher"] if p_teacher is not None else [])
+                             + [f"student, epoch {h['epoch']}"],
+                             ([""] if p_teacher is not None else []) + [s_axis])]
+    layout.update(images=images, annotations=notes)
+    return data, layout
+
+
+def _disagreement_buttons(heat: int) -> dict:
+    """Show or hide the disagreement panel in the browser: its trace, axes and the panel widths."""
+    def state(k: int) -> list:
+        doms = DOMAINS[k]
+        lay = {f"xaxis{a}.domain": doms[i] for i, a in enumerate(("", "2", "3"))}
+        lay.update({"xaxis3.visible": k == 3, "yaxis3.visible": k == 3})
+        return [{"visible": [k == 3]}, lay, [heat]]
+    return {"type": "buttons", "direction": "right", "active": 0, "showactive": True,
+            "x": 1, "xanchor": "right", "y": 1.09, "yanchor": "bottom", "pad": {"t": 0, "r": 0},
+            "buttons": [{"label": "disagreement map off", "method": "update", "args": state(2)},
+                        {"label": "disagreement map on", "method": "update", "args": state(3)}]}
+
+
+def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None, labels=None,
+                  class_names: list[str] | None = None, show_bss: bool = True,
+                  active: int | None = None, height: int = 520) -> dict:
+    """Teacher and student regions with a slider over every epoch of ``history``
+    (``kdengine.analysis.boundaries.epoch_history``) and a disagreement-map switch, both acting in
+    the browser: one Plotly frame per epoch; the server sends the figure again only when a new
+    epoch exists. Without a teacher, the student alone and no switch."""
+    last = history[-1]
+    active = len(history) - 1 if active is None else active
+    bounds, C = last["bounds"], last["probs"].shape[-1]
+    x0, x1, y0, y1 = bounds
+    class_names = class_names or [f"class {c}" for c in range(C)]
+    has_t = p_teacher is not None
+    s_axis = "2" if has_t else ""
+    has_bss = any(h.get("bss") and h["bss"].get("traj") for h in history)
+    views = [_frame_view(p_teacher, h, bounds, s_axis, C, show_bss, has_bss) for h in history]
+    moving, first_layout = views[active]
+    data = list(moving)
+    if has_t and C == 2:
+        data.append(_boundary_line(p_teacher, bounds, ""))
+    if points is not None and labels is not None:
+        for axis in ([""] if has_t else []) + [s_axis]:
+            data += _points(points, labels, class_names, axis, show_legend=(axis == ""))
+    layout = {"height": height, "margin": {"l": 10, "r": 10, "t": 60, "b": 10},
+              "legend": {"orientation": "h", "y": -0.14, "x": 0}, "plot_bgcolor": "white",
+              "uirevision": "boundaries", "hovermode": "closest", **first_layout}
+    panels = ["", "2", "3"] if has_t else [""]
+    for i, axis in enumerate(panels):
+        dom = DOMAINS[2][i] if has_t else [0, 1]
+        layout["xaxis" + axis] = {"domain": dom, "range": [x0, x1], "anchor": "y" + axis,
+                                  "showgrid": False, "zeroline": False,
+                                  "title": {"text": "x₁ (standardised)"}}
+        layout["yaxis" + axis] = {"range": [y0, y1], "anchor": "x" + axis, "showgrid": False,
+                                  "zeroline": False, "showticklabels": i == 0}
+        if i:
+            layout["xaxis" + axis]["matches"] = "x"
+            layout["yaxis" + axis]["matches"] = "y"
+    layout["yaxis"]["title"] = {"text": "x₂ (standardised)"}
+    if has_t:
+        layout["xaxis3"].update(visible=False, title=first_layout["xaxis3"]["title"])
+        layout["yaxis3"]["visible"] = False
+        data[1 if C == 2 else 0]["visible"] = False
+        layout["updatemenus"] = [_disagreement_buttons(1 if C == 2 else 0)]
+    names = [str(h["epoch"]) for h in history]
+    if len(history) > 1:
+        layout["sliders"] = [{
+            "active": active, "x": 0, "len": 1, "y": -0.24, "yanchor": "top", "pad": {"t": 0},
+            "currentvalue": {"prefix": "epoch snapshot ", "font": {"size": 13}},
+            "font": {"size": 10},
+            "steps": [{"method": "animate", "label": n,
+                       "args": [[n], {"mode": "immediate", "transition": {"duration": 0},
+                                      "frame": {"duration": 0, "redraw": True}}]} for n in names]}]
+        layout["margin"]["b"] = 90
+        layout["height"] = height + 60
+    frames = [{"name": n, "data": d, "traces": list(range(len(d))), "layout": lay}
+              for n, (d, lay) in zip(names, views)]
+    return {"data": data, "layout": layout, "frames": frames}
 
 
 class PrebuiltFigure(go.Figure):

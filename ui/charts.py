@@ -5,10 +5,12 @@ per ``loss/*`` term, accuracy (with teacher and student-alone reference lines), 
 from __future__ import annotations
 
 import zlib
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import plotly.graph_objects as go
 import streamlit as st
+
+if TYPE_CHECKING:          # plotly.graph_objects costs ~1 s to import: only where a Figure is built
+    import plotly.graph_objects as go
 
 TEACHER = "#F58518"
 STUDENT = "#4C78A8"
@@ -67,9 +69,12 @@ def _ref_line(fig: dict, y: float, label: str, color: str) -> None:
     fig["layout"]["shapes"].append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
                                     "y0": y, "y1": y, "line": {"color": color, "dash": "dot",
                                                                "width": 2}})
+    # On a white backing: the student's curve runs close to these levels and used to overdraw the
+    # label.
     fig["layout"]["annotations"].append({"xref": "paper", "x": 1, "yref": "y", "y": y,
                                          "text": f"{label} {y:.1%}", "showarrow": False,
                                          "xanchor": "right", "yanchor": "top",
+                                         "bgcolor": "rgba(255,255,255,0.85)",
                                          "font": {"color": color}})
 
 
@@ -135,6 +140,7 @@ def live_panel(snap: dict, key: str = "live") -> None:
 # -- soft targets ------------------------------------------------------------------------------
 def bars_figure(class_names: list[str], p_teacher, p_student, target: int, T: float) -> go.Figure:
     """Teacher and student distributions at temperature T, side by side per class."""
+    import plotly.graph_objects as go
     names = [f"{c}{' ✓' if i == target else ''}" for i, c in enumerate(class_names)]
     fig = go.Figure()
     if p_teacher is not None:
@@ -147,6 +153,7 @@ def bars_figure(class_names: list[str], p_teacher, p_student, target: int, T: fl
 
 
 def entropy_figure(Ts, H_teacher, H_student, T: float, H_max: float) -> go.Figure:
+    import plotly.graph_objects as go
     fig = go.Figure()
     if H_teacher is not None:
         fig.add_trace(go.Scatter(x=list(Ts), y=list(H_teacher), mode="lines", name="teacher",
@@ -168,6 +175,7 @@ def entropy_figure(Ts, H_teacher, H_student, T: float, H_max: float) -> go.Figur
 # -- several runs ------------------------------------------------------------------------------
 def overlay_figure(curves: Iterable[tuple[str, list, list]], metric: str) -> go.Figure:
     """One line per run for ``metric`` against epoch."""
+    import plotly.graph_objects as go
     fig = go.Figure()
     for i, (label, x, y) in enumerate(curves):
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label,

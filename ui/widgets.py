@@ -13,12 +13,13 @@ from typing import Any, Callable, Iterable
 
 import streamlit as st
 
-from kdengine import field_specs
-from kdengine.core.knobs import _base_type
+from kdengine import ConfigError, field_specs
+from kdengine.core.knobs import _base_type, check_field
 
 
 def label_of(spec: dict) -> str:
-    return spec.get("label") or spec["name"].replace("_", " ")
+    from ui.words import field_label
+    return field_label(spec["name"], spec.get("label"))
 
 
 def _kind(spec: dict) -> tuple[str, bool]:
@@ -77,26 +78,43 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
     if kind == "bool":
         return where.toggle(label, key=key, help=help_, disabled=disabled)
     if kind in ("int", "float"):
-        cast = int if kind == "int" else float
-        lo, hi = spec.get("min"), spec.get("max")
         step = spec.get("step") or (1 if kind == "int" else None)
-        kw: dict[str, Any] = {"min_value": cast(lo) if lo is not None else None,
-                              "max_value": cast(hi) if hi is not None else None}
+        kw: dict[str, Any] = {}
         if kind == "float":
             kw["format"] = "%g"
             kw["step"] = float(step) if step else _float_step(spec["default"])  # fixed per field
         else:
             kw["step"] = int(step)
-        v = st.session_state[key]
-        # A stored value outside the widget's range would make Streamlit raise; clamp it in view.
-        if v is not None:
-            if kw["min_value"] is not None and v < kw["min_value"]:
-                st.session_state[key] = kw["min_value"]
-            if kw["max_value"] is not None and v > kw["max_value"]:
-                st.session_state[key] = kw["max_value"]
-        return where.number_input(label, key=key, help=help_, disabled=disabled,
-                                  placeholder="none" if optional else None, **kw)
+        # No min/max on the widget: Streamlit would clamp a typed -1 back into range and the
+        # page would go on with the old value. The rule is checked below and named instead.
+        value = where.number_input(label, key=key, help=_with_range(help_, spec),
+                                   disabled=disabled, placeholder="none" if optional else None,
+                                   **kw)
+        problem(spec, value, where)
+        return value
     return where.text_input(label, key=key, help=help_, disabled=disabled)
+
+
+def _with_range(help_: str | None, spec: dict) -> str | None:
+    """The field's help with its allowed range, so the rule is visible before it is broken."""
+    lo, hi = spec.get("min"), spec.get("max")
+    if lo is None and hi is None:
+        return help_
+    rng = (f"{'>' if spec.get('min_exclusive') else '≥'} {lo:g}" if hi is None else
+           f"≤ {hi:g}" if lo is None else
+           f"{'(' if spec.get('min_exclusive') else '['}{lo:g}, {hi:g}]")
+    return f"{help_ or ''}\n\nAllowed: {rng}.".strip()
+
+
+def problem(spec: dict, value: Any, where=None) -> str | None:
+    """Check one field's value against its rule; show the broken rule under the field, in the
+    words of ``kdengine.core.knobs`` (the URL notice's words). Returns the message, or None."""
+    try:
+        check_field(spec["name"], value, spec)
+    except ConfigError as e:
+        (where or st).markdown(f":red[:material/error: {e.message}]")
+        return e.message
+    return None
 
 
 def _float_step(value: Any) -> float:

@@ -331,3 +331,51 @@ def input_range(data) -> tuple[float, float] | None:
         return None
     x = data.teacher_train.x
     return float(x.min()), float(x.max())
+
+
+# ---------------------------------------------------------------------------------------------
+# replay: every stored epoch at once, for a view that steps through them without asking again
+# ---------------------------------------------------------------------------------------------
+def disagreement(p_t: np.ndarray, p_s: np.ndarray) -> tuple[np.ndarray, float]:
+    """Total-variation distance 0.5 * sum |p_t - p_s| per grid cell, and the share of cells whose
+    top class differs."""
+    tv = 0.5 * np.abs(p_t - p_s).sum(-1)
+    return tv, float((p_t.argmax(-1) != p_s.argmax(-1)).mean())
+
+
+def epoch_history(store, run_id: str, latest: dict | None = None,
+                  latest_bss: dict | None = None) -> list[dict]:
+    """Every stored epoch's student grid (dequantised) with that epoch's BSS samples, oldest first.
+
+    ``latest`` / ``latest_bss``: a live run's newest grid and samples from the engine's snapshot,
+    which may be an epoch ahead of the store."""
+    grids = {g["epoch"]: (step, g) for step, g in store.artifacts(run_id, "grid_student")}
+    bss = dict(store.artifacts(run_id, "bss"))
+    out = {e: {"epoch": int(e), "probs": dequantise(g["probs"]), "bounds": g["bounds"],
+               "bss": bss.get(step)} for e, (step, g) in grids.items()}
+    if latest is not None:
+        e = int(latest["epoch"])
+        out[e] = {"epoch": e, "probs": dequantise(latest["probs"]), "bounds": latest["bounds"],
+                  "bss": latest_bss if latest_bss is not None else out.get(e, {}).get("bss")}
+    return [out[e] for e in sorted(out)]
+
+
+def similarity_absent_reason(cfg: dict, has_teacher: bool) -> str:
+    """Why a run has no MagSim / AngSim curve, in the words a student needs (``cfg`` is the run's
+    config as a dict). Mirrors the rule in ``kdengine.run.monitors.boundary_monitor``."""
+    train, data = cfg.get("train", {}), cfg.get("data", {})
+    mode = train.get("boundary_metrics", "auto")
+    method = cfg.get("method", {}).get("name", "?")
+    from kdengine.core.config import TOY_DATASETS
+    two_d = data.get("name") in TOY_DATASETS
+    if not has_teacher:
+        return ("This run has no teacher, so there is no teacher boundary to compare with (for a "
+                "student-alone reference that has one, use plain KD with soft weight 0).")
+    if mode == "off":
+        return "MagSim / AngSim were switched off for this run (train.boundary_metrics = off)."
+    if mode == "auto" and not two_d and method != "bss":
+        return (f"MagSim / AngSim are not measured for this run: with train.boundary_metrics = "
+                f"auto they are measured on 2-D data and for BSS only, and this is a `{method}` "
+                f"run on {data.get('name', '?')} (on image data the probe attack costs about ten "
+                f"epochs). Set train.boundary_metrics = on to measure them.")
+    return "MagSim / AngSim appear when the first epoch ends."

@@ -22,6 +22,19 @@ from kdengine.data import DataBundle
 from kdengine.losses.logits import dkd_per_sample, entropy, kl_div, soften
 
 T_MIN, T_MAX = 0.5, 20.0
+T_STEP = 0.25           # the page's T slider runs in the browser over every value of this grid
+
+
+def slider_temperatures() -> list[float]:
+    """Every T the page's slider can show, T_MIN..T_MAX in steps of T_STEP (computed once per
+    sample, so moving the slider never asks the server)."""
+    n = int(round((T_MAX - T_MIN) / T_STEP))
+    return [round(T_MIN + k * T_STEP, 4) for k in range(n + 1)]
+
+
+def snap_T(T: float) -> float:
+    """The slider value nearest to T (a URL or a run may name a T between two grid values)."""
+    return min(slider_temperatures(), key=lambda t: (abs(t - T), t))
 
 
 # -- one sample --------------------------------------------------------------------------------
@@ -98,6 +111,11 @@ def sample_view(models, index: int, T: float) -> dict[str, Any]:
     return out
 
 
+def sample_views(models, index: int, Ts: list[float]) -> list[dict[str, Any]]:
+    """:func:`sample_view` at each T of ``Ts``: what the page's client-side T slider steps through."""
+    return [sample_view(models, index, T) for T in Ts]
+
+
 def sample_image(data: DataBundle, index: int) -> np.ndarray:
     """Test image ``index`` in display range [0, 1]: (H, W) for one channel, (H, W, 3) for colour."""
     x = data.denormalise(data.test.x[index]).numpy()
@@ -136,6 +154,7 @@ def run_T(cfg: RunConfig) -> float | None:
     return temperature_of(cfg)
 
 
-__all__ = ["dkd_identity", "entropy_curve", "run_T", "sample_image", "sample_indices", "sample_view", "softmax_T",
+__all__ = ["dkd_identity", "entropy_curve", "run_T", "sample_image", "sample_indices", "sample_view", "sample_views",
+           "slider_temperatures", "snap_T", "softmax_T",
            "temperature_grid", "upscale", "wrong_classes_ranked",
-           "SAMPLE_FILTERS", "T_MIN", "T_MAX"]
+           "SAMPLE_FILTERS", "T_MIN", "T_MAX", "T_STEP"]

@@ -191,14 +191,21 @@ class Trainer:
             teachers = [teacher]
             t_test_logits = logits_of(teacher, data.test.x, self.device)
             self._metrics(0, 0.0, {"teacher_test_acc": info["test_acc"]})
-        if cfg.train.baseline:
+        summary = self._train_student(data, method_cls, params, teachers, t_test_logits, t0)
+        if cfg.train.baseline:        # after the student: its live curve never waits for this
             self._baseline(data)
-        return self._train_student(data, method_cls, params, teachers, t_test_logits, t0)
+        return summary
 
     def _baseline(self, data: DataBundle):
         """Student alone on the same labelled data (cached), so the run shows what KD added."""
-        acc, cached = baseline_accuracy(self.cfg, data, self.device,
-                                        lambda f, m: self._phase("baseline", f"student alone: {m}", f))
+        try:
+            acc, cached = baseline_accuracy(
+                self.cfg, data, self.device,
+                lambda f, m: self._phase("baseline", f"student alone (for comparison): {m}", f),
+                should_stop=lambda: self.control.stopped)
+        except InterruptedError:
+            self._notice("Student alone: not trained (stopped); the distilled student is complete.")
+            return
         self.summary["baseline_test_acc"] = acc
         self._metrics(0, 0.0, {"baseline_test_acc": acc})
         self._notice(f"Student alone ({'cached' if cached else 'trained now'}): test accuracy "

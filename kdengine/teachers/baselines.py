@@ -12,15 +12,37 @@ from kdengine.core.paths import data_root
 from kdengine.teachers.fitting import accuracy, fit_supervised
 
 
-def baseline_key(cfg) -> str:
+OPTIMIZER = "adam"          # what fit_supervised uses, whatever the run's own optimiser
+
+
+def baseline_plan(cfg, data: DataBundle) -> dict:
+    """How the student alone is trained: on the labelled transfer samples, for as many steps as
+    the distilled student takes (few labels mean few steps per epoch, so the epochs over the
+    labelled samples are scaled up; otherwise "student alone" would just be under-trained)."""
+    n_lab = int(data.labeled.sum())
+    bs = max(1, min(cfg.train.batch_size, n_lab))
+    steps_kd = cfg.train.epochs * max(1, len(data.transfer) // cfg.train.batch_size)
+    epochs = max(cfg.train.epochs, steps_kd // max(1, n_lab // bs))
+    return {"epochs": epochs, "batch_size": bs, "n_labeled": n_lab}
+
+
+def baseline_key(cfg, plan: dict) -> str:
+    """What determines the baseline: data, student, the steps actually taken (epochs over the
+    labelled samples and batch size), learning rate, optimiser and seed. Two runs whose user
+    epochs differ but give the same steps share one baseline."""
     return config_hash({"data": data_key(cfg.data), "student": cfg.student.__dict__,
-                        "epochs": cfg.train.epochs, "lr": cfg.train.lr, "bs": cfg.train.batch_size,
-                        "seed": cfg.train.seed})
+                        "epochs": plan["epochs"], "bs": plan["batch_size"], "lr": cfg.train.lr,
+                        "optimizer": OPTIMIZER, "seed": cfg.train.seed})
 
 
-def baseline_accuracy(cfg, data: DataBundle, device, progress=None) -> tuple[float, bool]:
-    """Test accuracy of the student trained with CE on the labelled transfer samples."""
-    path = data_root() / "baselines" / f"{baseline_key(cfg)}.json"
+def baseline_accuracy(cfg, data: DataBundle, device, progress=None,
+                      should_stop=None) -> tuple[float, bool]:
+    """Test accuracy of the student trained with CE on the labelled transfer samples.
+
+    ``progress(frac, message)`` speaks in the run's own epochs ("epoch 5 of 20"), however many
+    passes over the labelled samples that takes."""
+    plan = baseline_plan(cfg, data)
+    path = data_root() / "baselines" / f"{baseline_key(cfg, plan)}.json"
     if path.exists():
         try:
             return float(json.loads(path.read_text())["test_acc"]), True
@@ -32,12 +54,14 @@ def baseline_accuracy(cfg, data: DataBundle, device, progress=None) -> tuple[flo
         return float("nan"), False
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.student, data.input_shape, data.n_classes)
-    # Few labels means few steps per epoch: scale epochs so the baseline sees as many steps as the
-    # KD student does, otherwise "student alone" is just under-trained.
-    steps_kd = cfg.train.epochs * max(1, len(data.transfer) // cfg.train.batch_size)
-    bs = min(cfg.train.batch_size, len(y))
-    epochs = max(cfg.train.epochs, steps_kd // max(1, len(y) // bs))
-    fit_supervised(model, x, y, epochs, cfg.train.lr, bs, cfg.train.seed, device, progress)
+    user_epochs = cfg.train.epochs
+
+    def in_user_epochs(frac: float, _msg: str) -> None:
+        if progress:
+            progress(frac, f"epoch {min(user_epochs, int(frac * user_epochs + 1e-9))} of "
+                           f"{user_epochs}")
+    fit_supervised(model, x, y, plan["epochs"], cfg.train.lr, plan["batch_size"], cfg.train.seed,
+                   device, in_user_epochs, should_stop)
     acc = accuracy(model, data.test.x, data.test.y, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"test_acc": acc}))
