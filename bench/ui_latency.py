@@ -58,9 +58,7 @@ def prepare_runs(root: str) -> dict[str, str]:
     """The runs the pages show: a digits KD run (its teacher is then cached), an omitted-class
     run and a moons BSS run with several epochs to replay."""
     os.environ["KD_RUNS_DIR"] = root
-    from kdengine.cli import load_config
-    from kdengine.core.store import Store
-    from kdengine.run.engine import Engine
+    from kdengine import Engine, Store, load_config
     want = {"digits": load_config("digits-quick", ["train.epochs=3"]),
             "omit": load_config("digits-omit-3", ["train.epochs=3"]),
             "moons": load_config("moons-bss", ["train.epochs=10"])}

@@ -13,7 +13,7 @@ def _warm() -> None:
     try:
         import plotly.graph_objects  # noqa: F401
         import pandas  # noqa: F401
-        from kdengine.core.registry import method_names
+        from kdengine import method_names
         method_names()                       # imports torch and every method module
     except Exception:   # best effort: a page that needs these reports its own import errors
         pass
