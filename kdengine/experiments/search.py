@@ -79,7 +79,7 @@ def default_range(cfg: RunConfig, path: str) -> dict:
     if meta["kind"] == "str":
         raise ConfigError(path, "a text knob without choices cannot be searched")
     if path in DEFAULT_SPACE:
-        return dict(DEFAULT_SPACE[path])
+        return {"log": False, **DEFAULT_SPACE[path]}
     current = _get(cfg.to_dict(), path)
     current = meta["default"] if current is None else current
     lo, hi = meta["min"], meta["max"]
@@ -106,6 +106,24 @@ def _get(d: dict, path: str):
             return None
         d = d[part]
     return d
+
+
+def parse_range(cfg: RunConfig, path: str, text: str) -> dict:
+    """CLI / text form of a range: 'LOW:HIGH', 'LOW:HIGH:log', 'A,B,C' (choices), '' (default)."""
+    text = (text or "").strip()
+    if not text:
+        return default_range(cfg, path)
+    if ":" in text:
+        parts = [p.strip() for p in text.split(":")]
+        try:
+            low, high = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise ConfigError(path, f"a range is LOW:HIGH[:log], got {text!r}") from None
+        if knob_meta(cfg, path)["kind"] == "int" and low.is_integer() and high.is_integer():
+            low, high = int(low), int(high)
+        return {"low": low, "high": high, "log": "log" in parts[2:]}
+    from kdengine.experiments.sweeps import parse_values
+    return {"choices": parse_values(text)}
 
 
 def distributions(cfg: RunConfig, space: dict[str, dict]) -> dict:
