@@ -221,6 +221,9 @@ class SearchSpec:
             raise ConfigError("timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
         if not 0.0 < self.val_fraction <= 0.5:
             raise ConfigError("val_fraction", f"must be in (0, 0.5], got {self.val_fraction}")
+        if self.backend == "ray" and self.second:
+            raise ConfigError("second", "the Ray backend searches one objective; use local for a "
+                                        "Pareto front")
         cfg = self.base_config()
         if self.metric == "val_acc" and cfg.data.name == "text":
             raise ConfigError("metric", "the text task has no validation split: use test_acc")
