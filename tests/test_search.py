@@ -137,10 +137,15 @@ def test_search_of_runs_prunes_and_stores_every_trial(engine, tiny_cfg):
 def test_resumed_search_continues_without_repeating_a_trial(engine, tiny_cfg):
     se = start_search(engine, _run_spec(tiny_cfg, n_trials=5, seed=1, pruner="none"))
     end = time.monotonic() + 120
-    while se.finished() < 2 and time.monotonic() < end:
-        time.sleep(0.02)
-    se.stop()                                                  # the interruption
+
+    def mid_trial():
+        return [r for r in se.rows() if r["state"] == "running" and r["epochs"] >= 1]
+    while not (se.finished() >= 2 and mid_trial()) and time.monotonic() < end:
+        time.sleep(0.005)
+    cut = mid_trial()[0]["run_id"]
+    se.stop()                                                  # the interruption, mid-trial
     assert se.wait(60) == "stopped"
+    assert engine.store.get_run(cut)["status"] == "stopped"
     first = {r["trial"]: r["run_id"] for r in se.rows() if r["state"] == "complete"}
     assert 2 <= len(first) < 5
     again = resume_search(engine, se.id)
@@ -152,6 +157,7 @@ def test_resumed_search_continues_without_repeating_a_trial(engine, tiny_cfg):
         assert next(r for r in done if r["trial"] == number)["run_id"] == rid
     knobs = [(r["train.lr"], r["method.params.T"]) for r in done]
     assert len(set(knobs)) == 5                                # no trial repeated
+    assert cut in {r["run_id"] for r in done}                  # continued under its run id
     runs = [r for r in engine.store.list_runs() if r["parent"] == se.id]
     assert len({r["config_hash"] for r in runs}) == len(runs)  # one run per config
     assert {r["status"] for r in runs} == {"done"}             # the cut-off run was continued

@@ -1,5 +1,5 @@
-"""A search on Ray Tune: Tune's OptunaSearch (the same TPE sampler and the same study in
-``search.sqlite``) asks for the knobs, the ASHA scheduler stops bad trials at epochs 1, 3, 9, ...
+"""A search on Ray Tune: Tune's OptunaSearch (the same TPE sampler, on the study rebuilt from the
+search's stored trials) asks for the knobs, the ASHA scheduler stops bad trials at epochs 1, 3, 9, ...
 
 Each trial trains on a Ray worker (:func:`_trial`) and reports its metric once per epoch; a
 driver-side callback turns the trials into ordinary store rows (parent = the search id) as they
@@ -137,21 +137,17 @@ def run_on_ray(se) -> None:
     """Run the search's remaining trial budget as Tune trials; blocks until they end."""
     if not available():
         raise RuntimeError("the ray backend needs Ray: pip install -r requirements-cluster.txt")
-    from optuna.trial import TrialState
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
-    from kdengine.experiments.search import make_sampler, open_study, storage_url
     spec = se.spec
-    study = open_study(spec, se.id, storage_url(se.store.root))
-    for ft in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):   # cut off before
-        study.tell(ft.number, state=TrialState.FAIL, skip_if_finished=True)
+    study = se.open_study()     # cut-off trials are asked again (from the start: Tune's own runs)
     left = spec.n_trials - se.finished()
     if left <= 0:
         return
     modes = ["max" if d == "maximize" else "min" for d in spec.directions]
-    searcher = OptunaSearch(space=se.dists, metric=spec.metric, mode=modes[0], sampler=make_sampler(spec, offset=len(study.trials)),
-                            study_name=se.id, storage=study._storage)
+    searcher = OptunaSearch(space=se.dists, metric=spec.metric, mode=modes[0], sampler=study.sampler,
+                            study_name=study.study_name, storage=study._storage)
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=se.base.train.epochs, grace_period=1,
                                reduction_factor=3) if spec.prunes else FIFOScheduler())
     started = ensure_ray()
