@@ -87,7 +87,7 @@ def test_bad_budgets_and_pruner_name_the_field(tiny_cfg):
     space = {"method.params.T": {"low": 1.0, "high": 4.0}}
     for kw, name in (({"pruner": "hyper"}, "pruner"), ({"n_trials": 0}, "n_trials"),
                      ({"timeout_s": -1}, "timeout_s"), ({"metric": "acc"}, "metric"),
-                     ({"backend": "vectorised"}, "backend")):
+                     ({"backend": "slurm"}, "backend")):
         with pytest.raises(ConfigError) as e:
             SearchSpec(base=tiny_cfg.to_dict(), space=space, **kw).validate()
         assert e.value.field == name
@@ -161,3 +161,19 @@ def test_resumed_search_continues_without_repeating_a_trial(engine, tiny_cfg):
     runs = [r for r in engine.store.list_runs() if r["parent"] == se.id]
     assert len({r["config_hash"] for r in runs}) == len(runs)  # one run per config
     assert {r["status"] for r in runs} == {"done"}             # the cut-off run was continued
+
+
+def test_vectorised_search_trains_a_batch_of_suggestions_as_stacked_students(engine, tiny_cfg):
+    space = {"method.params.T": {"low": 1.0, "high": 16.0, "log": True},
+             "method.params.soft_weight": {"low": 0.0, "high": 1.0}}
+    spec = SearchSpec(base=tiny_cfg.to_dict(), space=space, n_trials=10, seed=0, backend="vectorised")
+    se = start_search(engine, spec)
+    assert se.wait(300) == "done", se.error
+    rows = se.rows()
+    assert len(rows) == 10 and {r["state"] for r in rows} == {"complete"}
+    stacked = [engine.store.get_run(r["run_id"])["summary"].get("vectorised") for r in rows]
+    assert stacked == [8] * 8 + [2] * 2                          # a batch of 8, then the last 2
+    assert len({(r["method.params.T"], r["method.params.soft_weight"]) for r in rows}) == 10
+    for r in rows:
+        assert r["value"] == engine.store.get_run(r["run_id"])["summary"]["final_val_acc"]
+        assert len(engine.store.series(r["run_id"])["val_acc"]) == tiny_cfg.train.epochs

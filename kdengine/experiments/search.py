@@ -20,7 +20,8 @@ budget and a time budget, a pruner and the metric. Each trial is an ordinary run
 * Reproducible: with a seed the sampler is seeded and trials run one at a time; without one, as many
   run at once as the engine has workers.
 * A suggested config already trained to the end (same config hash, any parent) is reused, not trained.
-* ``backend="ray"``: the same study on Ray Tune (:mod:`kdengine.experiments.ray_search`).
+* ``backend="vectorised"``: batches of suggestions trained as stacked students (no pruning);
+  ``backend="ray"``: the same study on Ray Tune (:mod:`kdengine.experiments.ray_search`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ PRUNERS = ("median", "asha", "none")
 METRICS = {"val_acc": "maximize", "test_acc": "maximize", "agreement": "maximize",
            "kl_test": "minimize"}
 SECOND = {"": None, "epoch_s": "minimize"}
-SEARCH_BACKENDS = ("local", "ray")
+SEARCH_BACKENDS = ("local", "vectorised", "ray")
+VECTOR_BATCH = 8         # suggestions trained together as stacked students (backend vectorised)
 # Ranges a user most often wants, where the knob's own bounds are far too wide (T <= 100).
 DEFAULT_SPACE = {"method.params.T": {"low": 1.0, "high": 20.0, "log": True},
                  "method.params.soft_weight": {"low": 0.0, "high": 1.0},
@@ -248,13 +250,15 @@ def suggest(trial, name: str, dist):
 
 
 def make_sampler(spec: SearchSpec, offset: int = 0):
-    """TPE (NSGA-II for two objectives); ``offset`` moves a resumed study's seed on."""
+    """TPE (NSGA-II for two objectives); ``offset`` moves a resumed study's seed on. Constant liar:
+    trials asked before the running ones report (parallel or stacked) are kept apart."""
     import optuna
     seed = None if spec.seed is None else spec.seed + 7919 * offset
     if spec.second:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     # multivariate: T and the weights interact (the soft term scales with T^2)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5,
+                                      constant_liar=True)
 
 
 def make_pruner(spec: SearchSpec):
@@ -412,6 +416,8 @@ class Search:
             if self.spec.backend == "ray":
                 from kdengine.experiments.ray_search import run_on_ray
                 run_on_ray(self)
+            elif self.spec.backend == "vectorised":
+                self._run_vectorised()
             else:
                 self._run_local()
             final = "stopped" if self._stop.is_set() else "done"
@@ -445,6 +451,62 @@ class Search:
             live = [(trial, row) for trial, row in live if not self._settle(trial, row)]
             time.sleep(0.05)
 
+    def _run_vectorised(self) -> None:
+        """Batches of suggestions (asked together, TPE's constant liar keeping them apart) trained
+        as stacked students in one pass when they differ only in method knobs; the rest run on the
+        engine one by one. A batch is not pruned: a member cannot leave the stack early, and it
+        costs a fraction of a run (docs/sweeps.md has the figures)."""
+        from kdengine.experiments.vectorised import can_vectorise, group_key
+        self.study = self.open_study()
+        while self.budget_left():
+            asked = []
+            while self.budget_left() and len(asked) < VECTOR_BATCH:
+                a = self._ask()
+                if a is not None:
+                    asked.append(a)
+            groups: dict[str | None, list] = {}
+            for a in asked:
+                ok = can_vectorise(a[2]) and a[0].user_attrs.get("resume_run") is None
+                groups.setdefault(group_key(a[2]) if ok else None, []).append(a)
+            for key, members in groups.items():
+                if key is not None and len(members) > 1:
+                    self._train_stacked(members)
+                    continue
+                for a in members:                 # one at a time through the engine
+                    started = self._launch(a)
+                    while started is not None and not self._settle(*started):
+                        time.sleep(0.05)
+
+    def _train_stacked(self, members: list) -> None:
+        from optuna.trial import TrialState
+        from kdengine.experiments.vectorised import create_runs, train_group
+        cfgs = [cfg for _, _, cfg in members]
+        rids = create_runs(cfgs, self.store, owner=self.owner, parent=self.id)
+        for (trial, row, _), rid in zip(members, rids):
+            row.run_id = rid
+            trial.set_user_attr("run_id", rid)
+        self._save()
+
+        def on_epoch(epoch: int, evals: list[dict]) -> None:
+            with self._lock:
+                for (_, row, _), ev in zip(members, evals):
+                    row.curve[epoch] = ev.get(self.spec.metric)
+                    row.epochs += 1
+        try:
+            summaries = train_group(cfgs, rids, self.store, should_stop=self._stop.is_set,
+                                    on_epoch=on_epoch)
+        except InterruptedError:
+            for _, row, _ in members:
+                row.state = "stopped"     # a resume asks them again
+            self._save()
+            return
+        except (FloatingPointError, ConfigError, RuntimeError, ValueError) as e:
+            for trial, row, _ in members:
+                self._end(trial, row, "failed", state=TrialState.FAIL, error=str(e))
+            return
+        for (trial, row, _), summary in zip(members, summaries):
+            self._finish(trial, row, summary)
+
     def open_study(self):
         """The study rebuilt from the finished trials; trials cut off by a stop or a crash are
         taken out and asked again first, with the same knobs, continuing their runs."""
@@ -456,8 +518,9 @@ class Search:
                 study.enqueue_trial(t.params, user_attrs={"resume_run": t.run_id} if t.run_id else {})
         return study
 
-    def _launch(self):
-        """Ask for the next knobs and start (or reuse) their run; None when it ended at once."""
+    def _ask(self):
+        """Ask for the next knobs: (trial, row, config) to train, or None when the trial ended at
+        once (a combination the config refuses, or a config already trained: reused)."""
         from optuna.trial import TrialState
         with self._lock:
             trial = self.study.ask(self.dists)
@@ -475,6 +538,14 @@ class Search:
             row.run_id = done[0]["id"]
             self._finish(trial, row, done[0]["summary"], reused=True)
             return None
+        return trial, row, cfg
+
+    def _launch(self, asked=None):
+        """Start the next trial's run on the engine (``asked``: one from :meth:`_ask`)."""
+        asked = asked or self._ask()
+        if asked is None:
+            return None
+        trial, row, cfg = asked
         resume = trial.user_attrs.get("resume_run")
         rid = None
         if resume and (self.store.get_run(resume) or {}).get("status") in FINAL:
