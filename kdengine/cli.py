@@ -242,17 +242,20 @@ def _search(eng, args) -> int:
     spec = search.spec
     print(f"search {search.id}: {spec.n_trials} trials of {', '.join(spec.space)} on the "
           f"{spec.backend} backend, pruner {spec.pruner}, metric {spec.metric}")
+    def progress() -> None:
+        rows = search.rows()
+        best = best_trial(rows, spec)
+        print(f"\r  {search.finished()}/{spec.n_trials} trials, "
+              f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {search.epochs_used()} epochs"
+              + (f", best {spec.metric} {best['value']:.4f}" if best else ""), end="", flush=True)
     try:
         while not search.done:
-            rows = search.rows()
-            best = best_trial(rows, spec)
-            print(f"\r  {search.finished()}/{spec.n_trials} trials, "
-                  f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {search.epochs_used()} epochs"
-                  + (f", best {spec.metric} {best['value']:.4f}" if best else ""), end="", flush=True)
+            progress()
             time.sleep(0.5)
     except KeyboardInterrupt:
         search.stop()
         search.wait(60)
+    progress()
     print()
     rows = search.rows()
     for r in rows:

@@ -177,3 +177,26 @@ def test_vectorised_search_trains_a_batch_of_suggestions_as_stacked_students(eng
     for r in rows:
         assert r["value"] == engine.store.get_run(r["run_id"])["summary"]["final_val_acc"]
         assert len(engine.store.series(r["run_id"])["val_acc"]) == tiny_cfg.train.epochs
+
+
+def test_cli_search_prints_progress_trials_and_best(runs_dir):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    args = ["sweep", "--mode", "search", "--config", "digits-quick", "--set", "train.epochs=2",
+            "--set", "teacher.epochs=2", "--axis", "method.params.T=1:16:log", "--axis",
+            "method.params.soft_weight", "--trials", "4", "--pruner", "median", "--seed", "2"]
+    p = subprocess.run([sys.executable, "-m", "kdengine", *args],
+                       cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                       env={**os.environ, "KD_RUNS_DIR": str(runs_dir)}, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "4 trials of method.params.T, method.params.soft_weight" in p.stdout
+    assert "4/4 trials" in p.stdout                           # the progress line
+    assert p.stdout.count(" complete ") + p.stdout.count(" pruned ") == 4
+    assert "best: trial #" in p.stdout
+    bad = subprocess.run([sys.executable, "-m", "kdengine", *args[:-8], "--axis",
+                          "method.params.T=0:4"], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True,
+                         env={**os.environ, "KD_RUNS_DIR": str(runs_dir)}, timeout=300)
+    assert bad.returncode == 2 and "method.params.T" in bad.stderr

@@ -88,7 +88,9 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
     pareto = c3.checkbox("Also minimise epoch time (Pareto front)", key="se_pareto",
                          help="two objectives: Optuna cannot prune them, so every trial runs to the end")
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
-                       help="ray: Ray Tune with its Optuna search and the ASHA scheduler")
+                       help="local: trials on the engine's workers; vectorised: batches of 8 "
+                            "suggestions trained together as stacked students (method knobs only, "
+                            "no pruning); ray: Ray Tune with its Optuna search and the ASHA scheduler")
     if metric == "test_acc":
         st.warning("Choosing knobs on test accuracy makes the test figure optimistic; val_acc keeps "
                    "it honest.", icon=":material/warning:")
