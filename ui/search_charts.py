@@ -48,10 +48,12 @@ def optuna_figures(study, knobs: list[str], pareto: bool) -> dict[str, go.Figure
         if complete:
             out["pareto"] = ov.plot_pareto_front(study, target_names=["accuracy", "seconds / epoch"])
         return out
-    if len(complete) >= 2 and len(knobs) >= 2:
+    if len(complete) >= 4 and len(knobs) >= 2:
+        # PED-ANOVA: ~0.3 s for 40 trials here; the default (fANOVA, 64 trees) took 5-15 s
+        from optuna.importance import PedAnovaImportanceEvaluator
         try:
-            out["importance"] = ov.plot_param_importances(study)
-        except (RuntimeError, ValueError):   # every trial alike: nothing to attribute
+            out["importance"] = ov.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+        except (RuntimeError, ValueError, ZeroDivisionError):   # too few or all alike
             pass
     numeric = [k for k in knobs if not hasattr(study.trials[0].distributions.get(k), "choices")] \
         if study.trials else []

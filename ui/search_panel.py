@@ -127,10 +127,9 @@ def view(engine, owner: str, search_id: str) -> None:
     if err:
         st.error(err, icon=":material/error:")
     _best(spec, rows, owner)
-    knobs = list(spec.space)
     st.plotly_chart(history_figure(rows, spec.metric, spec.directions[0] == "maximize"),
                     key=f"se_hist_{search_id}", config={"displayModeBar": False})
-    figs = optuna_figures(study_of(spec, rows), knobs, bool(spec.second))
+    figs = _optuna_figures(search_id, spec, rows)
     cols = st.columns(max(1, len(figs)))
     for col, (name, fig) in zip(cols, figs.items()):
         fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
@@ -149,6 +148,16 @@ def view(engine, owner: str, search_id: str) -> None:
         st.rerun()                       # one full rerun stops the polling
     if active:
         ss["se_was_active"] = search_id
+
+
+def _optuna_figures(search_id: str, spec: SearchSpec, rows: list[dict]) -> dict:
+    """Optuna's figures, rebuilt only when a trial finished (the view redraws every second)."""
+    key = (search_id, tuple((r["trial"], r["state"]) for r in rows if r["state"] != "running"))
+    cached = ss.get("se_figs")
+    if cached is None or cached[0] != key:
+        cached = (key, optuna_figures(study_of(spec, rows), list(spec.space), bool(spec.second)))
+        ss["se_figs"] = cached
+    return cached[1]
 
 
 def _best(spec: SearchSpec, rows: list[dict], owner: str) -> None:
