@@ -35,13 +35,13 @@ SPACE = {"method.params.T": {"low": 1.0, "high": 8.0, "log": True},
 
 
 def base_config(epochs: int, seed: int):
-    from kdengine.cli import load_config
+    from kdengine import load_config
     return load_config("digits-50-labels", [f"train.epochs={epochs}", f"train.seed={seed}",
                                             "train.baseline=false", "data.val_fraction=0.2"])
 
 
 def run_grid(engine, cfg, backend: str = "local") -> dict:
-    from kdengine.experiments.sweeps import SweepSpec, start_sweep
+    from kdengine import SweepSpec, start_sweep
     t0 = time.perf_counter()
     sw = start_sweep(engine, SweepSpec(base=cfg.to_dict(), axes=dict(GRID), backend=backend,
                                        name=f"bench grid {backend}"))
@@ -56,7 +56,7 @@ def run_grid(engine, cfg, backend: str = "local") -> dict:
 
 def run_search(engine, cfg, seed: int, budget_s: float, pruner: str, backend: str = "local",
                trials: int = 16) -> dict:
-    from kdengine.experiments.search import SearchSpec, best_trial, start_search
+    from kdengine import SearchSpec, best_trial, start_search
     t0 = time.perf_counter()
     spec = SearchSpec(base=cfg.to_dict(), space=dict(SPACE), n_trials=trials, timeout_s=budget_s,
                       pruner=pruner, seed=seed, backend=backend, name=f"bench search {backend}")
@@ -80,8 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd-bench-search-"))
     torch.set_num_threads(1)
-    from kdengine.core.store import Store
-    from kdengine.run.engine import Engine
+    from kdengine import Engine, Store
     engine = Engine(Store(), max_workers=1)
     warm = base_config(1, 999)          # trains and caches the teacher outside the timings
     engine.wait(engine.submit(warm), timeout=600)

@@ -10,13 +10,12 @@ import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from kdengine.core.config import RunConfig, flatten
-from kdengine.core.knobs import ConfigError
-from kdengine.experiments.search import (DEFAULT_SPACE, METRICS, PRUNERS, SEARCH_BACKENDS, SearchSpec,
-                                         best_config, best_trial, default_range, get_search, knob_meta,
-                                         resume_search, start_search, stored_trials, study_of)
-from kdengine.experiments.sweeps import ray_available, shown_status
+from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
+                      RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
+                      knob_meta, ray_available, resume_search, shown_status, start_search, stored_trials,
+                      study_of)
 from ui import widgets
+from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
 from ui.state import config_to_query
 
@@ -67,7 +66,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
     """The search form; a started search's id goes to ``st.session_state['search_id']``."""
     st.caption(VAL_NOTE)
     fields = searchable(base)
-    default = [k for k in DEFAULT_SPACE if k in fields][:2]
+    default = [k for k in DEFAULT_SEARCH_SPACE if k in fields][:2]
     knobs = st.multiselect("Knobs to search", fields, default, key="se_knobs")
     space = {}
     for key in knobs:
@@ -84,7 +83,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
                            help="a seed reproduces the study; trials then run one at a time")
     c1, c2, c3, c4 = st.columns(4)
     pruner = c1.radio("Pruner", PRUNERS, key="se_pruner", horizontal=True, help=PRUNER_HELP)
-    metric = c2.selectbox("Metric", list(METRICS), key="se_metric")
+    metric = c2.selectbox("Metric", list(SEARCH_METRICS), key="se_metric")
     pareto = c3.checkbox("Also minimise epoch time (Pareto front)", key="se_pareto",
                          help="two objectives: Optuna cannot prune them, so every trial runs to the end")
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
@@ -143,11 +142,6 @@ def view(engine, owner: str, search_id: str) -> None:
     if not active and status != "done" and b2.button("Resume search", key=f"se_resume_{search_id}"):
         resume_search(engine, search_id)
         st.rerun()
-    if se is not None and se.done and ss.get("se_was_active") == search_id:
-        ss["se_was_active"] = None
-        st.rerun()                       # one full rerun stops the polling
-    if active:
-        ss["se_was_active"] = search_id
 
 
 def _optuna_figures(search_id: str, spec: SearchSpec, rows: list[dict]) -> dict:
@@ -181,8 +175,7 @@ def panel(engine, owner: str, preset: str, base: RunConfig) -> None:
     setup(engine, owner, preset, base)
     sid = ss.get("search_id")
     if sid:
-        live = get_search(sid)
-        st.fragment(view, run_every=1.0 if live is not None and not live.done else None)(
-            engine, owner, sid)
+        live_fragment(view, lambda: (get_search(sid) is not None and not get_search(sid).done),
+                      engine, owner, sid, key=f"search.{sid}")
     else:
         st.info("No search yet: choose knobs and press Run search.", icon=":material/info:")
