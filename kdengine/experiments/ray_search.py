@@ -47,28 +47,23 @@ def _trial(config: dict, base: dict, metric: str) -> None:
 
 
 class SearchCallback(_TuneCallback):
-    """Driver side: Tune trials -> store rows and the search's trial rows. Holds only the search id
-    (Tune pickles its callbacks; the search, with its threads and locks, stays in the registry)."""
+    """Driver side: Tune trials -> store rows and the search's trial rows (by search id, see _LIVE)."""
 
     def __init__(self, search_id: str):
         self.search_id = search_id
         self.rows: dict[str, object] = {}        # Tune trial id -> TrialRow
 
     def _search(self):
-        from kdengine.experiments.search import get_search
-        return get_search(self.search_id)
+        return _LIVE.get(self.search_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from kdengine.experiments.search import TrialRow
         from kdengine.run.trainer import versions
         se = self._search()
         cfg = se.base.with_overrides(trial.config)
         cfg.name = f"{se.spec.name or 'search'} #{len(se.trials)} (ray)"
         rid = se.store.create_run(cfg.to_dict(), cfg.hash, owner=se.owner, name=cfg.name,
                                   versions=versions(), parent=se.id, status="running")
-        row = TrialRow(len(se.trials), dict(trial.config), run_id=rid)
-        with se._lock:
-            se.trials.append(row)
+        row = se.new_row(trial.config, rid)
         self.rows[trial.trial_id] = row
         se._save()
 
@@ -89,17 +84,13 @@ class SearchCallback(_TuneCallback):
     def _finish(self, se, row, result: dict) -> None:
         import torch
         from kdengine.core.checkpoints import save_checkpoint
-        from kdengine.experiments.search import epoch_seconds
         state = torch.load(io.BytesIO(base64.b64decode(result["weights"])), map_location="cpu",
                            weights_only=True)
         save_checkpoint(se.store.checkpoint_path(row.run_id), state)
         summary = json.loads(result["summary"])
         se.store.set_summary(row.run_id, summary)
         se.store.set_status(row.run_id, "done")
-        row.value = summary.get(f"final_{se.spec.metric}")
-        row.epoch_s = epoch_seconds(se.store, row.run_id, summary)
-        row.state = "complete"
-        se._save()
+        se.record_done(row, summary)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         se, row = self._search(), self.rows.get(trial.trial_id)
@@ -128,9 +119,13 @@ class _Stopper:
         self.search_id = search_id
 
     def __call__(self, trial_id, result) -> bool:
-        from kdengine.experiments.search import get_search
-        se = get_search(self.search_id)
+        se = _LIVE.get(self.search_id)
         return se is None or se.stop_requested
+
+
+# The searches running on Ray, by id: Tune pickles its callbacks and stopper, which therefore hold
+# only the id (a search, with its threads and locks, cannot be pickled).
+_LIVE: dict[str, object] = {}
 
 
 def run_on_ray(se) -> None:
@@ -151,6 +146,7 @@ def run_on_ray(se) -> None:
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=se.base.train.epochs, grace_period=1,
                                reduction_factor=3) if spec.prunes else FIFOScheduler())
     started = ensure_ray()
+    _LIVE[se.id] = se
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trial, base=se.base.to_dict(), metric=spec.metric), {"cpu": 1})
@@ -174,6 +170,7 @@ def run_on_ray(se) -> None:
                                     "ray trial did not finish")
                 row.state = "stopped" if se.stop_requested else "failed"
         se._save()
+        _LIVE.pop(se.id, None)
         if started:
             import ray
             ray.shutdown()

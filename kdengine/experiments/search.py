@@ -616,6 +616,20 @@ class Search:
             self._end(trial, row, "failed", state=TrialState.FAIL, error=run.get("error"))
         return True
 
+    def new_row(self, params: dict, run_id: str) -> TrialRow:
+        """A trial started elsewhere (a Ray trial): its row, appended."""
+        with self._lock:
+            row = TrialRow(len(self.trials), dict(params), run_id=run_id)
+            self.trials.append(row)
+        return row
+
+    def record_done(self, row: TrialRow, summary: dict) -> None:
+        """A trial that ran to the end elsewhere (a Ray trial): value and epoch time from its run."""
+        row.value = summary.get(f"final_{self.spec.metric}")
+        row.epoch_s = epoch_seconds(self.store, row.run_id, summary)
+        row.state = "complete"
+        self._save()
+
     def _finish(self, trial, row: TrialRow, summary: dict, reused: bool = False) -> None:
         from optuna.trial import TrialState
         value = summary.get(f"final_{self.spec.metric}")
