@@ -12,7 +12,7 @@ from streamlit.errors import StreamlitAPIException
 
 from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
                       RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
-                      knob_meta, ray_available, resume_search, shown_status, start_search, stored_trials,
+                      is_running, knob_meta, ray_available, resume_search, shown_status, start_search, stored_trials,
                       study_of)
 from ui import widgets
 from ui.live import live_fragment
@@ -175,7 +175,6 @@ def panel(engine, owner: str, preset: str, base: RunConfig) -> None:
     setup(engine, owner, preset, base)
     sid = ss.get("search_id")
     if sid:
-        live_fragment(view, lambda: (get_search(sid) is not None and not get_search(sid).done),
-                      engine, owner, sid, key=f"search.{sid}")
+        live_fragment(view, lambda: is_running(sid), engine, owner, sid, key=f"search.{sid}")
     else:
         st.info("No search yet: choose knobs and press Run search.", icon=":material/info:")

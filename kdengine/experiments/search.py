@@ -35,6 +35,7 @@ from typing import Any, Callable
 from kdengine.core.config import RunConfig
 from kdengine.core.knobs import ConfigError, check_field
 from kdengine.core.store import ACTIVE, FINAL
+from kdengine.experiments.base import Experiment, Spec
 
 PRUNERS = ("median", "asha", "none")
 METRICS = {"val_acc": "maximize", "test_acc": "maximize", "agreement": "maximize",
@@ -176,7 +177,7 @@ def distributions(cfg: RunConfig, space: dict[str, dict]) -> dict:
 
 # -- the spec -------------------------------------------------------------------------------------
 @dataclass
-class SearchSpec:
+class SearchSpec(Spec):
     base: dict                                   # a RunConfig as a dict
     space: dict[str, dict]                       # dotted knob -> {low, high, log, step} | {choices}
     n_trials: int = 16                           # trial budget of the whole study
@@ -189,10 +190,6 @@ class SearchSpec:
     backend: str = "local"
     name: str = ""
     mode: str = "search"                         # tells a stored search from a stored grid
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SearchSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def base_config(self) -> RunConfig:
         """The base config a trial starts from: with a validation split when the metric needs one."""
@@ -344,52 +341,29 @@ class TrialRow:
     curve: dict = field(default_factory=dict)    # epoch -> metric, as reported to the pruner
 
 
-class Search:
-    """One study and the driver thread that fills it in; the same surface as a grid Sweep."""
+class Search(Experiment):
+    """One study and the driver thread that fills it in (start, stop, resume and the registry are
+    :class:`kdengine.experiments.base.Experiment`'s). Started again under its id, it reads its
+    trials back from its stored row."""
 
-    kind = "search"
+    kind, label, id_prefix, spec_cls = "search", "search", "se", SearchSpec
 
-    def __init__(self, engine, spec: SearchSpec, owner: str = "", search_id: str | None = None,
-                 trials: list[TrialRow] | None = None):
-        self.engine, self.store = engine, engine.store
-        self.spec = spec.validate()
-        self.owner = owner
-        self.id = search_id or time.strftime("se-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    def __init__(self, engine, spec: SearchSpec, owner: str = "", exp_id: str | None = None):
+        super().__init__(engine, spec, owner, exp_id)
+        self._lock = threading.RLock()          # optuna calls and self.trials (re-entered)
         self.base = spec.base_config()
         self.dists = distributions(self.base, spec.space)
-        self.trials: list[TrialRow] = list(trials or [])
-        self.status, self.error = "created", None
+        self.trials: list[TrialRow] = stored_rows(self.store, exp_id) if exp_id else []
         self.started = 0.0
-        self._stop = threading.Event()
-        self._lock = threading.RLock()          # optuna calls and self.trials
-        self._thread: threading.Thread | None = None
-
-    # -- control ---------------------------------------------------------------------------------
-    def start(self) -> "Search":
-        self.status = "running"
-        self._save()
-        _REGISTRY[self.id] = self
-        self._thread = threading.Thread(target=self._drive, name=f"search-{self.id}", daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         for t in list(self.trials):
             if t.state == "running" and t.run_id:
                 try:
                     self.engine.stop(t.run_id)
-                except KeyError:         # a Ray trial: its stopper sees _stop
+                except KeyError:         # not an engine run (stacked, Ray): their loops see the stop
                     pass
-
-    def wait(self, timeout: float | None = None) -> str:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.status
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("done", "failed", "stopped")
 
     @property
     def stop_requested(self) -> bool:
@@ -410,22 +384,16 @@ class Search:
         return sum(t.epochs for t in self.trials)
 
     # -- driver ----------------------------------------------------------------------------------
-    def _drive(self) -> None:
+    def _drive(self) -> str:
         self.started = time.monotonic()
-        try:
-            if self.spec.backend == "ray":
-                from kdengine.experiments.ray_search import run_on_ray
-                run_on_ray(self)
-            elif self.spec.backend == "vectorised":
-                self._run_vectorised()
-            else:
-                self._run_local()
-            final = "stopped" if self._stop.is_set() else "done"
-        except Exception as e:  # the page shows the reason; finished trials stay stored
-            self.error = f"{type(e).__name__}: {e}"
-            final = "stopped" if self._stop.is_set() else "failed"
-        self._save(final)        # stored first: a page that sees `done` must find it stored
-        self.status = final
+        if self.spec.backend == "ray":
+            from kdengine.experiments.ray_search import run_on_ray
+            run_on_ray(self)
+        elif self.spec.backend == "vectorised":
+            self._run_vectorised()
+        else:
+            self._run_local()
+        return "done"
 
     def budget_left(self) -> bool:
         if self._stop.is_set():
@@ -651,12 +619,10 @@ class Search:
             self.study.tell(trial, values, state=state)
         self._save()
 
-    def _save(self, status: str | None = None) -> None:
+    def _state(self) -> dict:
         with self._lock:
-            state = {"trials": [asdict(t) for t in self.trials], "error": self.error,
-                     "epochs_used": self.epochs_used()}
-        self.store.save_sweep(self.id, self.kind, asdict(self.spec), state, status or self.status,
-                              name=self.spec.name, owner=self.owner)
+            return {"trials": [asdict(t) for t in self.trials], "error": self.error,
+                    "epochs_used": self.epochs_used()}
 
 
 def _fmt(v) -> str:
@@ -696,36 +662,28 @@ def best_config(spec: SearchSpec, row: dict) -> RunConfig:
     return spec.base_config().with_overrides({k: row[k] for k in spec.space})
 
 
-# -- registry, start and resume (the same shape as sweeps.py) ---------------------------------------
-_REGISTRY: dict[str, Search] = {}
-
-
+# -- start, find and resume (the Experiment base's, under search names) -----------------------------
 def start_search(engine, spec: SearchSpec | dict, owner: str = "") -> Search:
-    if isinstance(spec, dict):
-        spec = SearchSpec.from_dict(spec)
-    return Search(engine, spec, owner).start()
+    return Search.launch(engine, spec, owner)
 
 
 def get_search(search_id: str) -> Search | None:
-    return _REGISTRY.get(search_id)
+    return Search.live(search_id)
 
 
 def resume_search(engine, search_id: str, n_trials: int | None = None) -> Search:
     """Continue a stored search under its id: its study is rebuilt from the stored trials;
     ``n_trials`` may raise the trial budget."""
-    live = _REGISTRY.get(search_id)
-    if live is not None and not live.done:
-        return live
-    row = engine.store.get_sweep(search_id)
-    if row is None or row["kind"] != "search":
-        raise KeyError(f"no search {search_id}")
-    spec = SearchSpec.from_dict(row["spec"])
-    if n_trials:
-        spec.n_trials = int(n_trials)
-    trials = [TrialRow(**t) for t in row["state"].get("trials", [])]
+    return Search.resume(engine, search_id, n_trials=n_trials)
+
+
+def stored_rows(store, search_id: str) -> list[TrialRow]:
+    """A stored search's trials (none for a new id)."""
+    row = store.get_sweep(search_id)
+    trials = [TrialRow(**t) for t in (row["state"].get("trials", []) if row else [])]
     for t in trials:
         t.curve = {int(k): v for k, v in t.curve.items()}   # JSON made the epochs strings
-    return Search(engine, spec, owner=row["owner"], search_id=search_id, trials=trials).start()
+    return trials
 
 
 def stored_trials(store, search_id: str) -> list[dict]:
