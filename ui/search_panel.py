@@ -12,8 +12,8 @@ from streamlit.errors import StreamlitAPIException
 
 from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
                       RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
-                      is_running, knob_meta, ray_available, resume_search, shown_status, start_search, stored_trials,
-                      study_of)
+                      is_running, knob_meta, ray_available, resume_search, shown_status, start_search,
+                      stored_trials, study_of)
 from ui import widgets
 from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
