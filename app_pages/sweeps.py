@@ -11,7 +11,7 @@ import streamlit as st
 from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, SWEEP_BACKENDS, SweepSpec, flatten, get_sweep,
                       is_running, parse_values, ray_available, resume_sweep, shown_status, start_sweep,
                       stored_cells)
-from ui import state, widgets
+from ui import search_panel, state, widgets
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import ROOT
@@ -40,6 +40,12 @@ try:
     base = state.load_preset(preset)
 except ConfigError as e:
     st.error(f"Preset {preset}: {e}")
+    st.stop()
+mode = c2.radio("Mode", ("grid", "search"), key="sw_mode", horizontal=True,
+                help="grid: every cell of the values you list; search: Optuna picks the next trial "
+                     "from the ones so far and stops bad ones early")
+if mode == "search":
+    search_panel.panel(engine, owner, preset, base)
     st.stop()
 epochs = c2.number_input("Student epochs", 1, 200, int(base.train.epochs), key="sw_epochs")
 backend = c3.radio("Backend", SWEEP_BACKENDS, key="sw_backend", horizontal=True,

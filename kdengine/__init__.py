@@ -56,6 +56,10 @@ for _mod, _names in {
                                    "DEFAULT_SWEEP_AXES=DEFAULT_AXES",
     "kdengine.experiments.ta_gap": "TAGapSpec TAGapExperiment start_experiment get_experiment "
                                    "resume_experiment stored_results TA_GAP_PRESET=PRESET",
+    "kdengine.experiments.search": "SearchSpec Search start_search get_search resume_search "
+                                   "stored_trials study_of best_trial best_config default_range "
+                                   "knob_meta optimise PRUNERS SEARCH_BACKENDS "
+                                   "SEARCH_METRICS=METRICS DEFAULT_SEARCH_SPACE=DEFAULT_SPACE",
     "kdengine.experiments.base": "shown_status is_running",
     "kdengine.cli": "load_config",
 }.items():

@@ -195,6 +195,10 @@ def cmd_sweep(args) -> int:
     method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done."""
     from kdengine import Engine, parse_values, resume_sweep, start_sweep
     eng = Engine(max_workers=1)
+    resumed = eng.store.get_sweep(args.resume) if args.resume else None
+    if args.mode == "search" or (resumed or {}).get("kind") == "search":
+        return _search(eng, args)
+    args.metric = args.metric or "final_test_acc"
     if args.resume:
         sweep = resume_sweep(eng, args.resume, args.backend)
     else:
@@ -231,6 +235,59 @@ def cmd_sweep(args) -> int:
     return 0 if sweep.status == "done" else 1
 
 
+def _search(eng, args) -> int:
+    """--mode search: TPE over the --axis ranges (KEY=LOW:HIGH[:log], KEY=A,B or KEY alone for the
+    knob's default range), one progress line, then the trials and the best config."""
+    from kdengine import best_trial, resume_search, start_search
+    from kdengine.experiments.search import parse_range
+    metric = (args.metric or "val_acc").removeprefix("final_")
+    if args.resume:
+        search = resume_search(eng, args.resume, args.trials)
+    else:
+        if not args.config:
+            raise ConfigError("config", "a search needs --config (or --resume SEARCH_ID)")
+        cfg = load_config(args.config, args.set)
+        space = {}
+        for item in args.axis or ["method.params.T", "method.params.soft_weight"]:
+            key, _, text = item.partition("=")
+            space[key.strip()] = parse_range(cfg, key.strip(), text)
+        search = start_search(eng, {"base": cfg.to_dict(), "space": space, "n_trials": args.trials or 16,
+                                    "timeout_s": args.timeout, "pruner": args.pruner, "seed": args.seed,
+                                    "metric": metric, "backend": args.backend,
+                                    "name": cfg.name or "cli search"}, owner="cli")
+    spec = search.spec
+    print(f"search {search.id}: {spec.n_trials} trials of {', '.join(spec.space)} on the "
+          f"{spec.backend} backend, pruner {spec.pruner}, metric {spec.metric}")
+    def progress() -> None:
+        rows = search.rows()
+        best = best_trial(rows, spec)
+        print(f"\r  {search.finished()}/{spec.n_trials} trials, "
+              f"{sum(r['state'] == 'pruned' for r in rows)} pruned, {search.epochs_used()} epochs"
+              + (f", best {spec.metric} {best['value']:.4f}" if best else ""), end="", flush=True)
+    try:
+        while not search.done:
+            progress()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        search.stop()
+        search.wait(60)
+    progress()
+    print()
+    rows = search.rows()
+    for r in rows:
+        knobs = "  ".join(f"{k.rsplit('.', 1)[-1]}={r.get(k):.4g}" if isinstance(r.get(k), float)
+                          else f"{k.rsplit('.', 1)[-1]}={r.get(k)}" for k in spec.space)
+        val = f"{r['value']:.4f}" if isinstance(r["value"], float) else "-"
+        print(f"  #{r['trial']:<3} {knobs:<44} {r['state']:<9} {r['epochs']} epochs  {spec.metric} {val}")
+    best = best_trial(rows, spec)
+    if best:
+        print(f"best: trial #{best['trial']} ({spec.metric} {best['value']:.4f}), run {best['run_id']}")
+    if search.error:
+        print(f"error: {search.error}", file=sys.stderr)
+    eng.shutdown()
+    return 0 if search.status == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kdengine", description="KD Playground engine")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -244,8 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--axis", action="append", metavar="KEY=V1,V2,...")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.add_argument("--backend", choices=("local", "vectorised", "ray"), default="local")
-    p.add_argument("--metric", default="final_test_acc")
+    p.add_argument("--metric", default=None,
+                   help="grid: a summary key (final_test_acc); search: val_acc (default), test_acc, "
+                        "agreement or kl_test")
     p.add_argument("--resume", metavar="SWEEP_ID")
+    p.add_argument("--mode", choices=("grid", "search"), default="grid",
+                   help="search: Optuna TPE over the --axis ranges (KEY=LOW:HIGH[:log] or KEY=A,B)")
+    p.add_argument("--trials", type=int, help="search: trial budget (default 16)")
+    p.add_argument("--timeout", type=float, help="search: time budget in seconds")
+    p.add_argument("--pruner", choices=("median", "asha", "none"), default="median")
+    p.add_argument("--seed", type=int, default=0, help="search: sampler seed (reproduces the study)")
     p.set_defaults(fn=cmd_sweep)
     p = sub.add_parser("list", help="list stored runs")
     p.add_argument("--limit", type=int, default=50)

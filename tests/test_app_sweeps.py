@@ -71,3 +71,43 @@ def test_ta_gap_page_draws_curves_and_ladder():
     assert list(ladder["size"]) == ["MLP 1x8", "MLP 1x16", "MLP 1x32"]
     assert list(ladder["role"]) == ["student", "TA pick", ""]
     assert ladder["accuracy (scratch)"].notna().all()
+
+
+def test_sweeps_page_search_mode_marks_pruned_trials_and_links_the_best(monkeypatch):
+    at = page("sweeps.py")
+    at.selectbox(key="sw_preset").set_value("digits-quick").run()
+    at.radio(key="sw_mode").set_value("search").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("validation accuracy" in m.value for m in at.caption)
+    assert at.multiselect(key="se_knobs").value == ["method.params.T", "method.params.soft_weight"]
+    assert at.number_input(key="se_lo_method.params.T").value == 1.0      # from the knob table
+    assert at.checkbox(key="se_log_method.params.T").value is True
+    # a bad range names the knob, on the page
+    at.number_input(key="se_lo_method.params.T").set_value(0.0)
+    at.button(key="se_launch").click().run()
+    assert any("method.params.T" in e.value for e in at.error)
+    assert "search_id" not in at.session_state
+    at.number_input(key="se_lo_method.params.T").set_value(1.0)
+    at.number_input(key="se_epochs").set_value(3)
+    at.number_input(key="se_trials").set_value(8)
+    at.radio(key="se_pruner").set_value("asha")
+    at.button(key="se_launch").click().run()
+    assert not at.error, [e.value for e in at.error]
+    sid = at.session_state["search_id"]
+
+    def finished(at):
+        return any("8/8 trials" in (p.proto.text or "") for p in at.get("progress"))
+    poll(at, finished, timeout=400)
+    figs = figures(at)
+    hist = next(f for f in figs if f["layout"]["title"]["text"] == "Optimisation history")
+    names = {t.get("name") for t in hist["data"]}
+    assert {"complete", "pruned", "best so far"} <= names                # pruned trials marked
+    pruned = next(t for t in hist["data"] if t.get("name") == "pruned")
+    assert pruned["marker"]["symbol"] == "x"
+    titles = {(f["layout"].get("title") or {}).get("text") for f in figs}
+    assert titles & {"Contour Plot", "Slice Plot"}                        # plus Optuna's plots
+    table = at.dataframe[0].value
+    assert len(table) == 8 and (table["state"] == "pruned").any()
+    link = next(m.value for m in at.markdown if "Open in Lab" in m.value)  # the page alone: a URL
+    assert "method.params.T=" in link and "data.val_fraction=0.2" in link
+    assert at.session_state["search_id"] == sid

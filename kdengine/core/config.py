@@ -49,6 +49,10 @@ class DataConfig:
     noise: float = param(0.2, min=0.0, max=5.0, step=0.05, help="Noise of the 2-D toy data sets.")
     n_classes: int = param(3, min=2, max=10, help="Classes for spirals and blobs.", label="classes (toys)")
     test_fraction: float = param(0.25, min=0.05, max=0.8, step=0.05, help="Share of data held for test.")
+    val_fraction: float = param(0.0, min=0.0, max=0.5, step=0.05,
+                                help="Share of the training set held out for validation (val_acc): "
+                                     "neither teacher nor student trains on it and the test set stays "
+                                     "unseen, so a search can pick knobs on it honestly. 0 = none.")
     transfer: str = param("train", choices=TRANSFER_SETS,
                           help="What the student learns from: the teacher's training set, a held-out "
                                "split, the training set without labels, or only a few labels.")
@@ -285,6 +289,8 @@ class RunConfig:
     def semantic_dict(self) -> dict:
         d = self.to_dict()
         d.pop("name", None)
+        if not d["data"]["val_fraction"]:   # added later: at its default, older runs keep their hash
+            del d["data"]["val_fraction"]
         return d
 
     @property

@@ -50,6 +50,7 @@ class DataBundle:
     transfer: Split
     labeled: Tensor                 # bool mask over transfer: which labels the student may use
     test: Split
+    val: Split | None = None        # held out from teacher and student (data.val_fraction > 0)
     notes: list[str] = field(default_factory=list)
     mean: Tensor | None = None      # normalisation, to show images in their original range
     std: Tensor | None = None
@@ -234,7 +235,14 @@ _DATA_KEYS = ("name", "n_samples", "noise", "n_classes", "test_fraction", "trans
 
 
 def data_key(cfg: DataConfig) -> str:
-    return config_hash({k: getattr(cfg, k) for k in _DATA_KEYS})
+    return config_hash(_with_val({k: getattr(cfg, k) for k in _DATA_KEYS}, cfg))
+
+
+def _with_val(d: dict, cfg: DataConfig) -> dict:
+    """Keys (and cached teachers) made before validation splits existed stay valid at 0."""
+    if cfg.val_fraction:
+        d["val_fraction"] = cfg.val_fraction
+    return d
 
 
 def teacher_data_key(cfg: DataConfig) -> str:
@@ -242,7 +250,7 @@ def teacher_data_key(cfg: DataConfig) -> str:
     keys = ["name", "n_samples", "noise", "n_classes", "test_fraction", "seed", "data_dir"]
     d = {k: getattr(cfg, k) for k in keys}
     d["heldout"] = cfg.heldout_fraction if cfg.transfer == "heldout" else None
-    return config_hash(d)
+    return config_hash(_with_val(d, cfg))
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
@@ -268,6 +276,10 @@ def _build(cfg: DataConfig) -> DataBundle:
     xtr, ytr, xte, yte, kind, names = _load_raw(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
     notes: list[str] = []
+    xtr, ytr, xva, yva = _carve_val(cfg, kind, xtr, ytr)
+    if xva is not None:
+        notes.append(f"{len(yva)} training samples are held out for validation (val_acc); neither "
+                     f"teacher nor student trains on them.")
     if cfg.name in SYNTHETIC_DATASETS:
         notes.append(f"{cfg.name}: synthetic CIFAR-shaped images drawn from a seed, for timing "
                      f"only; accuracies on it say nothing about distillation.")
@@ -302,12 +314,30 @@ def _build(cfg: DataConfig) -> DataBundle:
         keep = (y_tr != cfg.omit_class) if y_tr.ndim == 1 else (y_tr[:, cfg.omit_class] < 0.5)
         x_tr, y_tr, labeled = x_tr[keep], y_tr[keep], labeled[keep]
         notes.append(f"Class {names[cfg.omit_class]!r} is removed from the student's transfer set.")
-    x_teacher, (x_tr, xte_n), mean, std = _normalise(x_teacher, [x_tr, xte], kind)
+    others = [x_tr, xte] + ([xva] if xva is not None else [])
+    x_teacher, (x_tr, xte_n, *xva_n), mean, std = _normalise(x_teacher, others, kind)
     t = torch.from_numpy
     return DataBundle(kind=kind, input_shape=tuple(x_teacher.shape[1:]), n_classes=n_classes,
                       class_names=list(names), teacher_train=Split(t(x_teacher), t(y_teacher)),
                       transfer=Split(t(x_tr), t(y_tr)), labeled=t(labeled),
-                      test=Split(t(xte_n), t(yte)), notes=notes, mean=mean, std=std)
+                      test=Split(t(xte_n), t(yte)),
+                      val=Split(t(xva_n[0]), t(yva)) if xva is not None else None,
+                      notes=notes, mean=mean, std=std)
+
+
+def _carve_val(cfg: DataConfig, kind: str, x: np.ndarray, y: np.ndarray):
+    """(x_train, y_train, x_val, y_val): a stratified validation split taken off the training set
+    before the teacher's and the student's sets are drawn, so neither ever trains on it. Its own
+    random stream: the other splits of a config without validation do not move."""
+    if not cfg.val_fraction:
+        return x, y, None, None
+    if kind == "text":
+        raise ConfigError("data.val_fraction", "the text task has no validation split (use 0)")
+    keep, val = _split(len(y), cfg.val_fraction, np.random.default_rng(cfg.seed + 2), y)
+    if len(val) == 0 or len(keep) == 0:
+        raise ConfigError("data.val_fraction", f"val_fraction {cfg.val_fraction} leaves no "
+                                               f"validation or no training samples")
+    return x[keep], y[keep], x[val], y[val]
 
 
 def fallback_config(cfg: DataConfig) -> DataConfig:

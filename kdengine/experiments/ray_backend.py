@@ -126,13 +126,7 @@ def run_cells(cells: list[tuple[RunConfig, str]], store: Store,
         raise RuntimeError("the ray backend needs Ray: pip install -r requirements-cluster.txt")
     import ray
     from ray import tune
-    started = False
-    if not ray.is_initialized():
-        address = os.environ.get("KD_RAY_ADDRESS") or None
-        cpus = num_cpus or int(os.environ.get("KD_RAY_CPUS", "0") or 0) or os.cpu_count() or 1
-        kwargs = {} if address else {"num_cpus": cpus}
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
-        started = True
+    started = ensure_ray(num_cpus)
     should_stop = should_stop or (lambda: False)
     token = cells[0][1]
     _HOOKS[token] = (should_stop, on_result)
@@ -154,6 +148,19 @@ def run_cells(cells: list[tuple[RunConfig, str]], store: Store,
                                  "stopped by the user" if should_stop() else "ray trial did not finish")
         if started:
             ray.shutdown()
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Connect to KD_RAY_ADDRESS, or start a local instance (KD_RAY_CPUS or every core) unless one
+    is up; True when this call started it (the caller then shuts it down)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("KD_RAY_ADDRESS") or None
+    cpus = num_cpus or int(os.environ.get("KD_RAY_CPUS", "0") or 0) or os.cpu_count() or 1
+    kwargs = {} if address else {"num_cpus": cpus}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
+    return True
 
 
 def kwargs_cpus() -> int:

@@ -12,7 +12,8 @@ from kdengine.models import logits_of
 @torch.no_grad()
 def evaluate(student: nn.Module, data: DataBundle, device: torch.device,
              t_test_logits: torch.Tensor | None, max_train: int = 5000) -> dict[str, float]:
-    """Train/test accuracy, and agreement and KL(teacher || student) with the teacher on test."""
+    """Train/test accuracy (and validation, when the data has a split), and agreement and
+    KL(teacher || student) with the teacher on test."""
     return evaluate_each(student, data, device, t_test_logits, max_train)[0]
 
 
@@ -30,6 +31,9 @@ def evaluate_each(student: nn.Module, data: DataBundle, device: torch.device,
         return [metrics(s_test, y_test, logits_of(student, data.transfer.x[:n], device),
                         data.transfer.y[:n].to(device), t_test_logits)]
     out = {"test_acc": (s_test.argmax(-1) == y_test).float().mean(-1)}
+    if data.val is not None:   # what a search selects on, so the test figure stays unseen
+        s_val = logits_of(student, data.val.x, device)
+        out["val_acc"] = (s_val.argmax(-1) == data.val.y.to(device)).float().mean(-1)
     s_tr = logits_of(student, data.transfer.x[:n], device)
     out["train_acc"] = (s_tr.argmax(-1) == data.transfer.y[:n].to(device)).float().mean(-1)
     if t_test_logits is not None:
