@@ -355,9 +355,12 @@ class Search(Experiment):
         self.dists = distributions(self.base, spec.space)
         self.trials: list[TrialRow] = stored_rows(self.store, exp_id) if exp_id else []
         self.started = 0.0
+        self._control = None        # the stacked pass's trainer Control, while one runs
 
     def stop(self) -> None:
         super().stop()
+        if self._control is not None:
+            self._control.stop()
         for t in list(self.trials):
             if t.state == "running" and t.run_id:
                 try:
@@ -448,6 +451,7 @@ class Search(Experiment):
     def _train_stacked(self, members: list) -> None:
         from optuna.trial import TrialState
         from kdengine.experiments.vectorised import create_runs, train_group
+        from kdengine.run.trainer import Control, StopRequested
         cfgs = [cfg for _, _, cfg in members]
         rids = create_runs(cfgs, self.store, owner=self.owner, parent=self.id)
         for (trial, row, _), rid in zip(members, rids):
@@ -460,10 +464,13 @@ class Search(Experiment):
                 for (_, row, _), ev in zip(members, evals):
                     row.curve[epoch] = ev.get(self.spec.metric)
                     row.epochs += 1
+        self._control = Control()
+        if self._stop.is_set():
+            self._control.stop()
         try:
-            summaries = train_group(cfgs, rids, self.store, should_stop=self._stop.is_set,
+            summaries = train_group(cfgs, rids, self.store, control=self._control,
                                     on_epoch=on_epoch)
-        except InterruptedError:
+        except (StopRequested, InterruptedError):
             for _, row, _ in members:
                 row.state = "stopped"     # a resume asks them again
             self._save()
