@@ -16,8 +16,10 @@ from typing import Any
 from kdengine.core.knobs import ConfigError, from_dict, param, validate_dataclass
 from kdengine.core.paths import check_relative
 
-DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "mnist", "fashion_mnist", "cifar10", "text")
+DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "hierarchy", "mnist", "fashion_mnist",
+            "cifar10", "text")
 TOY_DATASETS = ("moons", "circles", "spirals", "blobs")
+IMAGE_DATASETS = ("digits", "hierarchy", "mnist", "fashion_mnist", "cifar10")
 TRANSFER_SETS = ("train", "heldout", "unlabeled", "labels")
 ARCHS = ("mlp", "cnn", "resnet", "resnet18", "transformer")
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
@@ -27,10 +29,16 @@ MAX_CONFIG_BYTES = 1_000_000     # config files and uploads larger than this are
 @dataclass
 class DataConfig:
     name: str = param("digits", choices=DATASETS, help="Data set. Toys and digits need no download.")
-    n_samples: int = param(1000, min=50, max=200_000, help="Points drawn for 2-D toy data sets.",
-                           label="samples (toys)")
-    noise: float = param(0.2, min=0.0, max=5.0, step=0.05, help="Noise of the 2-D toy data sets.")
+    n_samples: int = param(1000, min=50, max=200_000, help="Points drawn for the 2-D toys and the hierarchy data set.",
+                           label="samples (generated)")
+    noise: float = param(0.2, min=0.0, max=5.0, step=0.05,
+                         help="Noise of the generated data sets (2-D toys, hierarchy).")
     n_classes: int = param(3, min=2, max=10, help="Classes for spirals and blobs.", label="classes (toys)")
+    hier_classes: int = param(100, min=4, max=1000, label="classes (hierarchy)",
+                              help="Classes of the hierarchy data set.")
+    hier_superclasses: int = param(20, min=2, max=200, label="superclasses (hierarchy)",
+                                   help="Superclasses the hierarchy's classes cluster into "
+                                        "(CIFAR-100: 100 classes in 20).")
     test_fraction: float = param(0.25, min=0.05, max=0.8, step=0.05, help="Share of data held for test.")
     transfer: str = param("train", choices=TRANSFER_SETS,
                           help="What the student learns from: the teacher's training set, a held-out "
@@ -192,7 +200,7 @@ class RunConfig:
 
     def _cross_checks(self, method_cls) -> None:
         d, t, s = self.data, self.teacher, self.student
-        image_data = d.name in ("digits", "mnist", "fashion_mnist", "cifar10")
+        image_data = d.name in IMAGE_DATASETS
         for path, m in (("teacher.model", t.model), ("student", s)):
             if m.arch in ("cnn", "resnet", "resnet18") and not image_data:
                 raise ConfigError(f"{path}.arch", f"{m.arch} needs image data; {d.name} is not images "
@@ -231,6 +239,9 @@ class RunConfig:
         if t.source == "run" and not all(c.isalnum() or c in "-_" for c in t.checkpoint):
             raise ConfigError("teacher.checkpoint", f"a run id has only letters, digits, - and _; "
                                                     f"got {t.checkpoint!r}")
+        if d.name == "hierarchy" and d.hier_superclasses > d.hier_classes:
+            raise ConfigError("data.hier_superclasses", f"at most one superclass per class: "
+                                                        f"{d.hier_superclasses} > {d.hier_classes} classes")
         if self.train.amp and self.train.device == "cpu":
             raise ConfigError("train.amp", "mixed precision needs device cuda (or auto on a GPU)")
 
