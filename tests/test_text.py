@@ -225,6 +225,21 @@ def test_text_students_train_through_the_engine(runs_dir):
         eng.shutdown()
 
 
+@pytest.mark.parametrize("epochs", [3, 5])
+def test_tinybert_two_stage_trains_at_odd_epoch_counts(runs_dir, epochs):
+    """The stage switch falls inside a logging window at odd epoch counts: the layer terms vanish
+    and the prediction term takes over mid window (once crashed the trainer's per-term arrays)."""
+    from kdengine.run.trainer import Trainer
+    points = []
+    cfg = text_cfg("tinybert", {"two_stage": True}, epochs=epochs, log_every=4)
+    cfg.teacher.epochs = 2
+    Trainer(cfg, points.append).run()
+    losses = [e["values"] for e in points if e["type"] == "metrics" and "loss/total" in e["values"]]
+    assert all(math.isfinite(v["loss/total"]) for v in losses)
+    assert "loss/attn" in losses[0] and "loss/attn" not in losses[-1]    # stage 1, then stage 2
+    assert any("loss/attn" in v and v.get("loss/kd", 0) > 0 for v in losses)   # the mixed window
+
+
 def test_text_preset_is_valid_and_small():
     from kdengine.cli import load_config
     for name in ("text-distilbert", "text-tinybert"):

@@ -27,6 +27,7 @@ from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint, safe_load
 
 Emit = Callable[[dict], None]
+_TOTAL = "\0total"      # the window's key for each step's summed loss (never a term name)
 
 
 class StopRequested(Exception):
@@ -276,6 +277,9 @@ class Trainer:
                     sched.step()
                 for k, v in terms.items():
                     window.setdefault(k, []).append(v.detach())
+                # The step's total too: terms may appear or vanish mid window (a two-stage
+                # schedule), so per-term lists can be shorter than the window.
+                window.setdefault(_TOTAL, []).append(total.detach())
                 step += 1
                 if step - win_start >= tc.log_every or i == steps_per_epoch - 1:
                     self._flush(window, win_start, step, steps_per_epoch, opt, t_start, step0,
@@ -306,18 +310,19 @@ class Trainer:
     def _flush(self, window, win_start, step, spe, opt, t_start, step0, total_steps, bs):
         """Read the window's loss terms back (one sync), check them, emit one metrics point."""
         values: dict[str, float] = {}
-        total = None
+        totals = torch.stack(window[_TOTAL]).float().cpu()      # one per step of the window
         for k, vs in window.items():
+            if k == _TOTAL:
+                continue
             arr = torch.stack(vs).float().cpu()
             bad = ~torch.isfinite(arr)
             if bad.any():
-                at = win_start + int(bad.nonzero()[0, 0]) + 1
+                # A non-finite term makes that step's total non-finite: the total gives the step.
+                at = win_start + int((~torch.isfinite(totals)).nonzero()[0, 0]) + 1
                 raise NonFiniteLoss(f"loss term {k!r} became {arr[bad][0].item()} at step {at} "
                                     f"(epoch {(at - 1) // spe + 1}); try a smaller learning rate")
-            values[f"loss/{k}"] = arr.mean().item()
-            total = arr if total is None else total + arr
-        if total is not None:
-            values["loss/total"] = total.mean().item()
+            values[f"loss/{k}"] = arr.mean().item()   # over the steps the term was present
+        values["loss/total"] = totals.mean().item()
         elapsed = time.perf_counter() - t_start
         done = step - step0
         rate = done / elapsed if elapsed > 0 else 0.0
