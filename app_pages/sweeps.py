@@ -10,7 +10,7 @@ import streamlit as st
 
 from kdengine.core.config import flatten
 from kdengine.core.knobs import ConfigError
-from kdengine.experiments.sweeps import (BACKENDS, DEFAULT_AXES, SweepSpec, get_sweep, parse_values, ray_available,
+from kdengine.experiments.sweeps import (BACKENDS, DEFAULT_AXES, DEFAULT_PRESET, SweepSpec, get_sweep, parse_values, ray_available,
                              resume_sweep, shown_status, start_sweep, stored_cells)
 from ui import state, widgets
 from ui.engine import get_engine, owner_id
@@ -34,7 +34,7 @@ st.caption("Pick two knobs and their values; every cell is a full distillation r
 presets = state.presets()
 c1, c2, c3 = st.columns([2, 1, 1])
 preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
-                      index=list(presets).index("digits-quick") if "digits-quick" in presets else 0,
+                      index=list(presets).index(DEFAULT_PRESET) if DEFAULT_PRESET in presets else 0,
                       format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
 try:
     base = state.load_preset(preset)

@@ -20,9 +20,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def sweep_reference(rows: list[dict], metric: str) -> float | None:
+    """The student-alone test accuracy the cells were run with (``train.baseline``), when the
+    metric is test accuracy: the number every cell should be read against."""
+    if metric != "final_test_acc":
+        return None
+    vals = [r["baseline_test_acc"] for r in rows if isinstance(r.get("baseline_test_acc"), float)
+            and math.isfinite(r["baseline_test_acc"])]
+    return sum(vals) / len(vals) if vals else None
+
+
 def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
                    x_values: list, y_values: list) -> go.Figure:
-    """Metric over the grid; cells not finished yet are blank and say their status on hover."""
+    """Metric over the grid; cells not finished yet are blank and say their status on hover.
+
+    With a student-alone reference (``sweep_reference``) the colour is the difference to it, on a
+    diverging scale centred on 0: a cell that beats the student alone is blue, one that falls
+    short red, whatever the spread of the grid (a 4-point range no longer fills the whole scale)."""
+    ref = sweep_reference(rows, metric)
     z, text, custom = [], [], []
     index = {(r.get(x_key), r.get(y_key)): r for r in rows}
     for yv in y_values:
@@ -32,8 +47,9 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
             val = r.get(metric)
             ok = isinstance(val, (int, float)) and math.isfinite(val) and (
                 r.get("status") == "done" or r.get("live"))
-            zr.append(val if ok else None)
-            tr.append((_fmt(val) + (" …" if r.get("live") else "")) if ok else r.get("status", ""))
+            zr.append((100 * (val - ref) if ref is not None else val) if ok else None)
+            label = _fmt(val) + (f"<br>{100 * (val - ref):+.1f}" if ref is not None else "")
+            tr.append((label + (" …" if r.get("live") else "")) if ok else r.get("status", ""))
             cr.append([r.get("run_id") or "", r.get("status", "pending"),
                        "reused" if r.get("reused") else "trained",
                        _fmt(r.get("final_agreement", "")), _fmt(r.get("teacher_test_acc", ""))])
@@ -41,9 +57,13 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
         text.append(tr)
         custom.append(cr)
     xs, ys = [_fmt(v) for v in x_values], [_fmt(v) for v in y_values]
+    if ref is None:
+        scale = {"colorscale": "Viridis", "colorbar": {"title": {"text": metric}}}
+    else:
+        scale = {"colorscale": "RdBu", "zmid": 0.0,
+                 "colorbar": {"title": {"text": f"points vs student alone ({ref:.1%})"}}}
     fig = go.Figure(go.Heatmap(x=xs, y=ys, z=z, text=text, texttemplate="%{text}", customdata=custom,
-                               colorscale="Viridis", colorbar={"title": {"text": metric}},
-                               hoverinfo="skip"))
+                               hoverinfo="skip", **scale))
     # Streamlit selects points of scatter traces, not heatmap cells: an invisible marker on each
     # cell carries the hover text and makes a click select that cell's run.
     cells = [(xv, yv, text[i][j], custom[i][j]) for i, yv in enumerate(ys) for j, xv in enumerate(xs)]
@@ -57,7 +77,10 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
                        "%{customdata[4]}<br>click to open the run<extra></extra>")))
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    fig = style(fig, f"{metric} over {_short(x_key)} × {_short(y_key)}", x_key, y_key, height=380)
+    title = f"{metric} over {_short(x_key)} × {_short(y_key)}"
+    if ref is not None:
+        title += f" (colour: difference to the student alone, {ref:.1%})"
+    fig = style(fig, title, x_key, y_key, height=380)
     fig.update_layout(hovermode="closest")
     return fig
 
