@@ -124,19 +124,21 @@ def ta_gap_figure(results: dict) -> go.Figure:
         sd = [c[f"{key}_sd"] for c in curves]
         _band(fig, x, mean, sd, color, label)
         pts = [(a, m, s, c) for a, m, s, c in zip(x, mean, sd, curves) if m is not None]
-        text = [f"TA {c['ta']}" if key == "via_ta" and c.get("ta") else "" for *_, c in pts]
+        # The TA's name goes under the x axis (tick text) and into the hover, never onto the plot,
+        # where the labels overlapped the lines.
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], name=label,
-            mode="lines+markers+text" if key == "via_ta" else "lines+markers", text=text,
-            textposition="top center", line={"color": color, "dash": dash, "width": 2},
-            customdata=[[p[3]["teacher"], p[2] or 0.0] for p in pts],
+            x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="lines+markers",
+            line={"color": color, "dash": dash, "width": 2},
+            customdata=[[p[3]["teacher"], p[2] or 0.0, p[3].get("ta") or "—"] for p in pts],
             hovertemplate=(f"{label}<br>teacher %{{customdata[0]}} (%{{x}} params)"
-                           "<br>student acc %{y:.2%} ± %{customdata[1]:.2%}<extra></extra>")))
+                           + ("<br>TA %{customdata[2]}" if key == "via_ta" else "")
+                           + "<br>student acc %{y:.2%} ± %{customdata[1]:.2%}<extra></extra>")))
     fig = style(fig, f"Student {results['student']}: test accuracy against teacher size "
                        f"(mean ± sd over seeds)", "teacher (parameters, log scale)",
                   "student test accuracy", height=380, y_percent=True)
     fig.update_xaxes(type="log", tickvals=x,
-                     ticktext=[f"{c['teacher']}<br>{c['teacher_params']:,}" for c in curves])
+                     ticktext=[f"{c['teacher']}<br>{c['teacher_params']:,}"
+                               + (f"<br>TA {c['ta']}" if c.get("ta") else "") for c in curves])
     fig.update_layout(hovermode="closest")
     return fig
 
