@@ -38,3 +38,9 @@ def test_two_cheap_claims_run_and_reproduce_with_one_seed():
     assert d["entropy_T4"] > d["entropy_T1"] > 0
     table = markdown_table(results)
     assert table.count("\n") == 3 and "| yes |" in table
+
+
+def test_the_default_bss_attack_crosses_the_teachers_boundary():
+    from kdengine.experiments.phenomena import measure_bss_on_boundary
+    m = measure_bss_on_boundary(0)
+    assert m["moons_crossed"] >= 0.9 and m["digits_crossed"] >= 0.9, m
