@@ -42,7 +42,12 @@ def main() -> None:
     def step(claim_id: str, seed: int) -> None:
         bar.set_description(f"{claim_id} seed {seed}")
         bar.update()
-    results = run_claims(claims, seeds, step)
+    def done(r) -> None:
+        # one line per finished claim (stderr), so a long run shows its results as they come
+        bar.write(f"{r.claim.id}: {r.mean:+.4g} ± {r.sd:.3g} {r.claim.unit} "
+                  f"({'reproduced' if r.reproduced else 'not reproduced'}; per seed "
+                  f"{', '.join(f'{v:.4g}' for v in r.values)}; {r.seconds:.0f} s)", file=sys.stderr)
+    results = run_claims(claims, seeds, step, done)
     bar.close()
     print(markdown_table(results))
     n_ok = sum(r.reproduced for r in results)

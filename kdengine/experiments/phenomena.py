@@ -344,9 +344,11 @@ class ClaimResult:
 
 
 def run_claims(claims: list[Claim], seeds: list[int],
-               on_step: Callable[[str, int], None] | None = None) -> list[ClaimResult]:
+               on_step: Callable[[str, int], None] | None = None,
+               on_result: Callable[[ClaimResult], None] | None = None) -> list[ClaimResult]:
     """Measure each claim for each seed. Claims sharing a measurement reuse it (its time is
-    charged to the first). ``on_step(claim_id, seed)`` is called after each measurement."""
+    charged to the first). ``on_step(claim_id, seed)`` is called after each measurement,
+    ``on_result`` with each claim's result as soon as it is complete."""
     done: dict[tuple, dict] = {}
     results = []
     for claim in claims:
@@ -361,6 +363,8 @@ def run_claims(claims: list[Claim], seeds: list[int],
                 on_step(claim.id, seed)
         results.append(ClaimResult(claim, [float(d[claim.effect]) for d in details], details,
                                    time.perf_counter() - t0))
+        if on_result:
+            on_result(results[-1])
     return results
 
 
