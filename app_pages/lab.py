@@ -79,6 +79,8 @@ def data_section(dd: dict) -> dict:
     if out["name"] in TOY_DATASETS:
         show = ["n_samples", "noise"] + (["n_classes"] if out["name"] in ("spirals", "blobs")
                                          else []) + show
+    elif out["name"] == "hierarchy":
+        show = ["n_samples", "noise", "hier_classes", "hier_superclasses"] + show
     out.update(widgets.render_fields(DataConfig, dd, K + "data.", show))
     if out["transfer"] == "labels":
         out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["n_labels"]))
