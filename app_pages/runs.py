@@ -6,9 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from kdengine import temperature_of
-from kdengine.core.export import export_run
-from kdengine.core.store import ACTIVE
+from kdengine import ACTIVE, export_run, temperature_of
 from ui import charts, widgets
 from ui.engine import get_engine, owner_id, stored_runs
 

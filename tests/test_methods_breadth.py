@@ -1,4 +1,4 @@
-"""Method breadth (issue 7): noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
+"""Method breadth: noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
 adversarial. For each: finite terms, gradients only into the student and its helper modules (never a
 teacher), and a short run through the Engine; plus each method's identity."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _method(name: str, params: dict | None = None, teacher=None, student_cfg=Non
         teachers = [teacher]
     torch.manual_seed(0)
     student = build_model(cfg.student, data.input_shape, data.n_classes)
-    m = cls(student, teachers, cls.Params(**cfg.method.params), _ctx(cfg, data))
+    m = cls(student, teachers, cfg.method.params, _ctx(cfg, data))
     m.setup(data)
     return m, data
 
@@ -383,7 +383,7 @@ def test_specialists_setup_reports_progress_and_exposes_clusters():
     teacher = get_teacher(cfg, data, torch.device("cpu"))[0]
     cls = get_method_class("specialists")
     m = cls(build_model(cfg.student, data.input_shape, 10), [teacher],
-            cls.Params(**cfg.method.params), _ctx(cfg, data, events))
+            cfg.method.params, _ctx(cfg, data, events))
     m.setup(data)
     phases = [e for e in events if e["type"] == "phase" and e["phase"] == "specialists"]
     assert phases and phases[-1]["progress"] == 1.0
@@ -423,6 +423,6 @@ def test_new_methods_are_listed_with_validated_params():
         _cfg("multi_teacher", {"teachers": ["mlp-9-9999"]})
     with pytest.raises(ConfigError):
         _cfg("noisy_teacher", {"alpha": 1.5})
-    assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params["teachers"] \
+    assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params.teachers \
         == ["mlp-1-64", "mlp-2-128"]
-    assert math.isclose(_cfg("sobolev").method.params["deriv_weight"], 1.0)
+    assert math.isclose(_cfg("sobolev").method.params.deriv_weight, 1.0)

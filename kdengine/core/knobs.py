@@ -159,8 +159,8 @@ def from_dict(cls, data: Any, path: str = ""):
     Unknown keys are an error (a typo must not be silently ignored)."""
     if data is None:
         data = {}
-    if dataclasses.is_dataclass(data) and isinstance(data, cls):
-        data = dataclasses.asdict(data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = dataclasses.asdict(data)   # a typed instance (of cls, or another method's knobs)
     if not isinstance(data, dict):
         raise ConfigError(path or cls.__name__, f"must be a mapping of fields, got {type(data).__name__}")
     hints = _type_hints(cls)

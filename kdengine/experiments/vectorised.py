@@ -229,7 +229,7 @@ def train_group(cfgs: list[RunConfig], run_ids: list[str], store: Store,
     """Train cells that share everything but ``method.params`` in one pass; write them as runs.
 
     ``run_ids`` are rows already in the store (status queued). Returns each cell's summary."""
-    cfgs = [c.copy().validate() for c in cfgs]
+    cfgs = [c.copy().validated() for c in cfgs]
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("a vectorised group must differ only in method.params")
     if not all(can_vectorise(c) for c in cfgs):

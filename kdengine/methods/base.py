@@ -143,10 +143,11 @@ class Method:
     def zero_label_terms(self) -> list[str]:
         """Set the weights of the label terms to 0 (a transfer set without labels); returns the
         knobs that were above 0, for the notice."""
-        was = [k for k in label_weight_knobs(type(self)) if knob_value(self.params, k, 0) > 0]
+        was = [self.weight_knobs[t] for t in self.label_terms
+               if t in self.weight_knobs and self.term_weights.get(t, 0.0) > 0]
         for term in self.label_terms:
             self.term_weights[term] = 0.0
-        return was
+        return list(dict.fromkeys(was))
 
     def weigh(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The terms times their weights: what the optimiser sums and the charts show."""

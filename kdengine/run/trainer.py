@@ -136,7 +136,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, emit: Emit | None = None, control: Control | None = None,
                  checkpoint_path=None, resume: bool = False,
                  monitors: Sequence[MonitorFactory] = ()):
-        self.cfg = cfg.copy().validate()
+        # A copy: the run must not see later edits to the caller's object. Validated once, where
+        # the run was submitted; validated() only re-checks a config edited since.
+        self.cfg = cfg.copy().validated()
         self.emit = emit or (lambda e: None)
         self.control = control or Control()
         self.checkpoint_path = checkpoint_path
@@ -166,7 +168,7 @@ class Trainer:
         for note in data.notes:
             self._notice(note)
         method_cls = get_method_class(cfg.method.name)
-        params = method_cls.Params(**cfg.method.params)
+        params = cfg.method.params             # the method's typed Params (validated)
 
         teachers, t_test_logits = [], None
         if method_cls.needs_teacher:

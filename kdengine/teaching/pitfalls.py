@@ -165,7 +165,8 @@ def probe_method(cfg: RunConfig) -> list[str]:
 
     The probe's teacher has its gradients switched back ON after the method is built, so a method
     that runs it outside ``torch.no_grad()`` is caught however the teacher was frozen."""
-    key = json.dumps({"m": cfg.method.name, "p": cfg.method.params, "s": cfg.student.__dict__,
+    key = json.dumps({"m": cfg.method.name, "p": cfg.to_dict()["method"]["params"],
+                      "s": cfg.student.__dict__,
                       "t": cfg.teacher.model.__dict__, "d": [cfg.data.name, cfg.data.n_classes],
                       "src": cfg.teacher.source}, sort_keys=True, default=str)
     if key not in _PROBE_CACHE:
@@ -209,7 +210,7 @@ def _probe(cfg: RunConfig, cls, mode: str) -> list[str]:
         teachers = [build_model(cfg.teacher.model, shape, n_classes)] if cls.needs_teacher else []
         ctx = TrainContext(steps_per_epoch=1, epochs=1, n_classes=n_classes, input_shape=shape,
                            device=dev, data_kind=data.kind, seed=0, config=cfg)
-        method = cls(student, teachers, cls.Params(**cfg.method.params), ctx)
+        method = cls(student, teachers, cfg.method.params, ctx)
         if mode == "full":
             method.setup(data)
         for t in teachers:
@@ -264,6 +265,9 @@ def _method_probe(cfg: RunConfig):
 
 # ---- teacher vs student alone, from measured accuracies ----------------------------------------
 def lint(cfg: RunConfig) -> list[str]:
+    """Every check's warnings for a config (validated here if it was not: the checks read its
+    typed method knobs)."""
+    cfg = cfg.validated()
     out = []
     for fn in CHECKS:
         msg = fn(cfg)
