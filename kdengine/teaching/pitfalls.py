@@ -79,7 +79,8 @@ def _dkd_warmup_eats_the_run(cfg: RunConfig):
     if cfg.method.name != "dkd":
         return None
     from kdengine.methods.dkd import DKDParams, warmup_epochs
-    span = warmup_epochs(DKDParams(**cfg.method.params), cfg.train.epochs)
+    p = cfg.method.params             # typed after validate(); a plain dict before
+    span = warmup_epochs(p if isinstance(p, DKDParams) else DKDParams(**p), cfg.train.epochs)
     if span >= 0.5 * cfg.train.epochs:
         return (f"DKD's warm-up lasts {span:g} of {cfg.train.epochs} epochs: the KD part is below "
                 f"full weight for {span / cfg.train.epochs:.0%} of the run, which biases a "
