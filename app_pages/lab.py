@@ -12,6 +12,7 @@ import streamlit as st
 
 from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig,
                       TrainConfig, get_method_class, method_names)
+from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_fragment
@@ -22,7 +23,7 @@ CFG, MP, RUN = "lab_cfg", "lab_mparams", "lab_run"
 SOURCES = {"train": "train now (then cached)", "shipped": "shipped with the app",
            "checkpoint": "checkpoint file", "run": "student of a stored run",
            "none": "none (student alone)"}
-TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10")
+TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 owner = owner_id()
 engine = get_engine()
@@ -80,6 +81,10 @@ def data_section(dd: dict) -> dict:
                                          else []) + show
     elif out["name"] == "hierarchy":
         show = ["n_samples", "noise", "hier_classes", "hier_superclasses"] + show
+    if out["name"] in SYNTHETIC_DATASETS:
+        st.caption("Synthetic CIFAR-shaped images drawn from a seed: **for timing only**, the "
+                   "accuracies mean nothing.")
+        show = ["n_samples"] + show
     out.update(widgets.render_fields(DataConfig, dd, K + "data.", show))
     if out["transfer"] == "labels":
         out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["n_labels"]))

@@ -98,6 +98,8 @@ def view(sweep_id: str) -> None:
     done = sum(r["status"] == "done" for r in rows)
     st.progress(done / max(1, len(rows)), text=f"{status} · {done}/{len(rows)} cells · backend "
                                                f"{spec.backend}")
+    for note in (sw.notices if sw else row["state"].get("notices", [])):
+        st.warning(note, icon=":material/info:")
     err = (sw.error if sw else row["state"].get("error"))
     if err:
         st.error(err, icon=":material/error:")

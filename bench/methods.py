@@ -26,6 +26,7 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 import torch
 
 from kdengine import RunConfig, Trainer
+from kdengine.core.progress import track
 
 # (label, method, params); the student alone first, Hinton KD is the reference row.
 METHODS = [
@@ -106,7 +107,7 @@ def main() -> None:
     # Warm-up: trains and caches the teacher, and pays one-off import costs (the first optimiser
     # construction imports torch._dynamo, seconds here) outside the timed runs.
     run_one(config("hinton", {}, 0, 1, args.setting))
-    for seed in range(args.seeds):
+    for seed in track(range(args.seeds), "seeds"):
         for label, method, params in rows:
             r = run_one(config(method, params, seed, args.epochs, args.setting))
             res[label].append(r)

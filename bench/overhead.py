@@ -1,9 +1,13 @@
 """Engine overhead: the same KD training through the Engine and as a bare PyTorch loop, in one run.
 
-Prints two ratios (medians over interleaved repeats, so machine noise hits both sides alike):
+Prints three ratios (medians over interleaved repeats, so machine noise hits both sides alike):
   1. engine / bare loop, same student, same Hinton KD loss, same steps and per-epoch evaluation
   2. KD epoch with cached teacher logits / CE-only epoch (what distillation itself costs)
-Usage: python bench/overhead.py [--epochs 30] [--repeats 5]
+  3. per training step alone (student forward, the method's weighted terms, backward, Adam; no
+     evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps
+``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
+with other jobs, waiting for a core then does not count (the engine's threads do).
+Usage: python bench/overhead.py [--epochs 30] [--repeats 5] [--blocks 30] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -20,6 +24,14 @@ import torch.nn.functional as F
 
 from kdengine import (Engine, RunConfig, Store, build_model, evaluate, get_teacher, kd_loss, load_data,
                       logits_of)
+from kdengine.core.progress import track
+from kdengine.losses.fused import TeacherCache
+from kdengine import get_method_class
+from kdengine.methods import Batch, TrainContext
+from kdengine.run.trainer import CachedRows
+
+
+clock = time.perf_counter          # --clock cpu: time.process_time
 
 
 def config(epochs: int, method: str = "hinton") -> RunConfig:
@@ -40,9 +52,9 @@ def engine_time(eng: Engine, cfg: RunConfig) -> float:
 
     def on(ev):
         if ev["type"] == "phase" and ev["phase"] == "student":
-            marks["start"] = time.perf_counter()
+            marks["start"] = clock()
         elif ev["type"] == "metrics" and ev["epoch"] == cfg.train.epochs and "test_acc" in ev["values"]:
-            marks["end"] = time.perf_counter()
+            marks["end"] = clock()
     rid = eng.store.create_run  # noqa: F841  (submit creates it)
     run_id = eng.submit(cfg, owner="bench")
     eng.subscribe(run_id, on)
@@ -65,7 +77,7 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
     g = torch.Generator().manual_seed(0)
     bs, n = cfg.train.batch_size, len(Y)
     spe = n // bs
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(cfg.train.epochs):
         student.train()
         perm = torch.randperm(n, generator=g)
@@ -80,14 +92,65 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
             loss.backward()
             opt.step()
         evaluate(student, data, dev, t_test)
-    return time.perf_counter() - t0
+    return clock() - t0
+
+
+def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, float]:
+    """Median ms per step of CE, Hinton KD and DKD, each method's step as the trainer runs it
+    (cached teacher, ``weigh``ed terms), interleaved block by block."""
+    data = load_data(cfg.data)
+    cpu = torch.device("cpu")
+    X, Y = data.transfer.x, data.transfer.y
+    caches = [TeacherCache(logits_of(teacher, X, cpu))]
+    bs, n = cfg.train.batch_size, len(Y)
+    ones = torch.ones(bs, dtype=torch.bool)
+    runners = {}
+    for name, params in (("ce", {}), ("hinton", {}), ("dkd", {"warmup_epochs": 0.0})):
+        cls = get_method_class(name)
+        torch.manual_seed(0)
+        student = build_model(cfg.student, data.input_shape, data.n_classes)
+        ctx = TrainContext(steps_per_epoch=n // bs, epochs=1, n_classes=data.n_classes,
+                           input_shape=data.input_shape, device=cpu, data_kind=data.kind)
+        m = cls(student, [teacher] if cls.needs_teacher else [], cls.Params(**params), ctx)
+        runners[name] = (m, torch.optim.Adam(student.parameters(), lr=cfg.train.lr))
+    g = torch.Generator().manual_seed(0)
+
+    def run(name: str) -> float:
+        m, opt = runners[name]
+        perm = torch.randperm(n, generator=g)
+        t0 = clock()
+        for i in range(block):
+            idx = perm[i * bs:(i + 1) * bs]
+            cached = m.needs_teacher
+            batch = Batch(X[idx], Y[idx], ones, idx, CachedRows(caches, idx) if cached else None,
+                          True, caches if cached else None)
+            terms = list(m.weigh(m.loss_terms(batch, 10_000)).values())
+            total = terms[0]
+            for v in terms[1:]:
+                total = total + v
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+        return 1000 * (clock() - t0) / block
+
+    for name in runners:                  # warm-up
+        run(name)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in track(range(blocks), "step blocks"):
+        for name in runners:
+            times[name].append(run(name))
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=30, help="interleaved blocks for the step costs")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     eng = Engine(store=Store(), max_workers=1)
     kd_cfg, ce_cfg = config(args.epochs), config(args.epochs, "ce").with_overrides(
@@ -98,7 +161,7 @@ def main() -> None:
     bare_time(config(1), teacher)
     ratios, kd_ce = [], []
     e_times, b_times = [], []
-    for _ in range(args.repeats):
+    for _ in track(range(args.repeats), "repeats"):
         e = engine_time(eng, kd_cfg)
         b = bare_time(kd_cfg, teacher)
         c = engine_time(eng, ce_cfg)
@@ -109,13 +172,17 @@ def main() -> None:
     eng.shutdown()
     steps = args.epochs * (len(data.transfer) // 64)
     print(f"digits, MLP 1x32 student, batch 64, {steps} steps + {args.epochs} evaluations, "
-          f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread")
+          f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread, {args.clock} clock")
     print(f"engine {statistics.median(e_times):.3f} s, bare loop {statistics.median(b_times):.3f} s "
           f"({1000 * statistics.median(b_times) / steps:.3f} ms/step)")
     print(f"engine / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}  "
           f"(goal <= 1.05; all: {', '.join(f'{r:.3f}' for r in ratios)})")
     print(f"KD epoch (cached teacher logits) / CE-only epoch: {statistics.median(kd_ce):.3f}  "
           f"(goal <= 1.10)")
+    ms = step_costs(kd_cfg, teacher, args.blocks)
+    print(f"per step alone (median of {args.blocks} blocks of 20): CE {ms['ce']:.3f} ms, KD "
+          f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; KD / CE {ms['hinton'] / ms['ce']:.3f}, "
+          f"DKD / KD {ms['dkd'] / ms['hinton']:.3f}  (goal <= 1.3)")
 
 
 if __name__ == "__main__":

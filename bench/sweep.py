@@ -32,6 +32,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     from kdengine import Engine, Store, SweepSpec, Trainer, load_config, start_sweep
+    from kdengine.core.progress import track
 
     base = load_config("digits-quick", [f"train.epochs={args.epochs}"])
     axes = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
@@ -42,7 +43,7 @@ def main() -> None:
     one: list[float] = []
 
     def single_runs(n: int) -> None:
-        for _ in range(n):
+        for _ in track(range(n), "single runs"):
             cfg = base.with_overrides({"method.params.T": 3.0 + 0.1 * len(one)})   # never a grid cell
             t = time.perf_counter()
             eng.wait(eng.submit(cfg))

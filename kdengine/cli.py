@@ -29,53 +29,70 @@ def load_config(path: str, sets: list[str] | None = None) -> RunConfig:
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
-def _bar(frac: float, width: int = 30) -> str:
-    n = int(round(max(0.0, min(1.0, frac)) * width))
-    return "[" + "#" * n + "-" * (width - n) + "]"
-
-
 def cmd_train(args) -> int:
     from kdengine import Engine, lint
+    from kdengine.core import progress
     cfg = load_config(args.config, args.set)
     for w in lint(cfg):
         print(f"warning: {w}", file=sys.stderr)
     eng = Engine(max_workers=1)
     rid = eng.submit(cfg, owner="cli")
     print(f"run {rid}: {cfg.method.name} on {cfg.data.name}")
-    tty = sys.stdout.isatty()
 
-    def on_event(ev):
+    def on_event(ev):          # runs on the engine's worker thread: print only, through the bar
         if ev["type"] == "notice":
-            print(f"  {ev['message']}")
-        elif ev["type"] == "phase" and ev["phase"] in ("teacher", "baseline") and not tty:
-            pass
+            progress.say(f"  {ev['message']}")
         elif ev["type"] == "metrics" and "test_acc" in ev["values"]:
             v = ev["values"]
             extra = f" agree {v['agreement']:.3f}" if "agreement" in v else ""
-            print(f"  epoch {ev['epoch']:>5.0f}  test acc {v['test_acc']:.4f}  train acc "
-                  f"{v['train_acc']:.4f}{extra}")
+            progress.say(f"  epoch {ev['epoch']:>5.0f}  test acc {v['test_acc']:.4f}  train acc "
+                         f"{v['train_acc']:.4f}{extra}")
     eng.subscribe(rid, on_event)
+    bars = PhaseBars()
     try:
         while eng.status(rid) in ("queued", "running", "paused"):
-            s = eng.snapshot(rid)
-            if tty:
-                frac = s["progress"] if s["phase"] == "student" else s["phase_progress"]
-                eta = s["eta_s"]
-                eta_txt = f" ETA {eta:4.0f}s" if isinstance(eta, float) and eta == eta else ""
-                print(f"\r{s['phase']:>8} {_bar(frac)} {frac:6.1%}{eta_txt}   ", end="", flush=True)
+            bars.show(eng.snapshot(rid))
             time.sleep(0.2)
     except KeyboardInterrupt:
         eng.stop(rid)
         eng.wait(rid)
-    if tty:
-        print()
     s = eng.snapshot(rid)
+    bars.close(done=s["status"] == "done")
     eng.shutdown()
     if s["status"] != "done":
         print(f"run {rid} {s['status']}: {s['error']}", file=sys.stderr)
         return 1
     _print_summary(s["summary"])
     return 0
+
+
+class PhaseBars:
+    """One progress bar per long phase of a run (teacher, baseline, student), with its ETA."""
+    PHASES = ("teacher", "baseline", "student")
+    STEPS = 1000          # the engine reports fractions; the bar counts thousandths
+
+    def __init__(self):
+        self.phase, self.bar = None, None
+
+    def show(self, snap: dict) -> None:
+        from kdengine.core import progress
+        phase = snap["phase"]
+        if phase not in self.PHASES:
+            return
+        if phase != self.phase:
+            self.close(done=True)
+            self.phase = phase
+            self.bar = progress.bar(self.STEPS, f"{phase:>8}", counts=False)
+        progress.set_fraction(self.bar, snap["progress"] if phase == "student"
+                              else snap["phase_progress"])
+
+    def close(self, done: bool) -> None:
+        from kdengine.core import progress
+        if self.bar is not None:
+            if done:
+                progress.set_fraction(self.bar, 1.0)
+            self.bar.close()
+            self.bar = None
 
 
 def _print_summary(sm: dict) -> None:
@@ -193,13 +210,17 @@ def cmd_sweep(args) -> int:
         sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes, "backend": args.backend,
                                   "metric": args.metric}, owner="cli")
     print(f"sweep {sweep.id}: {len(sweep.cells)} cells on the {sweep.spec.backend} backend")
-    try:
-        while not sweep.done:
-            print(f"\r  {sweep.progress():6.1%} of cells finished", end="", flush=True)
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        sweep.stop()
-    print()
+    for note in sweep.notices:
+        print(f"note: {note}")
+    from kdengine.core import progress
+    with progress.bar(len(sweep.cells), "  cells", unit="cell") as b:
+        try:
+            while not sweep.done:
+                progress.set_fraction(b, sweep.progress())
+                time.sleep(0.5)
+            progress.set_fraction(b, sweep.progress())
+        except KeyboardInterrupt:
+            sweep.stop()
     keys = list(sweep.spec.axes)
     for row in sweep.rows():
         knobs = "  ".join(f"{k.rsplit('.', 1)[-1]}={row.get(k)}" for k in keys)

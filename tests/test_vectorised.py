@@ -1,25 +1,34 @@
-"""Vectorised students: each stacked student's loss and gradients equal the same student trained
-alone on the same batch, and a vectorised cell ends with the weights a local run of it ends with."""
+"""Vectorised students: each stacked student's loss terms and gradients, computed by the method's
+own loss_terms on the stack, equal the same student's alone on the same batch, and a vectorised
+cell ends with the weights a local run of it ends with."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from kdengine.core.checkpoints import safe_load
 from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.core.store import Store
 from kdengine.data.datasets import load_data
+from kdengine.experiments.vectorised import (StackedMLP, VmapStack, create_runs, fallback_notice,
+                                             group_key, stack_students, stacked_params, train_group)
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models.families import build_model
-from kdengine.core.store import Store
-from kdengine.core.checkpoints import safe_load
-from kdengine.run.trainer import Trainer
-from kdengine.experiments.vectorised import (Knobs, StackedMLP, VmapStack, create_runs, group_key, stack_students,
-                                 stacked_terms, train_group)
+from kdengine.run.trainer import NonFiniteLoss, Trainer, read_window
 
-KNOBS = [  # (method, params): different T, weights and the T^2 switch per student
-    ("hinton", {"T": 1.0, "soft_weight": 0.9, "hard_weight": 0.1, "t_squared": True}),
-    ("hinton", {"T": 4.0, "soft_weight": 0.5, "hard_weight": 0.0, "t_squared": True}),
-    ("hinton", {"T": 8.0, "soft_weight": 1.0, "hard_weight": 0.7, "t_squared": False}),
+KNOBS = [  # (method, params): different T and weights per student
+    ("hinton", {"T": 1.0, "soft_weight": 0.9, "hard_weight": 0.1}),
+    ("hinton", {"T": 4.0, "soft_weight": 0.5, "hard_weight": 0.0}),
+    ("hinton", {"T": 8.0, "soft_weight": 1.0, "hard_weight": 0.7}),
 ]
+DKD = [("dkd", {"T": 2.0, "alpha": 1.0, "beta": 8.0, "ce_weight": 1.0, "warmup_epochs": 20.0}),
+       ("dkd", {"T": 4.0, "alpha": 0.5, "beta": 2.0, "ce_weight": 0.0, "warmup_epochs": 20.0}),
+       ("dkd", {"T": 6.0, "alpha": 2.0, "beta": 0.0, "ce_weight": 0.3, "warmup_epochs": 20.0})]
+
+
+def _noisy(**shared):
+    return [("noisy_teacher", {"sigma": s, "mse_weight": w, "hard_weight": h, "alpha": 0.5, **shared})
+            for s, w, h in ((0.0, 1.0, 0.0), (0.8, 0.5, 0.2), (2.0, 1.0, 1.0))]
 
 
 def _cfgs(method_params, student=ModelConfig("mlp", 2, 16)):
@@ -42,28 +51,37 @@ def _batch(n=48, seed=0):
     return data, Batch(x, y, labeled, idx, [teacher])
 
 
-def _alone(model, cfg, data, batch):
+def _ctx(data):
+    return TrainContext(steps_per_epoch=1, epochs=1, n_classes=data.n_classes,
+                        input_shape=data.input_shape, device=torch.device("cpu"))
+
+
+def _weighted_terms(model, method_cls, params, data, batch, step):
+    """What the trainer sums for this model: the method's own terms, weighted."""
+    method = method_cls(model, [torch.nn.Identity()], params, _ctx(data))
+    return method.weigh(method.loss_terms(batch, step))
+
+
+def _alone(model, cfg, data, batch, step):
     """The method's own loss terms and gradients for one student on the batch."""
     cls = get_method_class(cfg.method.name)
-    ctx = TrainContext(steps_per_epoch=1, epochs=1, n_classes=data.n_classes,
-                       input_shape=data.input_shape, device=torch.device("cpu"))
-    method = cls(model, [torch.nn.Identity()], cfg.method.params, ctx)
     model.zero_grad()
-    terms = method.weigh(method.loss_terms(batch, 0))     # weighted, as the trainer sums them
+    terms = _weighted_terms(model, cls, cfg.method.params, data, batch, step)
     sum(terms.values()).backward()
     return {k: v.detach() for k, v in terms.items()}, {n: p.grad.clone() for n, p in
                                                          model.named_parameters()}
 
 
-def _compare(stack, models, cfgs, data, batch):
-    logits = stack(batch.x)
-    terms = stacked_terms(logits, batch.teacher_logits[0], batch.y, batch.labeled,
-                          Knobs.from_configs(cfgs, torch.device("cpu")))
+def _compare(stack, models, cfgs, data, batch, step=0):
+    cls = get_method_class(cfgs[0].method.name)
+    terms = _weighted_terms(stack, cls, stacked_params(cls, cfgs, torch.device("cpu")), data,
+                            batch, step)
+    assert all(t.shape == (len(cfgs),) for t in terms.values())      # one value per student
     sum(t.sum() for t in terms.values()).backward()
     grads_v = {name: p.grad for name, p in stack.named_parameters()}
     assert grads_v and all(g is not None for g in grads_v.values())
     for i, (model, cfg) in enumerate(zip(models, cfgs)):
-        alone, grads = _alone(model, cfg, data, batch)
+        alone, grads = _alone(model, cfg, data, batch, step)
         for k, v in alone.items():
             torch.testing.assert_close(terms[k][i], v, rtol=1e-5, atol=1e-6)
         for k in set(terms) - set(alone):      # a term the method leaves out must weigh nothing
@@ -73,6 +91,7 @@ def _compare(stack, models, cfgs, data, batch):
         assert set(g_stack) == set(grads)
         for name, g in grads.items():
             torch.testing.assert_close(g_stack[name], g, rtol=1e-4, atol=1e-6)
+    return terms
 
 
 def _stack_grads_of(stack, i):
@@ -98,16 +117,33 @@ def test_batched_mlp_students_match_each_student_alone():
     models = _students(cfgs[0], data, len(cfgs))
     stack = stack_students(models)
     assert isinstance(stack, StackedMLP)
-    _compare(stack, models, cfgs, data, batch)
+    terms = _compare(stack, models, cfgs, data, batch)
+    assert set(terms) == {"kd", "ce"}
 
 
-@pytest.mark.parametrize("method,params", [("logit_mse", {"mse_weight": 0.5, "hard_weight": 0.3}),
-                                           ("ce", {})])
-def test_other_methods_match_alone(method, params):
+@pytest.mark.parametrize("method_params,step", [
+    ([("logit_mse", {"mse_weight": 0.5, "hard_weight": 0.3}),
+      ("logit_mse", {"mse_weight": 2.0, "hard_weight": 0.0})], 0),
+    ([("ce", {}), ("ce", {})], 0),
+    ([(m, {**p, "t_squared": False}) for m, p in KNOBS], 0),
+    (DKD, 5),                     # warm-up at 5/20: the KD part counts a quarter
+    (_noisy(), 0),
+    (_noisy(noisy_student=True, mode="additive"), 0),
+], ids=["logit_mse", "ce", "hinton-no-T2", "dkd", "noisy_teacher", "noisy_student-additive"])
+def test_other_methods_match_alone(method_params, step):
     data, batch = _batch(seed=1)
-    cfgs = _cfgs([(method, params), (method, params)])
-    models = _students(cfgs[0], data, 2)
-    _compare(stack_students(models), models, cfgs, data, batch)
+    cfgs = _cfgs(method_params)
+    models = _students(cfgs[0], data, len(cfgs))
+    _compare(stack_students(models), models, cfgs, data, batch, step)
+
+
+def test_noisy_teacher_students_with_sigma_zero_see_the_clean_teacher():
+    data, batch = _batch(seed=3)
+    cfgs = _cfgs(_noisy())
+    models = _students(cfgs[0], data, len(cfgs))
+    terms = _compare(stack_students(models), models, cfgs, data, batch)
+    clean = ((models[0](batch.x) - batch.teacher_logits[0]) ** 2).mean()
+    torch.testing.assert_close(terms["mse"][0], clean, rtol=1e-5, atol=1e-6)
 
 
 def test_vmap_students_match_alone_for_a_cnn_with_batchnorm():
@@ -124,23 +160,57 @@ def test_vmap_students_match_alone_for_a_cnn_with_batchnorm():
                                own["features.0.1.running_mean"])
 
 
-def test_group_key_ignores_only_method_knobs(tiny_cfg):
+def test_group_key_ignores_only_per_student_knobs(tiny_cfg):
     a = tiny_cfg.with_overrides({"method.params.T": 2.0})
     b = tiny_cfg.with_overrides({"method.params.soft_weight": 0.3})
     c = tiny_cfg.with_overrides({"train.seed": 1})
+    d = tiny_cfg.with_overrides({"method.params.t_squared": False})    # shared by a stack
     assert group_key(a) == group_key(b) != group_key(c)
+    assert group_key(d) != group_key(a)
+    dkd = _cfgs(DKD)
+    assert len({group_key(cfg) for cfg in dkd}) == 1
+    assert group_key(dkd[0].with_overrides({"method.params.warmup_epochs": 5.0})) != group_key(dkd[0])
+    noisy = _cfgs(_noisy())
+    assert len({group_key(cfg) for cfg in noisy}) == 1
+    assert group_key(noisy[0].with_overrides({"method.params.alpha": 0.3})) != group_key(noisy[0])
 
 
-def test_vectorised_cells_end_where_local_runs_end(runs_dir, tiny_cfg):
-    cfgs = [tiny_cfg.with_overrides({"method.params.T": T, "method.params.soft_weight": w})
-            for T, w in ((2.0, 0.5), (6.0, 0.9))]
+def test_a_window_names_the_stacked_student_whose_loss_went_bad():
+    window = {"kd": [torch.tensor([1.0, 2.0]), torch.tensor([1.0, float("nan")])],
+              "ce": [torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5])]}
+    with pytest.raises(NonFiniteLoss, match=r"'kd' of student 1 became nan at step 12"):
+        read_window(window, 10, 100)
+    del window["kd"][1]
+    window["ce"].pop()
+    got = read_window(window, 10, 100)
+    assert got == [{"loss/kd": 1.0, "loss/ce": 0.5, "loss/total": 1.5},
+                   {"loss/kd": 2.0, "loss/ce": 0.5, "loss/total": 2.5}]
+    plain = read_window({"kd": [torch.tensor(1.0), torch.tensor(3.0)]}, 0, 10)
+    assert plain == [{"loss/kd": 2.0, "loss/total": 2.0}]
+
+
+def _method_cfg(tiny_cfg, method, params):
+    d = tiny_cfg.to_dict()
+    d["method"] = {"name": method, "params": params}
+    return RunConfig.from_dict(d).validate()
+
+
+@pytest.mark.parametrize("method,cells", [
+    ("hinton", [{"T": 2.0, "soft_weight": 0.5}, {"T": 6.0, "soft_weight": 0.9}]),
+    ("dkd", [{"T": 2.0, "alpha": 1.0, "beta": 4.0, "warmup_epochs": 1.0},
+             {"T": 4.0, "alpha": 0.5, "beta": 8.0, "ce_weight": 0.2, "warmup_epochs": 1.0}]),
+    ("noisy_teacher", [{"sigma": 0.5, "hard_weight": 0.3}, {"sigma": 1.5, "mse_weight": 0.5}]),
+])
+def test_vectorised_cells_end_where_local_runs_end(runs_dir, tiny_cfg, method, cells):
+    cfgs = [_method_cfg(tiny_cfg, method, p) for p in cells]
     store = Store()
     rids = create_runs(cfgs, store)
     summaries = train_group(cfgs, rids, store)
+    terms = {"hinton": "loss/kd", "dkd": "loss/nckd", "noisy_teacher": "loss/mse"}[method]
     for cfg, rid, summ in zip(cfgs, rids, summaries):
         row = store.get_run(rid)
         assert row["status"] == "done" and row["config_hash"] == cfg.hash
-        assert "test_acc" in store.series(rid) and "loss/kd" in store.series(rid)
+        assert "test_acc" in store.series(rid) and terms in store.series(rid)
         path = runs_dir / f"alone-{rid}.pt"
         alone = Trainer(cfg, checkpoint_path=path).run()
         mine, theirs = safe_load(store.checkpoint_path(rid))["state_dict"], safe_load(path)["state_dict"]
@@ -148,3 +218,47 @@ def test_vectorised_cells_end_where_local_runs_end(runs_dir, tiny_cfg):
         for k in mine:
             torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5)
         assert summ["final_test_acc"] == pytest.approx(alone["final_test_acc"], abs=0.01)
+        assert summ["student_params"] == alone["student_params"]
+
+
+def test_a_method_that_cannot_stack_is_refused_and_named(runs_dir, tiny_cfg):
+    cfgs = [_method_cfg(tiny_cfg, "sobolev", {}), _method_cfg(tiny_cfg, "hinton", {"T": 3.0})]
+    assert not get_method_class("sobolev").supports_stacking
+    note = fallback_notice(cfgs)
+    assert note.startswith("1 of 2 cells run on the local backend") and "sobolev" in note
+    assert fallback_notice(cfgs[1:]) == ""
+    store = Store()
+    with pytest.raises(ValueError, match="sobolev does not support stacked students"):
+        train_group(cfgs[:1], create_runs(cfgs[:1], store), store)
+
+
+def test_a_vectorised_sweep_trains_what_cannot_stack_locally_and_says_so(runs_dir, tiny_cfg,
+                                                                          capsys):
+    """In the CLI's output, in the stored sweep and on the Sweeps page."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from kdengine.cli import main
+    from kdengine.experiments.sweeps import stored_cells
+    cfg = _method_cfg(tiny_cfg, "sobolev", {}).with_overrides({"train.epochs": 1})
+    path = runs_dir / "sobolev.yaml"
+    path.write_text(cfg.to_yaml())
+    code = main(["sweep", "--config", str(path), "--axis", "method.params.value_weight=0.5,1",
+                 "--backend", "vectorised"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "note: 2 of 2 cells run on the local backend" in out and "sobolev" in out
+    assert out.count("done") == 2
+    store = Store()
+    sweep_id = out.split()[1].rstrip(":")            # "sweep <id>: 2 cells on the ..."
+    state = store.get_sweep(sweep_id)["state"]
+    assert state["notices"] == [out.split("note: ")[1].splitlines()[0]]   # the page shows these
+    assert {c["backend"] for c in state["cells"]} == {"local"}
+    assert {r["status"] for r in stored_cells(store, sweep_id)} == {"done"}
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app_pages" / "sweeps.py"),
+                           default_timeout=120)
+    at.session_state["sweep_id"] = sweep_id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning if "local backend" in w.value] == state["notices"]

@@ -22,19 +22,31 @@ from kdengine.core.knobs import ConfigError, from_dict, param, validate_dataclas
 from kdengine.core.paths import check_relative
 
 DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "hierarchy", "mnist", "fashion_mnist",
-            "cifar10", "text")
+            "cifar10", "cifar100", "cifar10_synthetic", "cifar100_synthetic", "text")
 TOY_DATASETS = ("moons", "circles", "spirals", "blobs")
-IMAGE_DATASETS = ("digits", "hierarchy", "mnist", "fashion_mnist", "cifar10")
+# Random CIFAR-shaped images (3x32x32) drawn from a seed: for timing when CIFAR is not on disk.
+SYNTHETIC_DATASETS = ("cifar10_synthetic", "cifar100_synthetic")
+IMAGE_DATASETS = ("digits", "hierarchy", "mnist", "fashion_mnist", "cifar10", "cifar100",
+                  *SYNTHETIC_DATASETS)
 TRANSFER_SETS = ("train", "heldout", "unlabeled", "labels")
-ARCHS = ("mlp", "cnn", "resnet", "resnet18", "transformer")
+ARCHS = ("mlp", "cnn", "resnet", "resnet18", "resnetx4", "wrn", "mobilenetv2", "transformer")
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
+# The KD benchmarks' CIFAR families (kdengine/models/cifar.py): the depths and widths they accept.
+CIFAR_ARCHS = {
+    "resnetx4": {"depth": RESNET_DEPTHS, "width": (8, 16, 32, 64)},     # width = stem channels
+    "wrn": {"depth": (10, 16, 22, 28, 40), "width": (1, 2, 4, 8, 10)},   # width = widen factor
+    "mobilenetv2": {"depth": (1, 2, 3, 4, 5, 6), "width": (25, 50, 75, 100)},  # expansion, width %
+}
+CONV_ARCHS = ("cnn", "resnet", "resnet18", *CIFAR_ARCHS)
 MAX_CONFIG_BYTES = 1_000_000     # config files and uploads larger than this are refused
 
 
 @dataclass
 class DataConfig:
     name: str = param("digits", choices=DATASETS, help="Data set. Toys and digits need no download.")
-    n_samples: int = param(1000, min=50, max=200_000, help="Points drawn for the 2-D toys and the hierarchy data set.",
+    n_samples: int = param(1000, min=50, max=200_000,
+                           help="Points drawn for the 2-D toys and the hierarchy data set; training "
+                                "images of the synthetic CIFAR-shaped sets.",
                            label="samples (generated)")
     noise: float = param(0.2, min=0.0, max=5.0, step=0.05,
                          help="Noise of the generated data sets (2-D toys, hierarchy).")
@@ -66,9 +78,11 @@ class DataConfig:
 class ModelConfig:
     arch: str = param("mlp", choices=ARCHS, help="Model family.")
     depth: int = param(2, min=1, max=110,
-                       help="Hidden layers (MLP), conv blocks (CNN) or ResNet depth (8/14/20/32/...).")
+                       help="Hidden layers (MLP), conv blocks (CNN), ResNet/WRN depth "
+                            "(8/14/20/32/... ; WRN 16/40/...) or MobileNetV2 expansion ratio.")
     width: int = param(64, min=1, max=4096,
-                       help="Units per layer (MLP), base channels (CNN/ResNet; 64 = ResNet x4).")
+                       help="Units per layer (MLP), base channels (CNN/ResNet), resnetx4 stem "
+                            "channels (32 = resnet8x4), WRN widen factor, MobileNetV2 width %.")
     dropout: float = param(0.0, min=0.0, max=0.9, step=0.05, advanced=True)
 
 
@@ -105,7 +119,16 @@ class TrainConfig:
     scheduler: str = param("none", choices=("none", "cosine", "step"), advanced=True)
     seed: int = param(0, min=0, max=2**31 - 1)
     device: str = param("auto", choices=("auto", "cpu", "cuda"), advanced=True)
-    amp: bool = param(False, advanced=True, help="Mixed precision (CUDA only).")
+    amp: bool = param(False, advanced=True,
+                      help="bf16 mixed precision (autocast) for the student's steps. Used on CUDA "
+                           "(device cuda, or auto on a GPU); on the CPU only with device cpu, for "
+                           "testing the same code path (usually slower than float32 there).")
+    channels_last: str = param("auto", choices=("auto", "on", "off"), advanced=True,
+                               help="NHWC memory layout for convolutional models (faster convolutions "
+                                    "with AMP on GPUs). auto = on for conv families on CUDA.")
+    compile: bool = param(False, advanced=True,
+                          help="torch.compile the student: the first steps are slow while it "
+                               "compiles, later ones faster (mostly on GPUs).")
     log_every: int = param(20, min=1, max=100_000, advanced=True,
                            help="Steps between live metric points (one device sync each).")
     baseline: bool = param(False, help="Also train the student alone (cached) to show what the "
@@ -224,7 +247,7 @@ class RunConfig:
         d, t, s = self.data, self.teacher, self.student
         image_data = d.name in IMAGE_DATASETS
         for path, m in (("teacher.model", t.model), ("student", s)):
-            if m.arch in ("cnn", "resnet", "resnet18") and not image_data:
+            if m.arch in CONV_ARCHS and not image_data:
                 raise ConfigError(f"{path}.arch", f"{m.arch} needs image data; {d.name} is not images "
                                                   f"(use mlp)")
             if (m.arch == "transformer") != (d.name == "text"):
@@ -233,6 +256,11 @@ class RunConfig:
             if m.arch == "resnet" and m.depth not in RESNET_DEPTHS:
                 raise ConfigError(f"{path}.depth", f"resnet depth must be one of "
                                                    f"{', '.join(map(str, RESNET_DEPTHS))}; got {m.depth}")
+            for knob, allowed in CIFAR_ARCHS.get(m.arch, {}).items():
+                if getattr(m, knob) not in allowed:
+                    raise ConfigError(f"{path}.{knob}", f"{m.arch} {knob} must be one of "
+                                                        f"{', '.join(map(str, allowed))}; got "
+                                                        f"{getattr(m, knob)}")
             if m.arch == "cnn" and m.depth > 6:
                 raise ConfigError(f"{path}.depth", f"cnn depth must be <= 6, got {m.depth}")
             if m.arch == "mlp" and m.depth > 16:
@@ -264,8 +292,6 @@ class RunConfig:
         if d.name == "hierarchy" and d.hier_superclasses > d.hier_classes:
             raise ConfigError("data.hier_superclasses", f"at most one superclass per class: "
                                                         f"{d.hier_superclasses} > {d.hier_classes} classes")
-        if self.train.amp and self.train.device == "cpu":
-            raise ConfigError("train.amp", "mixed precision needs device cuda (or auto on a GPU)")
 
     def semantic_dict(self) -> dict:
         d = self.to_dict()

@@ -4,9 +4,11 @@ Everything is loaded into tensors once (these data sets are small) and cached pe
 training step is an index into a tensor rather than a DataLoader round trip. Splits are deterministic
 under ``DataConfig.seed``.
 
-Real data sets (MNIST, FashionMNIST, CIFAR-10) come from torchvision into the data folder; when the
-files are absent and the network is not there, loading fails with one clear line and the caller can
-fall back to digits or the 2-D toys, which need no network.
+Real data sets (MNIST, FashionMNIST, CIFAR-10/100) come from torchvision into the data folder; when
+the files are absent and the network is not there, loading fails with one clear line and the caller
+can fall back to digits or the 2-D toys, which need no network. The synthetic CIFAR-shaped sets
+(``cifar10_synthetic``, ``cifar100_synthetic``) stand in for CIFAR when timing: their images are
+drawn from a seed, and their class names and notes say they are synthetic.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdengine.core.config import DataConfig, TOY_DATASETS, config_hash
+from kdengine.core.config import DataConfig, SYNTHETIC_DATASETS, TOY_DATASETS, config_hash
 from kdengine.core.knobs import ConfigError
 from kdengine.core.paths import inside_root
 
@@ -106,7 +108,8 @@ _TV = {"mnist": ("MNIST", [str(i) for i in range(10)]),
        "fashion_mnist": ("FashionMNIST", ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
        "cifar10": ("CIFAR10", ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                               "horse", "ship", "truck"])}
+                               "horse", "ship", "truck"]),
+       "cifar100": ("CIFAR100", [])}        # names come from the files (train.classes)
 
 
 def _torchvision(cfg: DataConfig):
@@ -129,7 +132,28 @@ def _torchvision(cfg: DataConfig):
         return x, np.asarray(ds.targets, dtype=np.int64)
     xtr, ytr = arr(train)
     xte, yte = arr(test)
-    return xtr, ytr, xte, yte, names
+    return xtr, ytr, xte, yte, names or list(train.classes)
+
+
+def _synthetic_cifar(cfg: DataConfig):
+    """Random 3x32x32 images, ``n_samples`` to train on and a test set of a fifth as many.
+
+    Each class has a smooth random colour pattern (a 4x4 grid upsampled) and every image is its
+    class's pattern plus noise: learnable, so losses move, but meaningless; for timing only."""
+    k = 100 if cfg.name == "cifar100_synthetic" else 10
+    g = torch.Generator().manual_seed(cfg.seed)
+    patterns = torch.nn.functional.interpolate(torch.randn(k, 3, 4, 4, generator=g), size=32,
+                                               mode="bilinear", align_corners=False)
+    n_test = max(k, cfg.n_samples // 5)
+
+    def draw(n):
+        y = torch.arange(n) % k                     # every class, evenly
+        y = y[torch.randperm(n, generator=g)]
+        x = patterns[y] + (1.0 + cfg.noise) * torch.randn(n, 3, 32, 32, generator=g)
+        return x.numpy(), y.numpy()
+    xtr, ytr = draw(cfg.n_samples)
+    xte, yte = draw(n_test)
+    return xtr, ytr, xte, yte, [f"synthetic {i}" for i in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +212,9 @@ def _load_raw(cfg: DataConfig):
         return x[itr], y[itr], x[ite], y[ite], "image", names
     if cfg.name in _TV:
         xtr, ytr, xte, yte, names = _torchvision(cfg)
+        return xtr, ytr, xte, yte, "image", names
+    if cfg.name in SYNTHETIC_DATASETS:
+        xtr, ytr, xte, yte, names = _synthetic_cifar(cfg)
         return xtr, ytr, xte, yte, "image", names
     if cfg.name == "text":
         from kdengine.data import text  # the offline text task
@@ -250,6 +277,9 @@ def _build(cfg: DataConfig) -> DataBundle:
     xtr, ytr, xte, yte, kind, names = _load_raw(cfg)
     rng = np.random.default_rng(cfg.seed + 1)
     notes: list[str] = []
+    if cfg.name in SYNTHETIC_DATASETS:
+        notes.append(f"{cfg.name}: synthetic CIFAR-shaped images drawn from a seed, for timing "
+                     f"only; accuracies on it say nothing about distillation.")
     n_classes = len(names)
     # teacher's set and the student's transfer set
     if cfg.transfer == "heldout":

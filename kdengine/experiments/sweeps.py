@@ -5,7 +5,8 @@ Three backends behind one interface (:class:`Sweep`):
 
 * ``local`` — every cell is submitted to the Engine's queue and run by its workers;
 * ``vectorised`` — cells that differ only in method knobs train together in one pass
-  (:mod:`kdengine.experiments.vectorised`); cells it cannot take fall back to ``local``;
+  (:mod:`kdengine.experiments.vectorised`); cells it cannot take (a method that does not support
+  stacked students) run on ``local``, and ``Sweep.notices`` says so;
 * ``ray`` — Ray Tune trials (:mod:`kdengine.experiments.ray_backend`, optional ``requirements-cluster.txt``).
 
 Whatever the backend, each cell is an ordinary run in the store (``parent`` = the sweep id) and a
@@ -105,10 +106,15 @@ class Sweep(Experiment):
         super().__init__(engine, spec, owner, exp_id)
         self._configs = cell_configs(self.spec)
         self.cells = [Cell(ov, cfg.hash) for ov, cfg in self._configs]
+        # Lines the Sweeps page and the CLI show with the sweep, e.g. cells not vectorised.
+        self.notices: list[str] = self._plan_notices()
+        self._control = None        # the vectorised pass's trainer Control, while one runs
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self) -> None:
         super().stop()
+        if self._control is not None:
+            self._control.stop()
         for c in self.cells:
             if c.run_id and c.status in ACTIVE:
                 try:
@@ -216,9 +222,18 @@ class Sweep(Experiment):
                 self._save()
             time.sleep(0.1)
 
+    def _plan_notices(self) -> list[str]:
+        if self.spec.backend != "vectorised":
+            return []
+        from kdengine.experiments.vectorised import fallback_notice
+        note = fallback_notice([cfg for _, cfg in self._configs])
+        return [note] if note else []
+
     def _run_vectorised(self, idx: list[int]) -> list[int]:
-        """Train every group of >= 2 compatible cells in one pass; return cells left for local."""
+        """Train each group of stackable cells in one pass; return the cells left for local."""
         from kdengine.experiments.vectorised import can_vectorise, group_key, train_group
+        from kdengine.run.trainer import Control, StopRequested
+        self._control = Control()
         groups: dict[str, list[int]] = {}
         rest = []
         for i in idx:
@@ -237,8 +252,8 @@ class Sweep(Experiment):
                     self.cells[i].live = {**ev, "epoch": epoch}
                 self._refresh()
             try:
-                train_group(cfgs, rids, self.store, should_stop=self._stop.is_set, on_epoch=on_epoch)
-            except (InterruptedError, FloatingPointError, ConfigError, RuntimeError, ValueError):
+                train_group(cfgs, rids, self.store, control=self._control, on_epoch=on_epoch)
+            except (StopRequested, ConfigError, RuntimeError, ValueError):
                 pass            # the runs carry the status and error; the sweep goes on
             self._refresh()
             self._save()
@@ -276,7 +291,8 @@ class Sweep(Experiment):
         return changed
 
     def _state(self) -> dict:
-        return {"cells": [asdict(c) for c in self.cells], "error": self.error}
+        return {"cells": [asdict(c) for c in self.cells], "error": self.error,
+                "notices": self.notices}
 
 
 def ray_available() -> bool:

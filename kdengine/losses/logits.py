@@ -2,6 +2,12 @@
 
 All losses reduce by the batch mean of a per-sample sum over classes (``KL(..., 'batchmean')``);
 PyTorch's ``KLDivLoss(reduction='mean')`` would also divide by the class count, a common bug.
+
+Stacked students (:mod:`kdengine.experiments.vectorised`): student logits may carry a leading
+student axis, ``[S, B, C]``, against teacher logits ``[B, C]``; a knob such as T may then be a
+tensor ``[S, 1, 1]``, one value per student. Every loss here then returns one value per student,
+``[S]``, each equal to the loss that student would get alone; plain ``[B, C]`` logits keep the
+fused single-student kernels.
 """
 from __future__ import annotations
 
@@ -10,6 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 _EPS = 1e-12
+
+
+def per_student(knob):
+    """A knob that broadcasts against stacked logits (``[S, 1, 1]``) as a factor on per-student
+    losses (``[S]``); a plain number is returned unchanged."""
+    return knob.reshape(knob.shape[:-2]) if isinstance(knob, Tensor) and knob.dim() > 2 else knob
 
 
 def soften(logits: Tensor, T: float) -> Tensor:
@@ -26,7 +38,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """Hinton KD: ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.
 
     The T^2 factor keeps the soft-target gradient magnitude independent of T (Hinton et al. 2015)."""
-    return kd_loss_unscaled(student_logits, teacher_logits, T) * (T * T)
+    return kd_loss_unscaled(student_logits, teacher_logits, T) * per_student(T * T)
 
 
 def kd_loss_unscaled(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
@@ -35,12 +47,17 @@ def kd_loss_unscaled(student_logits: Tensor, teacher_logits: Tensor, T: float) -
     log_p_s = F.log_softmax(student_logits / T, dim=-1)
     # 'batchmean' = sum over classes, mean over samples; F.kl_div's fused kernel is ~1.5x faster than
     # spelling the sum out, which shows at the 0.5 ms/step sizes this app trains.
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    if log_p_s.dim() == 2:
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return F.kl_div(log_p_s, log_p_t.expand_as(log_p_s), reduction="none",
+                    log_target=True).sum(-1).mean(-1)
 
 
 def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """Ba & Caruana 2014 logit regression: mean over samples of the squared logit distance / classes."""
-    return F.mse_loss(student_logits, teacher_logits.detach())
+    if student_logits.dim() == 2:
+        return F.mse_loss(student_logits, teacher_logits.detach())
+    return (student_logits - teacher_logits.detach()).pow(2).mean((-2, -1))
 
 
 def _binary_kl(p_t: Tensor, p_s: Tensor) -> Tensor:
@@ -59,8 +76,9 @@ def dkd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tenso
     gt = F.one_hot(target.long(), student_logits.shape[-1]).bool()
     p_t = soften(t, T)
     p_s = soften(student_logits, T)
-    pt_target = p_t[gt]
-    ps_target = p_s[gt]
+    # the target class's probability; a masked sum (not p[gt]: a host sync per step on CUDA) so a leading student axis broadcasts
+    pt_target = (p_t * gt).sum(-1)
+    ps_target = (p_s * gt).sum(-1)
     tckd = _binary_kl(pt_target, ps_target)
     # Non-target distributions: mask the target logit with a large negative number, then softmax.
     neg = torch.finfo(student_logits.dtype).min / 4
@@ -74,8 +92,9 @@ def dkd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tenso
 def dkd_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> dict:
     """Unweighted batch-mean TCKD and NCKD (each times T^2), plus the mean teacher target prob."""
     per = dkd_per_sample(student_logits, teacher_logits, target, T)
-    return {"tckd": per["tckd"].mean() * T * T, "nckd": per["nckd"].mean() * T * T,
-            "p_t": per["p_t"].mean()}
+    t_sq = per_student(T * T)
+    return {"tckd": per["tckd"].mean(-1) * t_sq, "nckd": per["nckd"].mean(-1) * t_sq,
+            "p_t": per["p_t"].mean(-1)}
 
 
 def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float,

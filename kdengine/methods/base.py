@@ -9,6 +9,12 @@ sums them and records the weighted terms: the charts plot what the optimiser see
 term names, so a new method needs no page code. On a transfer set without labels the trainer sets
 the label terms' weights to 0. The linter, the vectorised backend and the pages read the same
 declarations (``temperature_of``, ``label_weight_knobs``).
+
+Stacked students (``supports_stacking``): the vectorised backend trains a sweep's cells as one
+student whose forward returns logits with a leading student axis, ``[S, B, C]``. The weight knobs and
+the knobs in ``stack_knobs`` then hold one value per student as ``[S, 1, 1]`` tensors, and every
+term comes back as ``[S]``, one value per student; the losses in :mod:`kdengine.losses` broadcast
+that way, so most methods stack without code of their own.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from torch import Tensor, nn
 # them too; they are re-exported here with the contract.
 from kdengine.core.registry import (get_method_class, knob_value, label_weight_knobs,  # noqa: F401
                                     method_names, register, soft_weight_knobs, temperature_of)
+from kdengine.losses.logits import per_student
 
 if TYPE_CHECKING:
     from kdengine.core.config import RunConfig  # noqa: F401  (TrainContext.config)
@@ -46,6 +53,9 @@ class Batch:
     # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
     # host sync that testing the mask would cost every step).
     all_labeled: bool = False
+    # The teachers' cached outputs over the whole transfer set (kdengine/losses/fused.py), when
+    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``idx``.
+    teacher_cache: list[Any] | None = None
 
 
 def _no_emit(event: dict) -> None:
@@ -117,6 +127,13 @@ class Method:
     cache_teacher_logits: bool = True
     """Whether the trainer may precompute the teachers' logits on the fixed transfer set (a method
     that runs the teacher every step anyway says False; an instance may change it in setup())."""
+    supports_stacking: ClassVar[bool] = False
+    """True when ``loss_terms`` also takes stacked students (logits ``[S, B, C]``, the weight knobs
+    and ``stack_knobs`` as ``[S, 1, 1]`` tensors) and returns ``[S]`` terms, each the one that
+    student would get alone: a vectorised sweep then trains its cells in one pass."""
+    stack_knobs: ClassVar[tuple[str, ...]] = ()
+    """Knobs besides the weight knobs that may differ between stacked students (e.g. ("T",));
+    stacked students share every other knob (cells that differ there train in separate passes)."""
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], params: Any, ctx: TrainContext):
         self.student = student
@@ -127,32 +144,39 @@ class Method:
             t.eval()
             t.requires_grad_(False)
         # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
-        self.term_weights: dict[str, float] = self.weights_of(params)
+        self._set_weights(self.weights_of(params))
 
     # ---- the weight vocabulary -----------------------------------------------------------------
     @classmethod
-    def weights_of(cls, params: Any) -> dict[str, float]:
-        """The declared weight of each weighted term for these knobs."""
-        return {term: float(knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
+    def weights_of(cls, params: Any) -> dict[str, float | Tensor]:
+        """The declared weight of each weighted term for these knobs (``[S]`` tensors, one weight
+        per student, when the knobs are stacked)."""
+        return {term: _weight(knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
+
+    def _set_weights(self, weights: dict[str, float | Tensor]) -> None:
+        # What wants() and weigh() read every step, worked out once here: no per-step host sync on
+        # stacked weights, and no multiplication by a weight of 1.
+        self.term_weights = weights
+        self._wanted = {t: _positive(w) for t, w in weights.items()}
+        self._factors = {t: w for t, w in weights.items() if isinstance(w, Tensor) or w != 1.0}
 
     def wants(self, term: str) -> bool:
-        """False when the term's weight is 0: the method may skip computing it (and it is then not
-        recorded)."""
-        return self.term_weights.get(term, 1.0) > 0
+        """False when the term's weight is 0 (for every stacked student): the method may skip
+        computing it (and it is then not recorded)."""
+        return self._wanted.get(term, True)
 
     def zero_label_terms(self) -> list[str]:
         """Set the weights of the label terms to 0 (a transfer set without labels); returns the
         knobs that were above 0, for the notice."""
         was = [self.weight_knobs[t] for t in self.label_terms
-               if t in self.weight_knobs and self.term_weights.get(t, 0.0) > 0]
-        for term in self.label_terms:
-            self.term_weights[term] = 0.0
+               if t in self.weight_knobs and _positive(self.term_weights.get(t, 0.0))]
+        self._set_weights({**self.term_weights, **{t: 0.0 for t in self.label_terms}})
         return list(dict.fromkeys(was))
 
     def weigh(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The terms times their weights: what the optimiser sums and the charts show."""
-        w = self.term_weights
-        return {k: v if w.get(k, 1.0) == 1.0 else v * w[k] for k, v in terms.items()}
+        f = self._factors
+        return {k: v * f[k] if k in f else v for k, v in terms.items()}
 
     # ---- hooks the trainer calls ---------------------------------------------------------------
     def setup(self, data: Any) -> None:
@@ -189,6 +213,13 @@ class Method:
             return batch.teacher_logits[i]
         return self.run_teacher(self.teachers[i], batch.x)
 
+    def teacher_log_probs(self, batch: Batch, T: float, i: int = 0) -> Tensor:
+        """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
+        (computed once per T) when there is one, else from its logits."""
+        if batch.teacher_cache is not None:
+            return batch.teacher_cache[i].log_probs(T)[batch.idx]
+        return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
+
     @staticmethod
     def run_teacher(teacher: nn.Module, x: Tensor) -> Tensor:
         teacher.eval()
@@ -200,6 +231,8 @@ class Method:
         if batch.y.dim() == 2:   # multi-hot targets (text data): per-label BCE, multilabel.py
             from kdengine.losses.multilabel import hard_loss
             return hard_loss(logits, batch.y, batch.labeled)
+        if logits.dim() == 3:    # stacked students [S, B, C]: one cross-entropy per student
+            return _stacked_hard_ce(logits, batch)
         if batch.all_labeled:
             return F.cross_entropy(logits, batch.y)
         lab = batch.labeled
@@ -212,3 +245,23 @@ class Method:
         """Training progress in [0, 1]."""
         return min(1.0, step / max(1, self.ctx.total_steps))
 
+
+def _weight(value: Any) -> float | Tensor:
+    """A weight knob's value as a factor on a term: a number, or ``[S]`` for stacked knobs."""
+    return per_student(value) if isinstance(value, Tensor) else float(value)
+
+
+def _positive(value: Any) -> bool:
+    """Whether a knob is above 0 (for any stacked student)."""
+    return bool((value > 0).any()) if isinstance(value, Tensor) else value > 0
+
+
+def _stacked_hard_ce(logits: Tensor, batch: Batch) -> Tensor:
+    """``Method.hard_ce`` for each of S stacked students: ``[S]``, normalised the same way."""
+    n, b, c = logits.shape
+    ce = F.cross_entropy(logits.reshape(n * b, c), batch.y.clamp_min(0).repeat(n),
+                         reduction="none").view(n, b)
+    if batch.all_labeled:
+        return ce.mean(-1)
+    lab = batch.labeled.to(ce.dtype)
+    return (ce * lab).sum(-1) / lab.sum().clamp_min(1)

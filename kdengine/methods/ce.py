@@ -11,6 +11,7 @@ class CrossEntropy(Method):
     title = "Student alone (cross-entropy)"
     paper = "baseline"
     needs_teacher = False
+    supports_stacking = True
 
     def loss_terms(self, batch, step):
         return {"ce": self.hard_ce(self.student(batch.x), batch)}

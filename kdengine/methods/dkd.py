@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
+from kdengine.losses.fused import dkd_fused_terms
 from kdengine.losses.logits import dkd_terms
 from kdengine.methods.base import Method, register
 
@@ -43,17 +44,26 @@ class DKD(Method):
     paper = "Zhao et al. 2022, arXiv:2203.08679"
     weight_knobs = {"tckd": "alpha", "nckd": "beta", "ce": "ce_weight"}
     temperature = "T"
+    supports_stacking = True
+    stack_knobs = ("T",)
 
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        t = self.teacher_logits(batch)
         span = warmup_epochs(p, self.ctx.epochs)
         warm = 1.0 if span <= 0 else min(1.0, self.ctx.epoch_of(step) / span)
-        # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
-        target = batch.y.where(batch.labeled, t.argmax(-1))
-        d = dkd_terms(s, t, target, p.T)
-        terms = {"tckd": warm * d["tckd"], "nckd": warm * d["nckd"]}
+        if s.dim() == 3:        # stacked students [S, B, C] with per-student T: broadcasting losses
+            t = self.teacher_logits(batch)
+            target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, t.argmax(-1))
+            d = dkd_terms(s, t, target, p.T)
+        else:
+            log_p = self.teacher_log_probs(batch, p.T)    # cached per T when the trainer can
+            # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
+            target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, log_p.argmax(-1))
+            d = dkd_fused_terms(s, log_p, target, p.T)    # = dkd_terms, in one autograd node
+        terms = {"tckd": d["tckd"], "nckd": d["nckd"]}
+        if warm < 1.0:
+            terms = {k: warm * v for k, v in terms.items()}
         if self.wants("ce"):
             terms["ce"] = self.hard_ce(s, batch)
         return terms

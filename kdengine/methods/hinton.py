@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
+from kdengine.losses.fused import kd_ce_terms
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
 from kdengine.methods.base import Method, register
@@ -31,16 +32,28 @@ class HintonKD(Method):
     supports_multilabel = True
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"
+    supports_stacking = True
+    stack_knobs = ("T",)
 
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        t = self.teacher_logits(batch)
         if batch.y.dim() == 2:   # multi-hot labels (text): per-label sigmoid targets at T
-            kd = multilabel_kd_loss(s, t, p.T, p.t_squared)
-        else:
-            kd = kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
-        terms = {"kd": kd}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+            terms = {"kd": multilabel_kd_loss(s, self.teacher_logits(batch), p.T, p.t_squared)}
+            if self.wants("ce"):
+                terms["ce"] = self.hard_ce(s, batch)
+            return terms
+        if s.dim() == 3:         # stacked students [S, B, C] with per-student T: broadcasting losses
+            t = self.teacher_logits(batch)
+            terms = {"kd": kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)}
+            if self.wants("ce"):
+                terms["ce"] = self.hard_ce(s, batch)
+            return terms
+        # KD and CE from the teacher's cached log-probabilities at T (no teacher softmax per step);
+        # the same values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
+        want_ce = self.wants("ce")
+        kd, ce = kd_ce_terms(s, self.teacher_log_probs(batch, p.T),
+                             (batch.y if batch.all_labeled else batch.y.clamp_min(0)) if want_ce
+                             else None, p.T, scale=p.T * p.T if p.t_squared else 1.0,
+                             labeled=None if batch.all_labeled else batch.labeled)
+        return {"kd": kd, "ce": ce} if want_ce else {"kd": kd}

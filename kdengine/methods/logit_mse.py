@@ -22,6 +22,7 @@ class LogitMSE(Method):
     title = "Logit regression (MSE)"
     paper = "Ba & Caruana 2014, arXiv:1312.6184"
     weight_knobs = {"mse": "mse_weight", "ce": "hard_weight"}
+    supports_stacking = True
 
     def loss_terms(self, batch, step):
         s = self.student(batch.x)

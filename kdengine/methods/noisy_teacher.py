@@ -35,19 +35,21 @@ class NoisyTeacherParams:
     hard_weight: float = weight_knob(0.0, "hard weight")
 
 
-def perturb_logits(z: Tensor, sigma: float, alpha: float, mode: str,
+def perturb_logits(z: Tensor, sigma: float | Tensor, alpha: float, mode: str,
                    generator: torch.Generator | None = None) -> Tensor:
     """Perturb the logits of round(alpha * batch) randomly chosen rows of ``z``.
 
     The noise is a constant (no gradient flows into it), so perturbing the student side still
-    trains the student through ``z``."""
-    if sigma == 0 or alpha == 0:
+    trains the student through ``z``. Stacked students: ``sigma`` may be ``[S, 1, 1]`` (and ``z``
+    ``[S, B, C]``); they share one draw of rows and noise, the one each would make alone from the
+    same seed, scaled by its own sigma (a student with sigma 0 is left exactly as it was)."""
+    if alpha == 0 or (not isinstance(sigma, Tensor) and sigma == 0):
         return z
-    b = z.shape[0]
+    b, c = z.shape[-2:]
     k = int(round(alpha * b))
     rows = torch.zeros(b, 1, dtype=z.dtype, device=z.device)
     rows[torch.randperm(b, generator=generator, device="cpu")[:k].to(z.device)] = 1.0
-    xi = torch.randn(z.shape, generator=generator, device="cpu").to(z) * sigma * rows
+    xi = torch.randn((b, c), generator=generator, device="cpu").to(z) * sigma * rows
     return z * (1 + xi) if mode == "multiplicative" else z + xi
 
 
@@ -59,6 +61,8 @@ class NoisyTeacher(Method):
     title = "Noisy teacher (logit perturbation)"
     paper = "Sau & Balasubramanian 2016, arXiv:1610.09650"
     weight_knobs = {"mse": "mse_weight", "ce": "hard_weight"}
+    supports_stacking = True
+    stack_knobs = ("sigma",)    # not alpha: it sets a whole number of noisy rows, shared
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)

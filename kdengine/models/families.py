@@ -2,7 +2,8 @@
 
 Families: ``mlp`` (depth x width), ``cnn`` (conv blocks x base channels), ``resnet`` (CIFAR-style,
 depth 6n+2 with base width 16, or 64 for the "x4" variants) and ``resnet18`` (torchvision's, adapted
-to small images: 3x3 stem, no max-pool). New families register a builder in ``BUILDERS``.
+to small images: 3x3 stem, no max-pool). The KD benchmarks' CIFAR families (resnetx4, wrn,
+mobilenetv2) live in :mod:`kdengine.models.cifar`. New families register a builder in ``BUILDERS``.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdengine.core.config import ModelConfig
+from kdengine.core.config import CIFAR_ARCHS, ModelConfig
 
 BUILDERS: dict[str, Callable[[ModelConfig, tuple, int], nn.Module]] = {}
+# How families defined in other modules name a model config (e.g. "resnet8x4"); see model_label.
+LABELS: dict[str, Callable[[ModelConfig], str]] = {}
 
 
 def builder(arch: str):
@@ -140,7 +143,9 @@ def build_model(cfg: ModelConfig, input_shape: tuple, n_classes: int) -> nn.Modu
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, device: torch.device, chunk: int = 2048):
     model.eval()
-    return torch.cat([model(x[i:i + chunk].to(device)).float() for i in range(0, len(x), chunk)])
+    # joined on the sample axis: second last, since stacked students put theirs first ([S, N, C])
+    return torch.cat([model(x[i:i + chunk].to(device)).float() for i in range(0, len(x), chunk)],
+                     dim=-2)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -157,6 +162,8 @@ def model_label(cfg: ModelConfig) -> str:
                                                                       f" w{cfg.width}"))
     if cfg.arch == "resnet18":
         return "ResNet-18"
+    if cfg.arch in LABELS:
+        return LABELS[cfg.arch](cfg)
     return f"{cfg.arch} d{cfg.depth} w{cfg.width}"
 
 
@@ -169,4 +176,9 @@ def ladder(arch: str, base: ModelConfig | None = None) -> list[ModelConfig]:
         return [ModelConfig("cnn", d, base.width) for d in (1, 2, 3, 4, 5, 6)]
     if arch == "resnet":
         return [ModelConfig("resnet", d, base.width) for d in (8, 14, 20, 32, 44, 56)]
+    if arch in ("resnetx4", "wrn"):      # the benchmark depths at the base's width
+        depths = (8, 14, 20, 32, 44, 56) if arch == "resnetx4" else (10, 16, 22, 28, 40)
+        width = base.width if base.width in CIFAR_ARCHS[arch]["width"] else \
+            {"resnetx4": 32, "wrn": 2}[arch]
+        return [ModelConfig(arch, d, width) for d in depths]
     return [base]

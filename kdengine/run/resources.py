@@ -23,7 +23,9 @@ from kdengine.core.config import ModelConfig, RunConfig
 # data set -> (input shape, classes, samples in all); toys use data.n_samples and data.n_classes
 _DATA = {"digits": ((1, 8, 8), 10, 1797), "mnist": ((1, 28, 28), 10, 70_000),
          "fashion_mnist": ((1, 28, 28), 10, 70_000), "cifar10": ((3, 32, 32), 10, 60_000),
-         "text": ((32,), 6, None)}
+         "cifar100": ((3, 32, 32), 100, 60_000), "text": ((32,), 6, None),
+         # synthetic CIFAR: n_samples to train on plus a fifth as many to test (data/datasets.py)
+         "cifar10_synthetic": ((3, 32, 32), 10, None), "cifar100_synthetic": ((3, 32, 32), 100, None)}
 EVAL_CHUNK = 2048          # trainer.logits_of evaluates in chunks of this many samples
 OPTIM_COPIES = 4           # weights, grads, Adam's two moments (SGD with momentum: 3)
 DATA_COPIES = 3            # raw arrays, normalised copies, the transfer set on the device
@@ -36,7 +38,9 @@ def data_shape(cfg: RunConfig) -> tuple[tuple, int, int]:
         return (1, 8, 8), d.hier_classes, d.n_samples
     if d.name in _DATA:
         shape, k, n = _DATA[d.name]
-        return shape, k, n if n is not None else d.n_samples
+        if n is None:
+            n = d.n_samples + (d.n_samples // 5 if d.name.endswith("_synthetic") else 0)
+        return shape, k, n
     return (2,), max(2, d.n_classes), d.n_samples
 
 
@@ -80,7 +84,8 @@ def estimate_parts(cfg: RunConfig) -> dict[str, int]:
     shape, k, n = data_shape(cfg)
     bs = max(1, min(cfg.train.batch_size, n))
     chunk, f32 = min(n, EVAL_CHUNK), 4
-    data_field = "data.name" if cfg.data.name in _DATA and cfg.data.name != "text" else "data.n_samples"
+    fixed_size = cfg.data.name in _DATA and _DATA[cfg.data.name][2] is not None
+    data_field = "data.name" if fixed_size else "data.n_samples"
     held = {data_field: n * math.prod(shape) * f32 * DATA_COPIES}
 
     def add(parts: dict, key: str, nbytes: int) -> None:

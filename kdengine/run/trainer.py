@@ -4,9 +4,15 @@ The trainer knows nothing about threads or UIs: it reports through ``emit(event)
 ``Control`` whether to pause or stop. Per-step Python work is kept tiny (the KD loop on a small MLP
 takes ~0.5 ms a step): loss terms are kept as device tensors and read back once every ``log_every``
 steps, where the NaN check also happens, still naming the exact step and term.
+
+The loop's parts are shared with stacked students (:mod:`kdengine.experiments.vectorised`, a
+subclass): ``train_step`` takes the method's terms whatever their shape (a scalar each, or ``[S]``,
+one per stacked student), ``read_window`` returns one metrics dict per student, ``evaluate_each``
+one evaluation per student, and ``_record`` is where they leave the trainer.
 """
 from __future__ import annotations
 
+import collections.abc
 import platform
 import threading
 import time
@@ -17,17 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdengine.core.config import RunConfig
+from kdengine.core.config import CONV_ARCHS, RunConfig
+from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
-from kdengine.run.evaluation import evaluate
+from kdengine.run.evaluation import evaluate_each
 from kdengine.teachers.baselines import baseline_accuracy, teacher_gap_warning
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint, safe_load
 
 Emit = Callable[[dict], None]
-_TOTAL = "\0total"      # the window's key for each step's summed loss (never a term name)
 
 
 class StopRequested(Exception):
@@ -204,8 +210,11 @@ class Trainer:
     def _train_student(self, data, method_cls, params, teachers, t_test_logits, t0) -> dict:
         cfg, dev = self.cfg, self.device
         tc = cfg.train
-        seed_everything(tc.seed)
-        student = build_model(cfg.student, data.input_shape, data.n_classes).to(dev)
+        student = self._build_student(data)
+        layout = memory_format(tc.channels_last, cfg.student.arch, data.input_shape, dev)
+        if layout is torch.channels_last:
+            # the student only: a teacher may be shared with other runs; convs accept either layout
+            student.to(memory_format=layout)
         n = len(data.transfer)
         bs = min(tc.batch_size, n)
         steps_per_epoch = max(1, n // bs)   # drop the last partial batch: fixed shapes, fewer syncs
@@ -228,21 +237,27 @@ class Trainer:
         self.summary.update(student_label=model_label(cfg.student), student_params=count_params(student),
                             method=method_cls.name)
 
-        X, Y = data.transfer.x.to(dev), data.transfer.y.to(dev)
+        # The whole transfer set lives on the device: a step is an index, never a host copy.
+        X, Y = data.transfer.x.to(dev, memory_format=layout), data.transfer.y.to(dev)
         L = data.labeled.to(dev)
         all_labeled = bool(data.labeled.all())
         ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
-        cached_t = None
+        caches = None
         if teachers and method.cache_teacher_logits:
-            # method.teachers: a method may add teachers in setup() (multi_teacher)
-            cached_t = [logits_of(t, data.transfer.x, dev) for t in method.teachers]
+            # method.teachers: a method may add teachers in setup() (multi_teacher). On the device,
+            # with their log-probabilities at T computed once per T (TeacherCache).
+            caches = [TeacherCache(logits_of(t, X, dev)) for t in method.teachers]
+        if tc.compile:
+            student.compile()       # in place: the state_dict keys (checkpoints) stay the same
         gen = torch.Generator().manual_seed(tc.seed)
         start_epoch = 0
         if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
             start_epoch = self._restore(student, extra, opt, sched, gen)
             self._notice(f"Resumed from the checkpoint after epoch {start_epoch}.")
 
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and dev.type == "cuda") else None
+        # bf16 autocast on CUDA; on the CPU only when asked for by name (device cpu), for tests
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if tc.amp and (
+            dev.type == "cuda" or tc.device == "cpu") else None
         total_steps = steps_per_epoch * tc.epochs
         step = start_epoch * steps_per_epoch
         window: dict[str, list] = {}
@@ -261,44 +276,23 @@ class Trainer:
                     ctl.checkpoint()
                 idx = perm[i * bs:(i + 1) * bs]
                 batch = Batch(X[idx], Y[idx], ones if all_labeled else L[idx], idx,
-                              None if cached_t is None else [c[idx] for c in cached_t],
-                              all_labeled)
-                if amp is not None:
-                    with amp:
-                        terms = method.weigh(method.loss_terms(batch, step))
-                else:
-                    terms = method.weigh(method.loss_terms(batch, step))
-                vals = iter(terms.values())
-                total = next(vals)
-                for v in vals:          # not sum(): that starts from 0 and costs one more op
-                    total = total + v
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
+                              None if caches is None else CachedRows(caches, idx),
+                              all_labeled, caches)
+                terms = train_step(method, batch, step, opt, sched, amp)
                 for k, v in terms.items():
                     window.setdefault(k, []).append(v.detach())
-                # The step's total too: terms may appear or vanish mid window (a two-stage
-                # schedule), so per-term lists can be shorter than the window.
-                window.setdefault(_TOTAL, []).append(total.detach())
                 step += 1
                 if step - win_start >= tc.log_every or i == steps_per_epoch - 1:
                     self._flush(window, win_start, step, steps_per_epoch, opt, t_start, step0,
                                 total_steps, bs)
                     window, win_start = {}, step
             method.train(False)
-            ev = evaluate(student, data, dev, t_test_logits)
-            ev.update(method.epoch_metrics(epoch))
-            arts = method.artifacts()
-            for mon in monitors:
-                ev.update(mon.metrics(student, ev))
-                arts.update(mon.artifacts(student, epoch + 1))
-            self._metrics(step, float(epoch + 1), ev)
+            evs = evaluate_each(student, data, dev, t_test_logits)
+            arts = self._epoch_extras(student, method, monitors, evs, epoch)
+            self._record(step, float(epoch + 1), evs, final=True)
             if arts:
                 self.emit({"type": "artifacts", "step": step, "epoch": epoch + 1, "data": arts})
             method.train(True)
-            self.summary.update({f"final_{k}": v for k, v in ev.items()})
             if self.checkpoint_path is not None and tc.checkpoint_every and \
                     (epoch + 1) % tc.checkpoint_every == 0:
                 self._save(student, extra, opt, sched, gen, epoch + 1, step)
@@ -309,31 +303,42 @@ class Trainer:
         self.summary["elapsed_s"] = time.perf_counter() - t0
         return self.summary
 
+    # -- the parts a stacked run changes (kdengine.experiments.vectorised.StackedTrainer) -------
+    def _build_student(self, data: DataBundle) -> nn.Module:
+        """The student, seeded so that the same config always starts from the same weights."""
+        seed_everything(self.cfg.train.seed)
+        return build_model(self.cfg.student, data.input_shape, data.n_classes).to(self.device)
+
+    def _record(self, step: int, epoch: float, per_student: list[dict[str, float]],
+                final: bool = False) -> None:
+        """Metrics of the student(s) in training, one dict per student (here: one). ``final`` marks
+        an epoch's evaluation, whose values become the summary's ``final_*``."""
+        values = per_student[0]
+        self._metrics(step, epoch, values)
+        if final:
+            self.summary.update({f"final_{k}": v for k, v in values.items()})
+
+    @staticmethod
+    def _epoch_extras(student, method, monitors, evs: list[dict], epoch: int) -> dict:
+        """The method's and the monitors' epoch metrics (added to ``evs``) and their artifacts."""
+        extra = method.epoch_metrics(epoch)
+        for ev in evs:
+            ev.update(extra)
+        arts = method.artifacts()
+        for mon in monitors:      # a monitor looks at one model: a stacked run is given none
+            evs[0].update(mon.metrics(student, evs[0]))
+            arts.update(mon.artifacts(student, epoch + 1))
+        return arts
+
     def _flush(self, window, win_start, step, spe, opt, t_start, step0, total_steps, bs):
-        """Read the window's loss terms back (one sync), check them, emit one metrics point."""
-        values: dict[str, float] = {}
-        totals = torch.stack(window[_TOTAL]).float().cpu()      # one per step of the window
-        for k, vs in window.items():
-            if k == _TOTAL:
-                continue
-            arr = torch.stack(vs).float().cpu()
-            bad = ~torch.isfinite(arr)
-            if bad.any():
-                # A non-finite term makes that step's total non-finite: the total gives the step.
-                at = win_start + int((~torch.isfinite(totals)).nonzero()[0, 0]) + 1
-                raise NonFiniteLoss(f"loss term {k!r} became {arr[bad][0].item()} at step {at} "
-                                    f"(epoch {(at - 1) // spe + 1}); try a smaller learning rate")
-            values[f"loss/{k}"] = arr.mean().item()   # over the steps the term was present
-        values["loss/total"] = totals.mean().item()
+        """Read the window's loss terms back (one sync), check them, record one metrics point."""
         elapsed = time.perf_counter() - t_start
-        done = step - step0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        values["lr"] = opt.param_groups[0]["lr"]
-        values["samples_per_s"] = rate * bs
-        values["elapsed_s"] = elapsed
-        values["eta_s"] = (total_steps - step) / rate if rate > 0 else float("nan")
-        values["progress"] = step / total_steps
-        self._metrics(step, step / spe, values)
+        rate = (step - step0) / elapsed if elapsed > 0 else 0.0
+        common = {"lr": opt.param_groups[0]["lr"], "samples_per_s": rate * bs, "elapsed_s": elapsed,
+                  "eta_s": (total_steps - step) / rate if rate > 0 else float("nan"),
+                  "progress": step / total_steps}
+        self._record(step, step / spe,
+                     [{**v, **common} for v in read_window(window, win_start, spe)])
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
@@ -358,6 +363,89 @@ class Trainer:
         gen.set_state(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
         return int(ck["epoch"])
+
+
+class CachedRows(collections.abc.Sequence):
+    """A batch's rows of the cached teacher logits, gathered only when a method reads them (methods
+    that use the cached log-probabilities never pay for the gather)."""
+    __slots__ = ("caches", "idx")
+
+    def __init__(self, caches: list[TeacherCache], idx: torch.Tensor):
+        self.caches, self.idx = caches, idx
+
+    def __len__(self) -> int:
+        return len(self.caches)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [c.logits[self.idx] for c in self.caches[i]]
+        return self.caches[i].logits[self.idx]
+
+
+def memory_format(choice: str, arch: str, input_shape: tuple,
+                  dev: torch.device) -> torch.memory_format:
+    """channels_last (NHWC) for convolutional students on CUDA (``choice`` auto) or when asked for
+    (on), else the default layout. Only image batches (C, H, W) have a layout to choose."""
+    conv = arch in CONV_ARCHS and len(input_shape) == 3
+    on = choice == "on" or (choice == "auto" and dev.type == "cuda")
+    return torch.channels_last if conv and on else torch.contiguous_format
+
+
+def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[str, torch.Tensor]:
+    """One optimiser step on the method's weighted terms; returns them, still on the device.
+
+    Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
+    (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
+    if amp is not None:
+        with amp:
+            terms = method.weigh(method.loss_terms(batch, step))
+    else:
+        terms = method.weigh(method.loss_terms(batch, step))
+    vals = iter(terms.values())
+    total = next(vals)
+    for v in vals:          # not sum(): that starts from 0 and costs one more op
+        total = total + v
+    if total.dim():
+        total = total.sum()
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return terms
+
+
+def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
+                spe: int) -> list[dict[str, float]]:
+    """A log window's loss terms read back (one sync per term), checked and averaged: one dict of
+    ``loss/<term>`` and ``loss/total`` per student (a plain run has one). Raises NonFiniteLoss
+    naming the term, the step (and the student, when stacked) where a value stopped being finite."""
+    if not window:
+        return [{}]
+    # Terms may appear or vanish mid window (a two-stage schedule), so a term's list can be shorter
+    # than the window: a term is averaged over the steps it was present, and the total (the sum of
+    # the terms, 0 where absent) over all the window's steps.
+    n_steps = max(len(vs) for vs in window.values())
+    means, sums = {}, None
+    for k, vs in window.items():
+        arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
+        bad = ~torch.isfinite(arr)
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            who = f" of student {col}" if arr.shape[1] > 1 else ""
+            if len(vs) == n_steps:
+                at = win_start + row + 1
+                where = f"at step {at} (epoch {(at - 1) // spe + 1})"
+            else:   # present on part of the window only: its row is not the step
+                where = f"between steps {win_start + 1} and {win_start + n_steps}"
+            raise NonFiniteLoss(f"loss term {k!r}{who} became {arr[row, col].item()} {where}; "
+                                f"try a smaller learning rate")
+        means[f"loss/{k}"] = arr.mean(0)
+        sums = arr.sum(0) if sums is None else sums + arr.sum(0)
+    means["loss/total"] = sums / n_steps
+    n = sums.shape[0]
+    cols = {k: m.expand(n).tolist() for k, m in means.items()}
+    return [{k: col[j] for k, col in cols.items()} for j in range(n)]
 
 
 def make_optimizer(tc, params):

@@ -1,0 +1,118 @@
+"""Cheaper KD losses: the same values as :mod:`kdengine.losses.logits`, with fewer operations.
+
+On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic.
+The teacher side comes in as log-probabilities at T, computed once per run and temperature from the
+cached teacher logits (:class:`TeacherCache`), so a step no longer recomputes the teacher's softmax.
+Hinton KD + CE then costs a log-softmax and a KL kernel (sharing the log-softmax with CE at T = 1);
+DKD, whose plain form is some thirty small operations with as many autograd nodes, is one
+``autograd.Function`` with the closed-form gradient (s = z / T, q = softmax(s), p = the teacher's
+probabilities at T, ' = renormalised without the target y):
+    d TCKD / dz  = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
+    d NCKD / dz  = (q' - p') / T, zero at y
+Each term keeps its T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks
+values and gradients against the plain formulas.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TeacherCache:
+    """A teacher's logits over the whole transfer set, on the device, and its log-probabilities at
+    each temperature asked for (computed on first use; a new T computes a new entry)."""
+
+    def __init__(self, logits: Tensor):
+        self.logits = logits
+        self._log_probs: dict[float, Tensor] = {}
+
+    def log_probs(self, T: float) -> Tensor:
+        T = float(T)
+        lp = self._log_probs.get(T)
+        if lp is None:
+            if len(self._log_probs) >= 4:          # a schedule over T: keep the memory bounded
+                self._log_probs.clear()
+            lp = self._log_probs[T] = F.log_softmax(_float(self.logits) / T, dim=-1)
+        return lp
+
+
+def _float(z: Tensor) -> Tensor:
+    """At least float32: the losses are computed there even under bf16 autocast."""
+    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+
+
+def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor | None,
+                T: float, scale: float | None = None,
+                labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(kd, ce)``: ``scale * KL(p_t || softmax(z/T))`` (batch mean; scale defaults to T^2) and the
+    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T.
+
+    ``labeled`` (bool per sample) restricts the CE to the labelled samples, averaged over their count,
+    as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax. (A custom
+    autograd node measured no faster here: KL and CE are already one fused kernel each.)"""
+    scale = T * T if scale is None else scale
+    z = _float(student_logits)
+    log_q = F.log_softmax(z if T == 1.0 else z / T, dim=-1)
+    kd = F.kl_div(log_q, teacher_log_probs.detach(), reduction="batchmean", log_target=True)
+    if scale != 1.0:
+        kd = kd * scale
+    if target is None:
+        return kd, z.new_zeros(())
+    if labeled is None:
+        ce = F.nll_loss(log_q, target) if T == 1.0 else F.cross_entropy(z, target)
+    else:
+        nll = (F.nll_loss(log_q, target, reduction="none") if T == 1.0
+               else F.cross_entropy(z, target, reduction="none"))
+        ce = (nll * labeled).sum() / labeled.sum().clamp_min(1)
+    return kd, ce
+
+
+class _DKD(torch.autograd.Function):
+    """Teacher (index 0) and student (1) go through the same operations stacked, to halve the count."""
+
+    @staticmethod
+    def forward(ctx, z, log_p, y, T):
+        zf = _float(z)
+        B = zf.shape[0]
+        log_q = F.log_softmax(zf / T, dim=-1)
+        both = torch.stack((log_p.to(log_q.dtype), log_q))                  # [2, B, C]
+        yi = y[:, None]
+        is_y = torch.zeros_like(log_q, dtype=torch.bool).scatter_(1, yi, True)
+        # log target probability, and log(1 - it) as the log-sum of the other classes' (finite
+        # even when the target's probability rounds to 1, where 1 - p_y would be 0)
+        split = torch.cat((both.gather(2, yi.expand(2, B, 1)),
+                           both.masked_fill(is_y, float("-inf")).logsumexp(2, keepdim=True)), 2)
+        diff = split[0] - split[1]                       # [B, 2]: log(p_y/q_y), log((1-p_y)/(1-q_y))
+        p_bin = split[0].exp()                           # [B, 2]: p_y, 1 - p_y
+        tckd = (p_bin * diff).sum()                      # binary KL on [p_y, 1 - p_y]
+        # non-target distributions renormalised: log p'_j - log q'_j = log(p_j/q_j) - diff[:, 1]
+        lp_n = split[0, :, 1:]
+        p_n = (both[0] - lp_n).exp().masked_fill(is_y, 0.0)
+        nckd = (p_n * (both[0] - both[1] - diff[:, 1:])).sum()
+        ctx.save_for_backward(log_q, p_n, is_y, p_bin, split[1])
+        ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
+        s = T * T / B
+        return tckd * s, nckd * s, p_bin[:, 0].mean()
+
+    @staticmethod
+    def backward(ctx, g_t, g_n, _g_p):
+        log_q, p_n, is_y, p_bin, q_split = ctx.saved_tensors
+        T, B = ctx.T, ctx.B
+        q = log_q.exp()
+        inv_rest = (-q_split[:, 1:]).exp()                      # 1 / (1 - q_y)
+        # TCKD: (q_y - p_y) / (1 - q_y) * (e_y - q)
+        coef = (q_split[:, :1].exp() - p_bin[:, :1]) * inv_rest
+        grad = (is_y.to(q.dtype) - q) * (coef * g_t)
+        # NCKD: q' - p' off the target (q' = q / (1 - q_y)), 0 at the target
+        grad = grad + ((q * inv_rest).masked_fill_(is_y, 0.0) - p_n) * g_n
+        return (grad * (T / B)).to(ctx.dtype), None, None, None
+
+
+def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor,
+                    T: float) -> dict[str, Tensor]:
+    """DKD's ``tckd`` and ``nckd`` (batch means, each times T^2) and the teacher's mean target
+    probability ``p_t``, equal to :func:`kdengine.losses.logits.dkd_terms` in one autograd node."""
+    tckd, nckd, p_t = _DKD.apply(student_logits, teacher_log_probs.detach(), target.long(),
+                                 float(T))
+    return {"tckd": tckd, "nckd": nckd, "p_t": p_t}

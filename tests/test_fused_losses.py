@@ -1,0 +1,101 @@
+"""The fused KD and DKD losses equal the plain formulas, in value and in gradient."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdengine.losses.fused import TeacherCache, dkd_fused_terms, kd_ce_terms
+from kdengine.losses.logits import dkd_terms, kd_loss, kd_loss_unscaled
+
+
+def _logits(seed=0, n=16, k=10, scale=3.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=g, dtype=dtype) * scale,
+            torch.randn(n, k, generator=g, dtype=dtype) * scale,
+            torch.randint(0, k, (n,), generator=g))
+
+
+def _grad(fn, s):
+    s = s.clone().requires_grad_(True)
+    fn(s).backward()
+    return s.grad
+
+
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_kd_and_ce_equal_the_plain_losses(T, seed):
+    s, t, y = _logits(seed)
+    log_p = TeacherCache(t).log_probs(T)
+    kd, ce = kd_ce_terms(s, log_p, y, T)
+    assert torch.allclose(kd, kd_loss(s, t, T), atol=1e-10)
+    assert torch.allclose(ce, F.cross_entropy(s, y), atol=1e-10)
+    unscaled, _ = kd_ce_terms(s, log_p, None, T, scale=1.0)
+    assert torch.allclose(unscaled, kd_loss_unscaled(s, t, T), atol=1e-10)
+    # gradients of a weighted sum, as the trainer forms it
+    w_kd, w_ce = 0.9, 0.3
+    fused = _grad(lambda z: sum(w * v for w, v in zip((w_kd, w_ce), kd_ce_terms(z, log_p, y, T))), s)
+    plain = _grad(lambda z: w_kd * kd_loss(z, t, T) + w_ce * F.cross_entropy(z, y), s)
+    assert torch.allclose(fused, plain, atol=1e-10)
+
+
+def test_fused_kd_passes_gradcheck_and_masks_unlabelled_samples():
+    s, t, y = _logits(2, n=6, k=5)
+    lab = torch.tensor([True, False, True, True, False, False])
+    log_p = TeacherCache(t).log_probs(3.0)
+    torch.autograd.gradcheck(lambda z: kd_ce_terms(z, log_p, y, 3.0, labeled=lab),
+                             (s.clone().requires_grad_(True),))
+    _, ce = kd_ce_terms(s, log_p, y, 3.0, labeled=lab)
+    assert torch.allclose(ce, F.cross_entropy(s[lab], y[lab]), atol=1e-10)
+    _, none = kd_ce_terms(s, log_p, y, 3.0, labeled=torch.zeros(6, dtype=torch.bool))
+    assert none.item() == 0.0
+
+
+def test_teacher_cache_recomputes_when_T_changes():
+    _, t, _ = _logits(3)
+    cache = TeacherCache(t)
+    a = cache.log_probs(2.0)
+    assert cache.log_probs(2.0) is a                       # cached
+    b = cache.log_probs(4.0)
+    assert torch.allclose(b, F.log_softmax(t / 4.0, -1)) and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0, 8.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_dkd_equals_dkd_terms(T, seed):
+    s, t, y = _logits(seed)
+    log_p = F.log_softmax(t / T, -1)
+    fused, plain = dkd_fused_terms(s, log_p, y, T), dkd_terms(s, t, y, T)
+    for k in ("tckd", "nckd", "p_t"):
+        assert torch.allclose(fused[k], plain[k], atol=1e-8), k
+    a, b = 1.0, 8.0
+    g_fused = _grad(lambda z: (lambda d: a * d["tckd"] + b * d["nckd"])(dkd_fused_terms(z, log_p, y, T)), s)
+    g_plain = _grad(lambda z: (lambda d: a * d["tckd"] + b * d["nckd"])(dkd_terms(z, t, y, T)), s)
+    assert torch.allclose(g_fused, g_plain, atol=1e-8)
+
+
+def test_fused_dkd_passes_gradcheck_and_survives_a_certain_teacher():
+    s, t, y = _logits(4, n=5, k=6)
+    log_p = F.log_softmax(t / 2.0, -1)
+    torch.autograd.gradcheck(lambda z: dkd_fused_terms(z, log_p, y, 2.0)["tckd"] * 1.0
+                             + dkd_fused_terms(z, log_p, y, 2.0)["nckd"] * 3.0,
+                             (s.clone().requires_grad_(True),))
+    # a teacher so sure of the target that 1 - p_t rounds to 0 in float32: still finite
+    s32, t32 = s.float(), t.float()
+    t32[torch.arange(5), y] = 200.0
+    d = dkd_fused_terms(s32.requires_grad_(True), F.log_softmax(t32, -1), y, 1.0)
+    (d["tckd"] + d["nckd"]).backward()
+    assert all(torch.isfinite(v) for v in d.values()) and torch.isfinite(s32.grad).all()
+
+
+def test_fused_losses_under_bf16_autocast_return_float_gradients_of_the_input_dtype():
+    s, t, y = _logits(5, dtype=torch.float32)
+    w = torch.nn.Linear(10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = w(s)
+        assert z.dtype == torch.bfloat16
+        kd, ce = kd_ce_terms(z, F.log_softmax(t / 4, -1), y, 4.0)
+        d = dkd_fused_terms(z, F.log_softmax(t / 4, -1), y, 4.0)
+    assert kd.dtype == torch.float32 and d["tckd"].dtype == torch.float32
+    (kd + ce + d["tckd"] + d["nckd"]).backward()
+    assert w.weight.grad is not None and torch.isfinite(w.weight.grad).all()

@@ -1,0 +1,116 @@
+"""The GPU path exercised on the CPU: bf16 autocast, channels_last, torch.compile, cached teacher
+log-probabilities. The same trainer code runs on CUDA; only the device differs."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from kdengine.core.config import RunConfig
+from kdengine.core.knobs import ConfigError
+from kdengine.methods import hinton
+from kdengine.run.trainer import CachedRows, Trainer, memory_format
+from kdengine.losses.fused import TeacherCache
+
+
+def _cfg(**train) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"name": "cifar10_synthetic", "n_samples": 128},
+        "teacher": {"model": {"arch": "resnetx4", "depth": 8, "width": 8}, "epochs": 1},
+        "student": {"arch": "resnetx4", "depth": 8, "width": 8},
+        "method": {"name": "hinton"},
+        "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "checkpoint_every": 0,
+                  "log_every": 2, **train}})
+
+
+def _spy_logit_dtypes(monkeypatch) -> list:
+    seen = []
+    real = hinton.kd_ce_terms
+
+    def spy(s, *a, **k):
+        seen.append(s.dtype)
+        return real(s, *a, **k)
+    monkeypatch.setattr(hinton, "kd_ce_terms", spy)
+    return seen
+
+
+def test_amp_on_the_cpu_runs_the_student_in_bf16_and_keeps_float32_weights(monkeypatch):
+    seen = _spy_logit_dtypes(monkeypatch)
+    tr = Trainer(_cfg(amp=True, channels_last="on"))
+    summary = tr.run()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in tr.student.parameters())
+    assert 0.0 <= summary["final_test_acc"] <= 1.0
+    conv = tr.student.features[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dim() == 4
+    seen.clear()
+    Trainer(_cfg(amp=False)).run()
+    assert set(seen) == {torch.float32}
+
+
+def test_auto_device_on_a_cpu_machine_leaves_amp_off(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: auto picks it")
+    seen = _spy_logit_dtypes(monkeypatch)
+    Trainer(_cfg(amp=True, device="auto")).run()
+    assert set(seen) == {torch.float32}
+
+
+def test_channels_last_is_for_conv_students_on_cuda_or_when_asked():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert memory_format("auto", "resnetx4", (3, 32, 32), cuda) is torch.channels_last
+    assert memory_format("auto", "resnetx4", (3, 32, 32), cpu) is torch.contiguous_format
+    assert memory_format("on", "wrn", (3, 32, 32), cpu) is torch.channels_last
+    assert memory_format("off", "wrn", (3, 32, 32), cuda) is torch.contiguous_format
+    assert memory_format("on", "mlp", (3, 32, 32), cuda) is torch.contiguous_format
+    with pytest.raises(ConfigError) as e:
+        _cfg(channels_last="maybe")
+    assert e.value.field == "train.channels_last"
+
+
+def test_cached_rows_gather_the_batch_only_when_read():
+    logits = torch.randn(10, 4)
+    idx = torch.tensor([3, 1, 7])
+    rows = CachedRows([TeacherCache(logits), TeacherCache(2 * logits)], idx)
+    assert len(rows) == 2 and torch.equal(rows[0], logits[idx]) and torch.equal(rows[1], 2 * logits[idx])
+    assert [r.shape for r in rows] == [(3, 4), (3, 4)] and len(rows[:1]) == 1
+
+
+def _loss_curve(cfg) -> list[float]:
+    out = []
+    Trainer(cfg, emit=lambda e: out.append(e["values"]["loss/kd"])
+            if e["type"] == "metrics" and "loss/kd" in e["values"] else None).run()
+    return out
+
+
+def test_cached_log_probs_train_as_the_teacher_run_every_step(monkeypatch):
+    """The cached path (log-probabilities at T, fused KD+CE) against the teacher run live each step
+    and the plain kd_loss: the same loss curve."""
+    cfg = RunConfig.from_dict({"data": {"name": "digits"},
+                               "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 32},
+                                           "epochs": 2},
+                               "student": {"arch": "mlp", "depth": 1, "width": 16},
+                               "method": {"name": "hinton", "params": {"T": 3.0}},
+                               "train": {"epochs": 1, "log_every": 5, "device": "cpu",
+                                         "checkpoint_every": 0}})
+    cached = _loss_curve(cfg)
+    monkeypatch.setattr(hinton.HintonKD, "cache_teacher_logits", False)
+    live = _loss_curve(cfg)
+    assert len(cached) == len(live) > 2
+    assert cached == pytest.approx(live, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
+def test_compile_switch_trains_one_tiny_epoch():
+    cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 100},
+                               "teacher": {"source": "none"},
+                               "student": {"arch": "mlp", "depth": 1, "width": 8},
+                               "method": {"name": "ce"},
+                               "train": {"epochs": 1, "batch_size": 64, "device": "cpu",
+                                         "compile": True, "checkpoint_every": 0}})
+    tr = Trainer(cfg)
+    summary = tr.run()
+    assert 0.0 <= summary["final_test_acc"] <= 1.0
+    # compiled in place: the checkpoint keys are the plain module's
+    assert all(not k.startswith("_orig_mod") for k in tr.student.state_dict())
