@@ -94,6 +94,8 @@ def data_section(dd: dict) -> dict:
     if out["name"] in TOY_DATASETS:
         show = ["n_samples", "noise"] + (["n_classes"] if out["name"] in ("spirals", "blobs")
                                          else []) + show
+    elif out["name"] == "hierarchy":
+        show = ["n_samples", "noise", "hier_classes", "hier_superclasses"] + show
     if out["name"] in SYNTHETIC_DATASETS:
         st.caption("Synthetic CIFAR-shaped images drawn from a seed: **for timing only**, the "
                    "accuracies mean nothing.")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, SWEEP_BACKENDS, SweepSpec, flatten, get_sweep,
+from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, DEFAULT_SWEEP_PRESET, SWEEP_BACKENDS,
+                      SweepSpec, flatten, get_sweep,
                       is_running, parse_values, ray_available, resume_sweep, shown_status, start_sweep,
                       stored_cells)
 from ui import search_panel, state, widgets
@@ -34,7 +35,8 @@ st.caption("Pick two knobs and their values; every cell is a full distillation r
 presets = state.presets()
 c1, c2, c3 = st.columns([2, 1, 1])
 preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
-                      index=list(presets).index("digits-quick") if "digits-quick" in presets else 0,
+                      index=list(presets).index(DEFAULT_SWEEP_PRESET) if DEFAULT_SWEEP_PRESET in presets
+                      else 0,
                       format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
 try:
     base = state.load_preset(preset)

@@ -71,7 +71,7 @@ if b1.button("Run TA-gap experiment", type="primary", key="ta_launch"):
     launch(TAGapSpec(base=base, sizes=[m.__dict__ for m in sizes], student=int(student),
                      seeds=list(range(int(n_seeds))), ta=ta, family=family,
                      name=f"{FAMILIES[family]} on {data_name}"))
-if b2.button("Run the workshop preset (digits, a minute or two)", key="ta_preset"):
+if b2.button("Run the workshop preset (hierarchy data, a few minutes)", key="ta_preset"):
     launch(TAGapSpec.from_dict(TA_GAP_PRESET))
 
 widgets.stored_sweep_picker(engine.store, "ta_gap", "ta_exp", "Experiment", limit=30)

@@ -53,7 +53,7 @@ for _mod, _names in {
     "kdengine.teaching.lessons": "load_lessons lesson_link parse_link knob_spec",
     "kdengine.experiments.sweeps": "SweepSpec Sweep start_sweep get_sweep resume_sweep stored_cells "
                                    "parse_values ray_available SWEEP_BACKENDS=BACKENDS "
-                                   "DEFAULT_SWEEP_AXES=DEFAULT_AXES",
+                                   "DEFAULT_SWEEP_AXES=DEFAULT_AXES DEFAULT_SWEEP_PRESET=DEFAULT_PRESET",
     "kdengine.experiments.ta_gap": "TAGapSpec TAGapExperiment start_experiment get_experiment "
                                    "resume_experiment stored_results TA_GAP_PRESET=PRESET",
     "kdengine.experiments.search": "SearchSpec Search start_search get_search resume_search "

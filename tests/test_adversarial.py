@@ -117,6 +117,24 @@ def test_full_deepfool_step_lands_eps_past_a_linear_boundary():
     assert torch.allclose(res.margins[-1], torch.full((32,), -1e-3), atol=1e-4)
 
 
+def test_authors_rule_is_the_official_code_without_the_safeguard():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 3)).requires_grad_(False)
+    x = torch.randn(64, 2)
+    base = net(x).argmax(1)
+    target = adv.runner_up(net(x), base)
+    for rule, guard in (("authors", False), ("deepfool", True)):
+        by_default = adv.boundary_attack(net, x, base, target, step=0.3, steps=10, rule=rule)
+        explicit = adv.boundary_attack(net, x, base, target, step=0.3, steps=10, rule=rule,
+                                       safeguard=guard)
+        assert torch.equal(by_default.traj, explicit.traj)
+    # and the difference matters: the safeguard holds back some of the authors' moves
+    free = adv.boundary_attack(net, x, base, target, step=0.3, steps=10, rule="authors")
+    held = adv.boundary_attack(net, x, base, target, step=0.3, steps=10, rule="authors",
+                               safeguard=True)
+    assert not torch.equal(free.traj, held.traj)
+
+
 def test_frozen_samples_and_clamp():
     model = _linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.zeros(2))
     x = torch.tensor([[0.5, 0.0], [-0.5, 0.0]])

@@ -59,6 +59,14 @@ def test_lab_renders_every_method_knob_from_params():
         assert want <= keys(at), (name, want - keys(at))
 
 
+def test_lab_shows_the_hierarchy_data_sets_knobs():
+    at = lab()
+    assert "lab.data.hier_classes" not in keys(at)          # digits: not its knobs
+    at.selectbox(key="lab.data.name").set_value("hierarchy").run()
+    assert not at.exception
+    assert {"lab.data.hier_classes", "lab.data.hier_superclasses", "lab.data.n_samples"} <= keys(at)
+
+
 def test_lab_bad_value_shows_error_naming_the_field():
     at = lab()
     at.number_input(key="lab.mp.hinton.T").set_value(-1.0).run()

@@ -63,6 +63,7 @@ def test_specialists_figure_groups_each_cluster_into_a_block():
            "soft_confusion": [[float(10 * r + c) for c in range(4)] for r in range(4)]}
     fig = specialists_figure(art)
     assert list(fig.data[0].x) == ["d", "b", "a", "c"]          # the cluster first, in its order
-    assert fig.data[0].z[0][1] == 31.0                          # row d, column b: conf[3][1]
+    assert fig.data[0].customdata[0][1] == 31.0                 # row d, column b: conf[3][1]
+    assert fig.data[0].z[0][0] is None                          # the diagonal is left blank
     box = fig.layout.shapes[0]
     assert (box.x0, box.x1) == (-0.5, 1.5)

@@ -65,8 +65,10 @@ def test_ta_gap_page_draws_curves_and_ladder():
     names = {t.get("name") for t in curve["data"]}
     assert {"direct KD", "via TA", "student alone"} <= names
     assert curve["layout"]["xaxis"]["type"] == "log"
-    via = next(t for t in curve["data"] if t.get("name") == "via TA" and t.get("mode", "").endswith("text"))
-    assert via["text"] == ["TA MLP 1x16"]                    # the rule's pick, labelled on the curve
+    via = next(t for t in curve["data"] if t.get("name") == "via TA" and "lines" in t.get("mode", ""))
+    assert "text" not in via.get("mode", "")                 # no labels over the lines
+    assert [c[2] for c in via["customdata"]] == ["MLP 1x16"]  # the rule's pick, in the hover
+    assert any("TA MLP 1x16" in t for t in curve["layout"]["xaxis"]["ticktext"])   # and under the axis
     ladder = at.dataframe[0].value
     assert list(ladder["size"]) == ["MLP 1x8", "MLP 1x16", "MLP 1x32"]
     assert list(ladder["role"]) == ["student", "TA pick", ""]

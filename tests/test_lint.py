@@ -105,6 +105,16 @@ def test_t_squared_and_unlabeled_checks():
                                                         transfer="unlabeled")))
 
 
+def test_dkd_warmup_is_capped_and_a_warmup_eating_the_run_is_flagged():
+    from kdengine.methods.dkd import DKDParams, warmup_epochs
+    assert warmup_epochs(DKDParams(), 20) == 5.0          # 20 epochs capped at 25% of a 20-epoch run
+    assert warmup_epochs(DKDParams(), 240) == 20.0        # the paper's run: its own 20 epochs
+    # default cap: the run is at full weight for 75% of it, no warning
+    assert not any("warm-up" in m for m in lint(_cfg("dkd")))
+    long = lint(_cfg("dkd", {"warmup_cap": 1.0}))         # 20 epochs of warm-up in a 20-epoch run
+    assert any("warm-up lasts 20 of 20 epochs" in m for m in long)
+
+
 def test_teacher_gap_warning():
     assert teacher_gap_warning(0.95, 0.90) is None
     w = teacher_gap_warning(0.905, 0.90)

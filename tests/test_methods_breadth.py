@@ -224,6 +224,20 @@ def test_fitnet_regressor_maps_student_features_to_teacher_features():
         _method("fitnet", {"teacher_layer": "nope"})
 
 
+def test_fitnet_nonlinear_regressor_is_conv_bn_relu_on_maps_and_linear_bn_relu_on_vectors():
+    m, data = _method("fitnet", {"regressor": "conv_bn_relu"})
+    kinds = [type(x) for x in m.regressor]
+    assert kinds == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU]
+    cnn_t = build_model(ModelConfig("cnn", 3, 8), data.input_shape, 10).eval()
+    m2, _ = _method("fitnet", {"regressor": "conv_bn_relu"}, teacher=cnn_t,
+                    student_cfg=ModelConfig("cnn", 1, 4), data=data)
+    conv, bn, relu = m2.regressor
+    assert conv.kernel_size == (3, 3) and isinstance(bn, torch.nn.BatchNorm2d)
+    hint = m2.loss_terms(_batch(data), 0)["hint"]
+    hint.backward()
+    assert torch.isfinite(hint) and conv.weight.grad.abs().sum() > 0
+
+
 # ---- DML ---------------------------------------------------------------------------------------
 def test_dml_terms_are_ce_plus_kl_to_each_peer():
     m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5})
@@ -236,6 +250,24 @@ def test_dml_terms_are_ce_plus_kl_to_each_peer():
     assert torch.allclose(terms["ce"], F.cross_entropy(zs[0], b.y), atol=1e-6)
     online, _ = _method("dml", {"mode": "online"})
     assert len(online.peers) == 1 and online.peers[0].features[1].out_features == 64
+
+
+def test_dml_alternating_steps_the_peers_first_then_the_student_learns_from_them():
+    m, data = _method("dml", {"update": "alternating", "T": 2.0})
+    assert m.extra_modules() == []                      # the peers have their own optimiser
+    b = _batch(data)
+    before = [p.detach().clone() for p in m.peers.parameters()]
+    terms = m.loss_terms(b, 0)
+    after = list(m.peers.parameters())
+    assert any(not torch.equal(x, y) for x, y in zip(before, after))    # the peers stepped
+    with torch.no_grad():
+        z_peers = [p(b.x) for p in m.peers]             # their updated predictions
+    z = m.student(b.x)
+    want = sum(kd_loss(z, zp, 2.0) for zp in z_peers) / len(z_peers)
+    assert torch.allclose(terms["kl"], want, atol=1e-6)
+    assert not terms["peer_kl"].requires_grad and terms["kl"].requires_grad
+    terms["kl"].backward()
+    assert m.student.head.weight.grad.abs().sum() > 0
 
 
 # ---- multi-teacher -----------------------------------------------------------------------------

@@ -105,6 +105,32 @@ def test_transformer_features_shapes_and_padding_mask():
     assert torch.allclose(m(one), f.logits[:1], atol=1e-5)
 
 
+def test_raw_attention_scores_are_what_the_softmax_is_taken_of():
+    m = build_model(ModelConfig(arch="transformer", depth=2, width=16), (text.MAX_LEN,), 6).eval()
+    f = m.forward_features(load_data(DataConfig(**SMALL)).test.x[:5])
+    assert len(f.scores) == 2 and f.scores[0].shape == f.attentions[0].shape
+    pad = (~f.mask)[:, None, None, :]
+    for raw, probs in zip(f.scores, f.attentions):
+        assert torch.isfinite(raw).all()                   # unmasked: MSE over them stays finite
+        assert torch.allclose(raw.masked_fill(pad, -1e9).softmax(-1), probs, atol=1e-6)
+
+
+def test_tinybert_compares_raw_scores_by_default_and_probabilities_on_request():
+    cls = get_method_class("tinybert")
+    assert cls.Params().attention == "scores"
+    torch.manual_seed(0)
+    d = load_data(DataConfig(**SMALL))
+    teacher = build_model(ModelConfig(arch="transformer", depth=2, width=16), (text.MAX_LEN,), 6)
+    student = build_model(ModelConfig(arch="transformer", depth=1, width=16), (text.MAX_LEN,), 6)
+    batch = Batch(d.test.x[:8], d.test.y[:8], torch.ones(8, dtype=torch.bool), torch.arange(8))
+    attn = {}
+    for mode in ("scores", "probs"):
+        m = cls(student, [teacher], cls.Params(attention=mode), ctx())
+        attn[mode] = m.loss_terms(batch, 0)["attn"].item()
+    assert attn["scores"] != pytest.approx(attn["probs"])   # really a different comparison
+    assert attn["scores"] > 0 and attn["probs"] > 0
+
+
 def test_transformer_is_text_only():
     with pytest.raises(ConfigError, match="transformer"):
         text_cfg(student={"arch": "mlp", "depth": 1, "width": 16})
@@ -223,6 +249,21 @@ def test_text_students_train_through_the_engine(runs_dir):
             assert expected <= terms
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("epochs", [3, 5])
+def test_tinybert_two_stage_trains_at_odd_epoch_counts(runs_dir, epochs):
+    """The stage switch falls inside a logging window at odd epoch counts: the layer terms vanish
+    and the prediction term takes over mid window (once crashed the trainer's per-term arrays)."""
+    from kdengine.run.trainer import Trainer
+    points = []
+    cfg = text_cfg("tinybert", {"two_stage": True}, epochs=epochs, log_every=4)
+    cfg.teacher.epochs = 2
+    Trainer(cfg, points.append).run()
+    losses = [e["values"] for e in points if e["type"] == "metrics" and "loss/total" in e["values"]]
+    assert all(math.isfinite(v["loss/total"]) for v in losses)
+    assert "loss/attn" in losses[0] and "loss/attn" not in losses[-1]    # stage 1, then stage 2
+    assert any("loss/attn" in v and v.get("loss/kd", 0) > 0 for v in losses)   # the mixed window
 
 
 def test_text_preset_is_valid_and_small():

@@ -20,9 +20,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def sweep_reference(rows: list[dict], metric: str) -> float | None:
+    """The student-alone test accuracy the cells were run with (``train.baseline``), when the
+    metric is test accuracy: the number every cell should be read against."""
+    if metric != "final_test_acc":
+        return None
+    vals = [r["baseline_test_acc"] for r in rows if isinstance(r.get("baseline_test_acc"), float)
+            and math.isfinite(r["baseline_test_acc"])]
+    return sum(vals) / len(vals) if vals else None
+
+
 def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
                    x_values: list, y_values: list) -> go.Figure:
-    """Metric over the grid; cells not finished yet are blank and say their status on hover."""
+    """Metric over the grid; cells not finished yet are blank and say their status on hover.
+
+    With a student-alone reference (``sweep_reference``) the colour is the difference to it, on a
+    diverging scale centred on 0: a cell that beats the student alone is blue, one that falls
+    short red, whatever the spread of the grid (a 4-point range no longer fills the whole scale)."""
+    ref = sweep_reference(rows, metric)
     z, text, custom = [], [], []
     index = {(r.get(x_key), r.get(y_key)): r for r in rows}
     for yv in y_values:
@@ -32,8 +47,9 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
             val = r.get(metric)
             ok = isinstance(val, (int, float)) and math.isfinite(val) and (
                 r.get("status") == "done" or r.get("live"))
-            zr.append(val if ok else None)
-            tr.append((_fmt(val) + (" …" if r.get("live") else "")) if ok else r.get("status", ""))
+            zr.append((100 * (val - ref) if ref is not None else val) if ok else None)
+            label = _fmt(val) + (f"<br>{100 * (val - ref):+.1f}" if ref is not None else "")
+            tr.append((label + (" …" if r.get("live") else "")) if ok else r.get("status", ""))
             cr.append([r.get("run_id") or "", r.get("status", "pending"),
                        "reused" if r.get("reused") else "trained",
                        _fmt(r.get("final_agreement", "")), _fmt(r.get("teacher_test_acc", ""))])
@@ -41,9 +57,13 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
         text.append(tr)
         custom.append(cr)
     xs, ys = [_fmt(v) for v in x_values], [_fmt(v) for v in y_values]
+    if ref is None:
+        scale = {"colorscale": "Viridis", "colorbar": {"title": {"text": metric}}}
+    else:
+        scale = {"colorscale": "RdBu", "zmid": 0.0,
+                 "colorbar": {"title": {"text": f"points vs student alone ({ref:.1%})"}}}
     fig = go.Figure(go.Heatmap(x=xs, y=ys, z=z, text=text, texttemplate="%{text}", customdata=custom,
-                               colorscale="Viridis", colorbar={"title": {"text": metric}},
-                               hoverinfo="skip"))
+                               hoverinfo="skip", **scale))
     # Streamlit selects points of scatter traces, not heatmap cells: an invisible marker on each
     # cell carries the hover text and makes a click select that cell's run.
     cells = [(xv, yv, text[i][j], custom[i][j]) for i, yv in enumerate(ys) for j, xv in enumerate(xs)]
@@ -57,7 +77,10 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
                        "%{customdata[4]}<br>click to open the run<extra></extra>")))
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    fig = style(fig, f"{metric} over {_short(x_key)} × {_short(y_key)}", x_key, y_key, height=380)
+    title = f"{metric} over {_short(x_key)} × {_short(y_key)}"
+    if ref is not None:
+        title += f" (colour: difference to the student alone, {ref:.1%})"
+    fig = style(fig, title, x_key, y_key, height=380)
     fig.update_layout(hovermode="closest")
     return fig
 
@@ -101,19 +124,21 @@ def ta_gap_figure(results: dict) -> go.Figure:
         sd = [c[f"{key}_sd"] for c in curves]
         _band(fig, x, mean, sd, color, label)
         pts = [(a, m, s, c) for a, m, s, c in zip(x, mean, sd, curves) if m is not None]
-        text = [f"TA {c['ta']}" if key == "via_ta" and c.get("ta") else "" for *_, c in pts]
+        # The TA's name goes under the x axis (tick text) and into the hover, never onto the plot,
+        # where the labels overlapped the lines.
         fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], name=label,
-            mode="lines+markers+text" if key == "via_ta" else "lines+markers", text=text,
-            textposition="top center", line={"color": color, "dash": dash, "width": 2},
-            customdata=[[p[3]["teacher"], p[2] or 0.0] for p in pts],
+            x=[p[0] for p in pts], y=[p[1] for p in pts], name=label, mode="lines+markers",
+            line={"color": color, "dash": dash, "width": 2},
+            customdata=[[p[3]["teacher"], p[2] or 0.0, p[3].get("ta") or "—"] for p in pts],
             hovertemplate=(f"{label}<br>teacher %{{customdata[0]}} (%{{x}} params)"
-                           "<br>student acc %{y:.2%} ± %{customdata[1]:.2%}<extra></extra>")))
+                           + ("<br>TA %{customdata[2]}" if key == "via_ta" else "")
+                           + "<br>student acc %{y:.2%} ± %{customdata[1]:.2%}<extra></extra>")))
     fig = style(fig, f"Student {results['student']}: test accuracy against teacher size "
                        f"(mean ± sd over seeds)", "teacher (parameters, log scale)",
                   "student test accuracy", height=380, y_percent=True)
     fig.update_xaxes(type="log", tickvals=x,
-                     ticktext=[f"{c['teacher']}<br>{c['teacher_params']:,}" for c in curves])
+                     ticktext=[f"{c['teacher']}<br>{c['teacher_params']:,}"
+                               + (f"<br>TA {c['ta']}" if c.get("ta") else "") for c in curves])
     fig.update_layout(hovermode="closest")
     return fig
 

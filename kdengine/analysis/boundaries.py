@@ -18,7 +18,10 @@ standardised 2-D data it jumps far past the boundary in one step. p = 2 (``rule=
 default here) is DeepFool's linearised step: each move covers the fraction eta of the estimated
 distance to the boundary, whatever the logit scale, so for a locally linear model
 ``m_i + eps = (1 - eta)^i (m_0 + eps)`` and the margin shrinks monotonically toward -eps: ``eps`` is
-the margin (in logits) by which a sample finally crosses. Authors' defaults: eta 0.3, 10 steps,
+the margin (in logits) by which a sample finally crosses. With eta < 1 a sample never quite gets
+there in 10 steps (eta 0.3 leaves about 3% of the margin: it stops near the boundary); the BSS
+method's default, eta 1 with eps 0.02, aims just past it and crosses. The ``authors`` rule runs
+without the safeguard (below), as the official code does. Authors' defaults: eta 0.3, 10 steps,
 eps 1e-4, attack on logits (not probabilities), inputs clamped to [-2.5, 2.5] (normalised CIFAR).
 
 Their code relies on APIs PyTorch has since removed or changed, re-expressed here:
@@ -34,8 +37,8 @@ correctly are attacked; when there are more than ``attack_size`` (64), those wit
 target class is drawn from the teacher's non-top classes with probability proportional to the
 teacher's softmax, so the runner-up is the most likely target.
 
-Boundary similarity (MagSim, AngSim; reconstructed from the paper's description, its text was not at
-hand offline, so the exact normalisation is our reading): for a probe sample x_n of base class b_n
+Boundary similarity (MagSim, AngSim; the project's reading of the paper's description, not verified
+against its text, which was not at hand offline; the exact normalisation is ours): for a probe sample x_n of base class b_n
 and a fixed target class k_n, run the same boundary search on the teacher and on the student and take
 the perturbation vectors ``v_t = x_adv^t - x``, ``v_s = x_adv^s - x`` (distance and direction from the
 sample to each model's b/k boundary). Over the N probes where both models predict b_n and both
@@ -90,7 +93,7 @@ def _forward(model: nn.Module, x: Tensor, base: Tensor, target: Tensor):
 
 def boundary_attack(model: nn.Module, x: Tensor, base: Tensor, target: Tensor, *, step: float = 0.3,
                     steps: int = 10, eps: float = 1e-4, rule: str = "deepfool",
-                    clamp: tuple[float, float] | None = None, safeguard: bool = True
+                    clamp: tuple[float, float] | None = None, safeguard: bool | None = None
                     ) -> AttackResult:
     """Iterative boundary search on ``model`` from ``x`` (class ``base``) toward class ``target``.
 
@@ -104,6 +107,8 @@ def boundary_attack(model: nn.Module, x: Tensor, base: Tensor, target: Tensor, *
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if safeguard is None:          # "authors" is the official code, which has no safeguard
+        safeguard = rule != "authors"
     power = 2.0 if rule == "deepfool" else 1.0
     x = x.detach().float()
     flat = (slice(None),) + (None,) * (x.dim() - 1)      # (B,) -> (B, 1, ...) for broadcasting

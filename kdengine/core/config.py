@@ -21,12 +21,13 @@ from typing import Any
 from kdengine.core.knobs import ConfigError, from_dict, param, validate_dataclass
 from kdengine.core.paths import check_relative
 
-DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "mnist", "fashion_mnist", "cifar10",
-            "cifar100", "cifar10_synthetic", "cifar100_synthetic", "text")
+DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "hierarchy", "mnist", "fashion_mnist",
+            "cifar10", "cifar100", "cifar10_synthetic", "cifar100_synthetic", "text")
 TOY_DATASETS = ("moons", "circles", "spirals", "blobs")
 # Random CIFAR-shaped images (3x32x32) drawn from a seed: for timing when CIFAR is not on disk.
 SYNTHETIC_DATASETS = ("cifar10_synthetic", "cifar100_synthetic")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", *SYNTHETIC_DATASETS)
+IMAGE_DATASETS = ("digits", "hierarchy", "mnist", "fashion_mnist", "cifar10", "cifar100",
+                  *SYNTHETIC_DATASETS)
 TRANSFER_SETS = ("train", "heldout", "unlabeled", "labels")
 ARCHS = ("mlp", "cnn", "resnet", "resnet18", "resnetx4", "wrn", "mobilenetv2", "transformer")
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
@@ -44,10 +45,17 @@ MAX_CONFIG_BYTES = 1_000_000     # config files and uploads larger than this are
 class DataConfig:
     name: str = param("digits", choices=DATASETS, help="Data set. Toys and digits need no download.")
     n_samples: int = param(1000, min=50, max=200_000,
-                           help="Points drawn for 2-D toy data sets; training images of the "
-                                "synthetic CIFAR-shaped sets.", label="samples (toys)")
-    noise: float = param(0.2, min=0.0, max=5.0, step=0.05, help="Noise of the 2-D toy data sets.")
+                           help="Points drawn for the 2-D toys and the hierarchy data set; training "
+                                "images of the synthetic CIFAR-shaped sets.",
+                           label="samples (generated)")
+    noise: float = param(0.2, min=0.0, max=5.0, step=0.05,
+                         help="Noise of the generated data sets (2-D toys, hierarchy).")
     n_classes: int = param(3, min=2, max=10, help="Classes for spirals and blobs.", label="classes (toys)")
+    hier_classes: int = param(100, min=4, max=1000, label="classes (hierarchy)",
+                              help="Classes of the hierarchy data set.")
+    hier_superclasses: int = param(20, min=2, max=200, label="superclasses (hierarchy)",
+                                   help="Superclasses the hierarchy's classes cluster into "
+                                        "(CIFAR-100: 100 classes in 20).")
     test_fraction: float = param(0.25, min=0.05, max=0.8, step=0.05, help="Share of data held for test.")
     val_fraction: float = param(0.0, min=0.0, max=0.5, step=0.05,
                                 help="Share of the training set held out for validation (val_acc): "
@@ -285,6 +293,9 @@ class RunConfig:
         if t.source == "run" and not all(c.isalnum() or c in "-_" for c in t.checkpoint):
             raise ConfigError("teacher.checkpoint", f"a run id has only letters, digits, - and _; "
                                                     f"got {t.checkpoint!r}")
+        if d.name == "hierarchy" and d.hier_superclasses > d.hier_classes:
+            raise ConfigError("data.hier_superclasses", f"at most one superclass per class: "
+                                                        f"{d.hier_superclasses} > {d.hier_classes} classes")
 
     def semantic_dict(self) -> dict:
         d = self.to_dict()

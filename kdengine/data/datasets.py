@@ -205,6 +205,12 @@ def _load_raw(cfg: DataConfig):
         x, y, names = _digits()
         itr, ite = _split(len(y), cfg.test_fraction, rng, y)
         return x[itr], y[itr], x[ite], y[ite], "image", names
+    if cfg.name == "hierarchy":
+        from kdengine.data import hierarchy
+        x, y, names = hierarchy.generate(cfg.n_samples, cfg.hier_classes, cfg.hier_superclasses,
+                                         cfg.noise, rng)
+        itr, ite = _split(len(y), cfg.test_fraction, rng, y)
+        return x[itr], y[itr], x[ite], y[ite], "image", names
     if cfg.name in _TV:
         xtr, ytr, xte, yte, names = _torchvision(cfg)
         return xtr, ytr, xte, yte, "image", names
@@ -230,7 +236,8 @@ def _normalise(xtr: np.ndarray, others: list[np.ndarray], kind: str):
     return f(xtr), [f(o) for o in others], torch.from_numpy(mean[0]), torch.from_numpy(std[0])
 
 
-_DATA_KEYS = ("name", "n_samples", "noise", "n_classes", "test_fraction", "transfer", "n_labels",
+_DATA_KEYS = ("name", "n_samples", "noise", "n_classes", "hier_classes", "hier_superclasses",
+              "test_fraction", "transfer", "n_labels",
               "heldout_fraction", "omit_class", "seed", "data_dir")
 
 
@@ -248,6 +255,8 @@ def _with_val(d: dict, cfg: DataConfig) -> dict:
 def teacher_data_key(cfg: DataConfig) -> str:
     """What the teacher's training set depends on (not the student's transfer choices)."""
     keys = ["name", "n_samples", "noise", "n_classes", "test_fraction", "seed", "data_dir"]
+    if cfg.name == "hierarchy":   # only then: the teacher keys of other data sets stay as they were
+        keys += ["hier_classes", "hier_superclasses"]
     d = {k: getattr(cfg, k) for k in keys}
     d["heldout"] = cfg.heldout_fraction if cfg.transfer == "heldout" else None
     return config_hash(_with_val(d, cfg))

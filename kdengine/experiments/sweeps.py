@@ -30,6 +30,9 @@ from kdengine.core.store import ACTIVE, FINAL
 from kdengine.experiments.base import Experiment, Spec
 
 BACKENDS = ("local", "vectorised", "ray")
+# The page's default: few labels with the student alone as reference, where T and the soft weight
+# matter (with all labels on digits the student alone wins and the grid teaches "T hurts").
+DEFAULT_PRESET = "digits-50-labels"
 DEFAULT_AXES = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
                 "method.params.soft_weight": [0.25, 0.5, 0.75, 1.0]}
 

@@ -46,17 +46,23 @@ class BSSParams:
                             help="The authors' loss has no T² factor; switch on to match Hinton KD.")
     attack_size: int = param(64, min=1, max=4096, label="attacked samples per batch",
                              help="Base samples attacked per batch (authors: 64).")
-    attack_step: float = param(0.3, min=0.0, min_exclusive=True, max=10.0, step=0.05,
-                               label="attack step", help="eta in the update (authors: 0.3).")
+    attack_step: float = param(1.0, min=0.0, min_exclusive=True, max=10.0, step=0.05,
+                               label="attack step",
+                               help="eta in the update. deepfool: the share of the linearised "
+                                    "distance to the boundary covered per step; 1 (default) aims "
+                                    "just past it, 0.3 stops short (after 10 steps about 3% of the "
+                                    "margin is left and almost no sample crosses). Authors: 0.3 "
+                                    "with their rule.")
     attack_steps: int = param(10, min=1, max=200, label="attack steps",
                               help="Iterations of the boundary search (authors: 10).")
-    attack_eps: float = param(1e-4, min=0.0, max=10.0, label="attack epsilon",
-                              help="Margin (in logits) by which a sample crosses the boundary "
-                                   "(authors: 1e-4).")
+    attack_eps: float = param(0.02, min=0.0, max=10.0, label="attack epsilon",
+                              help="Margin (in logits) by which the step aims past the boundary "
+                                   "(authors: 1e-4; 0.02 here so curved boundaries are crossed).")
     attack_rule: str = param("deepfool", choices=adv.RULES, advanced=True,
                              help="deepfool: step = eta*(margin+eps)*g/|g|^2, a fraction eta of the "
-                                  "linearised distance; authors: g/|g| as in their code (its "
-                                  "length depends on the logit scale).")
+                                  "linearised distance, with a safeguard against overshooting; "
+                                  "authors: g/|g| and no safeguard, as in the official code (the "
+                                  "step's length depends on the logit scale).")
     attack_every: int = param(1, min=1, max=1000, advanced=True,
                               help="Attack every n-th step only (cheaper; the BSS term is 0 between).")
     probe_size: int = param(128, min=0, max=2048, advanced=True,

@@ -3,8 +3,11 @@
 ``cohort`` mode: the student and ``cohort_size - 1`` peers of the same architecture start from
 different random weights and train together, no pre-trained teacher: each minimises
 ``CE(y, z_i) + kl_weight * T^2 * mean_{j != i} KL(p_j || p_i)``, with the peers' distributions as
-fixed targets in each term (the paper alternates updates; here one step updates every model at once
-from the same batch, the common simplification). ``online`` mode: the single peer has the teacher's
+fixed targets in each term. ``update = "joint"`` (default) updates every model at once from the same
+batch, the common simplification; ``update = "alternating"`` is the paper's Algorithm 1: on each
+batch the peers are updated first (their own optimiser, against the student's current predictions),
+then their predictions are recomputed and the student is updated against them. In alternating mode
+the peers' optimiser state is not in the run's checkpoint (a resumed run restarts it). ``online`` mode: the single peer has the teacher's
 architecture (``teacher.model`` in the run's config) and is trained together with the student:
 "teacher and student trained at once".
 
@@ -35,6 +38,10 @@ class DMLParams:
     T: float = temperature_knob(1.0, help="Temperature of the mutual KL (the paper uses 1).")
     hard_weight: float = weight_knob(1.0, "hard weight")
     t_squared: bool = param(True, label="multiply KL by T²")
+    update: str = param("joint", choices=("joint", "alternating"),
+                        help="joint: one step updates every model from the same batch; "
+                             "alternating: the peers step first, then the student learns from "
+                             "their updated predictions (the paper's Algorithm 1).")
 
 
 @register
@@ -70,9 +77,21 @@ class DeepMutualLearning(Method):
         torch.set_rng_state(state)
         self.peers.to(self.ctx.device)
         self.data = data
+        self.peer_opt = None
+        if p.update == "alternating":
+            self.peer_opt = _optimizer(cfg.train, self.peers.parameters())
 
     def extra_modules(self):
-        return [self.peers]
+        # Alternating: the peers have their own optimiser, so they stay out of the trainer's.
+        return [] if self.alternating else [self.peers]
+
+    @property
+    def alternating(self) -> bool:
+        return getattr(self, "peer_opt", None) is not None
+
+    def train(self, mode: bool = True) -> None:
+        super().train(mode)
+        self.peers.train(mode)
 
     def _kl(self, s, t):
         p = self.params
@@ -89,6 +108,8 @@ class DeepMutualLearning(Method):
         return out
 
     def loss_terms(self, batch, step):
+        if self.alternating:
+            return self._alternating_terms(batch)
         logits = [self.student(batch.x)] + [m(batch.x) for m in self.peers]
         per = self.mutual_terms(logits, batch)
         terms = {"kl": per[0]["kl"], "peer_kl": sum(d["kl"] for d in per[1:]),
@@ -97,6 +118,30 @@ class DeepMutualLearning(Method):
             terms["ce"] = per[0]["ce"]
         else:
             terms.pop("peer_ce")
+        return terms
+
+    def _alternating_terms(self, batch):
+        """Peers step first against the student's current predictions; the student's terms (for
+        the trainer's step) then use the peers' updated predictions."""
+        w = self.term_weights
+        with torch.no_grad():
+            z_s = self.student(batch.x)
+        peer_logits = [m(batch.x) for m in self.peers]
+        per = self.mutual_terms([z_s] + peer_logits, batch)[1:]
+        peer_ce = sum(d["ce"] for d in per)
+        peer_kl = sum(d["kl"] for d in per)
+        self.peer_opt.zero_grad(set_to_none=True)
+        (w.get("peer_ce", 1.0) * peer_ce + w.get("peer_kl", 1.0) * peer_kl).backward()
+        self.peer_opt.step()
+        with torch.no_grad():
+            peer_logits = [m(batch.x) for m in self.peers]
+        z = self.student(batch.x)
+        kl = sum(self._kl(z, o) for o in peer_logits) / len(peer_logits)
+        # the peers' terms are shown (detached): they were already optimised above
+        terms = {"kl": kl, "peer_kl": peer_kl.detach()}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(z, batch)
+            terms["peer_ce"] = peer_ce.detach()
         return terms
 
     @torch.no_grad()
@@ -112,3 +157,11 @@ class DeepMutualLearning(Method):
             accs.append((pred == y).float().mean().item())
             m.train(was)
         return {"peer_test_acc": sum(accs) / len(accs)}
+
+
+def _optimizer(tc, params):
+    """The peers' own optimiser, of the run's kind and learning rate (alternating updates)."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=tc.lr, weight_decay=tc.weight_decay)

@@ -5,7 +5,9 @@ A student ("guided") layer is pushed towards a teacher ("hint") layer through a 
 regressor: ``hint = weight * || r(h_s) - h_t ||^2`` (mean over elements). Layers are named by their
 module path (``named_modules()``) and read with forward hooks: no model surgery. The regressor is an
 extra trainable module (a linear map for vectors and token features, a 1x1 conv for feature maps,
-whose student map is average-pooled to the teacher's size when they differ).
+whose student map is average-pooled to the teacher's size when they differ). ``regressor =
+"conv_bn_relu"`` gives it a nonlinearity, as in widely used reference code (3x3 conv, BatchNorm,
+ReLU for feature maps; linear, BatchNorm, ReLU for vectors; linear, ReLU for token features).
 
 Schedules: ``joint`` adds the hint to Hinton KD throughout; ``stagewise`` is the paper's recipe:
 first ``hint_epochs`` of hint only (training the student up to the guided layer), then KD only.
@@ -40,6 +42,10 @@ class FitNetParams:
                                "then KD only (the paper's two stages).")
     hint_epochs: float = param(2.0, min=0.0, max=10_000.0, label="hint-stage epochs",
                                help="Length of the hint-only stage (stagewise).")
+    regressor: str = param("linear", choices=("linear", "conv_bn_relu"),
+                           help="linear: a linear map (1x1 conv on feature maps); conv_bn_relu: "
+                                "conv/linear, BatchNorm, ReLU (a nonlinear regressor, as in "
+                                "reference code).")
     T: float = temperature_knob(4.0)
     soft_weight: float = weight_knob(0.9, "soft weight")
     hard_weight: float = weight_knob(0.1, "hard weight")
@@ -65,15 +71,24 @@ class FeatureHook:
         self.out = output[0] if isinstance(output, (tuple, list)) else output
 
 
-def make_regressor(s_feat: Tensor, t_feat: Tensor) -> nn.Module:
-    """The map from the student's feature shape to the teacher's."""
+def make_regressor(s_feat: Tensor, t_feat: Tensor, kind: str = "linear") -> nn.Module:
+    """The map from the student's feature shape to the teacher's (``kind``: see FitNetParams)."""
+    nonlinear = kind == "conv_bn_relu"
     if s_feat.dim() == 4 and t_feat.dim() == 4:
-        return nn.Conv2d(s_feat.shape[1], t_feat.shape[1], 1)
+        cs, ct = s_feat.shape[1], t_feat.shape[1]
+        if nonlinear:
+            return nn.Sequential(nn.Conv2d(cs, ct, 3, padding=1), nn.BatchNorm2d(ct), nn.ReLU())
+        return nn.Conv2d(cs, ct, 1)
     if s_feat.dim() != t_feat.dim():
         raise ConfigError("method.params.student_layer",
                           f"guided layer output {tuple(s_feat.shape[1:])} and hint layer output "
                           f"{tuple(t_feat.shape[1:])} have different ranks; pick matching layers")
-    return nn.Linear(s_feat.shape[-1], t_feat.shape[-1])
+    lin = nn.Linear(s_feat.shape[-1], t_feat.shape[-1])
+    if not nonlinear:
+        return lin
+    if s_feat.dim() == 2:
+        return nn.Sequential(lin, nn.BatchNorm1d(t_feat.shape[-1]), nn.ReLU())
+    return nn.Sequential(lin, nn.ReLU())      # token features [B, L, D]: no batch statistics
 
 
 def align(r_s: Tensor, t_feat: Tensor) -> Tensor:
@@ -117,7 +132,8 @@ class FitNet(Method):
             self.student(x)
             self.teachers[0](x)
         self.student.train(was)
-        self.regressor = make_regressor(self.s_hook.out, self.t_hook.out).to(self.ctx.device)
+        self.regressor = make_regressor(self.s_hook.out, self.t_hook.out,
+                                        self.params.regressor).to(self.ctx.device)
 
     def extra_modules(self):
         return [self.regressor] if self.regressor is not None else []

@@ -10,9 +10,11 @@ TinyBERT maps student layer m to teacher layer g(m) = m * N / M (uniform mapping
 
 W_e, W_h are learned linear maps from student to teacher width (the extra modules); with equal
 widths they start as the identity, so a student identical to its teacher has zero layer losses.
-MSEs are means over real (non-pad) tokens. Attention maps are the softmax probabilities (what
-Hugging Face's ``output_attentions`` returns; TinyBERT's code uses the pre-softmax scores). When head
-counts differ the head-averaged maps are compared. ``two_stage`` follows the paper's schedule: first
+MSEs are means over real (non-pad) tokens. Attention maps are, by default, the raw pre-softmax scores
+q.k/sqrt(d), as in the paper (Eq. 3 uses the attention matrix before softmax) and its official code;
+``attention = "probs"`` compares the softmax probabilities instead (what Hugging Face's
+``output_attentions`` returns, and the only choice for a Hugging Face model, which falls back to it
+with a notice). When head counts differ the head-averaged maps are compared. ``two_stage`` follows the paper's schedule: first
 half of training the intermediate layers only, second half the prediction layer only.
 """
 from __future__ import annotations
@@ -37,6 +39,9 @@ class TinyBertParams:
                                      "Weight of the soft-target loss on the outputs.", step=0.1)
     hard_weight: float = weight_knob(0.0, "hard weight",
                                      "Weight of the loss on true labels (TinyBERT: 0).", step=0.1)
+    attention: str = param("scores", choices=("scores", "probs"), label="attention compared",
+                           help="scores: raw pre-softmax attention scores (the paper and its code); "
+                                "probs: the softmax probabilities.")
     two_stage: bool = param(False, label="two stages",
                             help="First half: intermediate layers only; second half: prediction "
                                  "layer only (the paper's schedule).")
@@ -86,6 +91,18 @@ class TinyBert(TransformerMethod):
     def extra_modules(self):
         return [self.w_e, self.w_h]
 
+    def _attention_maps(self, fs, ft):
+        """The student's and teacher's per-layer maps to compare: raw scores when asked for and
+        both models expose them, else probabilities (said once, in a notice)."""
+        if self.params.attention == "scores":
+            if fs.scores is not None and ft.scores is not None:
+                return fs.scores, ft.scores
+            if not getattr(self, "_said_probs", False):
+                self._said_probs = True
+                self.notice("TinyBERT: a model here exposes attention probabilities only; "
+                            "comparing probabilities instead of raw scores.")
+        return fs.attentions, ft.attentions
+
     def loss_terms(self, batch, step):
         from kdengine.models.transformer import layer_map
         p = self.params
@@ -103,9 +120,9 @@ class TinyBert(TransformerMethod):
                     masked_mse(self.w_h(fs.hidden[m]), ft.hidden[g].float(), mask)
                     for m, g in enumerate(mapping, start=1))
             if self.wants("attn"):
-                terms["attn"] = sum(
-                    attention_mse(fs.attentions[m - 1], ft.attentions[g - 1].float(), mask)
-                    for m, g in enumerate(mapping, start=1))
+                a_s, a_t = self._attention_maps(fs, ft)
+                terms["attn"] = sum(attention_mse(a_s[m - 1], a_t[g - 1].float(), mask)
+                                    for m, g in enumerate(mapping, start=1))
         if stage in (0, 2):
             terms["kd"] = soft_loss(fs.logits, ft.logits.float(), batch.y, p.T)
             if self.wants("ce"):

@@ -25,11 +25,14 @@ class Features(NamedTuple):
     hidden: list[Tensor]            # depth + 1 tensors [B, L, width]: embeddings, then each layer
     attentions: list[Tensor]        # depth tensors [B, heads, L, L] (softmax probabilities)
     mask: Tensor                    # [B, L] bool, True on real tokens
+    # depth tensors [B, heads, L, L]: the pre-softmax scores q.k/sqrt(d) (TinyBERT distils these),
+    # unmasked; None for models that do not expose them (Hugging Face returns probabilities only)
+    scores: list[Tensor] | None = None
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention that also returns its probabilities (nn.MultiheadAttention can,
-    but hides them behind flags that disable the fused path; this is clearer at this size)."""
+    """Multi-head self-attention that also returns its probabilities and raw scores
+    (nn.MultiheadAttention returns probabilities only, behind flags that disable the fused path)."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -38,14 +41,14 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, key_pad: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, key_pad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(output, attention probabilities, raw scores before the padding mask and softmax)."""
         b, n, w = h.shape
         q, k, v = self.qkv(h).view(b, n, 3, self.heads, self.dk).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.dk)
-        scores = scores.masked_fill(key_pad[:, None, None, :], torch.finfo(scores.dtype).min)
-        attn = scores.softmax(-1)
+        raw = q @ k.transpose(-1, -2) / math.sqrt(self.dk)
+        attn = raw.masked_fill(key_pad[:, None, None, :], torch.finfo(raw.dtype).min).softmax(-1)
         ctx = (self.drop(attn) @ v).transpose(1, 2).reshape(b, n, w)
-        return self.out(ctx), attn
+        return self.out(ctx), attn, raw
 
 
 class Block(nn.Module):
@@ -56,11 +59,11 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: Tensor, key_pad: Tensor) -> tuple[Tensor, Tensor]:
-        a, attn = self.attn(self.ln1(h), key_pad)
+    def forward(self, h: Tensor, key_pad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, attn, raw = self.attn(self.ln1(h), key_pad)
         h = h + self.drop(a)
         h = h + self.drop(self.ff(self.ln2(h)))
-        return h, attn
+        return h, attn, raw
 
 
 class TextTransformer(nn.Module):
@@ -82,13 +85,14 @@ class TextTransformer(nn.Module):
         mask = x != PAD
         pos = torch.arange(x.shape[1], device=x.device)
         h = self.emb_ln(self.tok(x) + self.pos(pos)[None])
-        hidden, attns = [h], []
+        hidden, attns, scores = [h], [], []
         for blk in self.blocks:
-            h, a = blk(h, ~mask)
+            h, a, raw = blk(h, ~mask)
             hidden.append(h)
             attns.append(a)
+            scores.append(raw)
         logits = self.head(self.ln(h[:, 0]))
-        return Features(logits, hidden, attns, mask)
+        return Features(logits, hidden, attns, mask, scores)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x).logits

@@ -34,6 +34,8 @@ DATA_COPIES = 3            # raw arrays, normalised copies, the transfer set on 
 def data_shape(cfg: RunConfig) -> tuple[tuple, int, int]:
     """(input shape, classes, samples) without loading the data."""
     d = cfg.data
+    if d.name == "hierarchy":
+        return (1, 8, 8), d.hier_classes, d.n_samples
     if d.name in _DATA:
         shape, k, n = _DATA[d.name]
         if n is None:

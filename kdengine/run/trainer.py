@@ -427,22 +427,30 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
     """A log window's loss terms read back (one sync per term), checked and averaged: one dict of
     ``loss/<term>`` and ``loss/total`` per student (a plain run has one). Raises NonFiniteLoss
     naming the term, the step (and the student, when stacked) where a value stopped being finite."""
-    means, total = {}, None
+    if not window:
+        return [{}]
+    # Terms may appear or vanish mid window (a two-stage schedule), so a term's list can be shorter
+    # than the window: a term is averaged over the steps it was present, and the total (the sum of
+    # the terms, 0 where absent) over all the window's steps.
+    n_steps = max(len(vs) for vs in window.values())
+    means, sums = {}, None
     for k, vs in window.items():
         arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
         bad = ~torch.isfinite(arr)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])
-            at = win_start + row + 1
             who = f" of student {col}" if arr.shape[1] > 1 else ""
-            raise NonFiniteLoss(f"loss term {k!r}{who} became {arr[row, col].item()} at step {at} "
-                                f"(epoch {(at - 1) // spe + 1}); try a smaller learning rate")
+            if len(vs) == n_steps:
+                at = win_start + row + 1
+                where = f"at step {at} (epoch {(at - 1) // spe + 1})"
+            else:   # present on part of the window only: its row is not the step
+                where = f"between steps {win_start + 1} and {win_start + n_steps}"
+            raise NonFiniteLoss(f"loss term {k!r}{who} became {arr[row, col].item()} {where}; "
+                                f"try a smaller learning rate")
         means[f"loss/{k}"] = arr.mean(0)
-        total = arr if total is None else total + arr
-    if total is None:
-        return [{}]
-    means["loss/total"] = total.mean(0)
-    n = total.shape[1]
+        sums = arr.sum(0) if sums is None else sums + arr.sum(0)
+    means["loss/total"] = sums / n_steps
+    n = sums.shape[0]
     cols = {k: m.expand(n).tolist() for k, m in means.items()}
     return [{k: col[j] for k, col in cols.items()} for j in range(n)]
 

@@ -12,7 +12,8 @@ lesson. More checks can be added to ``CHECKS``. The checks:
 * a teacher that is not clearly better than the student alone: statically (no bigger than the
   student), and from measured accuracies via :func:`teacher_gap_warning`, which the trainer calls
   once the baseline is known;
-* an unlabelled transfer set with a hard weight above zero.
+* an unlabelled transfer set with a hard weight above zero;
+* a DKD warm-up that lasts half the run or more.
 
 Which knobs are "soft", "hard" or the temperature is read from the method's declarations
 (``weight_knobs``, ``label_terms``, ``temperature`` in :mod:`kdengine.methods.base`), never from
@@ -70,6 +71,20 @@ def _teacher_not_bigger(cfg: RunConfig):
     if t.arch == s.arch and t.depth <= s.depth and t.width <= s.width:
         return ("The teacher is no bigger than the student: a KD demo needs a teacher that clearly "
                 "beats the student alone.")
+    return None
+
+
+@check
+def _dkd_warmup_eats_the_run(cfg: RunConfig):
+    if cfg.method.name != "dkd":
+        return None
+    from kdengine.methods.dkd import DKDParams, warmup_epochs
+    p = cfg.method.params             # typed after validate(); a plain dict before
+    span = warmup_epochs(p if isinstance(p, DKDParams) else DKDParams(**p), cfg.train.epochs)
+    if span >= 0.5 * cfg.train.epochs:
+        return (f"DKD's warm-up lasts {span:g} of {cfg.train.epochs} epochs: the KD part is below "
+                f"full weight for {span / cfg.train.epochs:.0%} of the run, which biases a "
+                f"comparison against DKD. Lower warmup_epochs or the warm-up cap.")
     return None
 
 

@@ -1,0 +1,23 @@
+"""The trainer's log window when terms appear or vanish mid window (a two-stage schedule)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdengine.run.trainer import NonFiniteLoss, read_window
+
+
+def test_a_term_present_on_part_of_the_window_is_averaged_over_its_steps():
+    t = torch.tensor
+    window = {"kd": [t(1.0), t(3.0), t(5.0), t(7.0)],     # every step
+              "attn": [t(2.0), t(4.0)]}                     # the first two steps only
+    (values,) = read_window(window, 0, spe=10)
+    assert values["loss/kd"] == 4.0 and values["loss/attn"] == 3.0
+    # per-step totals 3, 7, 5, 7: their mean
+    assert values["loss/total"] == pytest.approx(5.5)
+
+
+def test_a_non_finite_partial_term_names_the_window():
+    window = {"kd": [torch.tensor(1.0)] * 4, "attn": [torch.tensor(float("nan"))]}
+    with pytest.raises(NonFiniteLoss, match="'attn' became nan between steps 11 and 14"):
+        read_window(window, 10, spe=10)
