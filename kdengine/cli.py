@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
         eng.stop(rid)
         eng.wait(rid)
     s = eng.snapshot(rid)
-    bars.close(done=s["status"] == "done")
+    bars.close(done=s["status"] == "done", final=True)
     eng.shutdown()
     if s["status"] != "done":
         print(f"run {rid} {s['status']}: {s['error']}", file=sys.stderr)
@@ -86,8 +86,13 @@ class PhaseBars:
         progress.set_fraction(self.bar, snap["progress"] if phase == "student"
                               else snap["phase_progress"])
 
-    def close(self, done: bool) -> None:
+    def close(self, done: bool, final: bool = False) -> None:
         from kdengine.core import progress
+        if final and done and self.phase != "student":
+            # a short run can finish between two polls: its student phase still ran, to the end
+            self.close(done=True)
+            self.phase, self.bar = "student", progress.bar(self.STEPS, f"{'student':>8}",
+                                                           counts=False)
         if self.bar is not None:
             if done:
                 progress.set_fraction(self.bar, 1.0)

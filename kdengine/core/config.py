@@ -298,11 +298,7 @@ class RunConfig:
                                                         f"{d.hier_superclasses} > {d.hier_classes} classes")
 
     def semantic_dict(self) -> dict:
-        d = self.to_dict()
-        d.pop("name", None)
-        if not d["data"]["val_fraction"]:   # added later: at its default, older runs keep their hash
-            del d["data"]["val_fraction"]
-        return d
+        return semantic(self.to_dict())
 
     @property
     def hash(self) -> str:
@@ -312,7 +308,15 @@ class RunConfig:
     def hash_of(data: dict) -> str:
         """The hash of a stored config (the ``to_dict()`` of a validated one) without rebuilding and
         re-validating it; equal to ``RunConfig.from_dict(data).hash``."""
-        return config_hash({k: v for k, v in data.items() if k != "name"})
+        return config_hash(semantic(data))
+
+
+def semantic(data: dict) -> dict:
+    """What identifies a run in a config's plain data: everything but the free ``name``."""
+    d = {k: v for k, v in data.items() if k != "name"}
+    if not d.get("data", {}).get("val_fraction", 1):   # added later: at its default, older runs
+        d["data"] = {k: v for k, v in d["data"].items() if k != "val_fraction"}  # keep their hash
+    return d
 
 
 def config_hash(data: Any) -> str:
