@@ -40,3 +40,8 @@ def tiny_cfg():
         "method": {"name": "hinton", "params": {"T": 4.0}},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "seed": 0, "log_every": 5},
     })
+
+
+# The web app serves with worker processes by default; tests build many engines, so they use
+# threads in this process unless a test asks for processes itself.
+os.environ.setdefault("KD_SERVE", "threads")
