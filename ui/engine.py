@@ -27,8 +27,9 @@ def _engine_for(root: str):
     import pandas  # noqa: F401
     import plotly.graph_objects  # noqa: F401
     from kdengine.run.engine import Engine
+    from kdengine.run.serving import serving_options
     from kdengine.core.store import Store
-    engine = Engine(store=Store(root))
+    engine = Engine(store=Store(root), **serving_options())   # worker processes for a class
     threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
     return engine
 
