@@ -224,8 +224,9 @@ def progress_bar(snap: dict) -> None:
     status, phase = snap["status"], snap["phase"]
     epochs = snap["config"]["train"]["epochs"]
     if status == "queued":
-        ahead = engine.queued().index(snap["run_id"]) if snap["run_id"] in engine.queued() else 0
-        st.progress(0.0, text=f"Queued: waiting for a worker ({ahead} queued ahead of it).")
+        ahead, wait = snap.get("queue_position") or 0, snap.get("queue_eta_s")
+        st.progress(0.0, text=f"Queued: position {ahead + 1} ({ahead} queued ahead of it)"
+                    + (f" · starts in about {fmt_eta(wait)}." if wait is not None else "."))
     elif status in ("running", "paused") and phase in ("teacher", "baseline"):
         st.progress(min(1.0, snap["phase_progress"]), text=snap["phase_message"])
     elif status in ("running", "paused") and phase == "student":

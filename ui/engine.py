@@ -41,9 +41,11 @@ def _prewarm() -> None:
         from kdengine.core.config import DataConfig, RunConfig
         from kdengine.data.datasets import load_data
         from kdengine.run.engine import check_resources
+        from kdengine.run.workers import first_steps
         import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
         load_data(DataConfig())
+        first_steps()              # the first optimizer step imports much of torch (~10 s busy)
     except Exception:  # best effort only: a real run reports its own errors
         pass
 

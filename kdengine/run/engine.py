@@ -320,6 +320,11 @@ class Engine:
             time.sleep(poll)
         return False
 
+    def wait_ready(self, timeout: float = 120) -> bool:
+        """Wait until every worker has imported the training stack (True) or ``timeout`` passed."""
+        end = time.monotonic() + timeout
+        return all(ex.ready.wait(max(0.0, end - time.monotonic())) for ex in list(self._executors))
+
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._closed = True

@@ -46,6 +46,8 @@ class ThreadExecutor:
     """Runs in threads of this process; ``run_local(job)`` is the engine's in-process runner."""
 
     kind = "thread"
+    ready = threading.Event()
+    ready.set()
 
     def __init__(self, index: int, slots: int, run_local: Callable[[Any], None]):
         from kdengine.run.slicing import Baton
@@ -101,6 +103,7 @@ class ProcessExecutor:
                                    name=f"kd-worker-{index}", daemon=True)
         self.process.start()
         self._closing = False
+        self.ready = threading.Event()          # set once the worker has imported and warmed up
         self._reader = threading.Thread(target=self._read, name=f"kd-reader-{index}", daemon=True)
         self._reader.start()
 
@@ -146,6 +149,9 @@ class ProcessExecutor:
                 if not self._closing:
                     self._on_death(self, f"exit code {self.process.exitcode}")
                 return
+            if ev["type"] == "_ready":
+                self.ready.set()
+                continue
             try:
                 self._on_event(run_id, ev)
             except Exception:   # a fault while recording must not stop this worker's events
@@ -159,7 +165,8 @@ def child_main(cmd_q, ev_q, slots: int) -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from kdengine.run.slicing import Baton, SlicedControl
-    _prewarm()
+    prewarm()
+    ev_q.put(("", {"type": "_ready"}))
     baton = Baton()
     controls: dict[str, SlicedControl] = {}
     while True:
@@ -199,7 +206,7 @@ def _child_run(run_id, cfg_dict, ck, resume, ctl, baton, ev_q, controls) -> None
     emit({"type": "_end", **outcome})
 
 
-def _prewarm() -> None:
+def prewarm() -> None:
     """Import the training stack and load the default data set once, before the first run asks."""
     try:
         from kdengine.core.config import DataConfig
@@ -209,5 +216,18 @@ def _prewarm() -> None:
         import kdengine.run.trainer  # noqa: F401
         method_names()
         load_data(DataConfig())
+        first_steps()
     except Exception:  # best effort only: a real run reports its own errors
         pass
+
+
+def first_steps() -> None:
+    """A training step with each optimizer: the first ``step()`` in a process imports a large part
+    of torch (dynamo, sympy; ~10 s on a busy 2-core machine), which a student should not wait for."""
+    import torch
+    model = torch.nn.Linear(4, 2)
+    for make in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+        opt = make(model.parameters(), lr=1e-3)
+        model(torch.zeros(2, 4)).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
