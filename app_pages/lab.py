@@ -15,6 +15,7 @@ from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
+from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
 ss = st.session_state
@@ -186,7 +187,7 @@ cfg, cfg_error = build(d)
 if cfg_error is not None:
     st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
 else:
-    want = {"sid": owner, **state.config_to_query(cfg)}
+    want = {**session_params(), **state.config_to_query(cfg)}
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
     from kdengine.teaching.pitfalls import lint

@@ -13,6 +13,7 @@ from kdengine.teaching.lessons import knob_spec, lesson_link, load_lessons, pars
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
+from ui.classroom import is_instructor
 from ui.engine import get_engine, owner_id
 from ui.nav import existing_pages
 
@@ -146,7 +147,7 @@ elif st.button("Show the answer", key="lessons_show"):
     ss[ans_key] = True
     st.rerun()
 
-if not missing:
+if not missing and is_instructor():      # students never see the link builder
     with st.expander("Instructor: a link for the class", icon=":material/link:"):
         st.caption("The link opens this lesson with the values above. Locked knobs cannot be changed "
                    "by students; the others start at these values.")

@@ -18,6 +18,7 @@ from kdengine.data.datasets import DataUnavailable
 from kdengine.core.store import ACTIVE
 from kdengine.core.checkpoints import CheckpointError
 from ui import charts, state, widgets
+from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
 ss = st.session_state
@@ -162,7 +163,7 @@ with left:
               help="Softmax of logits / T. T = 1 is the model's own output; higher T softens it.")
 
 i, T = int(ss["st_i"]), float(ss["st_T"])
-want = {"sid": owner, "run": run_id, "i": str(i), "T": repr(T)}
+want = {**session_params(), "run": run_id, "i": str(i), "T": repr(T)}
 if st.query_params.to_dict() != want:
     st.query_params.from_dict(want)
 if data.kind == "text":                                 # multi-label: per-label sigmoids

@@ -29,7 +29,9 @@ def _engine_for(root: str):
     from kdengine.run.engine import Engine
     from kdengine.run.serving import serving_options
     from kdengine.core.store import Store
+    from kdengine.teaching.classroom import instructor_token
     engine = Engine(store=Store(root), **serving_options())   # worker processes for a class
+    instructor_token()          # printed to the server's console now, unless set by env var
     threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
     return engine
 

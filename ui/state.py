@@ -15,7 +15,7 @@ from kdengine.core.knobs import ConfigError
 from kdengine.core.presets import list_presets, load_preset  # noqa: F401  (load_preset: pages)
 
 # Query params that are not config fields (owner id, page-specific selections).
-RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options"}
+RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options", "student", "tok"}
 # Applied first: other fields are checked against them (method knobs belong to the method name,
 # model families to the data set).
 _FIRST = ("method.name", "data.name")

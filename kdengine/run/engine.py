@@ -32,9 +32,10 @@ Event = dict
 class RunState:
     """Everything the UI shows about one run. Mutated only under ``lock``."""
 
-    def __init__(self, run_id: str, config: dict, owner: str, name: str):
+    def __init__(self, run_id: str, config: dict, owner: str, name: str, parent: str | None = None):
         self.lock = threading.Lock()
         self.run_id, self.config, self.owner, self.name = run_id, config, owner, name
+        self.parent = parent        # the sweep / experiment that asked for it
         self.status = "queued"
         self.phase, self.phase_message, self.phase_progress = "queued", "waiting for a worker", 0.0
         self.step, self.epoch, self.progress, self.eta_s = 0, 0.0, 0.0, None
@@ -84,7 +85,7 @@ class RunState:
         with self.lock:
             return {
                 "run_id": self.run_id, "owner": self.owner, "name": self.name,
-                "config": copy.deepcopy(self.config), "status": self.status, "phase": self.phase,
+                "parent": self.parent, "config": copy.deepcopy(self.config), "status": self.status, "phase": self.phase,
                 "phase_message": self.phase_message, "phase_progress": self.phase_progress,
                 "step": self.step, "epoch": self.epoch, "progress": self.progress,
                 "eta_s": self.eta_s, "error": self.error, "traceback": self.traceback,
@@ -194,7 +195,9 @@ class Engine:
                                            versions=versions(), parent=parent)
         else:
             self.store.set_status(run_id, "queued")
-        state = RunState(run_id, cfg.to_dict(), owner, name)
+        if resume:
+            parent = (self.store.get_run(run_id) or {}).get("parent")
+        state = RunState(run_id, cfg.to_dict(), owner, name, parent)
         sliced = self.slots > 1 and not self.processes
         control = SlicedControl(owner) if sliced else Control()
         job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
@@ -522,7 +525,8 @@ def snapshot_from_store(store: Store, run_id: str) -> dict:
         items = store.artifacts(run_id, name)
         if items:
             arts[name] = items[-1][1]
-    return {"run_id": run_id, "owner": row["owner"], "name": row["name"], "config": row["config"],
+    return {"run_id": run_id, "owner": row["owner"], "name": row["name"],
+            "parent": row.get("parent"), "config": row["config"],
             "status": row["status"], "phase": row["status"], "phase_message": "",
             "phase_progress": 1.0, "step": max((v[-1][0] for v in series.values() if v), default=0),
             "epoch": max((v[-1][1] for v in series.values() if v), default=0.0),
