@@ -50,10 +50,13 @@ def row(r: dict) -> dict:
             "created": pd.to_datetime(r["created"], unit="s")}
 
 
-mine = st.toggle("Only this browser session's runs", key="runs_mine")
-rows = stored_runs(limit=500, owner_only=mine)
+everyone = st.toggle("Everyone's runs", key="runs_everyone",
+                     help="Off: only the runs of this browser session (your name).")
+rows = stored_runs(limit=500, owner_only=not everyone)
 if not rows:
-    st.info("No runs stored yet: train one in the Lab.", icon=":material/info:")
+    st.info("No runs stored yet: train one in the Lab." if everyone else
+            "None of your runs are stored yet: train one in the Lab, or turn on Everyone's runs.",
+            icon=":material/info:")
     st.stop()
 table = pd.DataFrame([row(r) for r in rows])
 st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),

@@ -32,9 +32,11 @@ st.caption("Softening the teacher's output with a temperature T reveals how it r
 
 
 # -- which runs can be shown: any with a student checkpoint --------------------------------------
-def candidate_runs() -> list[dict]:
+def candidate_runs(everyone: bool, shared: str | None) -> list[dict]:
+    """This session's runs (everyone's with the toggle), plus a run opened from a shared link."""
     live = {r["run_id"]: dict(r, id=r["run_id"]) for r in owner_runs()}
-    rows = {r["id"]: r for r in stored_runs(limit=200)}
+    rows = {r["id"]: r for r in stored_runs(limit=200)
+            if everyone or r["owner"] == owner or r["id"] == shared}
     rows.update(live)
     return [r for r in sorted(rows.values(), key=lambda r: -r.get("created", 0))
             if stored.checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
@@ -48,7 +50,9 @@ def run_models(run_id: str, mtime: float, train_teacher: bool) -> stored.RunMode
 
 problems: list[str] = []
 params = st.query_params.to_dict()
-runs = candidate_runs()
+everyone = st.toggle("Everyone's runs", key="st_everyone",
+                     help="Off: only your runs (and a run opened from a link).")
+runs = candidate_runs(everyone, str(params.get("run") or ss.get("st_run") or ""))
 ids = [r["id"] for r in runs]
 if "st_run" not in ss:
     url_run = state.read_param(params, "run", None, str, lambda r: r in ids, problems,

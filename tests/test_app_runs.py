@@ -45,6 +45,8 @@ def page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.switch_page("app_pages/runs.py").run()
     assert not at.exception, [e.value for e in at.exception]
+    assert not at.dataframe                     # by default only this session's runs: none yet
+    at.toggle(key="runs_everyone").set_value(True).run()      # the runs of "someone"
     return at
 
 
