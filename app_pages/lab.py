@@ -15,6 +15,7 @@ from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
+from kdengine.teaching.lessons import apply_locks
 from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
@@ -208,6 +209,12 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
+        link = ss.get("lessons_link")        # an instructor's lesson link locks knobs here too
+        cfg, forced = apply_locks(cfg, link.locked if link is not None else {})
+        if forced:
+            st.info("Your instructor's link fixes " + ", ".join(
+                f"`{k}` = {link.locked[k]}" for k in forced) + "; this run uses those values.",
+                icon=":material/lock:")
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:

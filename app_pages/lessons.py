@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kdengine.teaching.lessons import knob_spec, lesson_link, load_lessons, parse_link
+from kdengine.teaching.lessons import knob_spec, lesson_link, load_lessons, locked_note, parse_link
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE
 from ui import charts, state, widgets
@@ -54,11 +54,9 @@ lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=
                             help="Locked by the instructor's link." if locked_lesson else None)]
 mine = link.lesson is not None and link.lesson.id == lesson.id
 locked = link.locked if mine else {}
-if locked:
-    st.info("Your instructor's link fixes: " + ", ".join(f"`{k}` = {v}" for k, v in locked.items()),
-            icon=":material/lock:")
-
 st.header(f"{lesson.order}. {lesson.title}")
+if locked:     # next to the text, which was written for the preset's values
+    st.info(locked_note(lesson, locked), icon=":material/lock:")
 missing = lesson.missing()
 st.markdown(lesson.body)
 if missing:

@@ -106,3 +106,37 @@ def test_a_new_tab_gets_the_students_runs_back_from_the_code(runs_dir, tiny_cfg)
     assert [r["run_id"] for r in get_engine().runs(tab.session_state["kd_owner"])] == [rid]
     assert any("Ann" in c.value for c in tab.sidebar.caption)
     get_engine().stop(rid)
+
+
+# ---- lesson locks beyond the Lessons page --------------------------------------------------------
+def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
+    from kdengine.teaching.lessons import apply_locks, get_lesson, locked_note, parse_link
+    link = parse_link({"lesson": "why-temperature", "lock": "method.params.T",
+                       "method.params.T": "8"})
+    cfg = RunConfig().with_overrides({"method.params.T": 3.0, "train.epochs": 7})
+    fixed, changed = apply_locks(cfg, link.locked)
+    assert changed == ["method.params.T"] and fixed.method.params["T"] == 8.0
+    assert fixed.train.epochs == 7                                  # unlocked knobs untouched
+    assert apply_locks(fixed, link.locked) == (fixed, [])
+    note = locked_note(get_lesson("why-temperature"), link.locked)
+    assert "**T = 8.0**" in note and "the text below uses T = 4.0" in note
+
+
+def test_the_lab_trains_with_the_locked_value(runs_dir):
+    from streamlit.testing.v1 import AppTest
+    from kdengine.teaching.lessons import parse_link
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["lessons_link"] = parse_link({"lesson": "why-temperature",
+                                                   "lock": "method.params.T",
+                                                   "method.params.T": "8"})
+    at.run()
+    at.number_input(key="lab.mp.hinton.T").set_value(3.0)
+    at.number_input(key="lab.teacher.epochs").set_value(1)
+    at.number_input(key="lab.train.epochs").set_value(1).run()
+    at.button(key="lab_train").click().run()
+    assert not at.exception, at.exception
+    assert any("fixes `method.params.T` = 8.0" in i.value for i in at.info)
+    from ui.engine import get_engine
+    rid = at.session_state["lab_run"]
+    assert get_engine().snapshot(rid)["config"]["method"]["params"]["T"] == 8.0
+    get_engine().stop(rid)
