@@ -61,9 +61,11 @@ def finished():
     return rid
 
 
-def page(query: dict) -> AppTest:
+def page(query: dict, everyone: bool = False) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params.update(query)
+    if everyone:                                  # by default only this session's runs are listed
+        at.session_state["st_everyone"] = True
     at.switch_page("app_pages/soft_targets.py").run()       # a direct link: /soft_targets?run=...
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -98,7 +100,7 @@ def test_soft_targets_page_shows_bars_entropy_ranking_and_identity(finished):
 
 
 def test_soft_targets_bad_url_values_get_a_notice(finished):
-    at = page({"run": "no-such-run", "T": "99", "i": "x"})
+    at = page({"run": "no-such-run", "T": "99", "i": "x"}, everyone=True)
     notice = " ".join(w.value for w in at.warning)
     assert "run" in notice and "T" in notice and "i:" in notice
     assert at.slider(key="st_T").value == 4.0                 # the run's own T
@@ -122,3 +124,13 @@ def test_soft_targets_reads_a_live_run_from_its_checkpoint():
         assert len(at.latex) == 2 and not at.error
     finally:
         eng.shutdown()
+
+
+def test_only_this_sessions_runs_unless_everyones_are_asked_for(finished):
+    mine = page({})
+    assert mine.session_state["st_run"] is None                 # "someone"'s run is not listed
+    assert not mine.toggle(key="st_everyone").value
+    everyone = page({}, everyone=True)
+    assert everyone.session_state["st_run"] is not None
+    linked = page({"run": finished})                            # a shared link still opens it
+    assert linked.session_state["st_run"] == finished
