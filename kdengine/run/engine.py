@@ -160,9 +160,10 @@ class Engine:
     OVERBOOK = 4                 # time-sliced executors admit newcomers up to this x their slots
 
     def __init__(self, store: Store | None = None, max_workers: int | None = None,
-                 slots: int = 1, processes: bool = False):
+                 slots: int = 1, processes: bool = False, ray_address: str | None = None):
         self.store = store or Store()
-        self.max_workers = max_workers or default_workers()
+        self.ray_address = ray_address      # runs go to a Ray cluster (kdengine.run.ray_executor)
+        self.max_workers = 1 if ray_address else (max_workers or default_workers())
         self.slots = max(1, slots)
         self.processes = processes
         self._jobs: "OrderedDict[str, _Job]" = OrderedDict()
@@ -174,6 +175,11 @@ class Engine:
         self._executors = [self._new_executor(i) for i in range(self.max_workers)]
 
     def _new_executor(self, index: int):
+        if self.ray_address:
+            from kdengine.run.ray_executor import RayExecutor
+            ex = RayExecutor(index, self.ray_address, self._on_child_event, self._on_child_death)
+            self.slots = ex.slots
+            return ex
         if self.processes:
             return ProcessExecutor(index, self.slots, self._on_child_event, self._on_child_death)
         return ThreadExecutor(index, self.slots, self._run)
@@ -198,7 +204,7 @@ class Engine:
         if resume:
             parent = (self.store.get_run(run_id) or {}).get("parent")
         state = RunState(run_id, cfg.to_dict(), owner, name, parent)
-        sliced = self.slots > 1 and not self.processes
+        sliced = self.slots > 1 and not (self.processes or self.ray_address)
         control = SlicedControl(owner) if sliced else Control()
         job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
         with self._lock:
@@ -359,7 +365,7 @@ class Engine:
             if free:
                 ex = min(free, key=lambda e: len(e.active))
                 rid = self._queue.pop(active)
-            elif self.slots > 1 and sum(active.values()) < cap:
+            elif self.slots > 1 and not self.ray_address and sum(active.values()) < cap:
                 ex = min(self._executors, key=lambda e: len(e.active))
                 rid = self._queue.pop(active, only_idle_owners=True)
             else:
@@ -485,7 +491,7 @@ class Engine:
         with self._lock:
             lost = [self._jobs[r] for r in ex.active if r in self._jobs]
             ex.active.clear()
-            if not self._closed:
+            if not self._closed and ex in self._executors:     # a dead process: start another
                 self._executors[self._executors.index(ex)] = self._new_executor(ex.index)
         for job in lost:
             if job.state.status not in ACTIVE:

@@ -3,7 +3,8 @@
 ``KD_SERVE=processes`` (the web app's default) starts one worker process per core, fewer when
 memory is short (each holds torch and its runs: about ``PER_WORKER_BYTES``), each time-slicing up
 to ``KD_SLOTS`` runs (default 4). ``KD_WORKER_PROCESSES`` pins the number of processes.
-``KD_SERVE=threads`` keeps the single-process engine (``KD_MAX_WORKERS`` threads, one run each).
+``KD_RAY_ADDRESS`` (``auto``, ``ray://head:10001``, ``local``) sends every run to a Ray cluster
+instead (:mod:`kdengine.run.ray_executor`). ``KD_SERVE=threads`` keeps the single-process engine (``KD_MAX_WORKERS`` threads, one run each).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def worker_processes() -> int:
 
 def serving_options() -> dict:
     """Keyword arguments for ``Engine(...)`` in a server process."""
+    if os.environ.get("KD_RAY_ADDRESS"):
+        return {"ray_address": os.environ["KD_RAY_ADDRESS"]}
     if os.environ.get("KD_SERVE", "processes") == "threads":
         return {}
     slots = os.environ.get("KD_SLOTS", "")
