@@ -9,6 +9,7 @@ so two browser sessions sharing one engine never see each other's runs mixed up.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import os
 import threading
@@ -173,6 +174,11 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._executors = [self._new_executor(i) for i in range(self.max_workers)]
+        # At interpreter exit the worker processes are killed: that is no death to recover from.
+        atexit.register(self._mark_closed)
+
+    def _mark_closed(self) -> None:
+        self._closed = True
 
     def _new_executor(self, index: int):
         if self.ray_address:

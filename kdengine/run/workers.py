@@ -12,8 +12,11 @@ told through :meth:`ProcessExecutor.on_death` and marks that worker's runs faile
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import sys
+import types
 import queue
 import threading
 import traceback
@@ -101,7 +104,8 @@ class ProcessExecutor:
         self._events: Any = ctx.Queue()
         self.process = ctx.Process(target=child_main, args=(self._cmd, self._events, slots),
                                    name=f"kd-worker-{index}", daemon=True)
-        self.process.start()
+        with _main_not_reimported():
+            self.process.start()
         self._closing = False
         self.ready = threading.Event()          # set once the worker has imported and warmed up
         self._reader = threading.Thread(target=self._read, name=f"kd-reader-{index}", daemon=True)
@@ -156,6 +160,24 @@ class ProcessExecutor:
                 self._on_event(run_id, ev)
             except Exception:   # a fault while recording must not stop this worker's events
                 traceback.print_exc()
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Spawn re-runs the parent's ``__main__`` file in the child; under Streamlit that file is the
+    app script (which would build another engine). The child needs nothing from it: hide it while
+    the process starts (``get_preparation_data`` runs inside ``start()``)."""
+    with _main_lock:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
 
 
 # ---- the worker process ---------------------------------------------------------------------------
