@@ -41,7 +41,7 @@ def make_engine(args):
     opts = serving_options()
     if args.workers:
         opts["max_workers"] = args.workers
-    if args.slots and opts:
+    if args.slots:          # with threads: time-sliced runs in this one process
         opts["slots"] = args.slots
     return Engine(store=Store(os.environ["KD_RUNS_DIR"]), **opts), opts
 

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import traceback
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -175,7 +176,8 @@ class Engine:
         self._closed = False
         self._executors = [self._new_executor(i) for i in range(self.max_workers)]
         # At interpreter exit the worker processes are killed: that is no death to recover from.
-        atexit.register(self._mark_closed)
+        ref = weakref.ref(self)
+        atexit.register(lambda: ref() is not None and ref()._mark_closed())
 
     def _mark_closed(self) -> None:
         self._closed = True
