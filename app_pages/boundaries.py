@@ -12,9 +12,7 @@ import numpy as np
 import streamlit as st
 
 from kdengine.analysis.boundaries import dequantise
-from kdengine.core.config import TOY_DATASETS, RunConfig
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import ACTIVE
+from kdengine import ACTIVE, ConfigError, RunConfig, TOY_DATASETS
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
@@ -87,7 +85,7 @@ is_live = snap0["status"] in ACTIVE
 @st.cache_data(max_entries=4, show_spinner=False)
 def training_points(data_cfg: dict, limit: int = 500):
     """Up to ``limit`` transfer-set points (standardised, like the grid) with their labels."""
-    from kdengine.data.datasets import load_data
+    from kdengine import load_data
     data = load_data(RunConfig.from_dict({"data": data_cfg}).data)
     x, y = data.transfer.x.numpy(), data.transfer.y.numpy()
     idx = np.random.default_rng(0).permutation(len(y))[:limit]

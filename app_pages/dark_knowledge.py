@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 from kdengine.analysis import dark_knowledge as omitted
-from kdengine.core.paths import data_root
+from kdengine import data_root
 from ui import widgets
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.omitted_charts import per_class_figure, shift_curve_figure

@@ -10,13 +10,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kdengine.core.config import flatten
-from kdengine.core.store import ACTIVE
+from kdengine import ACTIVE, flatten
 from kdengine.teaching.classroom import fold_children, legend_labels, student_label, student_rows
 from kdengine.teaching.classroom import varying_knobs
 from ui import charts
 from ui.classroom import instructor_gate, roster
 from ui.engine import get_engine
+from ui.live import live_fragment
 
 st.title("Instructor")
 instructor_gate()
@@ -84,12 +84,7 @@ def body() -> None:
         charts.show(charts.overlay_figure(curves, "test_acc"))
     if len(heads) > 20:
         st.caption(f"Curves of the newest 20 of {len(heads)} runs and sweeps.")
-    still = any(r["status"] in ACTIVE for r in engine.runs())
-    if st.session_state.get("instructor_polling") and not still:
-        st.session_state["instructor_polling"] = False
-        st.rerun()                     # one full rerun so the page stops polling
 
 
-active = any(r["status"] in ACTIVE for r in engine.runs())
-st.session_state["instructor_polling"] = active
-st.fragment(run_every=2.0 if active else None)(body)()
+live_fragment(body, lambda: any(r["status"] in ACTIVE for r in engine.runs()), key="instructor",
+              every=2.0)

@@ -10,14 +10,13 @@ import math
 
 import streamlit as st
 
-from kdengine.core.config import DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig, TrainConfig
-from kdengine.methods import get_method_class, method_names
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import ACTIVE
+from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig,
+                      TrainConfig, get_method_class, method_names)
 from ui import charts, state, widgets
 from kdengine.teaching.lessons import apply_locks
 from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+from ui.live import live_fragment
 
 ss = st.session_state
 K = "lab."                 # prefix of every config widget key
@@ -34,7 +33,7 @@ engine = get_engine()
 # -- loading a whole config (URL on first visit, a preset, "open in Lab" from Runs) ---------------
 def set_config(cfg: RunConfig) -> None:
     ss[CFG] = cfg.to_dict()
-    ss[MP] = {cfg.method.name: dict(cfg.method.params)}
+    ss[MP] = {cfg.method.name: cfg.to_dict()["method"]["params"]}
     widgets.clear_keys(K)
 
 
@@ -48,7 +47,7 @@ def load_preset() -> None:
 
 def use_digits() -> None:
     """Offline fallback for a data set that could not be downloaded."""
-    from kdengine.data.datasets import fallback_config
+    from kdengine import fallback_config
     d = ss[CFG]
     d["data"] = fallback_config(DataConfig(**d["data"])).__dict__
     widgets.clear_keys(K)
@@ -106,7 +105,7 @@ def teacher_section(td: dict, data_name: str) -> dict:
         out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["checkpoint"]))
         st.caption("A path inside the data folder, loaded with `weights_only=True`.")
     elif src == "shipped":
-        from kdengine.teachers.sources import shipped_teachers
+        from kdengine import shipped_teachers
         names = [n for n, m in shipped_teachers().items() if m.get("data") == data_name]
         if names:
             out["checkpoint"] = st.selectbox("shipped teacher", names, key=K + "teacher.shipped")
@@ -191,11 +190,11 @@ else:
     want = {**session_params(), **state.config_to_query(cfg)}
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
-    from kdengine.teaching.pitfalls import lint
+    from kdengine import lint
     for w in lint(cfg):
         st.warning(w, icon=":material/lightbulb:")
     if cfg.teacher.source == "train" and get_method_class(cfg.method.name).needs_teacher:
-        from kdengine.run.stored import teacher_is_cached
+        from kdengine import teacher_is_cached
         st.caption(":material/check_circle: This teacher is cached: it loads instantly."
                    if teacher_is_cached(cfg) else
                    f":material/hourglass_top: This teacher is not cached yet: it trains first "
@@ -293,7 +292,7 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
     controls(snap)
     progress_bar(snap)
     queue_view()
-    if cfg_hash and snap["status"] in ACTIVE and RunConfig.from_dict(snap["config"]).hash != cfg_hash:
+    if cfg_hash and snap["status"] in ACTIVE and RunConfig.hash_of(snap["config"]) != cfg_hash:
         st.info("The settings above differ from this run's. Changes need a new run: press **Train** "
                 "to queue one (this run keeps going), or **Stop** this run first.",
                 icon=":material/restart_alt:")
@@ -310,13 +309,6 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
                 st.code(snap["traceback"])
     headline(snap)
     charts.live_panel(snap, key="lab")
-    # A run that just ended: one full rerun so the page stops polling.
-    was_active = ss.get("lab_polling") == run_id
-    if snap["status"] in ACTIVE:
-        ss["lab_polling"] = run_id
-    elif was_active:
-        ss["lab_polling"] = None
-        st.rerun()
 
 
 runs = owner_runs()
@@ -334,9 +326,8 @@ if runs:
                                               f"{r['config']['data']['name']}"
                                               + (f" · {r['name']}" if r.get("name") else ""))
     watched = ss[RUN]
-    is_active = engine.status(watched) in ACTIVE
-    ss["lab_polling"] = watched if is_active else None
-    st.fragment(run_every=1.0 if is_active else None)(live_body)(watched, cfg.hash if cfg else None)
+    live_fragment(live_body, lambda: engine.status(watched) in ACTIVE, watched,
+                  cfg.hash if cfg else None, key="lab")
 else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU.", icon=":material/rocket_launch:")

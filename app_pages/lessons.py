@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kdengine.teaching.lessons import knob_spec, lesson_link, load_lessons, locked_note, parse_link
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import ACTIVE
+from kdengine import ACTIVE, ConfigError, knob_spec, lesson_link, load_lessons, parse_link
+from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
 from ui.classroom import is_instructor
 from ui.engine import get_engine, owner_id
+from ui.live import live_fragment
 from ui.nav import existing_pages
 
 ss = st.session_state
@@ -118,15 +118,10 @@ if not missing:
         if snap["error"] and snap["status"] == "failed":
             st.error(f"The run failed: {snap['error']}", icon=":material/error:")
         charts.live_panel(snap, key="lesson")
-        if ss.get("lessons_polling") == run_id and snap["status"] not in ACTIVE:
-            ss["lessons_polling"] = None
-            st.rerun()                 # one full rerun so the page stops polling
 
     if ss.get(run_key):
         rid = ss[run_key]
-        active = engine.status(rid) in ACTIVE
-        ss["lessons_polling"] = rid if active else None
-        st.fragment(run_every=1.0 if active else None)(live)(rid)
+        live_fragment(live, lambda: engine.status(rid) in ACTIVE, rid, key="lessons")
 
 st.subheader("What to look for")
 st.markdown(lesson.look_for or "_(no notes)_")

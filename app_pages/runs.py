@@ -6,8 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from kdengine.core.export import export_run
-from kdengine.core.store import ACTIVE
+from kdengine import ACTIVE, export_run, temperature_of
 from ui import charts, widgets
 from ui.engine import get_engine, owner_id, stored_runs
 
@@ -43,7 +42,7 @@ def row(r: dict) -> dict:
     s = cfg.get("student", {})
     status = engine.status(r["id"]) if r["status"] in ACTIVE else r["status"]
     return {"id": r["id"], "name": r["name"], "status": status, "method": r["method"],
-            "data": cfg.get("data", {}).get("name"), "T": p.get("T"), "weights": weights_text(p),
+            "data": cfg.get("data", {}).get("name"), "T": temperature_of(cfg), "weights": weights_text(p),
             "teacher": teacher_text(cfg), "student": f"{s.get('arch')} {s.get('depth')}x{s.get('width')}",
             "epochs": cfg.get("train", {}).get("epochs"),
             "test acc.": sm.get("final_test_acc"), "teacher acc.": sm.get("teacher_test_acc"),

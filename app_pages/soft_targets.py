@@ -13,10 +13,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from kdengine.analysis import soft_targets as explore
-from kdengine.run import stored
-from kdengine.data.datasets import DataUnavailable
-from kdengine.core.store import ACTIVE
-from kdengine.core.checkpoints import CheckpointError
+from kdengine import (ACTIVE, CheckpointError, DataUnavailable, RunModels, TeacherNotCached, checkpoint_state,
+                      load_run_models)
 from ui import charts, state, widgets
 from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
@@ -39,13 +37,13 @@ def candidate_runs(everyone: bool, shared: str | None) -> list[dict]:
             if everyone or r["owner"] == owner or r["id"] == shared}
     rows.update(live)
     return [r for r in sorted(rows.values(), key=lambda r: -r.get("created", 0))
-            if stored.checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
+            if checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's models…")
-def run_models(run_id: str, mtime: float, train_teacher: bool) -> stored.RunModels:
+def run_models(run_id: str, mtime: float, train_teacher: bool) -> RunModels:
     """Cached per checkpoint version: a live run's new epoch has a new mtime."""
-    return stored.load_run_models(store, run_id, train_teacher=train_teacher)
+    return load_run_models(store, run_id, train_teacher=train_teacher)
 
 
 problems: list[str] = []
@@ -72,14 +70,14 @@ run_id = widgets.run_picker(runs, "st_run", "Run", default=ss.get("st_run"),
 if run_id is None:
     st.stop()
 
-ck = stored.checkpoint_state(store, run_id)
+ck = checkpoint_state(store, run_id)
 status = engine.status(run_id)
 
 
 @st.fragment(run_every=2.0 if status in ACTIVE else None)
 def watch_checkpoint(mtime: float | None) -> None:
     """While the run trains: redraw the page when the trainer writes a newer checkpoint."""
-    now = stored.checkpoint_state(store, run_id)
+    now = checkpoint_state(store, run_id)
     st.caption(f":material/sync: live run ({engine.status(run_id)}): the student is reloaded "
                f"after each epoch.")
     if (now and now["mtime"]) != mtime or engine.status(run_id) not in ACTIVE:
@@ -95,7 +93,7 @@ if ck is None:
 
 try:
     models = run_models(run_id, ck["mtime"], ss.get(f"st_train_teacher_{run_id}", False))
-except stored.TeacherNotCached as e:
+except TeacherNotCached as e:
     st.warning(str(e), icon=":material/school:")
     if st.button("Train the teacher again", key="st_train_teacher"):
         ss[f"st_train_teacher_{run_id}"] = True

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kdengine.core.config import flatten
-from kdengine.core.knobs import ConfigError
-from kdengine.experiments.sweeps import (BACKENDS, DEFAULT_AXES, SweepSpec, get_sweep, parse_values, ray_available,
-                             resume_sweep, shown_status, start_sweep, stored_cells)
+from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, SWEEP_BACKENDS, SweepSpec, flatten, get_sweep,
+                      is_running, parse_values, ray_available, resume_sweep, shown_status, start_sweep,
+                      stored_cells)
 from ui import state, widgets
 from ui.engine import get_engine, owner_id
+from ui.live import live_fragment
 from ui.nav import ROOT
 from ui.sweep_charts import heatmap_figure, knob_lines_figure
 
@@ -42,19 +42,19 @@ except ConfigError as e:
     st.error(f"Preset {preset}: {e}")
     st.stop()
 epochs = c2.number_input("Student epochs", 1, 200, int(base.train.epochs), key="sw_epochs")
-backend = c3.radio("Backend", BACKENDS, key="sw_backend", horizontal=True,
+backend = c3.radio("Backend", SWEEP_BACKENDS, key="sw_backend", horizontal=True,
                    help="; ".join(f"{k}: {v}" for k, v in BACKEND_HELP.items()))
 if backend == "ray" and not ray_available():
     st.info("Ray is not installed here: `pip install -r requirements-cluster.txt`.",
             icon=":material/info:")
 fields = [k for k, v in flatten(base.to_dict()).items()  # any scalar field can be a knob
           if k != "name" and isinstance(v, (int, float, bool, str))]
-default_x, default_y = list(DEFAULT_AXES)
+default_x, default_y = list(DEFAULT_SWEEP_AXES)
 flat = flatten(base.to_dict())
 
 
 def default_text(key: str) -> str:
-    return ", ".join(map(str, DEFAULT_AXES.get(key, [flat.get(key)])))
+    return ", ".join(map(str, DEFAULT_SWEEP_AXES.get(key, [flat.get(key)])))
 
 
 k1, k2 = st.columns(2)
@@ -133,16 +133,10 @@ def view(sweep_id: str) -> None:
         st.rerun()
     with st.expander("Cells"):
         st.dataframe(df, hide_index=True)
-    if sw is not None and sw.done and ss.get("sw_was_active") == sweep_id:
-        ss["sw_was_active"] = None
-        st.rerun()                       # one full rerun stops the polling
-    if active:
-        ss["sw_was_active"] = sweep_id
 
 
 sid = ss.get("sweep_id")
 if sid:
-    live = get_sweep(sid)
-    st.fragment(view, run_every=1.0 if live is not None and not live.done else None)(sid)
+    live_fragment(view, lambda: is_running(sid), sid, key="sweeps")
 else:
     st.info("No sweep yet: choose two knobs and press Run sweep.", icon=":material/info:")

@@ -11,13 +11,11 @@ import copy
 import pandas as pd
 import streamlit as st
 
-from kdengine.core.config import ModelConfig
-from kdengine.models.families import ladder, model_label
-from kdengine.core.knobs import ConfigError
-from kdengine.experiments.ta_gap import (PRESET, TAGapSpec, get_experiment, resume_experiment, shown_status,
-                             start_experiment, stored_results)
+from kdengine import (ConfigError, ModelConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running, ladder,
+                      model_label, resume_experiment, shown_status, start_experiment, stored_results)
 from ui import widgets
 from ui.engine import get_engine, owner_id
+from ui.live import live_fragment
 from ui.sweep_charts import ladder_figure, ta_gap_figure
 
 ss = st.session_state
@@ -67,14 +65,14 @@ def launch(spec: TAGapSpec) -> None:
 
 b1, b2 = st.columns(2)
 if b1.button("Run TA-gap experiment", type="primary", key="ta_launch"):
-    base = copy.deepcopy(PRESET["base"])
+    base = copy.deepcopy(TA_GAP_PRESET["base"])
     base["data"] = {"name": data_name}
     base["train"]["epochs"] = int(epochs)
     launch(TAGapSpec(base=base, sizes=[m.__dict__ for m in sizes], student=int(student),
                      seeds=list(range(int(n_seeds))), ta=ta, family=family,
                      name=f"{FAMILIES[family]} on {data_name}"))
 if b2.button("Run the workshop preset (digits, a minute or two)", key="ta_preset"):
-    launch(TAGapSpec.from_dict(PRESET))
+    launch(TAGapSpec.from_dict(TA_GAP_PRESET))
 
 widgets.stored_sweep_picker(engine.store, "ta_gap", "ta_exp", "Experiment", limit=30)
 
@@ -117,17 +115,11 @@ def view(exp_id: str) -> None:
             "Resume (finished runs are reused)", key=f"ta_resume_{exp_id}"):
         resume_experiment(engine, exp_id)
         st.rerun()
-    if exp is not None and exp.done and ss.get("ta_was_active") == exp_id:
-        ss["ta_was_active"] = None
-        st.rerun()
-    if exp is not None and not exp.done:
-        ss["ta_was_active"] = exp_id
 
 
 eid = ss.get("ta_exp")
 if eid:
-    live = get_experiment(eid)
-    st.fragment(view, run_every=1.0 if live is not None and not live.done else None)(eid)
+    live_fragment(view, lambda: is_running(eid), eid, key="ta_gap")
 else:
     st.info("No experiment yet: run the preset, or choose a ladder and press Run.",
             icon=":material/info:")

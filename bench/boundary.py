@@ -20,11 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 from kdengine.analysis import boundaries as adv
-from kdengine.cli import load_config
-from kdengine.data.datasets import load_data
-from kdengine.losses.logits import kd_loss
-from kdengine.models.families import build_model
-from kdengine.teachers.sources import get_teacher
+from kdengine import build_model, get_teacher, kd_loss, load_config, load_data
 from ui import boundary_figs as bf
 
 CPU = torch.device("cpu")

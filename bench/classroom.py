@@ -23,7 +23,7 @@ import time
 
 
 def config(epochs: int):
-    from kdengine.core.config import RunConfig
+    from kdengine import RunConfig
     return RunConfig().with_overrides({"train.epochs": epochs})     # the Lab's defaults
 
 
@@ -33,8 +33,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def make_engine(args):
-    from kdengine.core.store import Store
-    from kdengine.run.engine import Engine
+    from kdengine import Engine, Store
     from kdengine.run.serving import serving_options
     if args.serve:
         os.environ["KD_SERVE"] = args.serve

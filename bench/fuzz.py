@@ -1,4 +1,4 @@
-"""Config fuzzing at full strength: 1000 hypothesis examples per entry point (issue 9, item 1).
+"""Config fuzzing at full strength: 1000 hypothesis examples per entry point.
 
     python bench/fuzz.py [--examples 1000] [--only field,yaml]
 

@@ -21,8 +21,7 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 
 import torch
 
-from kdengine.core.config import RunConfig
-from kdengine.run.trainer import Trainer
+from kdengine import RunConfig, Trainer
 
 # (label, method, params); the student alone first, Hinton KD is the reference row.
 METHODS = [

@@ -18,15 +18,8 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 import torch
 import torch.nn.functional as F
 
-from kdengine.core.config import RunConfig
-from kdengine.data.datasets import load_data
-from kdengine.run.engine import Engine
-from kdengine.losses.logits import kd_loss
-from kdengine.models.families import build_model
-from kdengine.core.store import Store
-from kdengine.teachers.sources import get_teacher
-from kdengine.run.evaluation import evaluate
-from kdengine.models import logits_of
+from kdengine import (Engine, RunConfig, Store, build_model, evaluate, get_teacher, kd_loss, load_data,
+                      logits_of)
 
 
 def config(epochs: int, method: str = "hinton") -> RunConfig:

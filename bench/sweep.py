@@ -31,11 +31,7 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(1)
-    from kdengine.cli import load_config
-    from kdengine.run.engine import Engine
-    from kdengine.core.store import Store
-    from kdengine.experiments.sweeps import SweepSpec, start_sweep
-    from kdengine.run.trainer import Trainer
+    from kdengine import Engine, Store, SweepSpec, Trainer, load_config, start_sweep
 
     base = load_config("digits-quick", [f"train.epochs={args.epochs}"])
     axes = {"method.params.T": [1.0, 2.0, 4.0, 8.0],

@@ -10,10 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdengine.core.config import RunConfig
-from kdengine.core.knobs import ConfigError
-from kdengine.core.export import export_run
-from kdengine.core.presets import list_presets, preset_path
+from kdengine import ConfigError, RunConfig, export_run, list_presets, preset_path
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -38,8 +35,7 @@ def _bar(frac: float, width: int = 30) -> str:
 
 
 def cmd_train(args) -> int:
-    from kdengine.run.engine import Engine
-    from kdengine.teaching.pitfalls import lint
+    from kdengine import Engine, lint
     cfg = load_config(args.config, args.set)
     for w in lint(cfg):
         print(f"warning: {w}", file=sys.stderr)
@@ -99,7 +95,7 @@ def _print_summary(sm: dict) -> None:
 
 
 def _store():
-    from kdengine.core.store import Store
+    from kdengine import Store
     return Store()
 
 
@@ -148,8 +144,7 @@ def cmd_presets(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from kdengine.methods import get_method_class, method_names
-    from kdengine.core.knobs import field_specs
+    from kdengine import field_specs, get_method_class, method_names
     for name in method_names():
         cls = get_method_class(name)
         knobs = ", ".join(f"{s['name']}={s['default']}" for s in field_specs(cls.Params))
@@ -164,7 +159,7 @@ def cmd_prune(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from kdengine.run.engine import Engine
+    from kdengine import Engine
     store = _store()
     row = _get(store, args.run)
     eng = Engine(store=store, max_workers=1)
@@ -181,8 +176,7 @@ def cmd_resume(args) -> int:
 def cmd_sweep(args) -> int:
     """A grid over two (or more) knobs, e.g. --axis method.params.T=1,2,4 --axis
     method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done."""
-    from kdengine.run.engine import Engine
-    from kdengine.experiments.sweeps import parse_values, resume_sweep, start_sweep
+    from kdengine import Engine, parse_values, resume_sweep, start_sweep
     eng = Engine(max_workers=1)
     if args.resume:
         sweep = resume_sweep(eng, args.resume, args.backend)
@@ -281,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # DataUnavailable, CheckpointError: one clear line, not a traceback
-        from kdengine.data.datasets import DataUnavailable
-        from kdengine.core.checkpoints import CheckpointError
+        from kdengine import CheckpointError, DataUnavailable
         if isinstance(e, (DataUnavailable, CheckpointError)):
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -10,10 +10,7 @@ import json
 
 import torch
 
-from kdengine.core.config import DataConfig, ModelConfig
-from kdengine.data.datasets import load_data
-from kdengine.models.families import build_model, count_params, model_label
-from kdengine.core.paths import assets_dir
+from kdengine import DataConfig, ModelConfig, assets_dir, build_model, count_params, load_data, model_label
 from kdengine.teachers.fitting import accuracy, fit_supervised
 
 TEACHERS = {

@@ -1,10 +1,20 @@
-"""Shared fixtures: every test session gets its own data folder, so tests never touch ./kd_runs."""
+"""Shared fixtures and helpers.
+
+Every test session gets its own data folder, so tests never touch ./kd_runs. The AppTest helpers
+(``app_test``, ``poll``, ``status_line``, ``lab``) and ``train_stored`` / ``data_folder`` are plain
+functions: test files import them with ``from conftest import ...`` (pytest puts this folder on
+``sys.path`` when it loads this file).
+"""
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,9 +39,18 @@ def runs_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def engine(runs_dir):
+    """An Engine with one worker on a fresh data folder, shut down after the test."""
+    from kdengine import Engine, Store
+    eng = Engine(store=Store(runs_dir), max_workers=1)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture
 def tiny_cfg():
     """A digits config that trains in about a second."""
-    from kdengine.core.config import RunConfig
+    from kdengine import RunConfig
     return RunConfig.from_dict({
         "data": {"name": "digits"},
         "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64},
@@ -40,6 +59,74 @@ def tiny_cfg():
         "method": {"name": "hinton", "params": {"T": 4.0}},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "seed": 0, "log_every": 5},
     })
+
+
+# -- stored runs for page tests ---------------------------------------------------------------------
+@contextmanager
+def data_folder(root):
+    """Point ``KD_RUNS_DIR`` at ``root`` for a module's page tests (the pages' engine is keyed by
+    it), and back afterwards."""
+    old = os.environ["KD_RUNS_DIR"]
+    os.environ["KD_RUNS_DIR"] = str(root)
+    try:
+        yield Path(root)
+    finally:
+        os.environ["KD_RUNS_DIR"] = old
+
+
+def train_stored(root, configs: dict, owner: str = "someone", named: bool = False) -> dict[str, str]:
+    """Train ``configs`` (key -> RunConfig) to the end in the data folder ``root``; key -> run id.
+    ``named`` also gives each run its key as its name."""
+    from kdengine import Engine, Store
+    eng = Engine(store=Store(root), max_workers=1)
+    try:
+        ids = {k: eng.submit(cfg, owner=owner, **({"name": k} if named else {}))
+               for k, cfg in configs.items()}
+        for rid in ids.values():
+            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+    finally:
+        eng.shutdown()
+    return ids
+
+
+# -- AppTest ----------------------------------------------------------------------------------------
+def app_test(path: str = "app.py", *, page: str | None = None, query: dict | None = None,
+             state: dict | None = None, timeout: float = 120):
+    """Run ``path`` (the app, or one page file on its own) once, optionally switched to ``page``
+    (a direct link), with URL query parameters and session state set first."""
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / path), default_timeout=timeout)
+    at.query_params.update(query or {})
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    (at.switch_page(page) if page else at).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def lab(query: dict | None = None):
+    """The app's first page, the Lab, with these URL query parameters."""
+    return app_test(query=query)
+
+
+def status_line(at) -> str:
+    """The live run's "**Run** `id` · ... · status **x**" line, or ''."""
+    lines = [m.value for m in at.markdown if m.value.startswith("**Run**")]
+    return lines[0] if lines else ""
+
+
+def poll(at, until, timeout: float = 120.0, every: float = 0.3) -> None:
+    """``run_every`` fragments do not tick under AppTest: rerun the page, as a browser's refresh
+    would, until ``until(at)`` holds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        if until(at):
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out; page says {status_line(at)!r}, errors "
+                         f"{[e.value for e in at.error]}")
 
 
 # The web app serves with worker processes by default; tests build many engines, so they use

@@ -11,10 +11,9 @@ from torch import nn
 from kdengine.analysis import boundaries as adv
 from kdengine.cli import load_config
 from kdengine.data.datasets import load_data
-from kdengine.run.engine import Engine
+from kdengine import Engine, Store
 from kdengine.methods import TrainContext
 from kdengine.methods.bss import BSS, BSSParams
-from kdengine.core.store import Store
 from kdengine.teachers.sources import get_teacher
 from kdengine.run.engine import train
 

@@ -4,48 +4,33 @@ from __future__ import annotations
 import base64
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from kdengine.cli import load_config
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import Engine, Store
 
-PAGE = str(Path(__file__).resolve().parent.parent / "app_pages" / "boundaries.py")
+from conftest import app_test, train_stored
+
+PAGE = "app_pages/boundaries.py"
 
 
 @pytest.fixture(scope="module")
 def stored():
     """A moons BSS run, a moons plain-KD run and a digits BSS run in the session's data folder
     (shared with test_adversarial.py, so the moons teacher is trained once)."""
-    root = os.environ["KD_RUNS_DIR"]
-    eng = Engine(store=Store(root), max_workers=1)
-    cfgs = {
+    return train_stored(os.environ["KD_RUNS_DIR"], {
         "bss": load_config("moons-bss", ["train.epochs=3", "method.params.attack_size=16"]),
         "kd": load_config("moons-2d", ["train.epochs=2", "train.baseline=false"]),
         "digits": load_config("digits-quick", ["train.epochs=1", "teacher.epochs=3"]
                               ).with_overrides({"method.name": "bss", "method.params": {}}),
-    }
-    ids = {}
-    try:
-        for k, cfg in cfgs.items():
-            ids[k] = eng.submit(cfg, owner="someone-else")
-        for k, rid in ids.items():
-            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    finally:
-        eng.shutdown()
-    return ids
+    }, owner="someone-else")
 
 
 def _page(run_id: str) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=90)
-    at.session_state["bd_run"] = run_id
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return app_test(PAGE, state={"bd_run": run_id}, timeout=90)
 
 
 def _figures(at) -> list[dict]:
@@ -130,8 +115,7 @@ def test_image_run_shows_a_gallery_with_class_names(stored):
 
 
 def test_train_button_starts_a_bss_run_and_selects_it(stored):
-    at = AppTest.from_file(PAGE, default_timeout=90)
-    at.run()
+    at = app_test(PAGE, timeout=90)
     at.button(key="bd_start").click().run()
     assert not at.exception, at.exception
     rid = at.session_state["bd_run"]

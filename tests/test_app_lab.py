@@ -6,49 +6,22 @@
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdengine.core.config import RunConfig
+from kdengine import RunConfig, Store
 from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import field_specs
-from kdengine.core.store import Store
 from ui import state
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from conftest import lab, poll, status_line
+
 WIDGET_KINDS = ("number_input", "selectbox", "toggle", "text_input", "multiselect")
-
-
-def lab(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(query or {})
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def keys(at: AppTest) -> set[str]:
     return {w.key for kind in WIDGET_KINDS for w in getattr(at, kind) if w.key}
-
-
-def status_line(at: AppTest) -> str:
-    lines = [m.value for m in at.markdown if m.value.startswith("**Run**")]
-    return lines[0] if lines else ""
-
-
-def poll(at: AppTest, until, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        if until(at):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; page says {status_line(at)!r}, errors "
-                         f"{[e.value for e in at.error]}")
 
 
 def quick(at: AppTest, epochs: int) -> None:
@@ -108,7 +81,7 @@ def test_lab_url_opens_the_same_setup():
     cfg = state.load_preset("digits-dkd")
     at = lab(state.config_to_query(cfg))
     assert at.selectbox(key="lab.method.name").value == "dkd"
-    assert at.number_input(key="lab.mp.dkd.beta").value == cfg.method.params["beta"]
+    assert at.number_input(key="lab.mp.dkd.beta").value == cfg.method.params.beta
     assert not at.warning
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -11,18 +10,14 @@ from streamlit.testing.v1.element_tree import AppTestError
 from kdengine.teaching import lessons as lessons_mod
 from kdengine.teaching.lessons import load_lessons
 
-ROOT = Path(__file__).resolve().parent.parent
-LESSONS = str(ROOT / "app_pages" / "lessons.py")
-INSTRUCTOR = str(ROOT / "app_pages" / "instructor.py")
+from conftest import app_test
+
+LESSONS = "app_pages/lessons.py"
+INSTRUCTOR = "app_pages/instructor.py"
 
 
 def page(params: dict | None = None, path: str = LESSONS) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=120)
-    if params:
-        at.query_params.update(params)
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return app_test(path, query=params)
 
 
 TOKEN = "test-instructor-token"
@@ -147,10 +142,7 @@ def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir)
                                           "train.epochs=1", "train.baseline=false"])
     rid = eng.submit(cfg, owner="someone")
     assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    at = AppTest.from_file(str(ROOT / "app_pages" / "soft_targets.py"), default_timeout=120)
-    at.session_state["st_run"] = rid
-    at.run()
-    assert not at.exception, at.exception
+    at = app_test("app_pages/soft_targets.py", state={"st_run": rid})
     figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     bars = next(f for f in figs if f["layout"]["title"]["text"].startswith("per-label"))
     assert {t["name"] for t in bars["data"]} == {"teacher", "student"}

@@ -3,17 +3,12 @@ the figure builders against the stored artifacts."""
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from kdengine.core.config import RunConfig
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import RunConfig
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from conftest import app_test, data_folder, train_stored
 
 
 def cfg(data: str, method: str, params: dict) -> RunConfig:
@@ -27,20 +22,11 @@ def cfg(data: str, method: str, params: dict) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("method_views")
-    old = os.environ["KD_RUNS_DIR"]
-    os.environ["KD_RUNS_DIR"] = str(root)        # the page's engine is keyed by this folder
-    eng = Engine(store=Store(root), max_workers=1)
-    try:
-        ids = {"sobolev": eng.submit(cfg("moons", "sobolev", {"k": 1})),
-               "specialists": eng.submit(cfg("digits", "specialists", {
-                   "specialist_epochs": 2, "n_specialists": 2, "combine_steps": 10}))}
-        for rid in ids.values():
-            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    finally:
-        eng.shutdown()
-    yield ids
-    os.environ["KD_RUNS_DIR"] = old
+    with data_folder(tmp_path_factory.mktemp("method_views")) as root:
+        yield train_stored(root, {
+            "sobolev": cfg("moons", "sobolev", {"k": 1}),
+            "specialists": cfg("digits", "specialists", {
+                "specialist_epochs": 2, "n_specialists": 2, "combine_steps": 10})}, owner="")
 
 
 def figure(at, key: str) -> dict:
@@ -50,9 +36,7 @@ def figure(at, key: str) -> dict:
 
 
 def test_sobolev_field_and_specialist_clusters_are_drawn(runs):
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("app_pages/method_views.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = app_test(page="app_pages/method_views.py")
 
     at.selectbox(key="mv_run").set_value(runs["sobolev"]).run()
     assert not at.exception, [e.value for e in at.exception]

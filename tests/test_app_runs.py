@@ -3,17 +3,13 @@ with its confirmation). Uses its own data folder, since deleting and pruning are
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdengine.core.config import RunConfig
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import RunConfig, Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from conftest import app_test, data_folder, train_stored
 
 
 def tiny(T: float) -> RunConfig:
@@ -27,24 +23,13 @@ def tiny(T: float) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs_page")
-    old = os.environ["KD_RUNS_DIR"]
-    os.environ["KD_RUNS_DIR"] = str(root)        # the page's engine is keyed by this folder
-    eng = Engine(store=Store(root), max_workers=1)
-    try:
-        ids = [eng.submit(tiny(T), owner="someone", name=f"T{T:g}") for T in (2.0, 6.0, 9.0)]
-        for rid in ids:
-            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    finally:
-        eng.shutdown()
-    yield ids, Store(root)
-    os.environ["KD_RUNS_DIR"] = old
+    with data_folder(tmp_path_factory.mktemp("runs_page")) as root:
+        ids = train_stored(root, {f"T{T:g}": tiny(T) for T in (2.0, 6.0, 9.0)}, named=True)
+        yield list(ids.values()), Store(root)
 
 
 def page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.switch_page("app_pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = app_test(page="app_pages/runs.py")
     assert not at.dataframe                     # by default only this session's runs: none yet
     at.toggle(key="runs_everyone").set_value(True).run()      # the runs of "someone"
     return at
@@ -78,10 +63,7 @@ def test_open_in_lab_loads_the_stored_config(runs):
 def test_a_run_link_selects_that_run(runs):
     """Sweeps heatmap cells link to ?run=<id>: the Runs page opens with that run selected."""
     ids, _ = runs
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["run"] = ids[0]
-    at.switch_page("app_pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = app_test(page="app_pages/runs.py", query={"run": ids[0]})
     assert at.multiselect(key="runs_sel").value == [ids[0]]
     at.query_params["run"] = "no-such-run"
     at.run()

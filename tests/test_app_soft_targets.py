@@ -6,7 +6,6 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,9 @@ from streamlit.testing.v1 import AppTest
 
 from kdengine.analysis import soft_targets as explore
 from kdengine.cli import load_config
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import Engine, Store
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from conftest import app_test, train_stored
 
 
 # -- kdengine.analysis.soft_targets (pure) ---------------------------------------------------------------------
@@ -52,23 +50,14 @@ def test_wrong_classes_ranked_excludes_target_and_sorts_by_teacher():
 # -- the page ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def finished():
-    eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
-    try:
-        rid = eng.submit(load_config("digits-quick", ["train.epochs=1"]), owner="someone")
-        assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    finally:
-        eng.shutdown()
-    return rid
+    return train_stored(os.environ["KD_RUNS_DIR"],
+                        {"quick": load_config("digits-quick", ["train.epochs=1"])})["quick"]
 
 
 def page(query: dict, everyone: bool = False) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update(query)
-    if everyone:                                  # by default only this session's runs are listed
-        at.session_state["st_everyone"] = True
-    at.switch_page("app_pages/soft_targets.py").run()       # a direct link: /soft_targets?run=...
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    # by default only this session's runs are listed; ``everyone`` turns the toggle on
+    return app_test(page="app_pages/soft_targets.py", query=query,     # a direct link
+                    state={"st_everyone": True} if everyone else None)
 
 
 def bars(at: AppTest) -> dict:

@@ -5,34 +5,18 @@
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGES = Path(__file__).resolve().parent.parent / "app_pages"
+from conftest import app_test, poll
 
 
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(PAGES / name), default_timeout=120)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return app_test(f"app_pages/{name}")
 
 
 def figures(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-
-
-def poll(at: AppTest, until, timeout: float = 180.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        if until(at):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; errors {[e.value for e in at.error]}")
 
 
 def test_sweeps_page_fills_a_heatmap_and_exports_csv():
@@ -49,7 +33,7 @@ def test_sweeps_page_fills_a_heatmap_and_exports_csv():
     def heat_full(at):
         heat = [f for f in figures(at) if f["data"] and f["data"][0]["type"] == "heatmap"]
         return heat and all(v is not None for row in heat[0]["data"][0]["z"] for v in row)
-    poll(at, heat_full)
+    poll(at, heat_full, timeout=180)
     heat = next(f for f in figures(at) if f["data"][0]["type"] == "heatmap")["data"][0]
     assert heat["x"] == ["1", "4"] and heat["y"] == ["0.5", "0.9"]
     assert all(0.0 <= v <= 1.0 for row in heat["z"] for v in row)
@@ -76,7 +60,7 @@ def test_ta_gap_page_draws_curves_and_ladder():
 
     def finished(at):
         return any("100%" in (p.proto.text or "") for p in at.get("progress"))
-    poll(at, finished)
+    poll(at, finished, timeout=180)
     curve = figures(at)[0]
     names = {t.get("name") for t in curve["data"]}
     assert {"direct KD", "via TA", "student alone"} <= names

@@ -8,20 +8,11 @@ import torch
 from kdengine.experiments.chains import link_config, run_chain, run_teacher
 from kdengine.core.config import ModelConfig
 from kdengine.data.datasets import load_data
-from kdengine.run.engine import Engine
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import Store
+from kdengine import ConfigError
 from kdengine.experiments.ta_gap import TAGapSpec, pick_ta, start_experiment
 from kdengine.teachers.sources import get_teacher
 
 W = lambda w: ModelConfig("mlp", 1, w)  # noqa: E731
-
-
-@pytest.fixture
-def engine(runs_dir):
-    eng = Engine(Store(), max_workers=1)
-    yield eng
-    eng.shutdown()
 
 
 def _count_submits(engine):

@@ -1,4 +1,4 @@
-"""Issue 9, item 5: four users start runs at once on one shared engine.
+"""Four users start runs at once on one shared engine.
 
 Each sees only its own runs, all four finish with their own metrics, and the engine never trains
 more runs at a time than its worker limit: the rest wait in the queue. Checked on the Engine API
@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 import kdengine.run.engine as engine_mod
-from kdengine.core.config import RunConfig
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import Engine, RunConfig, Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 WIDTHS = {"ann": 8, "bob": 12, "cat": 16, "dan": 20}     # a different student for each user

@@ -60,8 +60,8 @@ def test_cross_field_errors_name_the_field():
 
 def test_method_params_get_defaults_and_types():
     cfg = RunConfig().with_overrides({"method.name": "dkd", "method.params": {"beta": "2"}})
-    assert cfg.method.params["beta"] == 2.0
-    assert cfg.method.params["alpha"] == 1.0 and cfg.method.params["T"] == 4.0
+    assert cfg.method.params.beta == 2.0
+    assert cfg.method.params.alpha == 1.0 and cfg.method.params.T == 4.0
 
 
 def test_json_and_yaml_round_trip():

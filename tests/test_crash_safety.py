@@ -1,4 +1,4 @@
-"""Issue 9, item 4: a training process killed with SIGKILL loses nothing that was flushed, and its run
+"""A training process killed with SIGKILL loses nothing that was flushed, and its run
 resumes from the last checkpoint.
 
 A real ``python -m kdengine train`` process is started on its own data folder and killed without
@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdengine import cli
-from kdengine.core.store import Store
+from kdengine import Store, cli
 from kdengine.core.checkpoints import safe_load
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from kdengine.cli import load_config
-from kdengine.run.engine import Engine
-from kdengine.core.store import Store
+from kdengine import Engine, Store
 from kdengine.run.trainer import Trainer
-
-
-@pytest.fixture
-def engine(runs_dir):
-    eng = Engine(store=Store(runs_dir), max_workers=1)
-    yield eng
-    eng.shutdown()
 
 
 def test_digits_preset_trains_end_to_end_and_is_stored(engine):
@@ -147,7 +139,7 @@ def test_huge_learning_rate_becomes_nonfinite_and_fails(engine, tiny_cfg):
 
 
 def test_bad_config_is_rejected_at_submit(engine):
-    from kdengine.core.knobs import ConfigError
+    from kdengine import ConfigError
     with pytest.raises(ConfigError) as e:
         engine.submit({"method": {"name": "hinton", "params": {"T": -1}}})
     assert e.value.field == "method.params.T"

@@ -89,3 +89,31 @@ def test_engine_never_imports_streamlit_ui_or_pages():
     for f in ENGINE.rglob("*.py"):
         for mod in _imports(f):
             assert mod.split(".")[0] not in ("streamlit", "ui", "app_pages"), f"{f} imports {mod}"
+
+
+def test_every_public_name_resolves_and_import_stays_cheap():
+    """``kdengine`` lists its public names and loads each on first use: importing the package
+    itself must not pull in torch (the web app's first page renders before torch is loaded)."""
+    import subprocess
+    import sys
+    code = ("import sys, kdengine; assert 'torch' not in sys.modules, 'import kdengine loaded torch'; "
+            "missing = [n for n in kdengine.__all__ if getattr(kdengine, n, None) is None]; "
+            "assert not missing, missing")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_callers_import_public_names_from_the_facade():
+    """Pages, ``ui``, the CLI, benches and scripts take a name the facade offers from ``kdengine``
+    itself, not from the module that happens to define it today."""
+    import kdengine
+    public = {attr: pub for pub, (_, attr) in kdengine._API.items()}
+    files = [ROOT / "kdengine" / "cli.py"] + [f for d in ("app_pages", "ui", "bench", "scripts")
+                                               for f in (ROOT / d).glob("*.py")]
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdengine."):
+                bad += [f"{f.relative_to(ROOT)}: {a.name} from {node.module} (use kdengine.{public[a.name]})"
+                        for a in node.names if a.name in public]
+    assert not bad, "\n".join(bad)

@@ -5,10 +5,9 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from kdengine.run.engine import Engine
+from kdengine import ConfigError, Engine
 from kdengine.teaching.lessons import (check_knob, knob_spec, lesson_link, load_lessons, parse_lesson,
                               parse_link)
-from kdengine.core.knobs import ConfigError
 
 REQUIRED = ["why-temperature", "few-labels", "dark-knowledge", "decoupling", "boundary-samples",
             "teacher-too-big"]
@@ -60,7 +59,7 @@ def test_instructor_link_round_trips_and_refuses_bad_values():
     assert st.locked == {"method.params.T": 6.0, "train.epochs": 3}
     assert st.values == {"data.n_labels": 100}
     cfg = lesson.config({**st.values, **st.locked})
-    assert cfg.method.params["T"] == 6.0 and cfg.train.epochs == 3 and cfg.data.n_labels == 100
+    assert cfg.method.params.T == 6.0 and cfg.train.epochs == 3 and cfg.data.n_labels == 100
     # out of range, not a knob of this lesson, unknown lesson
     bad = parse_link({"lesson": "few-labels", "lock": "train.epochs,train.lr",
                       "train.epochs": "-4"})
@@ -74,7 +73,7 @@ def test_instructor_link_round_trips_and_refuses_bad_values():
 def test_only_knobs_reach_the_config():
     lesson = next(l for l in load_lessons() if l.id == "few-labels")
     cfg = lesson.config({"train.lr": 5.0, "method.params.T": 2.0})
-    assert cfg.train.lr == lesson.base_config().train.lr and cfg.method.params["T"] == 2.0
+    assert cfg.train.lr == lesson.base_config().train.lr and cfg.method.params.T == 2.0
 
 
 def test_every_lesson_preset_runs_to_completion_through_the_engine(runs_dir):

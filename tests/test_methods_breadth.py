@@ -1,8 +1,9 @@
-"""Method breadth (issue 7): noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
+"""Method breadth: noisy teacher, Sobolev, FitNets, DML, multi-teacher, specialists,
 adversarial. For each: finite terms, gradients only into the student and its helper modules (never a
 teacher), and a short run through the Engine; plus each method's identity."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -39,9 +40,8 @@ def _cfg(method: str, params: dict | None = None, **train) -> RunConfig:
 def _ctx(cfg: RunConfig, data, events=None) -> TrainContext:
     return TrainContext(steps_per_epoch=10, epochs=2, n_classes=data.n_classes,
                         input_shape=data.input_shape, device=torch.device("cpu"),
-                        data_kind=data.kind, seed=0,
-                        extras={"config": cfg, "emit": (events.append if events is not None
-                                                        else lambda e: None), "control": None})
+                        data_kind=data.kind, seed=0, config=cfg,
+                        emit=events.append if events is not None else (lambda e: None))
 
 
 def _method(name: str, params: dict | None = None, teacher=None, student_cfg=None, data=None):
@@ -58,7 +58,7 @@ def _method(name: str, params: dict | None = None, teacher=None, student_cfg=Non
         teachers = [teacher]
     torch.manual_seed(0)
     student = build_model(cfg.student, data.input_shape, data.n_classes)
-    m = cls(student, teachers, cls.Params(**cfg.method.params), _ctx(cfg, data))
+    m = cls(student, teachers, cfg.method.params, _ctx(cfg, data))
     m.setup(data)
     return m, data
 
@@ -174,7 +174,7 @@ def test_sobolev_jvp_equals_full_jacobian_times_v(arch):
 def test_sobolev_gradients_reach_student_through_the_jvp_and_teacher_stays_constant():
     m, data = _method("sobolev", {"value_weight": 0.0, "deriv_weight": 1.0})
     b = _batch(data, 8)
-    terms = m.loss_terms(b, 0)
+    terms = m.weigh(m.loss_terms(b, 0))       # value_weight 0: the value term weighs nothing
     assert float(terms["mse"].detach()) == 0.0
     terms["sobolev"].backward()      # the derivative term alone trains the student
     assert m.student.features[1].weight.grad.abs().sum() > 0
@@ -230,7 +230,7 @@ def test_dml_terms_are_ce_plus_kl_to_each_peer():
     assert m.needs_teacher is False and len(m.peers) == 2
     b = _batch(data)
     zs = [m.student(b.x)] + [p(b.x) for p in m.peers]
-    terms = m.loss_terms(b, 0)
+    terms = m.weigh(m.loss_terms(b, 0))
     kl = (kd_loss(zs[0], zs[1], 2.0) + kd_loss(zs[0], zs[2], 2.0)) / 2
     assert torch.allclose(terms["kl"], 0.5 * kl, atol=1e-6)
     assert torch.allclose(terms["ce"], F.cross_entropy(zs[0], b.y), atol=1e-6)
@@ -246,7 +246,7 @@ def test_multi_teacher_with_one_teacher_equals_that_teachers_kd(how):
     h, _ = _method("hinton", {"T": 3.0, "soft_weight": 0.7, "hard_weight": 0.2})
     h.student.load_state_dict(m.student.state_dict())
     b = _batch(data)
-    got, want = m.loss_terms(b, 0), h.loss_terms(b, 0)
+    got, want = m.weigh(m.loss_terms(b, 0)), h.weigh(h.loss_terms(b, 0))
     assert set(got) == set(want) == {"kd", "ce"}
     for k in got:
         assert torch.allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
@@ -351,7 +351,7 @@ def test_specialists_setup_reports_progress_and_exposes_clusters():
     teacher = get_teacher(cfg, data, torch.device("cpu"))[0]
     cls = get_method_class("specialists")
     m = cls(build_model(cfg.student, data.input_shape, 10), [teacher],
-            cls.Params(**cfg.method.params), _ctx(cfg, data, events))
+            cfg.method.params, _ctx(cfg, data, events))
     m.setup(data)
     phases = [e for e in events if e["type"] == "phase" and e["phase"] == "specialists"]
     assert phases and phases[-1]["progress"] == 1.0
@@ -383,12 +383,14 @@ def test_new_methods_are_listed_with_validated_params():
     from kdengine.core.knobs import ConfigError
     for name in NEW:
         cls = get_method_class(name)
-        assert cls.paper and cls.title and cls.term_names
+        assert cls.paper and cls.title
+        knobs = {f.name for f in dataclasses.fields(cls.Params)}
+        assert set(cls.weight_knobs.values()) <= knobs and cls.temperature in knobs | {None}
         assert "arXiv" in (__import__(cls.__module__, fromlist=["x"]).__doc__ or "")
     with pytest.raises(ConfigError):
         _cfg("multi_teacher", {"teachers": ["mlp-9-9999"]})
     with pytest.raises(ConfigError):
         _cfg("noisy_teacher", {"alpha": 1.5})
-    assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params["teachers"] \
+    assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params.teachers \
         == ["mlp-1-64", "mlp-2-128"]
-    assert math.isclose(_cfg("sobolev").method.params["deriv_weight"], 1.0)
+    assert math.isclose(_cfg("sobolev").method.params.deriv_weight, 1.0)

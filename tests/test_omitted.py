@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from kdengine.core.config import RunConfig
+from kdengine import RunConfig
 from kdengine.analysis.dark_knowledge import (best_shift, bias_curve, omitted_report, omitted_runs,
                               per_class_accuracy, run_test_logits, shift_bias)
 
@@ -40,7 +40,7 @@ def test_raising_the_bias_only_ever_adds_predictions_of_that_class():
 
 def test_omit_3_run_end_to_end(runs_dir):
     from kdengine.data.datasets import load_data
-    from kdengine.run.engine import Engine
+    from kdengine import Engine
     cfg = RunConfig.from_dict({
         "data": {"name": "digits", "omit_class": 3},
         "teacher": {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 64},

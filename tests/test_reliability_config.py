@@ -1,4 +1,4 @@
-"""Issue 9, item 1: hostile configuration never crashes anything.
+"""Hostile configuration never crashes anything.
 
 Property tests (hypothesis) feed random and hostile values to every config field and to config
 documents (dicts, dotted overrides, JSON and YAML text, files with binary junk). Whatever comes in,

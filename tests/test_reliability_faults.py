@@ -1,4 +1,4 @@
-"""Issue 9, items 2 and 3: numerical faults, bad teacher checkpoints, and faults inside a worker.
+"""Numerical faults, bad teacher checkpoints, and faults inside a worker.
 
 Each fault is injected on purpose; the run that meets it ends ``failed`` with a message a user can
 act on, and the engine goes on serving the other runs and new ones.
@@ -10,13 +10,11 @@ import threading
 import pytest
 import torch
 
-from kdengine.core.config import ModelConfig, RunConfig
+from kdengine import ConfigError, RunConfig
+from kdengine.core.config import ModelConfig
 from kdengine.data.datasets import load_data
-from kdengine.run.engine import Engine
 from kdengine.methods.hinton import HintonKD
 from kdengine.models.families import build_model
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import Store
 from kdengine.core.checkpoints import CheckpointError, safe_load, save_checkpoint
 from kdengine.teachers.sources import get_teacher
 
@@ -29,13 +27,6 @@ def cfg(name="", **train) -> RunConfig:
         "student": {"arch": "mlp", "depth": 1, "width": 16},
         "method": {"name": "hinton"},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003, "log_every": 5, **train}})
-
-
-@pytest.fixture
-def engine(runs_dir):
-    eng = Engine(store=Store(runs_dir), max_workers=1)
-    yield eng
-    eng.shutdown()
 
 
 # ---- numerical faults ---------------------------------------------------------------------------
@@ -63,7 +54,7 @@ def test_nan_at_a_known_step_is_reported_at_that_step(engine, monkeypatch):
 
     def poisoned(self, batch, step):
         terms = orig(self, batch, step)
-        if self.ctx.extras["config"].name == "nan7" and step == 6:    # the 7th step
+        if self.ctx.config.name == "nan7" and step == 6:    # the 7th step
             terms["kd"] = terms["kd"] * float("nan")
         return terms
     monkeypatch.setattr(HintonKD, "loss_terms", poisoned)
@@ -127,7 +118,7 @@ def _boom_at_step_3(monkeypatch):
     orig = HintonKD.loss_terms
 
     def faulty(self, batch, step):
-        if self.ctx.extras["config"].name == "boom" and step == 3:
+        if self.ctx.config.name == "boom" and step == 3:
             raise RuntimeError("injected fault at step 3")
         return orig(self, batch, step)
     monkeypatch.setattr(HintonKD, "loss_terms", faulty)

@@ -1,16 +1,12 @@
-"""Issue 9, item 6: runs too big for the machine are refused before they start, naming the knob to
+"""Runs too big for the machine are refused before they start, naming the knob to
 change; the run store can be pruned (``Store.prune`` and ``python -m kdengine prune``)."""
 from __future__ import annotations
 
 import pytest
 
-from kdengine import cli
-from kdengine.core.config import RunConfig
-from kdengine.run.engine import Engine
+from kdengine import ConfigError, RunConfig, Store, cli
 from kdengine.models.families import build_model, count_params
-from kdengine.core.knobs import ConfigError
 from kdengine.run.resources import data_shape, estimate_bytes, memory_limit, model_footprint
-from kdengine.core.store import Store
 
 
 def small(**over) -> RunConfig:
@@ -20,13 +16,6 @@ def small(**over) -> RunConfig:
         "student": {"arch": "mlp", "depth": 1, "width": 16},
         "train": {"epochs": 1, "log_every": 10}})
     return base.with_overrides(over) if over else base
-
-
-@pytest.fixture
-def engine(runs_dir):
-    eng = Engine(store=Store(runs_dir), max_workers=1)
-    yield eng
-    eng.shutdown()
 
 
 @pytest.mark.parametrize("over,field", [

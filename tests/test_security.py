@@ -1,4 +1,4 @@
-"""Issue 9, item 7: local by default, no code in checkpoints, no config value reaching eval, a shell
+"""Local by default, no code in checkpoints, no config value reaching eval, a shell
 or a path outside the data folder."""
 from __future__ import annotations
 
@@ -12,14 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdengine import cli
-from kdengine.core.config import RunConfig
+from kdengine import ConfigError, Engine, RunConfig, Store, cli
 from kdengine.data.datasets import load_data
-from kdengine.run.engine import Engine
 from kdengine.methods import get_method_class, method_names
-from kdengine.core.knobs import ConfigError, _base_type, field_specs
+from kdengine.core.knobs import _base_type, field_specs
 from kdengine.core.paths import inside_root
-from kdengine.core.store import Store
 from kdengine.core.checkpoints import CheckpointError, safe_load
 from kdengine.teachers.sources import get_teacher
 

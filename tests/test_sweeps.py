@@ -6,20 +6,11 @@ import time
 
 import pytest
 
-from kdengine.run.engine import Engine
-from kdengine.core.knobs import ConfigError
-from kdengine.core.store import Store
+from kdengine import ConfigError, Engine, Store
 from kdengine.experiments.sweeps import (SweepSpec, cell_overrides, parse_values, resume_sweep, start_sweep,
                              stored_cells)
 
 AXES = {"method.params.T": [2.0, 6.0], "method.params.soft_weight": [0.5, 0.9]}
-
-
-@pytest.fixture
-def engine(runs_dir):
-    eng = Engine(Store(), max_workers=1)
-    yield eng
-    eng.shutdown()
 
 
 def _spec(tiny_cfg, backend, **kw):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdengine.core.config import DataConfig, ModelConfig, RunConfig
+from kdengine import ConfigError, RunConfig
+from kdengine.core.config import DataConfig, ModelConfig
 from kdengine.data.datasets import load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models.families import build_model
 from kdengine.losses.multilabel import metrics, multilabel_kd_loss
-from kdengine.core.knobs import ConfigError
 from kdengine.data import text
 from kdengine.models import transformer
 
@@ -197,7 +197,7 @@ def test_distilbert_initialises_student_from_teacher_layers():
 
 # ---- end to end through the engine -------------------------------------------------------------------
 def test_text_students_train_through_the_engine(runs_dir):
-    from kdengine.run.engine import Engine
+    from kdengine import Engine
     eng = Engine(max_workers=1)
     try:
         student = {"arch": "transformer", "depth": 1, "width": 32}

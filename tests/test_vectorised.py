@@ -47,9 +47,9 @@ def _alone(model, cfg, data, batch):
     cls = get_method_class(cfg.method.name)
     ctx = TrainContext(steps_per_epoch=1, epochs=1, n_classes=data.n_classes,
                        input_shape=data.input_shape, device=torch.device("cpu"))
-    method = cls(model, [torch.nn.Identity()], cls.Params(**cfg.method.params), ctx)
+    method = cls(model, [torch.nn.Identity()], cfg.method.params, ctx)
     model.zero_grad()
-    terms = method.loss_terms(batch, 0)
+    terms = method.weigh(method.loss_terms(batch, 0))     # weighted, as the trainer sums them
     sum(terms.values()).backward()
     return {k: v.detach() for k, v in terms.items()}, {n: p.grad.clone() for n, p in
                                                          model.named_parameters()}

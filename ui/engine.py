@@ -26,9 +26,8 @@ def _engine_for(root: str):
     # "partially initialized module 'pandas'" error.
     import pandas  # noqa: F401
     import plotly.graph_objects  # noqa: F401
-    from kdengine.run.engine import Engine
+    from kdengine import Engine, Store
     from kdengine.run.serving import serving_options
-    from kdengine.core.store import Store
     from kdengine.teaching.classroom import instructor_token
     engine = Engine(store=Store(root), **serving_options())   # worker processes for a class
     instructor_token()          # printed to the server's console now, unless set by env var
@@ -40,9 +39,7 @@ def _prewarm() -> None:
     """While the user reads the page: import the training stack and load digits once, so the first
     Train press in a fresh server shows its first point in about a second instead of ~5-10 s."""
     try:
-        from kdengine.core.config import DataConfig, RunConfig
-        from kdengine.data.datasets import load_data
-        from kdengine.run.engine import check_resources
+        from kdengine import DataConfig, RunConfig, check_resources, load_data
         from kdengine.run.workers import first_steps
         import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
@@ -54,7 +51,7 @@ def _prewarm() -> None:
 
 def get_engine():
     """The process-wide Engine for the current data folder (``KD_RUNS_DIR``)."""
-    from kdengine.core.paths import data_root
+    from kdengine import data_root
     return _engine_for(str(data_root()))
 
 
@@ -71,7 +68,7 @@ def owner_id() -> str:
 
 def owner_runs(active_only: bool = False) -> list[dict]:
     """Light snapshots of this owner's runs held by the engine, newest first."""
-    from kdengine.core.store import ACTIVE
+    from kdengine import ACTIVE
     runs = get_engine().runs(owner_id())
     return [r for r in runs if r["status"] in ACTIVE] if active_only else runs
 

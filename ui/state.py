@@ -10,9 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from kdengine.core.config import MethodConfig, RunConfig, flatten
-from kdengine.core.knobs import ConfigError
-from kdengine.core.presets import list_presets, load_preset  # noqa: F401  (load_preset: pages)
+from kdengine import ConfigError, MethodConfig, RunConfig, flatten, list_presets, load_preset  # noqa: F401
 
 # Query params that are not config fields (owner id, page-specific selections).
 RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options", "student", "tok"}

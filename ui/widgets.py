@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 
 import streamlit as st
 
-from kdengine.core.knobs import _base_type, field_specs
+from kdengine import field_specs
+from kdengine.core.knobs import _base_type
 
 
 def label_of(spec: dict) -> str:
@@ -68,11 +69,6 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
             st.session_state[key] = opts[0]
         return where.selectbox(label, opts, key=key, help=help_, disabled=disabled,
                                format_func=format_func)
-    if kind == "multi":
-        opts = list(spec["choices"])
-        st.session_state[key] = [v for v in st.session_state[key] if v in opts]
-        return where.multiselect(label, opts, key=key, help=help_, disabled=disabled,
-                                 format_func=format_func)
     if kind == "multi":
         opts = list(spec["choices"])
         st.session_state[key] = [v for v in st.session_state[key] if v in opts]

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kdengine.core.config import RunConfig
+from kdengine.core.registry import temperature_of
 from kdengine.data import DataBundle
 from kdengine.losses.logits import dkd_per_sample, entropy, kl_div, soften
 
@@ -132,8 +133,7 @@ def sample_indices(models, which: str = "all", limit: int = 48) -> list[int]:
 
 def run_T(cfg: RunConfig) -> float | None:
     """The T the run trained with, if its method has one (the slider starts there)."""
-    T = cfg.method.params.get("T")
-    return float(T) if isinstance(T, (int, float)) else None
+    return temperature_of(cfg)
 
 
 __all__ = ["dkd_identity", "entropy_curve", "run_T", "sample_image", "sample_indices", "sample_view", "softmax_T",

@@ -3,6 +3,11 @@
 A ``RunConfig`` is plain data: it round-trips through dicts, JSON, YAML and URL query strings, and
 ``validate()`` rejects a bad value with a :class:`ConfigError` naming the field, the value and what
 is allowed. ``config_hash`` identifies identical runs (the human ``name`` does not count).
+
+After ``validate()``, ``method.params`` holds the method's typed ``Params`` dataclass (before it, a
+plain dict of knobs, as read from a file or a URL); ``to_dict()`` turns it back into that dict, so
+stored configs and their hashes are plain data. A config is validated once, where it enters the
+engine; ``validated()`` is the cheap "validate unless already done and unchanged since".
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ class TeacherConfig:
 @dataclass
 class MethodConfig:
     name: str = param("hinton", help="Distillation method (see `python -m kdengine methods`).")
+    # Declared as the plain-data form (a dict of knobs in a file, a URL, to_dict()); from
+    # RunConfig.validate() on it holds the method's typed Params dataclass.
     params: dict = field(default_factory=dict)
 
 
@@ -171,24 +178,39 @@ class RunConfig:
         return copy.deepcopy(self)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
-        """Return a copy with dotted keys set, e.g. {"method.params.T": 4, "train.epochs": 5}."""
+        """Return a validated copy with dotted keys set, e.g. {"method.params.T": 4, "train.epochs": 5}.
+
+        A new ``method.name`` starts from that method's own default knobs (the old method's knobs
+        mean nothing to it), then takes any ``method.params.*`` given in the same call."""
         data = self.to_dict()
+        if "method.name" in overrides and overrides["method.name"] != self.method.name:
+            data["method"]["params"] = {}
         for key, value in overrides.items():
             set_dotted(data, key, value)
         return RunConfig.from_dict(data)
 
     # ---- validation and identity -------------------------------------------------------------
     def validate(self) -> "RunConfig":
+        """Check every field and the rules across fields, in place; ``method.params`` becomes the
+        method's typed Params. Raises ConfigError naming the first bad field."""
         validate_dataclass(self)
         from kdengine.core.registry import get_method_class  # registry import is deferred: methods import config
         try:
             method_cls = get_method_class(self.method.name)
         except KeyError as e:
             raise ConfigError("method.name", str(e.args[0])) from None
-        self.method.params = dataclasses.asdict(
-            from_dict(method_cls.Params, self.method.params, "method.params"))
+        self.method.params = from_dict(method_cls.Params, self.method.params, "method.params")
         self._cross_checks(method_cls)
+        self._validated_as = self.to_dict()
         return self
+
+    def validated(self) -> "RunConfig":
+        """``self`` when ``validate()`` passed and no field changed since (one ``to_dict``, no
+        re-validation), else ``validate()``. A field set after validation (``cfg.method.name =
+        "ce"``) is noticed, so an edited config is never trusted."""
+        if getattr(self, "_validated_as", None) == self.to_dict():
+            return self
+        return self.validate()
 
     def _cross_checks(self, method_cls) -> None:
         d, t, s = self.data, self.teacher, self.student
@@ -242,6 +264,12 @@ class RunConfig:
     @property
     def hash(self) -> str:
         return config_hash(self.semantic_dict())
+
+    @staticmethod
+    def hash_of(data: dict) -> str:
+        """The hash of a stored config (the ``to_dict()`` of a validated one) without rebuilding and
+        re-validating it; equal to ``RunConfig.from_dict(data).hash``."""
+        return config_hash({k: v for k, v in data.items() if k != "name"})
 
 
 def config_hash(data: Any) -> str:

@@ -2,7 +2,8 @@
 
 Every config dataclass (and every method's ``Params``) is built from :func:`param` fields, so the
 same metadata drives validation (``validate_dataclass``), the CLI ``--set`` parser and the widgets the
-Lab renders. Adding a knob to a method therefore needs no page or CLI edit.
+Lab renders. Adding a knob to a method therefore needs no page or CLI edit. ``temperature_knob`` and
+``weight_knob`` are the two knobs nearly every method has.
 """
 from __future__ import annotations
 
@@ -158,8 +159,8 @@ def from_dict(cls, data: Any, path: str = ""):
     Unknown keys are an error (a typo must not be silently ignored)."""
     if data is None:
         data = {}
-    if dataclasses.is_dataclass(data) and isinstance(data, cls):
-        data = dataclasses.asdict(data)
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = dataclasses.asdict(data)   # a typed instance (of cls, or another method's knobs)
     if not isinstance(data, dict):
         raise ConfigError(path or cls.__name__, f"must be a mapping of fields, got {type(data).__name__}")
     hints = _type_hints(cls)
@@ -197,3 +198,16 @@ def validate_dataclass(obj, path: str = "") -> None:
         value = coerce_value(fpath, value, hints[f.name])
         setattr(obj, f.name, value)
         check_field(fpath, value, f.metadata)
+
+
+# ---- knob factories: the knobs most methods share, with one range each ------------------------
+def temperature_knob(default: float = 4.0, help: str = "Temperature of the softmax on both teacher "
+                     "and student logits.", **kw) -> Any:
+    """The softmax temperature T (> 0). Declare it on the method as ``temperature = "T"``."""
+    return param(default, min=0.0, min_exclusive=True, max=100.0, step=0.5, help=help, **kw)
+
+
+def weight_knob(default: float, label: str | None = None, help: str = "", *, step: float = 0.05,
+                max: float = 100.0, **kw) -> Any:
+    """A loss weight (>= 0). Declare which term it weights in the method's ``weight_knobs``."""
+    return param(default, min=0.0, max=max, step=step, label=label, help=help, **kw)

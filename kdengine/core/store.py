@@ -166,9 +166,7 @@ class Store:
         """Runs with this config hash, newest first (sweep resume and TA reuse find them here)."""
         sql, args = "SELECT * FROM runs WHERE config_hash = ?", [config_hash]
         if statuses is not None:
-            statuses = list(statuses)
-            sql += f" AND status IN ({','.join('?' * len(statuses))})"
-            args += statuses
+            sql, args = _and_in(sql, args, "status", statuses)
         return [_row(r) for r in self._tx(sql + " ORDER BY created DESC", args).fetchall()]
 
     # -- sweeps (grids, TA-gap experiments): spec plus a JSON state the driver keeps current -----
@@ -248,9 +246,7 @@ class Store:
     def metrics(self, run_id: str, names: Iterable[str] | None = None) -> list[dict]:
         sql, args = "SELECT step, epoch, name, value FROM metrics WHERE run_id = ?", [run_id]
         if names is not None:
-            names = list(names)
-            sql += f" AND name IN ({','.join('?' * len(names))})"
-            args += names
+            sql, args = _and_in(sql, args, "name", names)
         sql += " ORDER BY step, rowid"
         return [dict(r) for r in self._tx(sql, args).fetchall()]
 
@@ -283,6 +279,12 @@ class Store:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _and_in(sql: str, args: list, column: str, values: Iterable) -> tuple[str, list]:
+    """``sql`` narrowed to rows whose ``column`` is one of ``values`` (one placeholder each)."""
+    values = list(values)
+    return f"{sql} AND {column} IN ({','.join('?' * len(values))})", args + values
 
 
 def _num(v) -> float | None:

@@ -25,8 +25,6 @@ import re
 from collections import Counter
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from kdengine.core.config import DataConfig
 

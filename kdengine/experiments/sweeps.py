@@ -12,21 +12,21 @@ Whatever the backend, each cell is an ordinary run in the store (``parent`` = th
 cell is identified by its config hash: a sweep that is started again (after a crash, a stop, or by
 another user asking for the same grid) reuses finished runs instead of training them again, and an
 interrupted local run continues from its last checkpoint. The sweep itself (spec and cell state) is
-a row in the store's ``sweeps`` table.
+a row in the store's ``sweeps`` table; starting, stopping, resuming and the registry of live sweeps
+are :class:`kdengine.experiments.base.Experiment`'s.
 """
 from __future__ import annotations
 
 import itertools
 import random
-import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kdengine.core.config import RunConfig, flatten
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, FINAL
+from kdengine.experiments.base import Experiment, Spec
 
 BACKENDS = ("local", "vectorised", "ray")
 DEFAULT_AXES = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
@@ -34,7 +34,7 @@ DEFAULT_AXES = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
 
 
 @dataclass
-class SweepSpec:
+class SweepSpec(Spec):
     base: dict                                   # a RunConfig as a dict
     axes: dict[str, list]                        # dotted field -> values; the first two are x, y
     mode: str = "grid"                           # grid | random
@@ -43,10 +43,6 @@ class SweepSpec:
     backend: str = "local"
     metric: str = "final_test_acc"               # a summary key shown by the heatmap
     name: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SweepSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def validate(self) -> "SweepSpec":
         if self.backend not in BACKENDS:
@@ -97,48 +93,25 @@ class Cell:
     live: dict = field(default_factory=dict)     # latest epoch's metrics while the cell trains
 
 
-class Sweep:
+class Sweep(Experiment):
     """One sweep and the driver thread that fills it in. ``cells`` is safe to read from any thread."""
 
-    def __init__(self, engine, spec: SweepSpec, owner: str = "", sweep_id: str | None = None):
-        self.engine, self.store = engine, engine.store
-        self.spec = spec.validate()
-        self.owner = owner
-        self.id = sweep_id or time.strftime("sw-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-        self._configs = cell_configs(spec)
+    kind, label, id_prefix, spec_cls = "sweep", "sweep", "sw", SweepSpec
+
+    def __init__(self, engine, spec: SweepSpec, owner: str = "", exp_id: str | None = None):
+        super().__init__(engine, spec, owner, exp_id)
+        self._configs = cell_configs(self.spec)
         self.cells = [Cell(ov, cfg.hash) for ov, cfg in self._configs]
-        self.status = "created"
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------------
-    def start(self) -> "Sweep":
-        self.status = "running"
-        self._save()
-        _REGISTRY[self.id] = self
-        self._thread = threading.Thread(target=self._drive, name=f"sweep-{self.id}", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         for c in self.cells:
             if c.run_id and c.status in ACTIVE:
                 try:
                     self.engine.stop(c.run_id)
                 except KeyError:     # not an engine run (vectorised / ray): their loops see _stop
                     pass
-
-    def wait(self, timeout: float | None = None) -> str:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.status
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("done", "failed", "stopped")
 
     # -- reading ---------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -157,7 +130,7 @@ class Sweep:
         return sum(c.status in FINAL for c in self.cells) / max(1, len(self.cells))
 
     # -- driver ----------------------------------------------------------------------------------
-    def _drive(self) -> None:
+    def _drive(self) -> str:
         try:
             pending = self._reuse_finished()
             if pending and not self._stop.is_set():
@@ -170,14 +143,9 @@ class Sweep:
                 if pending:
                     self._run_local(pending)
             self._settle()
-            final = "stopped" if self._stop.is_set() else (
-                "done" if all(c.status == "done" for c in self.cells) else "failed")
-        except Exception as e:  # the page shows the reason; cells already finished stay stored
-            self.error = f"{type(e).__name__}: {e}"
-            final = "stopped" if self._stop.is_set() else "failed"
-        self._refresh()
-        self._save(final)          # stored first: a page that sees `done` must find it stored
-        self.status = final
+            return "done" if all(c.status == "done" for c in self.cells) else "failed"
+        finally:                   # the cells' last statuses go into the final save
+            self._refresh()
 
     def _settle(self, timeout: float = 60.0) -> None:
         """After a stop, wait until no cell is still winding down, so a resume right away finds
@@ -304,21 +272,8 @@ class Sweep:
                         c.summary = (row or {}).get("summary") or {}
         return changed
 
-    def _save(self, status: str | None = None) -> None:
-        state = {"cells": [asdict(c) for c in self.cells], "error": self.error}
-        self.store.save_sweep(self.id, "sweep", asdict(self.spec), state, status or self.status,
-                              name=self.spec.name, owner=self.owner)
-
-
-_REGISTRY: dict[str, Sweep] = {}
-
-
-def shown_status(stored_status: str, live) -> str:
-    """Status of a stored sweep / experiment: 'running' in the store with no driver in this
-    process means the server stopped mid-way (resume picks it up)."""
-    if live is None and stored_status in ("created", "running"):
-        return "interrupted"
-    return live.status if live is not None else stored_status
+    def _state(self) -> dict:
+        return {"cells": [asdict(c) for c in self.cells], "error": self.error}
 
 
 def ray_available() -> bool:
@@ -341,29 +296,18 @@ def parse_values(text: str) -> list:
 
 
 def start_sweep(engine, spec: SweepSpec | dict, owner: str = "") -> Sweep:
-    if isinstance(spec, dict):
-        spec = SweepSpec.from_dict(spec)
-    return Sweep(engine, spec, owner).start()
+    return Sweep.launch(engine, spec, owner)
 
 
 def get_sweep(sweep_id: str) -> Sweep | None:
     """A sweep driven by this process (pages find theirs again after a rerun)."""
-    return _REGISTRY.get(sweep_id)
+    return Sweep.live(sweep_id)
 
 
 def resume_sweep(engine, sweep_id: str, backend: str | None = None) -> Sweep:
     """Start a stored sweep again under the same id: finished cells are reused (matched by config
     hash), interrupted local runs continue from their checkpoints, only the rest are trained."""
-    live = _REGISTRY.get(sweep_id)
-    if live is not None and not live.done:
-        return live
-    row = engine.store.get_sweep(sweep_id)
-    if row is None:
-        raise KeyError(f"no sweep {sweep_id}")
-    spec = SweepSpec.from_dict(row["spec"])
-    if backend:
-        spec.backend = backend
-    return Sweep(engine, spec, owner=row["owner"], sweep_id=sweep_id).start()
+    return Sweep.resume(engine, sweep_id, backend=backend or None)
 
 
 def stored_cells(store, sweep_id: str) -> list[dict]:

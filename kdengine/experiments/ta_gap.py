@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import statistics
 import threading
-import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kdengine.experiments.chains import ChainError, ensure_run, run_chain, run_teacher, scratch_config
 from kdengine.core.config import ModelConfig, RunConfig
-from kdengine.models.families import build_model, count_params, ladder, model_label
 from kdengine.core.knobs import ConfigError
-from kdengine.experiments.sweeps import shown_status  # noqa: F401  (re-exported for the TA-gap page)
+from kdengine.experiments.base import Experiment, Spec
+from kdengine.experiments.chains import ChainError, ensure_run, run_chain, run_teacher, scratch_config
+from kdengine.models.families import build_model, count_params, ladder, model_label
 
 # Completes on a 2-core CPU in well under 3 minutes (see docs/sweeps.md).
 PRESET = {
@@ -46,7 +44,7 @@ PRESET = {
 
 
 @dataclass
-class TAGapSpec:
+class TAGapSpec(Spec):
     base: dict                                   # data, method (a KD method) and training settings
     sizes: list[dict]                            # ModelConfig dicts, small -> large
     student: int = 0                             # index of the student in ``sizes``
@@ -54,10 +52,6 @@ class TAGapSpec:
     ta: Any = "rule"                             # "rule" or the index of a fixed TA size
     family: str = "mlp"
     name: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TAGapSpec":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def from_family(cls, family: str, base: dict, depth_or_width: ModelConfig | None = None,
@@ -100,49 +94,23 @@ def mean_sd(values: list[float]) -> tuple[float | None, float | None, int]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
 
 
-class TAGapExperiment:
+class TAGapExperiment(Experiment):
     """Runs the experiment in a driver thread; ``results()`` is safe to call at any time."""
 
+    kind, label, id_prefix, spec_cls = "ta_gap", "TA-gap experiment", "ta", TAGapSpec
+
     def __init__(self, engine, spec: TAGapSpec, owner: str = "", exp_id: str | None = None):
-        self.engine, self.store = engine, engine.store
-        self.spec = spec.validate()
-        self.owner = owner
-        self.id = exp_id or time.strftime("ta-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-        self.base = RunConfig.from_dict(spec.base)
-        self.models = spec.models()
+        super().__init__(engine, spec, owner, exp_id)
+        self.base = RunConfig.from_dict(self.spec.base)
+        self.models = self.spec.models()
         self.records: list[dict] = []     # role, seed, size/teacher/ta indices, run_id, status
         self.picks: dict[int, int | None] = {}
         self.params = self._param_counts()
-        self.status, self.error = "created", None
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
 
     def _param_counts(self) -> list[int]:
         from kdengine.data.datasets import load_data
         data = load_data(self.base.data)
         return [count_params(build_model(m, data.input_shape, data.n_classes)) for m in self.models]
-
-    # -- control ---------------------------------------------------------------------------------
-    def start(self) -> "TAGapExperiment":
-        self.status = "running"
-        _REGISTRY[self.id] = self
-        self._save()
-        self._thread = threading.Thread(target=self._drive, name=f"tagap-{self.id}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> str:
-        if self._thread:
-            self._thread.join(timeout)
-        return self.status
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("done", "failed", "stopped")
 
     # -- driver ----------------------------------------------------------------------------------
     def _record(self, **rec) -> dict:
@@ -151,25 +119,19 @@ class TAGapExperiment:
             self.records.append(rec)
         return rec
 
-    def _drive(self) -> None:
-        try:
-            s, n = self.spec.student, len(self.models)
-            self._pool(self._scratch, [(seed, i) for seed in self.spec.seeds for i in range(n)])
-            acc = {i: self.scratch_mean(i) for i in range(n)}
-            for j in range(s + 1, n):
-                self.picks[j] = (pick_ta(acc, s, j) if self.spec.ta == "rule"
-                                 else (self.spec.ta if self.spec.ta < j else None))
-            self._save()
-            tasks = [(seed, j, False) for seed in self.spec.seeds for j in range(s + 1, n)]
-            tasks += [(seed, j, True) for seed in self.spec.seeds for j in range(s + 1, n)
-                      if self.picks[j] is not None]
-            self._pool(self._distil, tasks)
-            final = "stopped" if self._stop.is_set() else "done"
-        except Exception as e:  # shown on the page; finished runs stay in the store
-            self.error = f"{type(e).__name__}: {e}"
-            final = "stopped" if self._stop.is_set() else "failed"
-        self._save(final)          # stored first: a page that sees `done` must find it stored
-        self.status = final
+    def _drive(self) -> str:
+        s, n = self.spec.student, len(self.models)
+        self._pool(self._scratch, [(seed, i) for seed in self.spec.seeds for i in range(n)])
+        acc = {i: self.scratch_mean(i) for i in range(n)}
+        for j in range(s + 1, n):
+            self.picks[j] = (pick_ta(acc, s, j) if self.spec.ta == "rule"
+                             else (self.spec.ta if self.spec.ta < j else None))
+        self._save()
+        tasks = [(seed, j, False) for seed in self.spec.seeds for j in range(s + 1, n)]
+        tasks += [(seed, j, True) for seed in self.spec.seeds for j in range(s + 1, n)
+                  if self.picks[j] is not None]
+        self._pool(self._distil, tasks)
+        return "done"
 
     def _pool(self, fn, tasks) -> None:
         """Run tasks on as many threads as the engine has workers (each thread waits on its runs).
@@ -243,12 +205,10 @@ class TAGapExperiment:
         row = self.store.get_run(rid)
         return (row or {}).get("summary", {}).get("final_test_acc")
 
-    def _save(self, status: str | None = None) -> None:
+    def _state(self) -> dict:
         with self._lock:
-            state = {"records": [dict(r) for r in self.records], "picks": self.picks,
-                     "params": self.params, "error": self.error}
-        self.store.save_sweep(self.id, "ta_gap", asdict(self.spec), state, status or self.status,
-                              name=self.spec.name, owner=self.owner)
+            return {"records": [dict(r) for r in self.records], "picks": self.picks,
+                    "params": self.params, "error": self.error}
 
     # -- results ---------------------------------------------------------------------------------
     def scratch_mean(self, i: int) -> float | None:
@@ -295,30 +255,19 @@ def summarise(spec: TAGapSpec, params: list[int], records: list[dict], picks: di
             "student": model_label(models[s]), "progress": min(1.0, done / max(1, total))}
 
 
-_REGISTRY: dict[str, TAGapExperiment] = {}
-
-
 def start_experiment(engine, spec: TAGapSpec | dict, owner: str = "") -> TAGapExperiment:
-    if isinstance(spec, dict):
-        spec = TAGapSpec.from_dict(spec)
-    return TAGapExperiment(engine, spec, owner).start()
+    return TAGapExperiment.launch(engine, spec, owner)
 
 
 def get_experiment(exp_id: str) -> TAGapExperiment | None:
-    return _REGISTRY.get(exp_id)
+    """A TA-gap experiment driven by this process (pages find theirs again after a rerun)."""
+    return TAGapExperiment.live(exp_id)
 
 
 def resume_experiment(engine, exp_id: str) -> TAGapExperiment:
     """Run a stored experiment again under its id; every finished run is found by config hash,
     so only what is missing is trained."""
-    live = _REGISTRY.get(exp_id)
-    if live is not None and not live.done:
-        return live
-    row = engine.store.get_sweep(exp_id)
-    if row is None or row["kind"] != "ta_gap":
-        raise KeyError(f"no TA-gap experiment {exp_id}")
-    return TAGapExperiment(engine, TAGapSpec.from_dict(row["spec"]), owner=row["owner"],
-                           exp_id=exp_id).start()
+    return TAGapExperiment.resume(engine, exp_id)
 
 
 def stored_results(store, exp_id: str) -> dict | None:

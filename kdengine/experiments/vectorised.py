@@ -31,13 +31,13 @@ from torch import Tensor, nn
 from kdengine.core.config import RunConfig, config_hash
 from kdengine.data.datasets import load_data
 from kdengine.methods import get_method_class
+from kdengine.methods.base import knob_value, temperature_of
 from kdengine.models.families import MLP, build_model, count_params, model_label
 from kdengine.core.store import Store
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint
 from kdengine.run.trainer import choose_device, make_optimizer, make_scheduler, seed_everything, versions
 
-# Methods whose loss is written below in stacked form. Others run through the local backend.
 from kdengine.models import logits_of
 
 # Methods whose loss is written below in stacked form. Others run through the local backend.
@@ -153,13 +153,18 @@ class Knobs:
 
     @classmethod
     def from_configs(cls, cfgs: list[RunConfig], device) -> "Knobs":
-        def col(name, default):
-            return torch.tensor([float(c.method.params.get(name, default)) for c in cfgs],
-                                device=device)
-        method = cfgs[0].method.name
-        hard_default = 1.0 if method == "ce" else 0.0
-        return cls(method, col("T", 1.0), col("soft_weight", 0.0), col("hard_weight", hard_default),
-                   col("t_squared", True), col("mse_weight", 0.0))
+        """Read through the method's declarations: its temperature knob and the knob weighting
+        each term (a term with no declared knob has weight 1, as in the trainer)."""
+        method_cls = get_method_class(cfgs[0].method.name)
+
+        def col(values):
+            return torch.tensor([float(v) for v in values], device=device)
+
+        def weight(term):
+            return col(method_cls.weights_of(c.method.params).get(term, 1.0) for c in cfgs)
+        return cls(method_cls.name, col(temperature_of(c) or 1.0 for c in cfgs), weight("kd"),
+                   weight("ce"), col(knob_value(c.method.params, "t_squared", True) for c in cfgs),
+                   weight("mse"))
 
 
 def stacked_hard_ce(logits: Tensor, y: Tensor, labeled: Tensor) -> Tensor:
@@ -224,7 +229,7 @@ def train_group(cfgs: list[RunConfig], run_ids: list[str], store: Store,
     """Train cells that share everything but ``method.params`` in one pass; write them as runs.
 
     ``run_ids`` are rows already in the store (status queued). Returns each cell's summary."""
-    cfgs = [c.copy().validate() for c in cfgs]
+    cfgs = [c.copy().validated() for c in cfgs]
     if len({group_key(c) for c in cfgs}) != 1:
         raise ValueError("a vectorised group must differ only in method.params")
     if not all(can_vectorise(c) for c in cfgs):
@@ -273,7 +278,7 @@ def _train(cfgs, run_ids, store, dev, should_stop, on_epoch, t0) -> list[dict]:
     head.update(student_label=model_label(cfg0.student), student_params=count_params(models[0]))
     stack = stack_students(models).to(dev)
     knobs = Knobs.from_configs(cfgs, dev)
-    if data.n_labeled == 0:       # as Trainer._adjust_for_unlabeled: no labels, no hard term
+    if data.n_labeled == 0:       # as Method.zero_label_terms: no labels, no hard term
         knobs.hard = torch.zeros_like(knobs.hard)
     n = len(data.transfer)
     bs = min(tc.batch_size, n)

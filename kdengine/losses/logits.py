@@ -38,11 +38,6 @@ def kd_loss_unscaled(student_logits: Tensor, teacher_logits: Tensor, T: float) -
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
-def soft_cross_entropy(student_logits: Tensor, target_probs: Tensor, T: float = 1.0) -> Tensor:
-    """H(p, q_s) = -sum p log q_s(T), batch mean (Hinton's soft cross-entropy form)."""
-    return -(target_probs * F.log_softmax(student_logits / T, dim=-1)).sum(-1).mean()
-
-
 def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """Ba & Caruana 2014 logit regression: mean over samples of the squared logit distance / classes."""
     return F.mse_loss(student_logits, teacher_logits.detach())

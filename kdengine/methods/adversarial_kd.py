@@ -19,22 +19,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 
 @dataclass
 class AdversarialParams:
-    adv_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="fooling weight",
-                              help="Weight of the student's term for fooling the discriminator.")
+    adv_weight: float = weight_knob(0.1, "fooling weight",
+                                    "Weight of the student's term for fooling the discriminator.")
     d_input: str = param("logits", choices=("logits", "probs"), label="discriminator input",
                          help="What the discriminator sees: raw logits or softmax probabilities.")
     d_hidden: int = param(64, min=4, max=4096, label="discriminator width")
     d_lr: float = param(1e-3, min=0.0, min_exclusive=True, max=1.0, label="discriminator lr")
     d_steps: int = param(1, min=1, max=10, label="discriminator steps per student step")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5)
-    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight")
-    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight")
+    T: float = temperature_knob(4.0)
+    soft_weight: float = weight_knob(0.9, "soft weight")
+    hard_weight: float = weight_knob(0.1, "hard weight")
 
 
 def discriminator(n_classes: int, hidden: int) -> nn.Module:
@@ -48,7 +48,8 @@ class AdversarialKD(Method):
     Params = AdversarialParams
     title = "Adversarial KD (a discriminator tells teacher from student)"
     paper = "Xu, Hsu, Huang 2017, arXiv:1709.00513"
-    term_names = ("kd", "ce", "adv", "disc")
+    weight_knobs = {"kd": "soft_weight", "adv": "adv_weight", "ce": "hard_weight"}
+    temperature = "T"
     lint_probe = "full"
 
     def __init__(self, student, teachers, params, ctx):
@@ -95,11 +96,11 @@ class AdversarialKD(Method):
         t = self.teacher_logits(batch)
         d_loss = self._disc_step(s, t)
         fool = self.disc(self._d_in(s))      # D frozen here: gradients reach the student only
-        terms = {"kd": p.soft_weight * kd_loss(s, t, p.T),
-                 "adv": p.adv_weight * F.binary_cross_entropy_with_logits(fool, torch.ones_like(fool)),
+        terms = {"kd": kd_loss(s, t, p.T),
+                 "adv": F.binary_cross_entropy_with_logits(fool, torch.ones_like(fool)),
                  "disc": d_loss}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms
 
     def epoch_metrics(self, epoch):

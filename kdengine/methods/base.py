@@ -1,20 +1,32 @@
-"""The method contract (DESIGN.md section 2) and the registry.
+"""The method contract: what a distillation method declares and what the trainer does with it.
 
 A method owns one student (plus any helper modules it trains: regressors, a cohort, a discriminator)
-and sees the teachers read-only. The trainer calls ``loss_terms(batch, step)`` each step and sums the
-returned, already-weighted terms; the stable term names ("ce", "kd", "tckd", ...) are what the charts
-plot, so a new method needs no page code.
+and sees the teachers read-only. The trainer calls ``loss_terms(batch, step)`` each step; it returns
+UNWEIGHTED named terms ("ce", "kd", "tckd", ...). The class declares which of its ``Params`` knobs
+weights each term (``weight_knobs``), which terms need labels (``label_terms``) and which knob is the
+temperature (``temperature``). The trainer multiplies each term by its weight (``Method.weigh``),
+sums them and records the weighted terms: the charts plot what the optimiser sees, under the stable
+term names, so a new method needs no page code. On a transfer set without labels the trainer sets
+the label terms' weights to 0. The linter, the vectorised backend and the pages read the same
+declarations (``temperature_of``, ``label_weight_knobs``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdengine.core.registry import get_method_class, method_names, register  # noqa: F401  (re-exported)
+# The declaration readers live with the registry (core) so that analysis, below methods, can use
+# them too; they are re-exported here with the contract.
+from kdengine.core.registry import (get_method_class, knob_value, label_weight_knobs,  # noqa: F401
+                                    method_names, register, soft_weight_knobs, temperature_of)
+
+if TYPE_CHECKING:
+    from kdengine.core.config import RunConfig  # noqa: F401  (TrainContext.config)
+
 
 @dataclass
 class NoParams:
@@ -36,6 +48,14 @@ class Batch:
     all_labeled: bool = False
 
 
+def _no_emit(event: dict) -> None:
+    pass
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass
 class TrainContext:
     """What a method may know about the run it is part of."""
@@ -46,7 +66,13 @@ class TrainContext:
     device: torch.device
     data_kind: str = "image"          # "2d", "image" or "text"
     seed: int = 0
-    extras: dict = field(default_factory=dict)   # e.g. the transfer set for setup()
+    # The run's whole config, for methods that build models of their own (peers, extra teachers,
+    # specialists) or pick defaults by model family. None for methods built outside a run.
+    config: RunConfig | None = None
+    # Progress events ({"type": "phase" | "notice", ...}) for the pages, as the trainer emits them.
+    emit: Callable[[dict], None] = _no_emit
+    # True once the user pressed Stop: long work in setup() (training teachers) checks it.
+    should_stop: Callable[[], bool] = _never
 
     @property
     def total_steps(self) -> int:
@@ -55,18 +81,42 @@ class TrainContext:
     def epoch_of(self, step: int) -> float:
         return step / max(1, self.steps_per_epoch)
 
+    def notice(self, message: str) -> None:
+        """A one-line notice shown with the run."""
+        self.emit({"type": "notice", "message": message})
+
+    def phase(self, phase: str, message: str, progress: float) -> None:
+        """A progress line for long work before training (e.g. training specialists)."""
+        self.emit({"type": "phase", "phase": phase, "message": message, "progress": progress})
+
 
 class Method:
     name: ClassVar[str] = ""
+    """Registry name: what ``method.name`` in a config and the CLI select."""
     Params: ClassVar[type] = NoParams
+    """Dataclass of the method's knobs, built from ``param`` fields (ranges, help, widgets)."""
     title: ClassVar[str] = ""
+    """One-line description shown in the method picker and ``python -m kdengine methods``."""
     paper: ClassVar[str] = ""
+    """Where the method comes from (authors, year, arXiv id)."""
     needs_teacher: ClassVar[bool] = True
-    # Terms this method can emit, for charts that want to lay out panels before the first point.
-    term_names: ClassVar[tuple[str, ...]] = ()
-    uses_hard_labels: ClassVar[bool] = True
-    # Multi-hot targets (the text task) need per-label losses; methods that have them say so.
+    """False for methods that train without a pre-trained teacher (ce, dml)."""
     supports_multilabel: ClassVar[bool] = False
+    """True when the losses handle multi-hot targets (the text task)."""
+    requires_arch: ClassVar[tuple[str, ...]] = ()
+    """Student families the method works with (it reads their hidden states); empty = any."""
+    weight_knobs: ClassVar[dict[str, str]] = {}
+    """Term name -> the ``Params`` knob that weights it; a term not listed has weight 1."""
+    label_terms: ClassVar[tuple[str, ...]] = ("ce",)
+    """Terms that use the true labels: their weight is set to 0 on a transfer set without labels."""
+    temperature: ClassVar[str | None] = None
+    """Name of the ``Params`` knob that is the softmax temperature, or None."""
+    lint_probe: ClassVar[str | None] = None
+    """How the linter's one-step probe treats setup(): "full", "no_setup" or "skip"; None = "full"
+    when the method has no setup() of its own, else "skip"."""
+    cache_teacher_logits: bool = True
+    """Whether the trainer may precompute the teachers' logits on the fixed transfer set (a method
+    that runs the teacher every step anyway says False; an instance may change it in setup())."""
 
     def __init__(self, student: nn.Module, teachers: list[nn.Module], params: Any, ctx: TrainContext):
         self.student = student
@@ -76,6 +126,33 @@ class Method:
         for t in self.teachers:
             t.eval()
             t.requires_grad_(False)
+        # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
+        self.term_weights: dict[str, float] = self.weights_of(params)
+
+    # ---- the weight vocabulary -----------------------------------------------------------------
+    @classmethod
+    def weights_of(cls, params: Any) -> dict[str, float]:
+        """The declared weight of each weighted term for these knobs."""
+        return {term: float(knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
+
+    def wants(self, term: str) -> bool:
+        """False when the term's weight is 0: the method may skip computing it (and it is then not
+        recorded)."""
+        return self.term_weights.get(term, 1.0) > 0
+
+    def zero_label_terms(self) -> list[str]:
+        """Set the weights of the label terms to 0 (a transfer set without labels); returns the
+        knobs that were above 0, for the notice."""
+        was = [self.weight_knobs[t] for t in self.label_terms
+               if t in self.weight_knobs and self.term_weights.get(t, 0.0) > 0]
+        for term in self.label_terms:
+            self.term_weights[term] = 0.0
+        return list(dict.fromkeys(was))
+
+    def weigh(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The terms times their weights: what the optimiser sums and the charts show."""
+        w = self.term_weights
+        return {k: v if w.get(k, 1.0) == 1.0 else v * w[k] for k, v in terms.items()}
 
     # ---- hooks the trainer calls ---------------------------------------------------------------
     def setup(self, data: Any) -> None:
@@ -86,6 +163,8 @@ class Method:
         return []
 
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        """The step's loss terms by name, UNWEIGHTED (scalar tensors; schedules such as a warm-up
+        are the method's own). The trainer applies ``weight_knobs`` with ``weigh``."""
         raise NotImplementedError
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
@@ -132,3 +211,4 @@ class Method:
     def progress(self, step: int) -> float:
         """Training progress in [0, 1]."""
         return min(1.0, step / max(1, self.ctx.total_steps))
+

@@ -24,16 +24,14 @@ import torch
 
 import kdengine.analysis.boundaries as adv
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
-from kdengine.core.knobs import ConfigError, param
+from kdengine.core.knobs import ConfigError, param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 
 @dataclass
 class BSSParams:
-    T: float = param(3.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of both KD terms (authors: 3).")
-    hard_weight: float = param(1.0, min=0.0, max=100.0, step=0.05, label="hard weight",
-                               help="Weight of the cross-entropy on true labels.")
+    T: float = temperature_knob(3.0, help="Temperature of both KD terms (authors: 3).")
+    hard_weight: float = weight_knob(1.0, "hard weight", "Weight of the cross-entropy on true labels.")
     kd_weight_start: float = param(4.0, min=0.0, max=100.0, step=0.5, label="soft weight (start)",
                                    help="KD weight at the first epoch; falls linearly to the end "
                                         "value (authors: 4 -> 1).")
@@ -71,7 +69,9 @@ class BSS(Method):
     Params = BSSParams
     title = "BSS: boundary-supporting samples (adversarial samples near the teacher's boundary)"
     paper = "Heo, Lee, Yun, Choi, AAAI 2019, arXiv:1805.05532"
-    term_names = ("ce", "kd", "bss")
+    # kd and bss follow the schedule in weights() (no single knob); ce has a constant weight.
+    weight_knobs = {"ce": "hard_weight"}
+    temperature = "T"
 
     def setup(self, data) -> None:
         if data.kind == "text":
@@ -111,8 +111,8 @@ class BSS(Method):
         t = self.teacher_logits(batch)
         w_kd, w_bss = self.weights(step)
         terms = {"kd": w_kd * self._kd(s, t)}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         bss = s.new_zeros(())
         if w_bss > 0 and step % p.attack_every == 0:
             x_bss, t_bss = self._boundary_samples(batch, s, t)

@@ -11,7 +11,6 @@ class CrossEntropy(Method):
     title = "Student alone (cross-entropy)"
     paper = "baseline"
     needs_teacher = False
-    term_names = ("ce",)
 
     def loss_terms(self, batch, step):
         return {"ce": self.hard_ce(self.student(batch.x), batch)}

@@ -24,20 +24,19 @@ from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
 from kdengine.losses.multilabel import is_multilabel, multilabel_kd_loss
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 
 @dataclass
 class DistilBertParams:
-    T: float = param(2.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of the soft targets (DistilBERT used 2).")
-    soft_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="soft weight",
-                               help="Weight of the soft-target loss at T.")
-    hard_weight: float = param(0.5, min=0.0, max=100.0, step=0.1, label="hard weight",
-                               help="Weight of the loss on true labels.")
-    cos_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="cosine weight",
-                              help="Weight of the cosine loss between last hidden states.")
+    T: float = temperature_knob(2.0, help="Temperature of the soft targets (DistilBERT used 2).")
+    soft_weight: float = weight_knob(1.0, "soft weight", "Weight of the soft-target loss at T.",
+                                     step=0.1)
+    hard_weight: float = weight_knob(0.5, "hard weight", "Weight of the loss on true labels.",
+                                     step=0.1)
+    cos_weight: float = weight_knob(1.0, "cosine weight",
+                                    "Weight of the cosine loss between last hidden states.", step=0.1)
     init_from_teacher: bool = param(True, label="initialise from teacher layers",
                                     help="Copy the teacher's embeddings and an evenly spread subset "
                                          "of its layers into the student (needs equal widths).")
@@ -72,9 +71,7 @@ class TransformerMethod(Method):
         return features(self.student, x)
 
     def notice(self, message: str) -> None:
-        emit = self.ctx.extras.get("emit")
-        if emit:
-            emit({"type": "notice", "message": message})
+        self.ctx.notice(message)
 
 
 def width_of(model: nn.Module) -> int | None:
@@ -89,7 +86,8 @@ class DistilBert(TransformerMethod):
     Params = DistilBertParams
     title = "DistilBERT (soft targets + hard loss + hidden-state cosine)"
     paper = "Sanh et al. 2019, arXiv:1910.01108"
-    term_names = ("kd", "ce", "cos")
+    weight_knobs = {"kd": "soft_weight", "ce": "hard_weight", "cos": "cos_weight"}
+    temperature = "T"
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
@@ -115,10 +113,10 @@ class DistilBert(TransformerMethod):
         p = self.params
         fs = self.student_features(batch.x)
         ft = self.teacher_features(batch.x)
-        terms = {"kd": p.soft_weight * soft_loss(fs.logits, ft.logits.float(), batch.y, p.T)}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(fs.logits, batch)
-        if p.cos_weight > 0:
+        terms = {"kd": soft_loss(fs.logits, ft.logits.float(), batch.y, p.T)}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(fs.logits, batch)
+        if self.wants("cos"):
             h_s = fs.hidden[-1] if self.proj is None else self.proj(fs.hidden[-1])
-            terms["cos"] = p.cos_weight * cosine_hidden_loss(h_s, ft.hidden[-1].float(), fs.mask)
+            terms["cos"] = cosine_hidden_loss(h_s, ft.hidden[-1].float(), fs.mask)
         return terms

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.losses.logits import dkd_terms
-from kdengine.core.knobs import param
 from kdengine.methods.base import Method, register
 
 
 @dataclass
 class DKDParams:
-    alpha: float = param(1.0, min=0.0, max=100.0, step=0.1, help="Weight of TCKD.")
-    beta: float = param(8.0, min=0.0, max=100.0, step=0.5, help="Weight of NCKD.")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5)
-    ce_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="hard (CE) weight")
+    alpha: float = weight_knob(1.0, help="Weight of TCKD.", step=0.1)
+    beta: float = weight_knob(8.0, help="Weight of NCKD.", step=0.5)
+    T: float = temperature_knob(4.0)
+    ce_weight: float = weight_knob(1.0, "hard (CE) weight", step=0.1)
     warmup_epochs: float = param(20.0, min=0.0, max=10_000.0,
                                  help="Epochs over which the KD part ramps linearly from 0 to 1.")
 
@@ -30,7 +30,8 @@ class DKD(Method):
     Params = DKDParams
     title = "Decoupled KD (TCKD + NCKD)"
     paper = "Zhao et al. 2022, arXiv:2203.08679"
-    term_names = ("ce", "tckd", "nckd")
+    weight_knobs = {"tckd": "alpha", "nckd": "beta", "ce": "ce_weight"}
+    temperature = "T"
 
     def loss_terms(self, batch, step):
         p = self.params
@@ -40,7 +41,7 @@ class DKD(Method):
         # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
         target = batch.y.where(batch.labeled, t.argmax(-1))
         d = dkd_terms(s, t, target, p.T)
-        terms = {"tckd": warm * p.alpha * d["tckd"], "nckd": warm * p.beta * d["nckd"]}
-        if p.ce_weight > 0:
-            terms["ce"] = p.ce_weight * self.hard_ce(s, batch)
+        terms = {"tckd": warm * d["tckd"], "nckd": warm * d["nckd"]}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 
@@ -31,10 +31,9 @@ class DMLParams:
                            "student (teacher and student at once).")
     cohort_size: int = param(2, min=2, max=8, label="cohort size",
                              help="Models in the cohort, the student included (cohort mode).")
-    kl_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="mimicry (KL) weight")
-    T: float = param(1.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of the mutual KL (the paper uses 1).")
-    hard_weight: float = param(1.0, min=0.0, max=100.0, step=0.05, label="hard weight")
+    kl_weight: float = weight_knob(1.0, "mimicry (KL) weight", step=0.1)
+    T: float = temperature_knob(1.0, help="Temperature of the mutual KL (the paper uses 1).")
+    hard_weight: float = weight_knob(1.0, "hard weight")
     t_squared: bool = param(True, label="multiply KL by T²")
 
 
@@ -45,7 +44,10 @@ class DeepMutualLearning(Method):
     title = "Deep mutual learning / online KD (students learn together)"
     paper = "Zhang et al. 2018, arXiv:1706.00384"
     needs_teacher = False
-    term_names = ("ce", "kl", "peer_ce", "peer_kl")
+    weight_knobs = {"ce": "hard_weight", "peer_ce": "hard_weight", "kl": "kl_weight",
+                    "peer_kl": "kl_weight"}
+    label_terms = ("ce", "peer_ce")
+    temperature = "T"
     lint_probe = "full"
 
     def __init__(self, student, teachers, params, ctx):
@@ -55,9 +57,9 @@ class DeepMutualLearning(Method):
 
     def setup(self, data):
         from kdengine.models.families import build_model
-        cfg = self.ctx.extras.get("config")
+        cfg = self.ctx.config
         if cfg is None:
-            raise RuntimeError("dml builds its peers from the run's config (ctx.extras['config'])")
+            raise RuntimeError("dml builds its peers from the run's config (ctx.config)")
         p = self.params
         specs = [cfg.teacher.model] if p.mode == "online" else [cfg.student] * (p.cohort_size - 1)
         # Peers draw from a generator of their own so the student's initialisation (made by the
@@ -77,13 +79,13 @@ class DeepMutualLearning(Method):
         return kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
 
     def mutual_terms(self, logits: list, batch) -> list[dict]:
-        """Per model: its CE and its mean KL to every other model's (detached) distribution."""
-        p = self.params
+        """Per model: its CE and its mean KL to every other model's (detached) distribution,
+        unweighted."""
         out = []
         for i, z in enumerate(logits):
             others = [o.detach() for j, o in enumerate(logits) if j != i]
             kl = sum(self._kl(z, o) for o in others) / len(others)
-            out.append({"ce": p.hard_weight * self.hard_ce(z, batch), "kl": p.kl_weight * kl})
+            out.append({"ce": self.hard_ce(z, batch), "kl": kl})
         return out
 
     def loss_terms(self, batch, step):
@@ -91,7 +93,7 @@ class DeepMutualLearning(Method):
         per = self.mutual_terms(logits, batch)
         terms = {"kl": per[0]["kl"], "peer_kl": sum(d["kl"] for d in per[1:]),
                  "peer_ce": sum(d["ce"] for d in per[1:])}
-        if self.params.hard_weight > 0:
+        if self.wants("ce"):
             terms["ce"] = per[0]["ce"]
         else:
             terms.pop("peer_ce")

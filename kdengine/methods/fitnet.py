@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
-from kdengine.core.knobs import ConfigError, param
+from kdengine.core.knobs import ConfigError, param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 # A sensible pair of layers per model family: the last feature stage before pooling / the head.
@@ -34,15 +34,15 @@ class FitNetParams:
                                     "family's default (MLP/CNN features, resnet layer3).")
     student_layer: str = param("", label="guided layer (student)",
                                help="Module name in the student; empty = the family's default.")
-    hint_weight: float = param(1.0, min=0.0, max=1000.0, step=0.1, label="hint weight")
+    hint_weight: float = weight_knob(1.0, "hint weight", step=0.1, max=1000.0)
     schedule: str = param("joint", choices=("joint", "stagewise"),
                           help="joint: hint + KD throughout; stagewise: hint only for hint_epochs, "
                                "then KD only (the paper's two stages).")
     hint_epochs: float = param(2.0, min=0.0, max=10_000.0, label="hint-stage epochs",
                                help="Length of the hint-only stage (stagewise).")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5)
-    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight")
-    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight")
+    T: float = temperature_knob(4.0)
+    soft_weight: float = weight_knob(0.9, "soft weight")
+    hard_weight: float = weight_knob(0.1, "hard weight")
 
 
 def find_module(model: nn.Module, name: str, who: str) -> nn.Module:
@@ -89,7 +89,8 @@ class FitNet(Method):
     Params = FitNetParams
     title = "FitNets (feature hints through a regressor)"
     paper = "Romero et al. 2015, arXiv:1412.6550"
-    term_names = ("hint", "kd", "ce")
+    weight_knobs = {"hint": "hint_weight", "kd": "soft_weight", "ce": "hard_weight"}
+    temperature = "T"
     cache_teacher_logits = False      # the teacher runs every step anyway, for its hint features
     lint_probe = "full"               # setup is cheap (one probe forward)
 
@@ -98,7 +99,7 @@ class FitNet(Method):
         self.regressor: nn.Module | None = None
 
     def _layer_names(self) -> tuple[str, str]:
-        cfg = self.ctx.extras.get("config")
+        cfg = self.ctx.config
         t_arch = cfg.teacher.model.arch if cfg is not None else "mlp"
         s_arch = cfg.student.arch if cfg is not None else "mlp"
         p = self.params
@@ -130,9 +131,9 @@ class FitNet(Method):
         hint_stage = p.schedule == "stagewise" and self.ctx.epoch_of(step) < p.hint_epochs
         terms = {}
         if p.schedule == "joint" or hint_stage:
-            terms["hint"] = p.hint_weight * F.mse_loss(align(self.regressor(h_s), h_t), h_t)
+            terms["hint"] = F.mse_loss(align(self.regressor(h_s), h_t), h_t)
         if not hint_stage:
-            terms["kd"] = p.soft_weight * kd_loss(s, t, p.T)
-            if p.hard_weight > 0:
-                terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+            terms["kd"] = kd_loss(s, t, p.T)
+            if self.wants("ce"):
+                terms["ce"] = self.hard_ce(s, batch)
         return terms

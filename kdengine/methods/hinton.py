@@ -7,20 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
-from kdengine.core.knobs import param
 from kdengine.methods.base import Method, register
 
 
 @dataclass
 class HintonParams:
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of the softmax on both teacher and student logits.")
-    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight",
-                               help="Weight of the soft-target (KL) term.")
-    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight",
-                               help="Weight of the cross-entropy on true labels.")
+    T: float = temperature_knob(4.0)
+    soft_weight: float = weight_knob(0.9, "soft weight", "Weight of the soft-target (KL) term.")
+    hard_weight: float = weight_knob(0.1, "hard weight", "Weight of the cross-entropy on true labels.")
     t_squared: bool = param(True, label="multiply soft term by T²",
                             help="Keeps soft-gradient size constant as T changes (Hinton 2015).")
 
@@ -31,8 +28,9 @@ class HintonKD(Method):
     Params = HintonParams
     title = "Hinton KD (soft targets at temperature T)"
     paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531"
-    term_names = ("ce", "kd")
     supports_multilabel = True
+    weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
+    temperature = "T"
 
     def loss_terms(self, batch, step):
         p = self.params
@@ -42,7 +40,7 @@ class HintonKD(Method):
             kd = multilabel_kd_loss(s, t, p.T, p.t_squared)
         else:
             kd = kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)
-        terms = {"kd": p.soft_weight * kd}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        terms = {"kd": kd}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms

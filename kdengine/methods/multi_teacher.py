@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdengine.losses.logits import kd_loss, kl_div
-from kdengine.core.knobs import ConfigError, param
+from kdengine.core.knobs import ConfigError, param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 TEACHER_CHOICES = ("mlp-1-64", "mlp-1-128", "mlp-2-128", "mlp-2-256", "mlp-3-256", "mlp-2-512",
@@ -37,9 +37,9 @@ class MultiTeacherParams:
                                      "trained now (and cached) on the teacher's data.")
     aggregation: str = param("avg_probs", choices=("avg_probs", "avg_logits", "confidence"),
                              help="How the teachers' outputs become one target.")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5)
-    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight")
-    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight")
+    T: float = temperature_knob(4.0)
+    soft_weight: float = weight_knob(0.9, "soft weight")
+    hard_weight: float = weight_knob(0.1, "hard weight")
 
 
 def parse_spec(spec: str):
@@ -78,7 +78,8 @@ class MultiTeacher(Method):
     Params = MultiTeacherParams
     title = "Several teachers (averaged or confidence-weighted)"
     paper = "Hinton et al. 2015; You et al. 2017 (KDD)"
-    term_names = ("kd", "ce")
+    weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
+    temperature = "T"
     lint_probe = "no_setup"      # setup trains teachers: the lint probe checks the main one only
 
     def __init__(self, student, teachers, params, ctx):
@@ -87,11 +88,9 @@ class MultiTeacher(Method):
 
     def setup(self, data):
         from kdengine.teachers.sources import get_teacher
-        cfg = self.ctx.extras.get("config")
-        emit = self.ctx.extras.get("emit") or (lambda e: None)
-        control = self.ctx.extras.get("control")
+        cfg, ctx = self.ctx.config, self.ctx
         if self.params.teachers and cfg is None:
-            raise RuntimeError("extra teachers need the run's config (ctx.extras['config'])")
+            raise RuntimeError("extra teachers need the run's config (ctx.config)")
         for i, spec in enumerate(self.params.teachers):
             sub = cfg.copy()
             sub.teacher.source = "train"
@@ -101,20 +100,17 @@ class MultiTeacher(Method):
             msg = f"extra teacher {i + 1}/{len(self.params.teachers)} ({spec})"
             model, info = get_teacher(
                 sub, data, self.ctx.device,
-                progress=lambda f, m, msg=msg: emit({"type": "phase", "phase": "teacher",
-                                                     "message": f"training {msg}: {m}",
-                                                     "progress": f}),
-                should_stop=(lambda: control.stopped) if control is not None else None)
+                progress=lambda f, m, msg=msg: ctx.phase("teacher", f"training {msg}: {m}", f),
+                should_stop=ctx.should_stop)
             model.zero_grad(set_to_none=True)   # a teacher trained just now keeps its last grads
             model.eval().requires_grad_(False)
             self.teachers.append(model)
-            emit({"type": "notice", "message": f"Extra teacher {info['label']} "
-                                               f"({'cached' if info['cached'] else 'trained now'})"
-                                               f": test accuracy {info['test_acc']:.2%}"})
+            ctx.notice(f"Extra teacher {info['label']} "
+                       f"({'cached' if info['cached'] else 'trained now'})"
+                       f": test accuracy {info['test_acc']:.2%}")
         self.ensemble_acc = self._ensemble_accuracy(data)
-        emit({"type": "notice", "message": f"Teacher ensemble ({len(self.teachers)} teachers, "
-                                           f"{self.params.aggregation}): test accuracy "
-                                           f"{self.ensemble_acc:.2%}"})
+        ctx.notice(f"Teacher ensemble ({len(self.teachers)} teachers, "
+                   f"{self.params.aggregation}): test accuracy {self.ensemble_acc:.2%}")
 
     @torch.no_grad()
     def _ensemble_accuracy(self, data) -> float:
@@ -133,9 +129,9 @@ class MultiTeacher(Method):
         p = self.params
         s = self.student(batch.x)
         ts = [self.teacher_logits(batch, i) for i in range(len(self.teachers))]
-        terms = {"kd": p.soft_weight * multi_kd_loss(s, ts, p.T, p.aggregation)}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        terms = {"kd": multi_kd_loss(s, ts, p.T, p.aggregation)}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms
 
     def epoch_metrics(self, epoch):

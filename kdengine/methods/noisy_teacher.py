@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from kdengine.losses.logits import logit_mse
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, weight_knob
 from kdengine.methods.base import Method, register
 
 
@@ -31,8 +31,8 @@ class NoisyTeacherParams:
     noisy_student: bool = param(False, label="perturb the student instead",
                                 help="Put the noise on the student's logits rather than the "
                                      "teacher's, for the noisy-teacher vs noisy-student comparison.")
-    mse_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="MSE weight")
-    hard_weight: float = param(0.0, min=0.0, max=100.0, step=0.05, label="hard weight")
+    mse_weight: float = weight_knob(1.0, "MSE weight", step=0.1)
+    hard_weight: float = weight_knob(0.0, "hard weight")
 
 
 def perturb_logits(z: Tensor, sigma: float, alpha: float, mode: str,
@@ -58,7 +58,7 @@ class NoisyTeacher(Method):
     Params = NoisyTeacherParams
     title = "Noisy teacher (logit perturbation)"
     paper = "Sau & Balasubramanian 2016, arXiv:1610.09650"
-    term_names = ("mse", "ce")
+    weight_knobs = {"mse": "mse_weight", "ce": "hard_weight"}
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
@@ -72,10 +72,10 @@ class NoisyTeacher(Method):
         t = self.teacher_logits(batch)
         if p.noisy_student:
             s_target = perturb_logits(s, p.sigma, p.alpha, p.mode, self.gen)
-            terms = {"mse": p.mse_weight * logit_mse(s_target, t)}
+            terms = {"mse": logit_mse(s_target, t)}
         else:
             t_noisy = perturb_logits(t, p.sigma, p.alpha, p.mode, self.gen)
-            terms = {"mse": p.mse_weight * logit_mse(s, t_noisy)}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+            terms = {"mse": logit_mse(s, t_noisy)}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms

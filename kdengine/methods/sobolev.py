@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacfwd, jvp, vmap
 
 from kdengine.losses.logits import kd_loss, logit_mse
-from kdengine.core.knobs import ConfigError, param
+from kdengine.core.knobs import ConfigError, param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 
@@ -30,14 +30,13 @@ from kdengine.methods.base import Method, register
 class SobolevParams:
     k: int = param(2, min=1, max=64, label="projections k",
                    help="Random unit vectors per sample: the Jacobian is matched along each.")
-    deriv_weight: float = param(1.0, min=0.0, max=1000.0, step=0.1, label="derivative weight",
-                                help="Weight of the Jacobian-projection term.")
+    deriv_weight: float = weight_knob(1.0, "derivative weight",
+                                      "Weight of the Jacobian-projection term.", step=0.1, max=1000.0)
     value_loss: str = param("mse", choices=("mse", "kd"),
                             help="How outputs are matched: logit L2 or Hinton KL at T.")
-    value_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="value weight")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of the KD value term (value_loss = kd).")
-    hard_weight: float = param(0.0, min=0.0, max=100.0, step=0.05, label="hard weight")
+    value_weight: float = weight_knob(1.0, "value weight", step=0.1)
+    T: float = temperature_knob(4.0, help="Temperature of the KD value term (value_loss = kd).")
+    hard_weight: float = weight_knob(0.0, "hard weight")
 
 
 def random_unit_vectors(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
@@ -99,7 +98,9 @@ class Sobolev(Method):
     Params = SobolevParams
     title = "Sobolev training (match outputs and input-gradients)"
     paper = "Czarnecki et al. 2017, arXiv:1706.04859"
-    term_names = ("mse", "kd", "sobolev", "ce")
+    weight_knobs = {"mse": "value_weight", "kd": "value_weight", "sobolev": "deriv_weight",
+                    "ce": "hard_weight"}
+    temperature = "T"
     cache_teacher_logits = False    # the teacher's JVP gives its logits anyway (see setup)
 
     def __init__(self, student, teachers, params, ctx):
@@ -161,12 +162,12 @@ class Sobolev(Method):
             s = s_rep[: x.shape[0]]
         terms = {}
         if p.value_loss == "kd":
-            terms["kd"] = p.value_weight * kd_loss(s, t, p.T)
+            terms["kd"] = kd_loss(s, t, p.T)
         else:
-            terms["mse"] = p.value_weight * logit_mse(s, t)
+            terms["mse"] = logit_mse(s, t)
         # Mean over samples and projections of the squared projection error, per output unit
         # (the same scale as the logit MSE, so deriv_weight 1 weighs the two alike).
-        terms["sobolev"] = p.deriv_weight * (s_jv - t_jv.detach()).pow(2).mean()
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        terms["sobolev"] = (s_jv - t_jv.detach()).pow(2).mean()
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdengine.losses.logits import kd_loss
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.methods.base import Method, register
 
 _EPS = 1e-12
@@ -50,9 +50,9 @@ class SpecialistsParams:
                                help="Natural-gradient steps on q's logits.")
     combine_lr: float = param(1.0, min=0.0, min_exclusive=True, max=1.5, step=0.1,
                               label="combiner step size")
-    T: float = param(4.0, min=0.0, min_exclusive=True, max=100.0, step=0.5)
-    soft_weight: float = param(0.9, min=0.0, max=100.0, step=0.05, label="soft weight")
-    hard_weight: float = param(0.1, min=0.0, max=100.0, step=0.05, label="hard weight")
+    T: float = temperature_knob(4.0)
+    soft_weight: float = weight_knob(0.9, "soft weight")
+    hard_weight: float = weight_knob(0.1, "hard weight")
 
 
 # ---- pure pieces (tested on their own) -------------------------------------------------------
@@ -172,7 +172,8 @@ class Specialists(Method):
     Params = SpecialistsParams
     title = "Generalist + specialists (Hinton 2015 s.5)"
     paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531, section 5"
-    term_names = ("kd", "ce")
+    weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
+    temperature = "T"
     cache_teacher_logits = False
     lint_probe = "skip"           # setup trains specialists
 
@@ -185,9 +186,7 @@ class Specialists(Method):
         self._metrics: dict = {}
 
     def _emit(self, message: str, frac: float):
-        emit = self.ctx.extras.get("emit")
-        if emit:
-            emit({"type": "phase", "phase": "specialists", "message": message, "progress": frac})
+        self.ctx.phase("specialists", message, frac)
 
     def setup(self, data):
         p, dev = self.params, self.ctx.device
@@ -206,11 +205,8 @@ class Specialists(Method):
         gen_acc = (p_test.argmax(-1) == y).float().mean().item()
         ens_acc = (q_test.argmax(-1) == y).float().mean().item()
         self._metrics = {"ensemble_test_acc": ens_acc, "generalist_test_acc": gen_acc}
-        emit = self.ctx.extras.get("emit")
-        if emit:
-            emit({"type": "notice", "message": f"Specialists {self.subsets}: generalist "
-                                               f"{gen_acc:.2%} -> generalist + specialists "
-                                               f"{ens_acc:.2%} on test"})
+        self.ctx.notice(f"Specialists {self.subsets}: generalist {gen_acc:.2%} -> generalist + "
+                        f"specialists {ens_acc:.2%} on test")
         hard = torch.zeros(n, n)
         hard.index_put_((y.cpu(), p_test.argmax(-1).cpu()), torch.ones(len(y)), accumulate=True)
         self._arts = {"specialists": {
@@ -225,7 +221,7 @@ class Specialists(Method):
     def _train_specialist(self, m: int, subset: list[int], data) -> nn.Module:
         from kdengine.models.families import build_model
         from kdengine.teachers.fitting import fit_supervised
-        cfg = self.ctx.extras.get("config")
+        cfg = self.ctx.config
         p = self.params
         x, y = data.teacher_train.x, data.teacher_train.y
         in_s = torch.isin(y, torch.tensor(subset))
@@ -249,12 +245,11 @@ class Specialists(Method):
         epochs = p.specialist_epochs
         lr = cfg.teacher.lr if cfg is not None else 1e-3
         bs = cfg.train.batch_size if cfg is not None else 64
-        control = self.ctx.extras.get("control")
         fit_supervised(model, xs, ys, epochs, lr, bs, self.ctx.seed + m, self.ctx.device,
                        progress=lambda f, msg: self._emit(
                            f"specialist {m + 1}/{len(self.subsets)} on classes {subset}: {msg}",
                            (m + f) / max(1, len(self.subsets))),
-                       should_stop=(lambda: control.stopped) if control is not None else None)
+                       should_stop=self.ctx.should_stop)
         # Undo the enrichment: shift the dustbin logit by the log prior ratio (paper s.5.1).
         pi_s_true = float(in_s.float().mean())
         pi_s_train = len(idx_s) / len(idx)
@@ -286,9 +281,9 @@ class Specialists(Method):
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        terms = {"kd": p.soft_weight * kd_loss(s, self.log_q[batch.idx], p.T)}
-        if p.hard_weight > 0:
-            terms["ce"] = p.hard_weight * self.hard_ce(s, batch)
+        terms = {"kd": kd_loss(s, self.log_q[batch.idx], p.T)}
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(s, batch)
         return terms
 
     def epoch_metrics(self, epoch):

@@ -22,22 +22,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdengine.core.knobs import param
+from kdengine.core.knobs import param, temperature_knob, weight_knob
 from kdengine.methods.base import register
 from kdengine.methods.distilbert import TransformerMethod, soft_loss, width_of
 
 
 @dataclass
 class TinyBertParams:
-    T: float = param(1.0, min=0.0, min_exclusive=True, max=100.0, step=0.5,
-                     help="Temperature of the prediction-layer loss (TinyBERT used 1).")
-    attn_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="attention weight")
-    hidden_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="hidden-state weight")
-    embed_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="embedding weight")
-    pred_weight: float = param(1.0, min=0.0, max=100.0, step=0.1, label="prediction weight",
-                               help="Weight of the soft-target loss on the outputs.")
-    hard_weight: float = param(0.0, min=0.0, max=100.0, step=0.1, label="hard weight",
-                               help="Weight of the loss on true labels (TinyBERT: 0).")
+    T: float = temperature_knob(1.0, help="Temperature of the prediction-layer loss (TinyBERT used 1).")
+    attn_weight: float = weight_knob(1.0, "attention weight", step=0.1)
+    hidden_weight: float = weight_knob(1.0, "hidden-state weight", step=0.1)
+    embed_weight: float = weight_knob(1.0, "embedding weight", step=0.1)
+    pred_weight: float = weight_knob(1.0, "prediction weight",
+                                     "Weight of the soft-target loss on the outputs.", step=0.1)
+    hard_weight: float = weight_knob(0.0, "hard weight",
+                                     "Weight of the loss on true labels (TinyBERT: 0).", step=0.1)
     two_stage: bool = param(False, label="two stages",
                             help="First half: intermediate layers only; second half: prediction "
                                  "layer only (the paper's schedule).")
@@ -74,7 +73,9 @@ class TinyBert(TransformerMethod):
     Params = TinyBertParams
     title = "TinyBERT (attention, hidden-state and prediction-layer distillation)"
     paper = "Jiao et al. 2020, arXiv:1909.10351"
-    term_names = ("emb", "hidden", "attn", "kd", "ce")
+    weight_knobs = {"emb": "embed_weight", "hidden": "hidden_weight", "attn": "attn_weight",
+                    "kd": "pred_weight", "ce": "hard_weight"}
+    temperature = "T"
 
     def __init__(self, student, teachers, params, ctx):
         super().__init__(student, teachers, params, ctx)
@@ -95,21 +96,20 @@ class TinyBert(TransformerMethod):
         if stage in (0, 1):
             mask = fs.mask
             mapping = layer_map(len(fs.attentions), len(ft.attentions))
-            if p.embed_weight > 0:
-                terms["emb"] = p.embed_weight * masked_mse(self.w_e(fs.hidden[0]),
-                                                           ft.hidden[0].float(), mask)
-            if p.hidden_weight > 0:
-                terms["hidden"] = p.hidden_weight * sum(
+            if self.wants("emb"):
+                terms["emb"] = masked_mse(self.w_e(fs.hidden[0]), ft.hidden[0].float(), mask)
+            if self.wants("hidden"):
+                terms["hidden"] = sum(
                     masked_mse(self.w_h(fs.hidden[m]), ft.hidden[g].float(), mask)
                     for m, g in enumerate(mapping, start=1))
-            if p.attn_weight > 0:
-                terms["attn"] = p.attn_weight * sum(
+            if self.wants("attn"):
+                terms["attn"] = sum(
                     attention_mse(fs.attentions[m - 1], ft.attentions[g - 1].float(), mask)
                     for m, g in enumerate(mapping, start=1))
         if stage in (0, 2):
-            terms["kd"] = p.pred_weight * soft_loss(fs.logits, ft.logits.float(), batch.y, p.T)
-            if p.hard_weight > 0:
-                terms["ce"] = p.hard_weight * self.hard_ce(fs.logits, batch)
+            terms["kd"] = soft_loss(fs.logits, ft.logits.float(), batch.y, p.T)
+            if self.wants("ce"):
+                terms["ce"] = self.hard_ce(fs.logits, batch)
         if stage == 1:   # the prediction layer is off in stage 1: chart it as 0 (and never sum [])
             terms["kd"] = fs.logits.sum() * 0.0
         return terms

@@ -198,9 +198,9 @@ class Engine:
         """Validate and queue a run; returns its id. Raises ConfigError for a bad config.
 
         ``parent`` tags the run with the sweep / experiment that asked for it."""
-        if isinstance(cfg, dict):
-            cfg = RunConfig.from_dict(cfg)
-        cfg = cfg.copy().validate()
+        # The one validation of a run (a config validated before, e.g. by the Lab, and unchanged
+        # since is not re-checked); the trainer trusts it.
+        cfg = RunConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg.copy().validated()
         check_resources(cfg)
         name = name or cfg.name
         resume = run_id is not None

@@ -7,7 +7,6 @@ steps, where the NaN check also happens, still naming the exact step and term.
 """
 from __future__ import annotations
 
-import dataclasses
 import platform
 import threading
 import time
@@ -136,7 +135,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, emit: Emit | None = None, control: Control | None = None,
                  checkpoint_path=None, resume: bool = False,
                  monitors: Sequence[MonitorFactory] = ()):
-        self.cfg = cfg.copy().validate()
+        # A copy: the run must not see later edits to the caller's object. Validated once, where
+        # the run was submitted; validated() only re-checks a config edited since.
+        self.cfg = cfg.copy().validated()
         self.emit = emit or (lambda e: None)
         self.control = control or Control()
         self.checkpoint_path = checkpoint_path
@@ -166,8 +167,7 @@ class Trainer:
         for note in data.notes:
             self._notice(note)
         method_cls = get_method_class(cfg.method.name)
-        params = method_cls.Params(**cfg.method.params)
-        params = self._adjust_for_unlabeled(params, data)
+        params = cfg.method.params             # the method's typed Params (validated)
 
         teachers, t_test_logits = [], None
         if method_cls.needs_teacher:
@@ -187,18 +187,6 @@ class Trainer:
         if cfg.train.baseline:
             self._baseline(data)
         return self._train_student(data, method_cls, params, teachers, t_test_logits, t0)
-
-    def _adjust_for_unlabeled(self, params, data: DataBundle):
-        if data.n_labeled > 0:
-            return params
-        changed = {}
-        for name in ("hard_weight", "ce_weight"):
-            if hasattr(params, name) and getattr(params, name) > 0:
-                changed[name] = 0.0
-        if changed:
-            self._notice("No labels in the transfer set: " + ", ".join(changed) + " forced to 0.")
-            params = dataclasses.replace(params, **changed)
-        return params
 
     def _baseline(self, data: DataBundle):
         """Student alone on the same labelled data (cached), so the run shows what KD added."""
@@ -222,10 +210,14 @@ class Trainer:
         steps_per_epoch = max(1, n // bs)   # drop the last partial batch: fixed shapes, fewer syncs
         ctx = TrainContext(steps_per_epoch=steps_per_epoch, epochs=tc.epochs,
                            n_classes=data.n_classes, input_shape=data.input_shape, device=dev,
-                           data_kind=data.kind, seed=tc.seed,
-                           extras={"config": cfg, "emit": self.emit, "control": self.control})
+                           data_kind=data.kind, seed=tc.seed, config=cfg, emit=self.emit,
+                           should_stop=lambda: self.control.stopped)
         method = method_cls(student, teachers, params, ctx)
         self.method = method
+        if data.n_labeled == 0:     # no labels: the terms that need them get weight 0
+            zeroed = method.zero_label_terms()
+            if zeroed:
+                self._notice("No labels in the transfer set: " + ", ".join(zeroed) + " forced to 0.")
         self._phase("setup", f"preparing {method_cls.name}")
         method.setup(data)
         extra = [m.to(dev) for m in method.extra_modules()]
@@ -240,7 +232,7 @@ class Trainer:
         all_labeled = bool(data.labeled.all())
         ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
         cached_t = None
-        if teachers and getattr(method, "cache_teacher_logits", True):
+        if teachers and method.cache_teacher_logits:
             # method.teachers: a method may add teachers in setup() (multi_teacher)
             cached_t = [logits_of(t, data.transfer.x, dev) for t in method.teachers]
         gen = torch.Generator().manual_seed(tc.seed)
@@ -272,9 +264,9 @@ class Trainer:
                               all_labeled)
                 if amp is not None:
                     with amp:
-                        terms = method.loss_terms(batch, step)
+                        terms = method.weigh(method.loss_terms(batch, step))
                 else:
-                    terms = method.loss_terms(batch, step)
+                    terms = method.weigh(method.loss_terms(batch, step))
                 vals = iter(terms.values())
                 total = next(vals)
                 for v in vals:          # not sum(): that starts from 0 and costs one more op

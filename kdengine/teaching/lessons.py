@@ -32,6 +32,7 @@ import yaml
 from kdengine.core.config import RunConfig, flatten
 from kdengine.core.knobs import ConfigError, check_field, coerce_value, field_specs
 from kdengine.core.paths import assets_dir
+from kdengine.core.presets import list_presets, load_preset
 
 LOOK_FOR = re.compile(r"^##\s+What to look for\s*$", re.I | re.M)
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -55,8 +56,8 @@ class Lesson:
     # ---- what exists ---------------------------------------------------------------------------
     def preset(self) -> str | None:
         """The first candidate preset that exists, or None."""
-        folder = assets_dir() / "presets"
-        return next((p for p in self.presets if (folder / f"{p}.yaml").is_file()), None)
+        shipped = list_presets()
+        return next((p for p in self.presets if p in shipped), None)
 
     def page_exists(self) -> bool:
         return self.page is not None and (assets_dir().parent / self.page).is_file()
@@ -84,7 +85,7 @@ class Lesson:
         if name is None:
             raise ConfigError("preset", f"lesson {self.id!r} has no preset yet "
                                         f"({', '.join(self.presets)})")
-        cfg = RunConfig.load(str(assets_dir() / "presets" / f"{name}.yaml"))
+        cfg = load_preset(name)
         cfg.name = f"lesson:{self.id}"
         return cfg
 

@@ -6,13 +6,17 @@ lesson. More checks can be added to ``CHECKS``. The checks:
 * KL divergence with 'mean' reduction (divides by the class count as well as the batch): a static
   scan of the method's source (``ast``), and a runtime probe that records every ``kl_div`` call made
   during one step of the method;
-* T^2 scaling off while both the soft and the hard term are on;
+* T^2 scaling off while both a soft and a hard (label) term are on;
 * a teacher run in train mode or outside ``torch.no_grad()``, or one that receives gradients: the
   runtime probe runs one step of the method on tiny random models and data and watches the teacher;
 * a teacher that is not clearly better than the student alone: statically (no bigger than the
   student), and from measured accuracies via :func:`teacher_gap_warning`, which the trainer calls
   once the baseline is known;
 * an unlabelled transfer set with a hard weight above zero.
+
+Which knobs are "soft", "hard" or the temperature is read from the method's declarations
+(``weight_knobs``, ``label_terms``, ``temperature`` in :mod:`kdengine.methods.base`), never from
+knob names.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import json
 from typing import Callable
 
 from kdengine.core.config import RunConfig
+from kdengine.methods import get_method_class
+from kdengine.methods.base import knob_value, label_weight_knobs, soft_weight_knobs, temperature_of
 from kdengine.teachers.baselines import teacher_gap_warning  # noqa: F401  (re-exported: part of the linter)
 
 # A check returns None, one warning, or a list of warnings.
@@ -33,19 +39,25 @@ def check(fn):
     return fn
 
 
+def _any_above_zero(params, knobs) -> bool:
+    return any(knob_value(params, k, 0) > 0 for k in knobs)
+
+
 @check
 def _t_squared_off(cfg: RunConfig):
-    p = cfg.method.params
-    if p.get("t_squared") is False and p.get("soft_weight", 0) > 0 and p.get("hard_weight", 0) > 0:
+    cls, p = get_method_class(cfg.method.name), cfg.method.params
+    T = temperature_of(cfg)
+    if T is not None and knob_value(p, "t_squared") is False \
+            and _any_above_zero(p, soft_weight_knobs(cls)) and _any_above_zero(p, label_weight_knobs(cls)):
         return ("T² scaling is off while both soft and hard terms are on: the soft gradients shrink "
-                f"by 1/T² = {1 / p.get('T', 1) ** 2:.3g}, so the hard term dominates.")
+                f"by 1/T² = {1 / T ** 2:.3g}, so the hard term dominates.")
     return None
 
 
 @check
 def _unlabeled_hard(cfg: RunConfig):
-    p = cfg.method.params
-    if cfg.data.transfer == "unlabeled" and (p.get("hard_weight", 0) > 0 or p.get("ce_weight", 0) > 0):
+    cls = get_method_class(cfg.method.name)
+    if cfg.data.transfer == "unlabeled" and _any_above_zero(cfg.method.params, label_weight_knobs(cls)):
         return "The transfer set is unlabelled: the hard (label) weight will be forced to 0."
     return None
 
@@ -100,7 +112,6 @@ def kl_mean_calls(source: str) -> list[int]:
 
 @check
 def _kl_mean_static(cfg: RunConfig):
-    from kdengine.methods import get_method_class
     cls = get_method_class(cfg.method.name)
     try:
         path = inspect.getsourcefile(cls)
@@ -117,9 +128,8 @@ def _kl_mean_static(cfg: RunConfig):
 # ---- runtime probe: one method step on tiny random models ------------------------------------
 def _probe_mode(cls) -> str:
     from kdengine.methods import Method
-    mode = getattr(cls, "lint_probe", None)
-    if mode:
-        return mode
+    if cls.lint_probe:
+        return cls.lint_probe
     # A method with its own setup may train things there; probing it blind could be slow.
     return "full" if cls.setup is Method.setup else "skip"
 
@@ -141,7 +151,8 @@ def probe_method(cfg: RunConfig) -> list[str]:
 
     The probe's teacher has its gradients switched back ON after the method is built, so a method
     that runs it outside ``torch.no_grad()`` is caught however the teacher was frozen."""
-    key = json.dumps({"m": cfg.method.name, "p": cfg.method.params, "s": cfg.student.__dict__,
+    key = json.dumps({"m": cfg.method.name, "p": cfg.to_dict()["method"]["params"],
+                      "s": cfg.student.__dict__,
                       "t": cfg.teacher.model.__dict__, "d": [cfg.data.name, cfg.data.n_classes],
                       "src": cfg.teacher.source}, sort_keys=True, default=str)
     if key not in _PROBE_CACHE:
@@ -156,7 +167,6 @@ _PROBE_CACHE: dict[str, tuple[str, ...]] = {}
 
 
 def _probe_uncached(cfg: RunConfig) -> tuple[str, ...]:
-    from kdengine.methods import get_method_class
     cls = get_method_class(cfg.method.name)
     mode = _probe_mode(cls)
     if mode == "skip" or cfg.data.name == "text":
@@ -185,10 +195,8 @@ def _probe(cfg: RunConfig, cls, mode: str) -> list[str]:
         student = build_model(cfg.student, shape, n_classes)
         teachers = [build_model(cfg.teacher.model, shape, n_classes)] if cls.needs_teacher else []
         ctx = TrainContext(steps_per_epoch=1, epochs=1, n_classes=n_classes, input_shape=shape,
-                           device=dev, data_kind=data.kind, seed=0,
-                           extras={"config": cfg, "emit": lambda e: None, "control": None,
-                                   "probe": True})
-        method = cls(student, teachers, cls.Params(**cfg.method.params), ctx)
+                           device=dev, data_kind=data.kind, seed=0, config=cfg)
+        method = cls(student, teachers, cfg.method.params, ctx)
         if mode == "full":
             method.setup(data)
         for t in teachers:
@@ -213,7 +221,7 @@ def _probe(cfg: RunConfig, cls, mode: str) -> list[str]:
         try:
             method.train(True)
             with KLRecorder() as rec:
-                terms = method.loss_terms(batch, 0)
+                terms = method.weigh(method.loss_terms(batch, 0))
                 total = sum(terms.values())
                 total.backward()
         finally:
@@ -243,6 +251,9 @@ def _method_probe(cfg: RunConfig):
 
 # ---- teacher vs student alone, from measured accuracies ----------------------------------------
 def lint(cfg: RunConfig) -> list[str]:
+    """Every check's warnings for a config (validated here if it was not: the checks read its
+    typed method knobs)."""
+    cfg = cfg.validated()
     out = []
     for fn in CHECKS:
         msg = fn(cfg)
