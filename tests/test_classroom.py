@@ -115,7 +115,7 @@ def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
                        "method.params.T": "8"})
     cfg = RunConfig().with_overrides({"method.params.T": 3.0, "train.epochs": 7})
     fixed, changed = apply_locks(cfg, link.locked)
-    assert changed == ["method.params.T"] and fixed.method.params["T"] == 8.0
+    assert changed == ["method.params.T"] and fixed.to_dict()["method"]["params"]["T"] == 8.0
     assert fixed.train.epochs == 7                                  # unlocked knobs untouched
     assert apply_locks(fixed, link.locked) == (fixed, [])
     note = locked_note(get_lesson("why-temperature"), link.locked)
