@@ -14,6 +14,8 @@ from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, T
                       TrainConfig, get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
+from kdengine.teaching.lessons import apply_locks
+from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_fragment
 from ui.words import metric_name
@@ -218,7 +220,7 @@ if cfg is not None and ss.get("lab_preset") not in (None, CUSTOM) and \
 if cfg_error is not None:
     st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
 else:
-    want = {"sid": owner, **state.config_to_query(cfg)}
+    want = {**session_params(), **state.config_to_query(cfg)}
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
     from kdengine import lint
@@ -240,6 +242,12 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
+        link = ss.get("lessons_link")        # an instructor's lesson link locks knobs here too
+        cfg, forced = apply_locks(cfg, link.locked if link is not None else {})
+        if forced:
+            st.info("Your instructor's link fixes " + ", ".join(
+                f"`{k}` = {link.locked[k]}" for k in forced) + "; this run uses those values.",
+                icon=":material/lock:")
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
@@ -259,8 +267,9 @@ def progress_bar(snap: dict) -> None:
     status, phase = snap["status"], snap["phase"]
     epochs = snap["config"]["train"]["epochs"]
     if status == "queued":
-        ahead = engine.queued().index(snap["run_id"]) if snap["run_id"] in engine.queued() else 0
-        st.progress(0.0, text=f"Queued: waiting for a worker ({ahead} queued ahead of it).")
+        ahead, wait = snap.get("queue_position") or 0, snap.get("queue_eta_s")
+        st.progress(0.0, text=f"Queued: position {ahead + 1} ({ahead} queued ahead of it)"
+                    + (f" · starts in about {fmt_eta(wait)}." if wait is not None else "."))
     elif status in ("running", "paused") and phase in ("teacher", "baseline"):
         st.progress(min(1.0, snap["phase_progress"]), text=snap["phase_message"])
     elif status in ("running", "paused") and phase == "student":

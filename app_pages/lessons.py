@@ -10,7 +10,9 @@ from __future__ import annotations
 import streamlit as st
 
 from kdengine import ACTIVE, ConfigError, knob_spec, lesson_link, load_lessons, parse_link
+from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
+from ui.classroom import is_instructor
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import existing_pages
@@ -52,11 +54,9 @@ lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=
                             help="Locked by the instructor's link." if locked_lesson else None)]
 mine = link.lesson is not None and link.lesson.id == lesson.id
 locked = link.locked if mine else {}
-if locked:
-    st.info("Your instructor's link fixes: " + ", ".join(f"`{k}` = {v}" for k, v in locked.items()),
-            icon=":material/lock:")
-
 st.header(f"{lesson.order}. {lesson.title}")
+if locked:     # next to the text, which was written for the preset's values
+    st.info(locked_note(lesson, locked), icon=":material/lock:")
 missing = lesson.missing()
 st.markdown(lesson.body)
 if missing:
@@ -140,7 +140,7 @@ elif st.button("Show the answer", key="lessons_show"):
     ss[ans_key] = True
     st.rerun()
 
-if not missing:
+if not missing and is_instructor():      # students never see the link builder
     with st.expander("Instructor: a link for the class", icon=":material/link:"):
         st.caption("The link opens this lesson with the values above. Locked knobs cannot be changed "
                    "by students; the others start at these values.")

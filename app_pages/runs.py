@@ -55,10 +55,19 @@ def row(r: dict) -> dict:
             "created": pd.to_datetime(r["created"], unit="s"), "id": r["id"]}
 
 
-mine = st.toggle("Only this browser session's runs", key="runs_mine")
-rows = stored_runs(limit=500, owner_only=mine)
+everyone = st.toggle("Everyone's runs", key="runs_everyone",
+                     help="Off: only the runs of this browser session (your name).")
+rows = stored_runs(limit=500, owner_only=not everyone)
+shared = st.query_params.get("run")            # a run opened from a link is shown, whoever's
+if shared and shared not in {r["id"] for r in rows}:
+    row_shared = engine.store.get_run(shared)
+    rows += [row_shared] if row_shared else []
 if not rows:
-    st.info("No runs stored yet: train one in the Lab.", icon=":material/info:")
+    if shared:
+        st.warning(f"No stored run {shared!r} (deleted, or stored on another machine).")
+    st.info("No runs stored yet: train one in the Lab." if everyone else
+            "None of your runs are stored yet: train one in the Lab, or turn on Everyone's runs.",
+            icon=":material/info:")
     st.stop()
 table = pd.DataFrame([row(r) for r in rows])
 st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),

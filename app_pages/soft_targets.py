@@ -16,6 +16,7 @@ from kdengine import (ACTIVE, CheckpointError, DataUnavailable, RunModels, Teach
                       load_run_models)
 from ui import charts, state, widgets
 from ui import soft_target_figs as stf
+from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
 ss = st.session_state
@@ -29,9 +30,11 @@ st.caption("Softening the teacher's output with a temperature T reveals how it r
 
 
 # -- which runs can be shown: any with a student checkpoint --------------------------------------
-def candidate_runs() -> list[dict]:
+def candidate_runs(everyone: bool, shared: str | None) -> list[dict]:
+    """This session's runs (everyone's with the toggle), plus a run opened from a shared link."""
     live = {r["run_id"]: dict(r, id=r["run_id"]) for r in owner_runs()}
-    rows = {r["id"]: r for r in stored_runs(limit=200)}
+    rows = {r["id"]: r for r in stored_runs(limit=200)
+            if everyone or r["owner"] == owner or r["id"] == shared}
     rows.update(live)
     return [r for r in sorted(rows.values(), key=lambda r: -r.get("created", 0))
             if checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
@@ -51,7 +54,9 @@ def sample_views(run_id: str, mtime: float, i: int, _models: RunModels) -> list[
 
 problems: list[str] = []
 params = st.query_params.to_dict()
-runs = candidate_runs()
+everyone = st.toggle("Everyone's runs", key="st_everyone",
+                     help="Off: only your runs (and a run opened from a link).")
+runs = candidate_runs(everyone, str(params.get("run") or ss.get("st_run") or ""))
 ids = [r["id"] for r in runs]
 if "st_run" not in ss:
     url_run = state.read_param(params, "run", None, str, lambda r: r in ids, problems,
@@ -170,7 +175,7 @@ with left:
                    "browser. T = 1 is the model's own output; higher T softens it.")
 
 i, T = int(ss["st_i"]), float(ss["st_T"])
-want = {"sid": owner, "run": run_id, "i": str(i), "T": repr(T)}
+want = {**session_params(), "run": run_id, "i": str(i), "T": repr(T)}
 if st.query_params.to_dict() != want:
     st.query_params.from_dict(want)
 if data.kind == "text":                                 # multi-label: per-label sigmoids

@@ -293,6 +293,19 @@ def _search(eng, args) -> int:
     return 0 if search.status == "done" else 1
 
 
+def cmd_data(args) -> int:
+    from kdengine.data.fetch import fetch, listing
+    if args.action == "fetch":
+        fetch(args.names or ["mnist", "fashion_mnist", "cifar10"])
+        return 0
+    for r in listing():
+        check = {None: "no checksums recorded", True: "checksums ok",
+                 False: "CHECKSUMS DIFFER"}[r["checksums_ok"]]
+        state = f"present, {r['bytes'] / 2**20:.0f} MiB, {check}" if r["present"] else "missing"
+        print(f"{r['name']:<14} {state}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kdengine", description="KD Playground engine")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -338,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
+    p = sub.add_parser("data", help="class prep: fetch real data sets, list what is present")
+    p.add_argument("action", choices=("fetch", "list"))
+    p.add_argument("names", nargs="*", help="mnist, fashion_mnist, cifar10 (fetch; default all)")
+    p.set_defaults(fn=cmd_data)
     return ap
 
 

@@ -127,3 +127,8 @@ def poll(at, until, timeout: float = 120.0, every: float = 0.3) -> None:
         time.sleep(every)
     raise AssertionError(f"timed out; page says {status_line(at)!r}, errors "
                          f"{[e.value for e in at.error]}")
+
+
+# The web app serves with worker processes by default; tests build many engines, so they use
+# threads in this process unless a test asks for processes itself.
+os.environ.setdefault("KD_SERVE", "threads")

@@ -20,6 +20,14 @@ def page(params: dict | None = None, path: str = LESSONS) -> AppTest:
     return app_test(path, query=params)
 
 
+TOKEN = "test-instructor-token"
+
+
+@pytest.fixture(autouse=True)
+def _instructor_token(monkeypatch):
+    monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", TOKEN)
+
+
 def engine():
     from ui.engine import get_engine
     return get_engine()
@@ -41,7 +49,7 @@ def test_every_lesson_renders_with_text_knobs_and_a_hidden_answer(lesson):
 
 def test_a_locked_link_cannot_be_changed_and_its_value_is_what_runs(runs_dir):
     at = page({"lesson": "why-temperature", "lock": "method.params.T,train.epochs",
-               "method.params.T": "7", "train.epochs": "1", "teacher.epochs": "3"})
+               "method.params.T": "7", "train.epochs": "1", "teacher.epochs": "3", "tok": TOKEN})
     key = "lessons.why-temperature.method.params.T"
     w = at.number_input(key=key)
     assert w.value == 7.0 and w.disabled
@@ -101,14 +109,27 @@ def test_instructor_view_lists_every_sessions_runs(runs_dir):
     for rid in ids:
         assert eng.wait(rid, timeout=300) == "done"
     at = page(path=INSTRUCTOR)
-    df = at.dataframe[0].value
+    assert not at.dataframe                                   # no token: nothing shown
+    at.text_input(key="instructor_token_input").set_value("wrong").run()
+    assert not at.dataframe and at.error
+    at = page({"tok": TOKEN}, path=INSTRUCTOR)
+    assert "tok" not in at.query_params                       # the token leaves the URL
+    df = at.dataframe[1].value
     assert set(ids) <= set(df["run"])
-    assert {"aaaaaa", "bbbbbb"} <= set(df["student (session)"])   # both sessions, side by side
+    assert {"session aaaaaa", "session bbbbbb"} <= set(df["student (session)"])   # side by side
+    students = at.dataframe[0].value
+    assert set(students["student"]) == {"session aaaaaa", "session bbbbbb"}
     assert "method.params.T" in df.columns                    # the knob that differs is a column
     fig = at.get("plotly_chart")[0]
     import json
     names = [t["name"] for t in json.loads(fig.proto.spec)["data"]]
     assert sum(any(r[-6:] in n for n in names) for r in ids) == 2
+    assert all("T=" in n and "noise" not in n for n in names)   # only the knob that differs
+
+
+def test_students_without_the_token_see_no_link_builder():
+    at = page({"lesson": "why-temperature"})
+    assert not at.code and not any("link for the class" in e.label for e in at.expander)
 
 
 def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir):

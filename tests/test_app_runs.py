@@ -29,7 +29,10 @@ def runs(tmp_path_factory):
 
 
 def page() -> AppTest:
-    return app_test(page="app_pages/runs.py")
+    at = app_test(page="app_pages/runs.py")
+    assert not at.dataframe                     # by default only this session's runs: none yet
+    at.toggle(key="runs_everyone").set_value(True).run()      # the runs of "someone"
+    return at
 
 
 def test_runs_table_overlay_and_export(runs):

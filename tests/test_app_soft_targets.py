@@ -54,8 +54,10 @@ def finished():
                         {"quick": load_config("digits-quick", ["train.epochs=1"])})["quick"]
 
 
-def page(query: dict) -> AppTest:
-    return app_test(page="app_pages/soft_targets.py", query=query)   # a direct link: /soft_targets?run=...
+def page(query: dict, everyone: bool = False) -> AppTest:
+    # by default only this session's runs are listed; ``everyone`` turns the toggle on
+    return app_test(page="app_pages/soft_targets.py", query=query,     # a direct link
+                    state={"st_everyone": True} if everyone else None)
 
 
 def figure(at: AppTest) -> dict:
@@ -104,7 +106,7 @@ def test_soft_targets_figure_carries_every_T_for_the_browser_slider(finished):
 
 
 def test_soft_targets_bad_url_values_get_a_notice(finished):
-    at = page({"run": "no-such-run", "T": "99", "i": "x"})
+    at = page({"run": "no-such-run", "T": "99", "i": "x"}, everyone=True)
     notice = " ".join(w.value for w in at.warning)
     assert "run" in notice and "T" in notice and "i:" in notice
     assert at.session_state["st_T"] == 4.0                     # the run's own T
@@ -130,3 +132,13 @@ def test_soft_targets_reads_a_live_run_from_its_checkpoint():
         assert len(at.latex) == 1 and figure(at)["frames"] and not at.error
     finally:
         eng.shutdown()
+
+
+def test_only_this_sessions_runs_unless_everyones_are_asked_for(finished):
+    mine = page({})
+    assert mine.session_state["st_run"] is None                 # "someone"'s run is not listed
+    assert not mine.toggle(key="st_everyone").value
+    everyone = page({}, everyone=True)
+    assert everyone.session_state["st_run"] is not None
+    linked = page({"run": finished})                            # a shared link still opens it
+    assert linked.session_state["st_run"] == finished

@@ -27,7 +27,10 @@ def _engine_for(root: str):
     import pandas  # noqa: F401
     import plotly.graph_objects  # noqa: F401
     from kdengine import Engine, Store
-    engine = Engine(store=Store(root))
+    from kdengine.run.serving import serving_options
+    from kdengine.teaching.classroom import instructor_token
+    engine = Engine(store=Store(root), **serving_options())   # worker processes for a class
+    instructor_token()          # printed to the server's console now, unless set by env var
     threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
     return engine
 
@@ -37,9 +40,11 @@ def _prewarm() -> None:
     Train press in a fresh server shows its first point in about a second instead of ~5-10 s."""
     try:
         from kdengine import DataConfig, RunConfig, check_resources, load_data
+        from kdengine.run.workers import first_steps
         import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
         load_data(DataConfig())
+        first_steps()              # the first optimizer step imports much of torch (~10 s busy)
     except Exception:  # best effort only: a real run reports its own errors
         pass
 

@@ -1,18 +1,21 @@
-"""Background run manager: a job queue, worker threads, pause / resume / stop, live snapshots.
+"""Background run manager: a fair queue, executors (threads or worker processes), pause / resume /
+stop, live snapshots.
 
-Callers (a web page, the CLI, a test) ``submit`` a config and get a run id; a worker thread runs the
-trainer and folds its events into a locked :class:`RunState`. ``snapshot(run_id)`` returns a plain
+Callers (a web page, the CLI, a test) ``submit`` a config and get a run id; an executor
+(:mod:`kdengine.run.workers`) runs the trainer and its events are folded into a locked
+:class:`RunState`. ``snapshot(run_id)`` returns a plain
 copy that any thread may read (the web page polls it about once a second). Runs carry an ``owner``
 so two browser sessions sharing one engine never see each other's runs mixed up.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import os
-import queue
 import threading
 import time
 import traceback
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -20,7 +23,10 @@ from kdengine.core.config import RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, Store
 from kdengine.run.monitors import standard_monitors
-from kdengine.run.trainer import Control, Emit, NonFiniteLoss, StopRequested, Trainer, versions
+from kdengine.run.scheduler import FairQueue, start_eta
+from kdengine.run.slicing import SlicedControl
+from kdengine.run.trainer import Control, Emit, Trainer, versions
+from kdengine.run.workers import ProcessExecutor, ThreadExecutor, execute
 
 Event = dict
 
@@ -28,9 +34,10 @@ Event = dict
 class RunState:
     """Everything the UI shows about one run. Mutated only under ``lock``."""
 
-    def __init__(self, run_id: str, config: dict, owner: str, name: str):
+    def __init__(self, run_id: str, config: dict, owner: str, name: str, parent: str | None = None):
         self.lock = threading.Lock()
         self.run_id, self.config, self.owner, self.name = run_id, config, owner, name
+        self.parent = parent        # the sweep / experiment that asked for it
         self.status = "queued"
         self.phase, self.phase_message, self.phase_progress = "queued", "waiting for a worker", 0.0
         self.step, self.epoch, self.progress, self.eta_s = 0, 0.0, 0.0, None
@@ -80,7 +87,7 @@ class RunState:
         with self.lock:
             return {
                 "run_id": self.run_id, "owner": self.owner, "name": self.name,
-                "config": copy.deepcopy(self.config), "status": self.status, "phase": self.phase,
+                "parent": self.parent, "config": copy.deepcopy(self.config), "status": self.status, "phase": self.phase,
                 "phase_message": self.phase_message, "phase_progress": self.phase_progress,
                 "step": self.step, "epoch": self.epoch, "progress": self.progress,
                 "eta_s": self.eta_s, "error": self.error, "traceback": self.traceback,
@@ -92,10 +99,42 @@ class RunState:
 
 
 class _Job:
-    def __init__(self, state: RunState, cfg: RunConfig, resume: bool):
+    def __init__(self, state: RunState, cfg: RunConfig, resume: bool, control: Control,
+                 checkpoint_path):
         self.state, self.cfg, self.resume = state, cfg, resume
-        self.control = Control()
+        self.control = control
+        self.checkpoint_path = checkpoint_path
         self.subscribers: list[Callable[[Event], None]] = []
+        self.executor: Any = None          # where it runs, once admitted
+        self.recorder: _Recorder | None = None
+        self.started: float | None = None
+
+
+class _Recorder:
+    """Folds one run's events into its live state and the store (metrics batched, see FLUSH)."""
+
+    def __init__(self, engine: "Engine", job: _Job):
+        self.engine, self.job = engine, job
+        self.pending: list[tuple[int, float, dict]] = []
+        self.last_flush = time.monotonic()
+
+    def flush(self) -> None:
+        rid = self.job.state.run_id
+        for step, epoch, values in self.pending:
+            self.engine.store.add_metrics(rid, step, epoch, values)
+        self.pending.clear()
+        self.last_flush = time.monotonic()
+
+    def emit(self, ev: Event) -> None:
+        self.engine._publish(self.job, ev)
+        if ev["type"] == "metrics":
+            self.pending.append((ev["step"], ev["epoch"], ev["values"]))
+            if "test_acc" in ev["values"] or \
+                    time.monotonic() - self.last_flush > self.engine.FLUSH_SECONDS:
+                self.flush()
+        elif ev["type"] == "artifacts":
+            for name, data in ev["data"].items():
+                self.engine.store.add_artifact(self.job.state.run_id, ev["step"], name, data)
 
 
 def default_workers() -> int:
@@ -107,25 +146,51 @@ def default_workers() -> int:
 
 
 class Engine:
-    """Thread-safe run manager. One per process is enough (the web app keeps it in cache_resource)."""
+    """Thread-safe run manager. One per process is enough (the web app keeps it in cache_resource).
+
+    ``max_workers`` executors each host up to ``slots`` runs; with ``processes`` the executors are
+    worker processes (parallel despite the GIL), otherwise threads of this process. With one slot
+    (the default) an executor trains one run at a time and the rest wait in the queue; with more,
+    its runs take turns in short time slices, and an owner with nothing running is admitted even
+    when the slots are full (up to ``4 x`` the slots), so a newcomer never waits behind a sweep.
+    Queued runs start round-robin by owner (:mod:`kdengine.run.scheduler`)."""
 
     # Metrics reach SQLite at most this often (plus at every epoch end and at the run's end), so a
     # killed process loses at most this much; KD_FLUSH_SECONDS=0 flushes every point (tests).
     FLUSH_SECONDS = float(os.environ.get("KD_FLUSH_SECONDS", "1.0"))
     KEEP_FINISHED = 200          # finished runs kept in memory; older ones are read from the store
+    OVERBOOK = 4                 # time-sliced executors admit newcomers up to this x their slots
 
-    def __init__(self, store: Store | None = None, max_workers: int | None = None):
+    def __init__(self, store: Store | None = None, max_workers: int | None = None,
+                 slots: int = 1, processes: bool = False, ray_address: str | None = None):
         self.store = store or Store()
-        self.max_workers = max_workers or default_workers()
+        self.ray_address = ray_address      # runs go to a Ray cluster (kdengine.run.ray_executor)
+        self.max_workers = 1 if ray_address else (max_workers or default_workers())
+        self.slots = max(1, slots)
+        self.processes = processes
         self._jobs: "OrderedDict[str, _Job]" = OrderedDict()
         self._lock = threading.Lock()
-        self._queue: "queue.Queue[str | None]" = queue.Queue()
+        self._queue = FairQueue()
+        self._durations: list[float] = []      # recent run times, for queued runs' ETA
         self._threads: list[threading.Thread] = []
         self._closed = False
-        for i in range(self.max_workers):
-            t = threading.Thread(target=self._worker, name=f"kd-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._executors = [self._new_executor(i) for i in range(self.max_workers)]
+        # At interpreter exit the worker processes are killed: that is no death to recover from.
+        ref = weakref.ref(self)
+        atexit.register(lambda: ref() is not None and ref()._mark_closed())
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+
+    def _new_executor(self, index: int):
+        if self.ray_address:
+            from kdengine.run.ray_executor import RayExecutor
+            ex = RayExecutor(index, self.ray_address, self._on_child_event, self._on_child_death)
+            self.slots = ex.slots
+            return ex
+        if self.processes:
+            return ProcessExecutor(index, self.slots, self._on_child_event, self._on_child_death)
+        return ThreadExecutor(index, self.slots, self._run)
 
     # -- public API ------------------------------------------------------------------------------
     def submit(self, cfg: RunConfig | dict, owner: str = "", name: str = "",
@@ -144,14 +209,19 @@ class Engine:
                                            versions=versions(), parent=parent)
         else:
             self.store.set_status(run_id, "queued")
-        state = RunState(run_id, cfg.to_dict(), owner, name)
-        job = _Job(state, cfg, resume)
+        if resume:
+            parent = (self.store.get_run(run_id) or {}).get("parent")
+        state = RunState(run_id, cfg.to_dict(), owner, name, parent)
+        sliced = self.slots > 1 and not (self.processes or self.ray_address)
+        control = SlicedControl(owner) if sliced else Control()
+        job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is shut down")
             self._jobs[run_id] = job
             self._trim()
-        self._queue.put(run_id)
+            self._queue.push(run_id, owner)
+        self._dispatch()
         return run_id
 
     def resume_run(self, run_id: str) -> str:
@@ -173,18 +243,25 @@ class Engine:
         job = self._job(run_id)
         if job.state.status in ("queued", "running"):
             job.control.pause()
+            self._command(job, "pause")
 
     def resume(self, run_id: str) -> None:
         job = self._job(run_id)
         job.control.resume()
+        self._command(job, "resume")
         if job.state.status == "paused":
             self._set_status(job, "running")
 
     def stop(self, run_id: str) -> None:
         job = self._job(run_id)
         job.control.stop()
-        if job.state.status == "queued":
+        with self._lock:
+            was_queued = run_id in self._queue
+            self._queue.remove(run_id)
+        if was_queued:
             self._set_status(job, "stopped")
+        else:
+            self._command(job, "stop")
 
     def status(self, run_id: str) -> str:
         job = self._jobs.get(run_id)
@@ -196,11 +273,27 @@ class Engine:
         return row["status"]
 
     def snapshot(self, run_id: str) -> dict:
-        """The run's live state as plain data; for runs not in memory, rebuilt from the store."""
+        """The run's live state as plain data; for runs not in memory, rebuilt from the store.
+        A queued run also gets ``queue_position`` (0 = next to start) and ``queue_eta_s``
+        (seconds until it starts; None while nothing has been timed)."""
         job = self._jobs.get(run_id)
-        if job is not None:
-            return job.state.snapshot()
-        return snapshot_from_store(self.store, run_id)
+        if job is None:
+            return snapshot_from_store(self.store, run_id)
+        snap = job.state.snapshot()
+        snap["queue_position"], snap["queue_eta_s"] = self.queue_info(run_id)
+        return snap
+
+    def queue_info(self, run_id: str) -> tuple[int | None, float | None]:
+        """(position, seconds until it starts) of a queued run; (None, None) for any other."""
+        with self._lock:
+            if run_id not in self._queue:
+                return None, None
+            order = self._queue.order(self._active_by_owner())
+            remaining = [j.state.eta_s for j in self._jobs.values() if j.executor is not None
+                         and j.state.status in ACTIVE]
+            durations = list(self._durations)
+        pos = order.index(run_id)
+        return pos, start_eta(pos, remaining, self.max_workers * self.slots, durations)
 
     def runs(self, owner: str | None = None) -> list[dict]:
         """Light snapshots (no series) of the runs in memory, newest first."""
@@ -216,7 +309,9 @@ class Engine:
         return out
 
     def queued(self) -> list[str]:
-        return [r for r, j in list(self._jobs.items()) if j.state.status == "queued"]
+        """Queued run ids, in the order they would start."""
+        with self._lock:
+            return self._queue.order(self._active_by_owner())
 
     def subscribe(self, run_id: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         job = self._job(run_id)
@@ -242,6 +337,11 @@ class Engine:
             time.sleep(poll)
         return False
 
+    def wait_ready(self, timeout: float = 120) -> bool:
+        """Wait until every worker has imported the training stack (True) or ``timeout`` passed."""
+        end = time.monotonic() + timeout
+        return all(ex.ready.wait(max(0.0, end - time.monotonic())) for ex in list(self._executors))
+
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._closed = True
@@ -249,11 +349,67 @@ class Engine:
         for j in jobs:
             if j.state.status in ACTIVE:
                 j.control.stop()
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
-            for t in self._threads:
-                t.join(timeout=30)
+                self._command(j, "stop")
+        for ex in self._executors:
+            ex.close(wait)
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def _active_by_owner(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ex in self._executors:
+            for r in ex.active:
+                job = self._jobs.get(r)
+                if job is not None:
+                    counts[job.state.owner] = counts.get(job.state.owner, 0) + 1
+        return counts
+
+    def _admit(self) -> list[tuple[_Job, Any]]:
+        """Under the lock: take queued runs for free slots (and, when time-slicing, newcomers)."""
+        started = []
+        cap = self.OVERBOOK * self.slots * len(self._executors)
+        while len(self._queue) and not self._closed:
+            active = self._active_by_owner()
+            free = [e for e in self._executors if len(e.active) < e.slots]
+            if free:
+                ex = min(free, key=lambda e: len(e.active))
+                rid = self._queue.pop(active)
+            elif self.slots > 1 and not self.ray_address and sum(active.values()) < cap:
+                ex = min(self._executors, key=lambda e: len(e.active))
+                rid = self._queue.pop(active, only_idle_owners=True)
+            else:
+                rid = None
+            if rid is None:
+                break
+            job = self._jobs[rid]
+            ex.active.add(rid)
+            job.executor, job.started = ex, time.monotonic()
+            job.recorder = _Recorder(self, job)
+            started.append((job, ex))
+        return started
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            started = self._admit()
+        for job, ex in started:
+            try:
+                self._set_status(job, "running")
+                ex.start(job)
+            except Exception as e:   # e.g. the store failing: the run fails, the engine serves on
+                self._fail_quietly(job, e)
+                self._release(job)
+
+    def _release(self, job: _Job) -> None:
+        """The run's slot is free again: record its time and start what waits."""
+        with self._lock:
+            if job.executor is not None:
+                job.executor.active.discard(job.state.run_id)
+            if job.started is not None and job.state.status == "done":
+                self._durations = (self._durations + [time.monotonic() - job.started])[-50:]
+        self._dispatch()
+
+    def _command(self, job: _Job, verb: str) -> None:
+        if job.executor is not None:
+            job.executor.command(job.state.run_id, verb)
 
     # -- internals -------------------------------------------------------------------------------
     def _job(self, run_id: str) -> _Job:
@@ -279,21 +435,6 @@ class Engine:
         self.store.set_status(job.state.run_id, status, error)
         self._publish(job, {"type": "status", "status": status, "error": error, "traceback": tb})
 
-    def _worker(self) -> None:
-        import torch
-        torch.set_num_threads(1)   # two runs with more threads each were 5-20x slower on 2 cores
-        while True:
-            run_id = self._queue.get()
-            if run_id is None:
-                return
-            job = self._jobs.get(run_id)
-            if job is None or job.state.status != "queued":
-                continue
-            try:
-                self._run(job)
-            except Exception as e:  # a fault while recording a fault (e.g. the store failing):
-                self._fail_quietly(job, e)   # the run is marked failed, the worker lives on
-
     def _fail_quietly(self, job: _Job, exc: Exception) -> None:
         msg = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         tb = traceback.format_exc()
@@ -303,53 +444,76 @@ class Engine:
             pass   # the store is what failed; the in-memory state still tells the page
         self._publish(job, {"type": "status", "status": "failed", "error": msg, "traceback": tb})
 
-    def _run(self, job: _Job) -> None:
-        rid = job.state.run_id
-        pending: list[tuple[int, float, dict]] = []
-        last_flush = [time.monotonic()]
-
-        def flush():
-            for step, epoch, values in pending:
-                self.store.add_metrics(rid, step, epoch, values)
-            pending.clear()
-            last_flush[0] = time.monotonic()
-
-        def emit(ev: Event) -> None:
-            self._publish(job, ev)
-            if ev["type"] == "metrics":
-                pending.append((ev["step"], ev["epoch"], ev["values"]))
-                if "test_acc" in ev["values"] or time.monotonic() - last_flush[0] > self.FLUSH_SECONDS:
-                    flush()
-            elif ev["type"] == "artifacts":
-                for name, data in ev["data"].items():
-                    self.store.add_artifact(rid, ev["step"], name, data)
-
-        job.control.on_pause = lambda paused: self._set_status(job, "paused" if paused else "running")
-        self._set_status(job, "running")
-        trainer = None
+    def _finish(self, job: _Job, outcome: dict) -> None:
+        """Record how a run ended (the same for a thread and a worker process)."""
         try:
-            if job.control.stopped:
-                raise StopRequested()
-            trainer = Trainer(job.cfg, emit, job.control, self.store.checkpoint_path(rid),
-                              resume=job.resume, monitors=standard_monitors())
-            summary = trainer.run()
-            flush()
-            self.store.set_summary(rid, summary)
-            self._publish(job, {"type": "summary", "summary": summary})
-            self._set_status(job, "done")
-        except (StopRequested, InterruptedError):
-            flush()
-            summary = trainer.summary if trainer else {}
-            self.store.set_summary(rid, summary)
-            self._publish(job, {"type": "summary", "summary": summary})
-            self._set_status(job, "stopped", "stopped by the user")
-        except (NonFiniteLoss, ConfigError) as e:
-            flush()
-            self._set_status(job, "failed", str(e))
-        except Exception as e:  # any fault inside a run is recorded; the worker keeps serving
-            flush()
-            msg = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self._set_status(job, "failed", msg, traceback.format_exc())
+            if job.state.status not in ACTIVE:      # already failed here (its recording broke)
+                return
+            job.recorder.flush()
+            status = outcome["status"]
+            if status in ("done", "stopped"):
+                summary = outcome.get("summary") or {}
+                self.store.set_summary(job.state.run_id, summary)
+                self._publish(job, {"type": "summary", "summary": summary})
+                self._set_status(job, status, None if status == "done" else "stopped by the user")
+            else:
+                self._set_status(job, "failed", outcome.get("error"), outcome.get("traceback"))
+        except Exception as e:  # a fault while recording a fault (e.g. the store failing):
+            self._fail_quietly(job, e)   # the run is marked failed, the engine serves on
+
+    def _run(self, job: _Job) -> None:
+        """Train ``job`` in this thread (a thread executor's runner)."""
+        rid = job.state.run_id
+        job.control.on_pause = lambda paused: self._set_status(job, "paused" if paused else "running")
+        try:
+            outcome = execute(lambda: Trainer(job.cfg, job.recorder.emit, job.control,
+                                              self.store.checkpoint_path(rid), resume=job.resume,
+                                              monitors=standard_monitors()), job.control)
+            self._finish(job, outcome)
+        finally:
+            self._release(job)
+
+    # -- worker processes ------------------------------------------------------------------------
+    def _on_child_event(self, run_id: str, ev: Event) -> None:
+        job = self._jobs.get(run_id)
+        if job is None or job.recorder is None:
+            return
+        if ev["type"] == "_end":
+            self._finish(job, ev)
+            self._release(job)
+            return
+        if job.state.status not in ACTIVE:
+            return                           # recording already failed; the child is stopping
+        try:
+            if ev["type"] == "status":
+                self._set_status(job, ev["status"])
+            else:
+                job.recorder.emit(ev)
+        except Exception as e:   # e.g. the store failing: fail the run, tell its worker to stop
+            self._fail_quietly(job, e)
+            job.control.stop()
+            self._command(job, "stop")
+
+    def _on_child_death(self, ex: ProcessExecutor, why: str) -> None:
+        """A worker process died: its runs fail (resumable from a checkpoint), a new one starts."""
+        with self._lock:
+            lost = [self._jobs[r] for r in ex.active if r in self._jobs]
+            ex.active.clear()
+            if not self._closed and ex in self._executors:     # a dead process: start another
+                self._executors[self._executors.index(ex)] = self._new_executor(ex.index)
+        for job in lost:
+            if job.state.status not in ACTIVE:
+                continue
+            resumable = job.checkpoint_path.exists()
+            msg = (f"the worker process training this run died ({why}); "
+                   + ("resume it to continue from its last checkpoint" if resumable
+                      else "start it again"))
+            try:
+                job.recorder.flush()
+                self._set_status(job, "failed", msg)
+            except Exception as e:
+                self._fail_quietly(job, e)
+        self._dispatch()
 
 
 def check_resources(cfg: RunConfig) -> None:
@@ -375,13 +539,15 @@ def snapshot_from_store(store: Store, run_id: str) -> dict:
         items = store.artifacts(run_id, name)
         if items:
             arts[name] = items[-1][1]
-    return {"run_id": run_id, "owner": row["owner"], "name": row["name"], "config": row["config"],
+    return {"run_id": run_id, "owner": row["owner"], "name": row["name"],
+            "parent": row.get("parent"), "config": row["config"],
             "status": row["status"], "phase": row["status"], "phase_message": "",
             "phase_progress": 1.0, "step": max((v[-1][0] for v in series.values() if v), default=0),
             "epoch": max((v[-1][1] for v in series.values() if v), default=0.0),
             "progress": prog, "eta_s": None, "error": row["error"], "traceback": None,
             "notices": [], "latest": latest, "series": series, "artifacts": arts,
-            "summary": row["summary"], "created": row["created"], "version": 0}
+            "summary": row["summary"], "created": row["created"], "version": 0,
+            "queue_position": None, "queue_eta_s": None}
 
 
 def _artifact_names(store: Store, run_id: str) -> list[str]:

@@ -229,5 +229,28 @@ def parse_link(params: Mapping[str, Any], lessons: list[Lesson] | None = None) -
     return LinkState(lesson, locked, values, problems)
 
 
-__all__ = ["Lesson", "LinkState", "check_knob", "get_lesson", "knob_spec", "lesson_link",
+def apply_locks(cfg: RunConfig, locked: Mapping[str, Any]) -> tuple[RunConfig, list[str]]:
+    """``cfg`` with every locked knob at the instructor's value, wherever the config was built (the
+    Lab included); returns the config and the knobs that had to be put back."""
+    flat = flatten(cfg.to_dict())
+    changed = [k for k, v in locked.items() if k in flat and flat[k] != v]
+    return (cfg.with_overrides({k: locked[k] for k in changed}) if changed else cfg), changed
+
+
+def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
+    """Markdown shown above a lesson's text: the values the instructor's link fixes, next to the
+    preset's values the text was written for."""
+    if not locked:
+        return ""
+    preset = lesson.knob_values() if lesson.preset() else {}
+    parts = []
+    for k, v in locked.items():
+        was = preset.get(k)
+        short = k.rsplit(".", 1)[-1]
+        parts.append(f"**{short} = {_fmt(v)}**" + (f" (the text below uses {short} = {_fmt(was)})"
+                                                  if was is not None and was != v else ""))
+    return "In this class your instructor has fixed " + "; ".join(parts) + "."
+
+
+__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "locked_note", "get_lesson", "knob_spec", "lesson_link",
            "load_lessons", "parse_lesson", "parse_link"]

@@ -1,0 +1,50 @@
+"""How a class server runs its engine: worker processes sized from the machine, or threads.
+
+``KD_SERVE=processes`` (the web app's default) starts one worker process per core, fewer when
+memory is short (each holds torch and its runs: about ``PER_WORKER_BYTES``), each time-slicing up
+to ``KD_SLOTS`` runs (default 4). ``KD_WORKER_PROCESSES`` pins the number of processes.
+``KD_RAY_ADDRESS`` (``auto``, ``ray://head:10001``, ``local``) sends every run to a Ray cluster
+instead (:mod:`kdengine.run.ray_executor`). ``KD_SERVE=threads`` keeps the single-process engine (``KD_MAX_WORKERS`` threads, one run each).
+"""
+from __future__ import annotations
+
+import os
+
+PER_WORKER_BYTES = 1 << 30
+DEFAULT_SLOTS = 4
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def worker_processes() -> int:
+    env = os.environ.get("KD_WORKER_PROCESSES", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    n = usable_cores()
+    mem = available_memory()
+    if mem is not None:
+        n = min(n, max(1, mem // PER_WORKER_BYTES))
+    return max(1, n)
+
+
+def serving_options() -> dict:
+    """Keyword arguments for ``Engine(...)`` in a server process."""
+    if os.environ.get("KD_RAY_ADDRESS"):
+        return {"ray_address": os.environ["KD_RAY_ADDRESS"]}
+    if os.environ.get("KD_SERVE", "processes") == "threads":
+        return {}
+    slots = os.environ.get("KD_SLOTS", "")
+    return {"max_workers": worker_processes(), "processes": True,
+            "slots": int(slots) if slots.isdigit() and int(slots) > 0 else DEFAULT_SLOTS}

@@ -1,0 +1,235 @@
+"""A class on one server: who is who (display names, recovery codes), and the instructor's view.
+
+**Roster.** Each browser session has an owner id (``?sid=``). A student types a display name once;
+the roster (``classroom.json`` in the data folder) maps the id to that name and to a short code.
+Typing the code in a new tab gives back the same owner id, so the student's runs are found again.
+
+**Instructor view.** ``student_rows`` groups runs by student (latest run and accuracy each);
+``fold_children`` folds sweep and TA-gap child runs under their parent; ``legend_labels`` names
+only the knobs that differ between the runs shown (not "name=digits, noise=0.2" on every curve).
+Runs are the light snapshots of ``Engine.runs()`` (or store rows: ``id`` instead of ``run_id``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from kdengine.core.config import flatten
+
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"     # no 0/O, 1/I: read aloud, typed by hand
+CODE_LENGTH = 6
+NAME_MAX = 40
+_lock = threading.Lock()
+
+
+# ---- the roster ---------------------------------------------------------------------------------
+def clean_name(name: str) -> str:
+    """A display name as shown: printable, single-spaced, at most ``NAME_MAX`` characters."""
+    text = " ".join("".join(c for c in str(name) if c.isprintable()).split())
+    return text[:NAME_MAX]
+
+
+class Roster:
+    """Owner id -> {"name", "code"}, kept in one JSON file, written atomically."""
+
+    def __init__(self, root: Path | str):
+        self.path = Path(root) / "classroom.json"
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def register(self, owner: str, name: str) -> str:
+        """Give ``owner`` a display name; returns its recovery code (kept if it had one)."""
+        name = clean_name(name)
+        if not name:
+            raise ValueError("a display name needs at least one visible character")
+        with _lock:
+            data = self._read()
+            entry = data.get(owner, {})
+            code = entry.get("code")
+            if not code:
+                used = {e.get("code") for e in data.values()}
+                code = _new_code(used)
+            data[owner] = {"name": name, "code": code}
+            self._write(data)
+            return code
+
+    def name_of(self, owner: str) -> str | None:
+        return self._read().get(owner, {}).get("name")
+
+    def code_of(self, owner: str) -> str | None:
+        return self._read().get(owner, {}).get("code")
+
+    def owner_for_code(self, code: str) -> str | None:
+        """The owner id a recovery code belongs to (case and spaces ignored), or None."""
+        code = "".join(str(code).split()).upper()
+        for owner, entry in self._read().items():
+            if entry.get("code") == code:
+                return owner
+        return None
+
+    def names(self) -> dict[str, str]:
+        return {o: e["name"] for o, e in self._read().items() if e.get("name")}
+
+
+def _new_code(used: set) -> str:
+    while True:
+        code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        if code not in used:
+            return code
+
+
+def student_label(owner: str, names: dict[str, str]) -> str:
+    """What the instructor sees for an owner: the display name, else a short id."""
+    if owner in names:
+        return names[owner]
+    return f"session {owner[:6]}" if owner else "command line"
+
+
+# ---- the instructor's view ------------------------------------------------------------------------
+def _rid(run: dict) -> str:
+    return run.get("run_id") or run["id"]
+
+
+def _acc(run: dict) -> float | None:
+    latest = run.get("latest") or {}
+    summary = run.get("summary") or {}
+    return latest.get("test_acc", summary.get("final_test_acc"))
+
+
+@dataclass
+class Group:
+    """A top-level run, or a sweep / experiment with its child runs folded under it."""
+    key: str                       # the run id, or the parent (sweep / experiment) id
+    runs: list[dict] = field(default_factory=list)
+    is_parent: bool = False
+
+    @property
+    def head(self) -> dict:
+        """The run that stands for the group: the best finished child, else the newest."""
+        scored = [r for r in self.runs if _acc(r) is not None]
+        if self.is_parent and scored:
+            return max(scored, key=_acc)
+        return max(self.runs, key=lambda r: r.get("created", 0))
+
+    @property
+    def created(self) -> float:
+        return max(r.get("created", 0) for r in self.runs)
+
+
+def fold_children(runs: Iterable[dict]) -> list[Group]:
+    """Runs with a ``parent`` (sweep or TA-gap children) are folded into one group per parent;
+    other runs are groups of one. Newest group first."""
+    groups: dict[str, Group] = {}
+    for r in runs:
+        parent = r.get("parent")
+        key = parent or _rid(r)
+        g = groups.setdefault(key, Group(key, is_parent=bool(parent)))
+        g.runs.append(r)
+    return sorted(groups.values(), key=lambda g: -g.created)
+
+
+@dataclass
+class StudentRow:
+    owner: str
+    student: str
+    runs: int                      # top-level runs and sweeps (children folded)
+    active: int
+    latest: dict                   # the newest run
+    latest_acc: float | None
+    best_acc: float | None
+
+
+def student_rows(runs: Iterable[dict], names: dict[str, str]) -> list[StudentRow]:
+    """One row per student: how many runs (children folded), the latest run and its accuracy."""
+    from kdengine.core.store import ACTIVE
+    by_owner: dict[str, list[dict]] = {}
+    for r in runs:
+        by_owner.setdefault(r.get("owner") or "", []).append(r)
+    rows = []
+    for owner, mine in by_owner.items():
+        latest = max(mine, key=lambda r: r.get("created", 0))
+        accs = [a for a in (_acc(r) for r in mine) if a is not None]
+        rows.append(StudentRow(owner, student_label(owner, names), len(fold_children(mine)),
+                               sum(r.get("status") in ACTIVE for r in mine), latest, _acc(latest),
+                               max(accs) if accs else None))
+    return sorted(rows, key=lambda s: s.student.lower())
+
+
+def varying_knobs(configs: list[dict]) -> list[str]:
+    """Config fields whose value is not the same in every run (what the students changed)."""
+    flats = [flatten(c) for c in configs]
+    keys = sorted({k for f in flats for k in f})
+    return [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and k != "name"]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that is unique among ``keys`` (T, teacher.epochs)."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(1 for o in keys if o == tail or o.endswith("." + tail)) == 1:
+                out[k] = tail
+                break
+        else:
+            out[k] = k
+    return out
+
+
+def legend_labels(runs: list[dict], max_knobs: int = 3) -> dict[str, str]:
+    """run id -> the knobs that differ between these runs, as ``T=4, epochs=10`` (empty when the
+    runs are all alike)."""
+    knobs = varying_knobs([r["config"] for r in runs])[:max_knobs]
+    short = short_names(knobs)
+    out = {}
+    for r in runs:
+        flat = flatten(r["config"])
+        out[_rid(r)] = ", ".join(f"{short[k]}={_fmt(flat.get(k))}" for k in knobs)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+# ---- the instructor token -------------------------------------------------------------------------
+_token: str | None = None
+
+
+def instructor_token(announce=print) -> str:
+    """The token that opens the Instructor page and the link builder: ``KD_INSTRUCTOR_TOKEN``, or
+    one generated for this server process and announced once (printed to the server's console,
+    which students do not see)."""
+    global _token
+    env = os.environ.get("KD_INSTRUCTOR_TOKEN", "").strip()
+    if env:
+        return env
+    with _lock:
+        if _token is None:
+            _token = secrets.token_urlsafe(9)
+            announce(f"KD Playground instructor token: {_token}  (open the Instructor page with "
+                     f"?tok={_token}, or set KD_INSTRUCTOR_TOKEN to choose one)")
+        return _token
+
+
+def token_matches(given: str | None) -> bool:
+    return bool(given) and secrets.compare_digest(str(given).strip(), instructor_token())

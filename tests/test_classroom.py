@@ -1,0 +1,142 @@
+"""Issue 13, item 3: the roster (names, recovery codes), the instructor's grouping and legends,
+the instructor token, and a new tab getting a student's runs back from their code."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdengine.core.config import RunConfig
+from kdengine.teaching import classroom
+from kdengine.teaching.classroom import (Roster, fold_children, legend_labels, short_names,
+                                         student_rows)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(rid: str, owner: str, created: float, acc: float | None = None, parent=None,
+        status: str = "done", **overrides) -> dict:
+    cfg = RunConfig().with_overrides(overrides).to_dict()
+    return {"run_id": rid, "owner": owner, "name": rid, "parent": parent, "status": status,
+            "created": created, "config": cfg, "progress": 1.0,
+            "latest": {} if acc is None else {"test_acc": acc}, "summary": {}}
+
+
+def test_roster_names_codes_and_recovery(tmp_path):
+    book = Roster(tmp_path)
+    code = book.register("a" * 12, "  Ann\n  Lee ")
+    assert book.name_of("a" * 12) == "Ann Lee"                  # cleaned, single-spaced
+    assert len(code) == 6 and set(code) <= set(classroom.CODE_ALPHABET)
+    assert book.register("a" * 12, "Ann L.") == code            # renaming keeps the code
+    other = book.register("b" * 12, "Bob")
+    assert other != code
+    assert Roster(tmp_path).owner_for_code(f" {code.lower()} ") == "a" * 12   # another tab
+    assert book.owner_for_code("ZZZZZZ") is None
+    assert book.names() == {"a" * 12: "Ann L.", "b" * 12: "Bob"}
+    with pytest.raises(ValueError):
+        book.register("c" * 12, " \t ")
+
+
+def test_children_fold_under_their_sweep_and_the_best_child_stands_for_it():
+    runs = [run("r1", "ann", 1.0, 0.8),
+            run("s1", "bob", 2.0, 0.7, parent="sweep-1"),
+            run("s2", "bob", 3.0, 0.9, parent="sweep-1"),
+            run("s3", "bob", 4.0, None, parent="sweep-1", status="running"),
+            run("t1", "cat", 5.0, 0.6, parent="tagap-1")]
+    groups = fold_children(runs)
+    assert [g.key for g in groups] == ["tagap-1", "sweep-1", "r1"]          # newest first
+    sweep = groups[1]
+    assert sweep.is_parent and len(sweep.runs) == 3 and sweep.head["run_id"] == "s2"
+    assert not groups[2].is_parent and groups[2].head["run_id"] == "r1"
+
+
+def test_student_rows_give_latest_run_and_accuracy_with_names():
+    runs = [run("r1", "ann", 1.0, 0.8), run("r2", "ann", 2.0, 0.6),
+            run("s1", "bob", 3.0, 0.7, parent="sweep-1"),
+            run("s2", "bob", 4.0, None, parent="sweep-1", status="running")]
+    rows = student_rows(runs, {"ann": "Ann"})
+    assert [r.student for r in rows] == ["Ann", "session bob"]
+    ann, bob = rows
+    assert (ann.runs, ann.latest["run_id"], ann.latest_acc, ann.best_acc) == (2, "r2", 0.6, 0.8)
+    assert (bob.runs, bob.active, bob.latest["run_id"], bob.best_acc) == (1, 1, "s2", 0.7)
+
+
+def test_legends_name_only_the_knobs_that_differ():
+    runs = [run("a", "x", 1, **{"method.params.T": 2.0}),
+            run("b", "x", 2, **{"method.params.T": 8.0, "train.epochs": 5})]
+    labels = legend_labels(runs)
+    assert labels == {"a": "T=2, epochs=20", "b": "T=8, epochs=5"}
+    assert legend_labels([runs[0], run("c", "y", 3, **{"method.params.T": 2.0})]) == \
+        {"a": "", "c": ""}                                          # all alike: nothing to name
+    assert short_names(["teacher.epochs", "train.epochs", "method.params.T"]) == {
+        "teacher.epochs": "teacher.epochs", "train.epochs": "train.epochs",
+        "method.params.T": "T"}
+
+
+def test_instructor_token_from_env_or_generated_once(monkeypatch):
+    monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", "s3cret")
+    assert classroom.token_matches("s3cret") and not classroom.token_matches("guess")
+    assert not classroom.token_matches(None) and not classroom.token_matches("")
+    monkeypatch.delenv("KD_INSTRUCTOR_TOKEN")
+    monkeypatch.setattr(classroom, "_token", None)
+    said: list[str] = []
+    tok = classroom.instructor_token(said.append)
+    assert classroom.instructor_token(said.append) == tok and len(said) == 1 and tok in said[0]
+
+
+def test_a_new_tab_gets_the_students_runs_back_from_the_code(runs_dir, tiny_cfg):
+    from streamlit.testing.v1 import AppTest
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    first.run()
+    first.text_input(key="kd_name_input").set_value("Ann").run()
+    assert not first.exception, first.exception
+    owner = first.session_state["kd_owner"]
+    assert first.query_params["student"] == ["Ann"] or first.query_params["student"] == "Ann"
+    from ui.engine import get_engine
+    rid = get_engine().submit(tiny_cfg, owner=owner, name="ann's run")
+    code = Roster(get_engine().store.root).code_of(owner)
+    assert code and any(code in c.value for c in first.sidebar.caption)
+
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)     # no ?sid
+    tab.run()
+    assert tab.session_state["kd_owner"] != owner
+    tab.text_input(key="kd_code_input").set_value(code.lower()).run()
+    assert not tab.exception, tab.exception
+    assert tab.session_state["kd_owner"] == owner
+    assert [r["run_id"] for r in get_engine().runs(tab.session_state["kd_owner"])] == [rid]
+    assert any("Ann" in c.value for c in tab.sidebar.caption)
+    get_engine().stop(rid)
+
+
+# ---- lesson locks beyond the Lessons page --------------------------------------------------------
+def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
+    from kdengine.teaching.lessons import apply_locks, get_lesson, locked_note, parse_link
+    link = parse_link({"lesson": "why-temperature", "lock": "method.params.T",
+                       "method.params.T": "8"})
+    cfg = RunConfig().with_overrides({"method.params.T": 3.0, "train.epochs": 7})
+    fixed, changed = apply_locks(cfg, link.locked)
+    assert changed == ["method.params.T"] and fixed.to_dict()["method"]["params"]["T"] == 8.0
+    assert fixed.train.epochs == 7                                  # unlocked knobs untouched
+    assert apply_locks(fixed, link.locked) == (fixed, [])
+    note = locked_note(get_lesson("why-temperature"), link.locked)
+    assert "**T = 8.0**" in note and "the text below uses T = 4.0" in note
+
+
+def test_the_lab_trains_with_the_locked_value(runs_dir):
+    from streamlit.testing.v1 import AppTest
+    from kdengine.teaching.lessons import parse_link
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["lessons_link"] = parse_link({"lesson": "why-temperature",
+                                                   "lock": "method.params.T",
+                                                   "method.params.T": "8"})
+    at.run()
+    at.number_input(key="lab.mp.hinton.T").set_value(3.0)
+    at.number_input(key="lab.teacher.epochs").set_value(1)
+    at.number_input(key="lab.train.epochs").set_value(1).run()
+    at.button(key="lab_train").click().run()
+    assert not at.exception, at.exception
+    assert any("fixes `method.params.T` = 8.0" in i.value for i in at.info)
+    from ui.engine import get_engine
+    rid = at.session_state["lab_run"]
+    assert get_engine().snapshot(rid)["config"]["method"]["params"]["T"] == 8.0
+    get_engine().stop(rid)

@@ -1,0 +1,83 @@
+"""Classroom widgets shared by pages: the student's name and recovery code, the instructor gate.
+
+The name lives in the roster (:mod:`kdengine.teaching.classroom`) and in the URL (``?student=``),
+so a reload keeps it; a new tab without ``?sid`` gets the student's runs back from their code.
+The instructor token is checked once per browser session (``?tok=`` or typed in) and then removed
+from the URL, so a shared screen or a copied link never shows it.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from kdengine.teaching.classroom import Roster, clean_name, token_matches
+from ui.engine import OWNER_KEY, OWNER_PARAM, get_engine, owner_id
+
+NAME_PARAM = "student"
+TOKEN_PARAM = "tok"
+INSTRUCTOR_KEY = "kd_instructor"
+
+
+def roster() -> Roster:
+    return Roster(get_engine().store.root)
+
+
+def is_instructor() -> bool:
+    ss = st.session_state
+    if not ss.get(INSTRUCTOR_KEY) and token_matches(st.query_params.get(TOKEN_PARAM)):
+        ss[INSTRUCTOR_KEY] = True
+    if TOKEN_PARAM in st.query_params:
+        del st.query_params[TOKEN_PARAM]
+    return bool(ss.get(INSTRUCTOR_KEY))
+
+
+def instructor_gate() -> None:
+    """Stop the page here unless this session has given the instructor token."""
+    if is_instructor():
+        return
+    st.info("This page is for the instructor. The token is printed in the server's console "
+            "when it starts (or set with KD_INSTRUCTOR_TOKEN).", icon=":material/lock:")
+    given = st.text_input("Instructor token", type="password", key="instructor_token_input")
+    if given:
+        if token_matches(given):
+            st.session_state[INSTRUCTOR_KEY] = True
+            st.rerun()
+        st.error("That is not the instructor token.")
+    st.stop()
+
+
+def session_params() -> dict[str, str]:
+    """The query params that identify this session (owner id, and the name once typed): pages that
+    rewrite the URL start from these."""
+    me = owner_id()
+    name = roster().name_of(me)
+    return {OWNER_PARAM: me, **({NAME_PARAM: name} if name else {})}
+
+
+def identity_box() -> None:
+    """In the sidebar: the student's display name (typed once), their code, and a way back in."""
+    ss, qp = st.session_state, st.query_params
+    me = owner_id()
+    book = roster()
+    name = book.name_of(me)
+    with st.sidebar:
+        if name:
+            if qp.get(NAME_PARAM) != name:
+                qp[NAME_PARAM] = name
+            st.caption(f"You are **{name}** · code `{book.code_of(me)}` "
+                       "(type it in a new tab to get your runs back)")
+            return
+        typed = st.text_input("Your name", key="kd_name_input", max_chars=40,
+                              placeholder="shown to your instructor")
+        code = st.text_input("…or your code from another tab", key="kd_code_input",
+                             max_chars=8, placeholder="e.g. K7QP3M")
+        if code:
+            owner = book.owner_for_code(code)
+            if owner is None:
+                st.error("No student has that code on this server.")
+            else:
+                ss[OWNER_KEY] = owner
+                qp[OWNER_PARAM] = owner
+                st.rerun()
+        elif typed and clean_name(typed):
+            book.register(me, typed)
+            st.rerun()
