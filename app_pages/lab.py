@@ -244,16 +244,18 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
     else:
         link = ss.get("lessons_link")        # an instructor's lesson link locks knobs here too
         cfg, forced = apply_locks(cfg, link.locked if link is not None else {})
-        if forced:
-            st.info("Your instructor's link fixes " + ", ".join(
-                f"`{k}` = {link.locked[k]}" for k in forced) + "; this run uses those values.",
-                icon=":material/lock:")
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
             st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
         else:
+            if forced:              # kept for the rerun below, shown with the run it concerns
+                ss["lab_lock_notice"] = (ss[RUN], "Your instructor's link fixes " + ", ".join(
+                    f"`{k}` = {link.locked[k]}" for k in forced) + "; this run uses those values.")
             st.rerun()              # again with the setup folded: the live charts come into view
+notice = ss.get("lab_lock_notice")
+if notice and notice[0] == ss.get(RUN):
+    st.info(notice[1], icon=":material/lock:")
 
 
 # -- the run being watched -----------------------------------------------------------------------
