@@ -29,20 +29,26 @@ def available() -> bool:
 
 def _trainable(config: dict) -> None:
     """A function trainable: one cell. Runs on a Ray worker."""
+    train_and_report(RunConfig.from_dict(config["cell"]["config"]), "test_acc")
+
+
+def train_and_report(cfg: RunConfig, metric: str) -> None:
+    """Train one config on a Ray worker, reporting ``metric`` to Tune once per epoch (what ASHA
+    compares; one report an epoch keeps Tune's overhead small) with the metric events since the
+    last report, then the summary and the student's weights for the driver to store."""
     import torch
     from ray import tune
     from kdengine.run.monitors import standard_monitors
     from kdengine.run.trainer import Trainer
     torch.set_num_threads(1)
-    cfg = RunConfig.from_dict(config["cell"]["config"])
     pending: list = []
 
     def emit(ev: dict) -> None:
         if ev["type"] != "metrics":
             return
         pending.append([ev["step"], ev["epoch"], ev["values"]])
-        if "test_acc" in ev["values"]:      # one report per epoch keeps Tune's overhead small
-            tune.report({"test_acc": ev["values"]["test_acc"], "epoch": ev["epoch"],
+        if metric in ev["values"]:
+            tune.report({metric: ev["values"][metric], "epoch": int(ev["epoch"]),
                          "events": json.dumps(pending)})
             pending.clear()
 
@@ -51,8 +57,9 @@ def _trainable(config: dict) -> None:
     buf = io.BytesIO()
     torch.save({"state_dict": {k: v.cpu() for k, v in trainer.student.state_dict().items()},
                 "epoch": cfg.train.epochs, "config_hash": cfg.hash}, buf)
-    tune.report({"test_acc": summary.get("final_test_acc"), "events": json.dumps(pending),
-                 "summary": json.dumps(summary), "weights": base64.b64encode(buf.getvalue()).decode()})
+    tune.report({metric: summary.get(f"final_{metric}"), "epoch": cfg.train.epochs,
+                 "events": json.dumps(pending), "summary": json.dumps(summary),
+                 "weights": base64.b64encode(buf.getvalue()).decode()})
 
 
 try:   # this module is imported only when the ray backend is used; without Ray it still imports

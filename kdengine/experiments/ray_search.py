@@ -14,36 +14,12 @@ import io
 import json
 
 from kdengine.core.config import RunConfig
-from kdengine.experiments.ray_backend import _TuneCallback, available, ensure_ray
+from kdengine.experiments.ray_backend import _TuneCallback, available, ensure_ray, train_and_report
 
 
 def _trial(config: dict, base: dict, metric: str) -> None:
     """One trial on a Ray worker: the base config with the suggested knobs."""
-    import torch
-    from ray import tune
-    from kdengine.run.monitors import standard_monitors
-    from kdengine.run.trainer import Trainer
-    torch.set_num_threads(1)
-    cfg = RunConfig.from_dict(base).with_overrides(config)
-    pending: list = []
-
-    def emit(ev: dict) -> None:
-        if ev["type"] != "metrics":
-            return
-        pending.append([ev["step"], ev["epoch"], ev["values"]])
-        if metric in ev["values"]:          # one report per epoch: what ASHA compares
-            tune.report({metric: ev["values"][metric], "epoch": int(ev["epoch"]),
-                         "events": json.dumps(pending)})
-            pending.clear()
-
-    trainer = Trainer(cfg, emit, monitors=standard_monitors())
-    summary = trainer.run()
-    buf = io.BytesIO()
-    torch.save({"state_dict": {k: v.cpu() for k, v in trainer.student.state_dict().items()},
-                "epoch": cfg.train.epochs, "config_hash": cfg.hash}, buf)
-    tune.report({metric: summary.get(f"final_{metric}"), "epoch": cfg.train.epochs,
-                 "events": json.dumps(pending), "summary": json.dumps(summary),
-                 "weights": base64.b64encode(buf.getvalue()).decode()})
+    train_and_report(RunConfig.from_dict(base).with_overrides(config), metric)
 
 
 class SearchCallback(_TuneCallback):

@@ -99,9 +99,7 @@ class AdversarialKD(Method):
         terms = {"kd": kd_loss(s, t, p.T),
                  "adv": F.binary_cross_entropy_with_logits(fool, torch.ones_like(fool)),
                  "disc": d_loss}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)
 
     def epoch_metrics(self, epoch):
         if not self._acc_n:

@@ -165,6 +165,12 @@ class Method:
         computing it (and it is then not recorded)."""
         return self._wanted.get(term, True)
 
+    def with_hard_ce(self, terms: dict[str, Tensor], logits: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """``terms`` plus the hard-label cross-entropy as ``"ce"``, unless its weight is 0."""
+        if self.wants("ce"):
+            terms["ce"] = self.hard_ce(logits, batch)
+        return terms
+
     def zero_label_terms(self) -> list[str]:
         """Set the weights of the label terms to 0 (a transfer set without labels); returns the
         knobs that were above 0, for the notice."""

@@ -117,8 +117,7 @@ class BSS(Method):
         t = self.teacher_logits(batch)
         w_kd, w_bss = self.weights(step)
         terms = {"kd": w_kd * self._kd(s, t)}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
+        self.with_hard_ce(terms, s, batch)
         bss = s.new_zeros(())
         if w_bss > 0 and step % p.attack_every == 0:
             x_bss, t_bss = self._boundary_samples(batch, s, t)

@@ -64,6 +64,4 @@ class DKD(Method):
         terms = {"tckd": d["tckd"], "nckd": d["nckd"]}
         if warm < 1.0:
             terms = {k: warm * v for k, v in terms.items()}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)

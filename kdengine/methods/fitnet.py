@@ -150,6 +150,5 @@ class FitNet(Method):
             terms["hint"] = F.mse_loss(align(self.regressor(h_s), h_t), h_t)
         if not hint_stage:
             terms["kd"] = kd_loss(s, t, p.T)
-            if self.wants("ce"):
-                terms["ce"] = self.hard_ce(s, batch)
+            self.with_hard_ce(terms, s, batch)
         return terms

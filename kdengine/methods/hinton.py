@@ -40,15 +40,11 @@ class HintonKD(Method):
         s = self.student(batch.x)
         if batch.y.dim() == 2:   # multi-hot labels (text): per-label sigmoid targets at T
             terms = {"kd": multilabel_kd_loss(s, self.teacher_logits(batch), p.T, p.t_squared)}
-            if self.wants("ce"):
-                terms["ce"] = self.hard_ce(s, batch)
-            return terms
+            return self.with_hard_ce(terms, s, batch)
         if s.dim() == 3:         # stacked students [S, B, C] with per-student T: broadcasting losses
             t = self.teacher_logits(batch)
             terms = {"kd": kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)}
-            if self.wants("ce"):
-                terms["ce"] = self.hard_ce(s, batch)
-            return terms
+            return self.with_hard_ce(terms, s, batch)
         # KD and CE from the teacher's cached log-probabilities at T (no teacher softmax per step);
         # the same values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
         want_ce = self.wants("ce")

@@ -27,6 +27,4 @@ class LogitMSE(Method):
     def loss_terms(self, batch, step):
         s = self.student(batch.x)
         terms = {"mse": logit_mse(s, self.teacher_logits(batch))}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)

@@ -130,9 +130,7 @@ class MultiTeacher(Method):
         s = self.student(batch.x)
         ts = [self.teacher_logits(batch, i) for i in range(len(self.teachers))]
         terms = {"kd": multi_kd_loss(s, ts, p.T, p.aggregation)}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)
 
     def epoch_metrics(self, epoch):
         return {} if self.ensemble_acc is None else {"ensemble_test_acc": self.ensemble_acc}

@@ -80,6 +80,4 @@ class NoisyTeacher(Method):
         else:
             t_noisy = perturb_logits(t, p.sigma, p.alpha, p.mode, self.gen)
             terms = {"mse": logit_mse(s, t_noisy)}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)

@@ -168,6 +168,4 @@ class Sobolev(Method):
         # Mean over samples and projections of the squared projection error, per output unit
         # (the same scale as the logit MSE, so deriv_weight 1 weighs the two alike).
         terms["sobolev"] = (s_jv - t_jv.detach()).pow(2).mean()
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)

@@ -282,9 +282,7 @@ class Specialists(Method):
         p = self.params
         s = self.student(batch.x)
         terms = {"kd": kd_loss(s, self.log_q[batch.idx], p.T)}
-        if self.wants("ce"):
-            terms["ce"] = self.hard_ce(s, batch)
-        return terms
+        return self.with_hard_ce(terms, s, batch)
 
     def epoch_metrics(self, epoch):
         return dict(self._metrics)
