@@ -82,12 +82,7 @@ if st.button("Run sweep", type="primary", key="sw_launch"):
     cfg.train.epochs = int(epochs)
     spec = SweepSpec(base=cfg.to_dict(), axes=axes, backend=backend, metric=metric,
                      name=f"{preset}")
-    try:
-        if backend == "ray" and not ray_available():
-            raise ConfigError("backend", "ray is not installed")
-        ss["sweep_id"] = start_sweep(engine, spec, owner=owner).id
-    except ConfigError as e:
-        st.error(str(e), icon=":material/error:")
+    widgets.launch_experiment("sweep_id", backend, lambda: start_sweep(engine, spec, owner=owner))
 
 widgets.stored_sweep_picker(engine.store, "sweep", "sweep_id", "Sweep", limit=50)
 

@@ -12,7 +12,7 @@ from streamlit.errors import StreamlitAPIException
 
 from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
                       RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
-                      is_running, knob_meta, ray_available, resume_search, shown_status, start_search,
+                      is_running, knob_meta, resume_search, shown_status, start_search,
                       stored_trials, study_of)
 from ui import widgets
 from ui.live import live_fragment
@@ -100,12 +100,8 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
                           timeout_s=minutes * 60 or None, pruner=pruner, metric=metric,
                           second="epoch_s" if pareto else "", seed=None if seed < 0 else int(seed),
                           backend=backend, name=preset)
-        try:
-            if backend == "ray" and not ray_available():
-                raise ConfigError("backend", "ray is not installed")
-            ss["search_id"] = start_search(engine, spec, owner=owner).id
-        except ConfigError as e:
-            st.error(str(e), icon=":material/error:")
+        widgets.launch_experiment("search_id", backend,
+                                  lambda: start_search(engine, spec, owner=owner))
     widgets.stored_sweep_picker(engine.store, "search", "search_id", "Search", limit=50)
 
 

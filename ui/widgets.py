@@ -213,6 +213,18 @@ def field(cls, name: str, values: dict, key_prefix: str, where=None, **kw) -> An
     return widget(spec, f"{key_prefix}{name}", values.get(name, spec["default"]), where, **kw)
 
 
+def launch_experiment(key: str, backend: str, start: Callable[[], Any]) -> None:
+    """Start a sweep or a search (``start()`` returns it) and keep its id in
+    ``st.session_state[key]``; a refusal is shown in the page, naming the field."""
+    from kdengine import ray_available
+    try:
+        if backend == "ray" and not ray_available():
+            raise ConfigError("backend", "ray is not installed")
+        st.session_state[key] = start().id
+    except ConfigError as e:
+        st.error(str(e), icon=":material/error:")
+
+
 def stored_sweep_picker(store, kind: str, key: str, label: str, limit: int = 50) -> str | None:
     """Pick one of the stored sweeps of ``kind`` (grids or TA-gap experiments), newest first; the
     choice lives in ``st.session_state[key]``. Returns the chosen id, or None when there are none."""

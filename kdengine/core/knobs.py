@@ -91,29 +91,11 @@ def coerce_value(path: str, value: Any, tp) -> Any:
             return value.strip().lower() in ("true", "1", "yes", "on")
         raise ConfigError(path, f"must be true or false, got {value!r}")
     if base is int:
-        if isinstance(value, bool):
-            raise ConfigError(path, f"must be an integer, got {value!r}")
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(path, f"must be an integer, got {value!r}")
+            value = int(value)
+        return _number(path, value, int, (int,), "an integer")
     if base is float:
-        if isinstance(value, bool):
-            raise ConfigError(path, f"must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigError(path, f"must be a number, got {value!r}")
+        return _number(path, value, float, (int, float), "a number")
     if base is str:
         if isinstance(value, str):
             try:
@@ -125,6 +107,20 @@ def coerce_value(path: str, value: Any, tp) -> Any:
             return str(value)
         raise ConfigError(path, f"must be text, got {value!r}")
     return value
+
+
+def _number(path: str, value: Any, kind: type, accepted: tuple, what: str):
+    """``value`` as ``kind`` (int or float): a number of an accepted type or its text; never a bool
+    (True is an int in Python, and would silently become 1)."""
+    if not isinstance(value, bool):
+        if isinstance(value, accepted):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value.strip())
+            except ValueError:
+                pass
+    raise ConfigError(path, f"must be {what}, got {value!r}")
 
 
 def check_field(path: str, value: Any, meta: dict) -> None:
