@@ -13,7 +13,7 @@ Trains the runs it needs into a fresh data folder (or reuses ``--runs-dir``), st
 * Train -> first live point, with the teacher cached and the "student alone" baseline not
   (a new epoch count each time): from the click to the first point in a live chart.
 
-Goals (issue "instant feedback"): slider -> repaint median <= 100 ms; Train -> first live point
+Goals: slider -> repaint median <= 100 ms; Train -> first live point
 <= 2 s with a cached teacher; first page load <= 3 s. Timings depend on the machine and on what
 else runs on it: report them with the CPU count and load.
 """

@@ -132,3 +132,46 @@ def poll(at, until, timeout: float = 120.0, every: float = 0.3) -> None:
 # The web app serves with worker processes by default; tests build many engines, so they use
 # threads in this process unless a test asks for processes itself.
 os.environ.setdefault("KD_SERVE", "threads")
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def app_server(log_path: Path, env: dict, start_timeout: float = 90.0):
+    """``streamlit run app.py`` on a free localhost port with ``env`` added; yields its URL once
+    its health check answers, and stops it afterwards. Its output goes to ``log_path``."""
+    import subprocess
+    import sys
+    import urllib.request
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://localhost:{port}"
+        try:
+            end = time.monotonic() + start_timeout
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < end, f"streamlit did not start in {start_timeout:.0f} s"
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

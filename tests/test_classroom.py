@@ -1,4 +1,4 @@
-"""Issue 13, item 3: the roster (names, recovery codes), the instructor's grouping and legends,
+"""The roster (names, recovery codes), the instructor's grouping and legends,
 the instructor token, and a new tab getting a student's runs back from their code."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13, item 4: class prep. ``data fetch`` offline fails at once with one line naming the
+"""Class prep: ``data fetch`` offline fails at once with one line naming the
 hosts it could not reach; ``data list`` shows what is present and whether checksums still match."""
 from __future__ import annotations
 

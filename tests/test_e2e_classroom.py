@@ -1,16 +1,14 @@
-"""Browser test (issue 13, item 6): four real browser sessions type their names and press Train at
+"""Browser test: four real browser sessions type their names and press Train at
 once on one server (worker processes); each sees only its own run, and all four finish."""
 from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import urllib.request
 
 import pytest
 
-from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM, ROOT, free_port, wait_until
+from conftest import app_server
+from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is missing")
 SETUP = "?train.epochs=15&teacher.epochs=2&teacher.model.width=64"
@@ -19,32 +17,10 @@ SETUP = "?train.epochs=15&teacher.epochs=2&teacher.model.width=64"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("classroom")
-    port = free_port()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit_classroom.log", "w")
-    env = {**os.environ, "KD_RUNS_DIR": str(root), "KD_SERVE": "processes",
-           "KD_WORKER_PROCESSES": "2", "KD_INSTRUCTOR_TOKEN": "e2e-token"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        def healthy():
-            assert proc.poll() is None, (ARTIFACTS / "streamlit_classroom.log").read_text()
-            try:
-                return urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok"
-            except OSError:
-                return False
-        wait_until(healthy, 90, "streamlit to start", poll=0.3)
+    env = {"KD_RUNS_DIR": str(root), "KD_SERVE": "processes", "KD_WORKER_PROCESSES": "2",
+           "KD_INSTRUCTOR_TOKEN": "e2e-token"}
+    with app_server(ARTIFACTS / "streamlit_classroom.log", env) as url:
         yield url, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_four_browsers_train_at_once_each_sees_only_its_own_run(server):

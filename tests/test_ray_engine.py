@@ -1,4 +1,4 @@
-"""Issue 13, item 5: the Lab's runs on a Ray cluster (here a local Ray instance the test starts):
+"""The Lab's runs on a Ray cluster (here a local Ray instance the test starts):
 live events stream back, the store and the checkpoint land on this machine, stop works."""
 from __future__ import annotations
 

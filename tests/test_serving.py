@@ -1,4 +1,4 @@
-"""Issue 13, item 1: fair, concurrent serving.
+"""Fair, concurrent serving.
 
 Queued runs start round-robin by owner; time-sliced runs take turns so a newcomer's run shows
 points while another owner's long run is still training; worker processes stream the same events
