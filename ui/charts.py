@@ -138,20 +138,6 @@ def live_panel(snap: dict, key: str = "live") -> None:
 
 
 # -- soft targets ------------------------------------------------------------------------------
-def bars_figure(class_names: list[str], p_teacher, p_student, target: int, T: float) -> go.Figure:
-    """Teacher and student distributions at temperature T, side by side per class."""
-    import plotly.graph_objects as go
-    names = [f"{c}{' ✓' if i == target else ''}" for i, c in enumerate(class_names)]
-    fig = go.Figure()
-    if p_teacher is not None:
-        fig.add_trace(go.Bar(x=names, y=list(p_teacher), name="teacher", marker_color=TEACHER))
-    fig.add_trace(go.Bar(x=names, y=list(p_student), name="student", marker_color=STUDENT))
-    fig.update_layout(barmode="group", yaxis_range=[0, 1])
-    fig.update_xaxes(type="category")          # class names like "3" are labels, not numbers
-    return style(fig, f"soft targets at T = {T:g}  (✓ = true class)", "class",
-                   "probability", height=320)
-
-
 def entropy_figure(Ts, H_teacher, H_student, T: float, H_max: float) -> go.Figure:
     import plotly.graph_objects as go
     fig = go.Figure()

@@ -81,9 +81,8 @@ def config_from_query(params: Mapping[str, Any], base: RunConfig | None = None
 
 def defaults_for_existing(cfg: RunConfig, method: str) -> RunConfig:
     """``cfg`` with another method, whose knobs start at that method's defaults."""
-    data = cfg.to_dict()
-    data["method"] = {"name": method, "params": {}}
-    return RunConfig.from_dict(data)
+    # the same rule as the CLI's method switch; knobs reset even when the name is unchanged
+    return cfg.with_overrides({"method.name": method, "method.params": {}})
 
 
 def read_param(params: Mapping[str, Any], key: str, default: Any, cast: Callable[[str], Any],

@@ -20,10 +20,6 @@ import kdengine.models.transformer as transformer
 from kdengine.losses.multilabel import binary_kl_logits
 
 
-def is_text(models) -> bool:
-    return models.data.kind == "text"
-
-
 def sigmoid_T(logits: Tensor | np.ndarray, T: float) -> np.ndarray:
     """Per-label probability at temperature T: sigmoid(z / T)."""
     return torch.sigmoid(torch.as_tensor(logits, dtype=torch.float64) / float(T)).numpy()
@@ -72,9 +68,3 @@ def attention_maps(model: torch.nn.Module, x_row: Tensor) -> list[np.ndarray]:
     return [a[0, :, :n, :n].float().numpy() for a in f.attentions]
 
 
-def hardest_samples(models, limit: int = 20) -> list[int]:
-    """Test sentences where teacher and student disagree most (summed binary KL at T = 1)."""
-    if models.t_test is None:
-        return list(range(min(limit, len(models.s_test))))
-    kl = binary_kl_logits(models.s_test, models.t_test).sum(-1)
-    return kl.argsort(descending=True)[:limit].tolist()

@@ -20,6 +20,7 @@ from typing import Any
 
 from kdengine.core.knobs import ConfigError, from_dict, param, validate_dataclass
 from kdengine.core.paths import check_relative
+from kdengine.core.registry import get_method_class, method_names
 
 DATASETS = ("moons", "circles", "spirals", "blobs", "digits", "hierarchy", "mnist", "fashion_mnist",
             "cifar10", "cifar100", "cifar10_synthetic", "cifar100_synthetic", "text")
@@ -229,7 +230,6 @@ class RunConfig:
         """Check every field and the rules across fields, in place; ``method.params`` becomes the
         method's typed Params. Raises ConfigError naming the first bad field."""
         validate_dataclass(self)
-        from kdengine.core.registry import get_method_class  # registry import is deferred: methods import config
         try:
             method_cls = get_method_class(self.method.name)
         except KeyError as e:
@@ -278,7 +278,6 @@ class RunConfig:
             raise ConfigError("student.arch", f"method {self.method.name!r} needs a "
                                               f"{' or '.join(archs)} student, got {s.arch}")
         if d.name == "text" and not method_cls.supports_multilabel:
-            from kdengine.core.registry import get_method_class, method_names
             ok = [m for m in method_names() if get_method_class(m).supports_multilabel]
             raise ConfigError("method.name", f"{self.method.name} assumes one class per sample; the "
                                              f"text task is multi-label: use {', '.join(ok)}")
