@@ -21,7 +21,7 @@ def test_reproduced_needs_the_mean_one_sd_past_the_threshold():
     assert c.holds(2.0, 1.0) and not c.holds(1.0, 1.5) and not c.holds(math.nan, 0.0)
     below = Claim("y", "", "y", lambda s: {}, "e", "err", 1e-6, "paper", below=True)
     assert below.holds(1e-9, 0.0) and not below.holds(1e-3, 0.0)
-    r = ClaimResult(c, [1.0, 3.0], [{}, {}], 0.0)
+    r = ClaimResult(c, [1.0, 3.0], [{}, {}], 0.0, 0.0)
     assert r.mean == 2.0 and math.isclose(r.sd, math.sqrt(2)) and r.reproduced
 
 
