@@ -36,8 +36,10 @@ def test_two_cheap_claims_run_and_reproduce_with_one_seed():
     # the softening measurement behind it: entropy rises with T
     d = ranking.details[0]
     assert d["entropy_T4"] > d["entropy_T1"] > 0
+    # each claim is timed twice: CPU seconds (the budget's clock) and wall seconds
+    assert all(r.cpu_seconds >= 0 and r.seconds >= 0 for r in results)
     table = markdown_table(results)
-    assert table.count("\n") == 3 and "| yes |" in table
+    assert table.count("\n") == 3 and "| yes |" in table and "| CPU s | wall s |" in table
 
 
 def test_the_default_bss_attack_crosses_the_teachers_boundary():
