@@ -1,5 +1,6 @@
 """The roster (names, recovery codes), the instructor's grouping and legends,
-the instructor token, and a new tab getting a student's runs back from their code."""
+the instructor token, a new tab getting a student's runs back from their code, and lesson locks
+holding on every page that starts runs (Lab, Sweeps, TA gap)."""
 from __future__ import annotations
 
 from pathlib import Path
