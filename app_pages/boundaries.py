@@ -15,6 +15,7 @@ from kdengine import ACTIVE, ConfigError, RunConfig, TOY_DATASETS
 from kdengine.analysis.boundaries import dequantise, epoch_history, similarity_absent_reason
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
+from ui.classroom import locks_notice, with_locks
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 
 ss = st.session_state
@@ -27,11 +28,12 @@ st.caption("Where do teacher and student draw the line between classes? BSS (Heo
            "attacks the teacher to find samples right on its boundary and distils on them too. "
            "MagSim / AngSim measure how far (distance) and in which direction the student's boundary "
            "lies from each probe sample compared with the teacher's: 1 = the same boundary.")
+locks_notice()
 
 
 def start_preset() -> None:
     try:
-        rid = engine.submit(state.load_preset(PRESET), owner=owner, name="moons · BSS")
+        rid = engine.submit(with_locks(state.load_preset(PRESET)), owner=owner, name="moons · BSS")
     except ConfigError as e:
         ss["bd_error"] = str(e)
         return

@@ -11,11 +11,10 @@ import math
 import streamlit as st
 
 from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig,
-                      TrainConfig, get_method_class, method_names)
+                      TrainConfig, apply_locks, get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
-from kdengine.teaching.lessons import apply_locks
-from ui.classroom import session_params
+from ui.classroom import lesson_locks, locks_notice, session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_fragment
 from ui.words import metric_name
@@ -30,6 +29,7 @@ TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 CUSTOM = "(your setup)"     # the preset box's entry when the form is not a preset's
 
 owner = owner_id()
+locks = lesson_locks()      # read before this page rewrites the URL to its setup
 st.title("Lab")
 st.caption("Pick a data set, a teacher, a student and a distillation method, then press **Train**. "
            "Runs train in the background; this page follows them live.")
@@ -180,6 +180,7 @@ def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
 
 # -- page ----------------------------------------------------------------------------------------
 state.show_url_notice(ss.get("lab_url_problems", []))
+locks_notice()
 if ss.get("lab_load_error"):
     st.error(ss.pop("lab_load_error"))
 
@@ -242,8 +243,7 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
-        link = ss.get("lessons_link")        # an instructor's lesson link locks knobs here too
-        cfg, forced = apply_locks(cfg, link.locked if link is not None else {})
+        cfg, forced = apply_locks(cfg, locks)     # an instructor's lesson link locks knobs here too
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
@@ -251,7 +251,7 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
         else:
             if forced:              # kept for the rerun below, shown with the run it concerns
                 ss["lab_lock_notice"] = (ss[RUN], "Your instructor's link fixes " + ", ".join(
-                    f"`{k}` = {link.locked[k]}" for k in forced) + "; this run uses those values.")
+                    f"`{k}` = {locks[k]}" for k in forced) + "; this run uses those values.")
             st.rerun()              # again with the setup folded: the live charts come into view
 notice = ss.get("lab_lock_notice")
 if notice and notice[0] == ss.get(RUN):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kdengine import ACTIVE, ConfigError, knob_spec, lesson_link, load_lessons, parse_link
+from kdengine import ACTIVE, ConfigError, knob_spec, lesson_link, load_lessons
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
-from ui.classroom import is_instructor
+from ui.classroom import is_instructor, lesson_link_state
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import existing_pages
@@ -33,10 +33,8 @@ def open_page(page: str) -> None:
     except st.errors.StreamlitPageNotFoundError:
         st.markdown(f"Open the **{title}** page from the sidebar.")
 
-# The link is read once per browser session: page switches clear the URL, the locks stay.
-if "lessons_link" not in ss:
-    ss["lessons_link"] = parse_link(st.query_params.to_dict(), lessons)
-link = ss["lessons_link"]
+# The link is kept for the browser session (whichever page it opened): the locks stay.
+link = lesson_link_state(lessons)
 locked_lesson = link.lesson.id if (link.lesson and link.locked) else None
 
 st.title("Lessons")

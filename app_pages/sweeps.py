@@ -9,10 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, DEFAULT_SWEEP_PRESET, SWEEP_BACKENDS,
-                      SweepSpec, flatten, get_sweep,
+                      SweepSpec, flatten, free_knobs, get_sweep,
                       is_running, parse_values, ray_available, resume_sweep, shown_status, start_sweep,
                       stored_cells)
 from ui import search_panel, state, widgets
+from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import ROOT
@@ -39,26 +40,39 @@ preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
                       else 0,
                       format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
 try:
-    base = state.load_preset(preset)
+    base = with_locks(state.load_preset(preset))        # a lesson link's locks hold in every cell
 except ConfigError as e:
     st.error(f"Preset {preset}: {e}")
     st.stop()
+flat = flatten(base.to_dict())
+fields, refused = free_knobs([k for k, v in flat.items()  # any scalar field can be a knob...
+                              if k != "name" and isinstance(v, (int, float, bool, str))],
+                             lesson_locks())               # ...that a lesson link leaves free
+why = "; ".join(f"`{k}` ({reason})" for k, reason in refused.items())
+locks_notice(f"Not offered as sweep or search knobs: {why}." if refused else "")
 mode = c2.radio("Mode", ("grid", "search"), key="sw_mode", horizontal=True,
                 help="grid: every cell of the values you list; search: Optuna picks the next trial "
                      "from the ones so far and stops bad ones early")
 if mode == "search":
-    search_panel.panel(engine, owner, preset, base)
+    search_panel.panel(engine, owner, preset, base, refused)
     st.stop()
-epochs = c2.number_input("Student epochs", 1, 200, int(base.train.epochs), key="sw_epochs")
+epochs = number_knob(c2, "Student epochs", "train.epochs", 1, 200, int(base.train.epochs), "sw_epochs")
 backend = c3.radio("Backend", SWEEP_BACKENDS, key="sw_backend", horizontal=True,
                    help="; ".join(f"{k}: {v}" for k, v in BACKEND_HELP.items()))
 if backend == "ray" and not ray_available():
     st.info("Ray is not installed here: `pip install -r requirements-cluster.txt`.",
             icon=":material/info:")
-fields = [k for k, v in flatten(base.to_dict()).items()  # any scalar field can be a knob
-          if k != "name" and isinstance(v, (int, float, bool, str))]
-default_x, default_y = list(DEFAULT_SWEEP_AXES)
-flat = flatten(base.to_dict())
+
+
+def default_axis(key: str) -> str:
+    """The page's default axis or, when a lesson link locks it, the first other free method knob."""
+    if key in fields:
+        return key
+    return next((f for f in fields if f.startswith("method.params.") and f not in DEFAULT_SWEEP_AXES),
+                fields[0])
+
+
+default_x, default_y = map(default_axis, DEFAULT_SWEEP_AXES)
 
 
 def default_text(key: str) -> str:
@@ -66,10 +80,10 @@ def default_text(key: str) -> str:
 
 
 k1, k2 = st.columns(2)
-x_key = k1.selectbox("Knob 1 (x)", fields, index=fields.index(default_x) if default_x in fields else 0,
+x_key = k1.selectbox("Knob 1 (x)", fields, index=fields.index(default_x),
                      key="sw_x")
 x_text = k1.text_input("Values (comma separated)", default_text(x_key), key=f"sw_xv_{x_key}")
-y_key = k2.selectbox("Knob 2 (y)", fields, index=fields.index(default_y) if default_y in fields else 0,
+y_key = k2.selectbox("Knob 2 (y)", fields, index=fields.index(default_y),
                      key="sw_y")
 y_text = k2.text_input("Values (comma separated)", default_text(y_key), key=f"sw_yv_{y_key}")
 metric = st.selectbox("Metric", METRICS, key="sw_metric")
@@ -80,6 +94,7 @@ if st.button("Run sweep", type="primary", key="sw_launch"):
         axes[y_key] = parse_values(y_text)
     cfg = base.copy()
     cfg.train.epochs = int(epochs)
+    cfg = with_locks(cfg)
     spec = SweepSpec(base=cfg.to_dict(), axes=axes, backend=backend, metric=metric,
                      name=f"{preset}")
     widgets.launch_experiment("sweep_id", backend, lambda: start_sweep(engine, spec, owner=owner))

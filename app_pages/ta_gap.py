@@ -11,9 +11,10 @@ import copy
 import pandas as pd
 import streamlit as st
 
-from kdengine import (ConfigError, ModelConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running, ladder,
-                      model_label, resume_experiment, shown_status, start_experiment, stored_results)
+from kdengine import (ConfigError, ModelConfig, RunConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running,
+                      ladder, model_label, resume_experiment, shown_status, start_experiment, stored_results)
 from ui import widgets
+from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.sweep_charts import ladder_figure, ta_gap_figure
@@ -23,12 +24,25 @@ engine = get_engine()
 owner = owner_id()
 FAMILIES = {"mlp": "MLP (width ladder)", "cnn": "CNN (depth ladder)", "resnet": "ResNet (depth ladder)"}
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+SIZE_FIELDS = ("teacher.", "student.")          # the ladder sets these here
+
+
+def locked_base(base: dict) -> dict:
+    """An experiment's base (data, method, training) with the lesson link's locks; a lock on a model
+    size does not apply, as the ladder is what this experiment varies."""
+    locks = {k: v for k, v in lesson_locks().items() if not k.startswith(SIZE_FIELDS)}
+    return with_locks(RunConfig.from_dict(base), locks).to_dict() if locks else base
+
 
 st.title("TA gap")
 st.caption("Train a ladder of sizes from scratch, distil the smallest from each larger one directly "
            "and through a teacher assistant (TA), over several seeds. The paper's rule picks the TA "
            "whose own accuracy is nearest the mean of teacher and student accuracy. At CPU sizes the "
            "paper's ordering (TA > direct) may or may not show: the chart shows what happens.")
+
+sized = [f"`{k}`" for k in lesson_locks() if k.startswith(SIZE_FIELDS)]
+locks_notice(f"The ladder sets the model sizes here, so {', '.join(sized)} "
+             f"{'does' if len(sized) == 1 else 'do'} not apply to this experiment." if sized else "")
 
 # -- setup ---------------------------------------------------------------------------------------
 c1, c2, c3 = st.columns(3)
@@ -53,7 +67,7 @@ ta_opts = ["rule"] + [i for i in range(student + 1, len(sizes) - 1)]
 ta = d2.selectbox("Teacher assistant", ta_opts, key="ta_choice",
                   format_func=lambda o: "paper's rule" if o == "rule" else model_label(sizes[o]))
 n_seeds = d3.number_input("Seeds", 1, 5, 2, key="ta_seeds")
-epochs = d4.number_input("Epochs per run", 1, 100, 8, key="ta_epochs")
+epochs = number_knob(d4, "Epochs per run", "train.epochs", 1, 100, 8, "ta_epochs")
 
 
 def launch(spec: TAGapSpec) -> None:
@@ -68,11 +82,11 @@ if b1.button("Run TA-gap experiment", type="primary", key="ta_launch"):
     base = copy.deepcopy(TA_GAP_PRESET["base"])
     base["data"] = {"name": data_name}
     base["train"]["epochs"] = int(epochs)
-    launch(TAGapSpec(base=base, sizes=[m.__dict__ for m in sizes], student=int(student),
+    launch(TAGapSpec(base=locked_base(base), sizes=[m.__dict__ for m in sizes], student=int(student),
                      seeds=list(range(int(n_seeds))), ta=ta, family=family,
                      name=f"{FAMILIES[family]} on {data_name}"))
 if b2.button("Run the workshop preset (hierarchy data, a few minutes)", key="ta_preset"):
-    launch(TAGapSpec.from_dict(TA_GAP_PRESET))
+    launch(TAGapSpec.from_dict({**TA_GAP_PRESET, "base": locked_base(TA_GAP_PRESET["base"])}))
 
 widgets.stored_sweep_picker(engine.store, "ta_gap", "ta_exp", "Experiment", limit=30)
 

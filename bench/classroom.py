@@ -8,8 +8,12 @@ Prints:
   * the engine's response time during the load: snapshot() + runs() latency, polled as pages do
   * failed or lost runs (a run is lost if it is not done in the store when the engine says so)
 
+With ``--http`` the class is real browser sessions on the real app instead (:func:`http_class`):
+``streamlit run app.py`` on a fresh data folder, one Chromium context per student opening the Lab
+and pressing Train, while ``/_stcore/health`` and the page (``GET /``) are timed every ~100 ms.
+
 Usage: python bench/classroom.py [--sessions 8] [--epochs 100] [--serve processes|threads]
-                                 [--workers N] [--slots S]
+                                 [--workers N] [--slots S] [--http]
 """
 from __future__ import annotations
 
@@ -103,6 +107,142 @@ def classroom(eng, cfg, n: int) -> dict:
             "no_point": n - len(first), "health": health}
 
 
+# -- over HTTP: the real app, one browser session per student ---------------------------------------
+class Prober(threading.Thread):
+    """Times ``GET /_stcore/health`` and ``GET /`` about every ``every`` s until stopped (a probe
+    that errors or takes over 10 s counts as an error, not a latency)."""
+
+    def __init__(self, base: str, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.base, self.every = base, every
+        self.times: dict[str, list[float]] = {"/_stcore/health": [], "/": []}
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        import urllib.request
+        while not self.halt.is_set():
+            tick = time.perf_counter()
+            for path, out in self.times.items():
+                t = time.perf_counter()
+                try:
+                    urllib.request.urlopen(self.base + path, timeout=10).read()
+                    out.append(time.perf_counter() - t)
+                except OSError:
+                    self.errors += 1
+            self.halt.wait(max(0.0, self.every - (time.perf_counter() - tick)))
+
+    def stop(self) -> "Prober":
+        self.halt.set()
+        self.join()
+        return self
+
+
+def probe_line(name: str, xs: list[float]) -> str:
+    if not xs:
+        return f"{name}: no answer"
+    return (f"{name}: p50 {statistics.median(xs) * 1e3:.0f} ms, p95 {pct(xs, 0.95) * 1e3:.0f} ms, "
+            f"max {max(xs) * 1e3:.0f} ms over {len(xs)} probes")
+
+
+def cpu_seconds(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) of process ``root`` and of every process under it (Linux /proc)."""
+    tick, procs = os.sysconf("SC_CLK_TCK"), {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()    # fields from the 3rd on: state, ppid, ...
+        except OSError:                                      # it ended meanwhile
+            continue
+        procs[int(d)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+    tree, grew = {root}, True
+    while grew:
+        more = {p for p, (pp, _) in procs.items() if pp in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return {p: procs[p][1] for p in tree if p in procs}
+
+
+def cpu_split(server: int, before: dict, after: dict) -> str:
+    """Where the CPU went between two ``cpu_seconds(os.getpid())`` looks: the app server's own
+    process, its training workers, and the rest (the browsers and this bench)."""
+    used = {p: after[p] - before.get(p, 0.0) for p in after}
+    workers = sum(used[p] for p in cpu_seconds(server) if p != server and p in used)
+    main = used.get(server, 0.0)
+    return (f"server process {main:.1f} s, its workers {workers:.1f} s, browsers and bench "
+            f"{sum(used.values()) - main - workers:.1f} s")
+
+
+def open_labs(browser, base: str, n: int, epochs: int) -> list:
+    """N Lab sessions (one browser context each) with the run set up and its teacher cached."""
+    pages = []
+    for _ in range(n):
+        page = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+        page.goto(f"{base}/?train.epochs={epochs}")
+        page.get_by_text("This teacher is cached").wait_for(timeout=180_000)
+        pages.append(page)
+    return pages
+
+
+def wait_class(store, n: int, timeout: float) -> list[dict]:
+    """The students' runs once all N are stored and finished (or as they are at ``timeout``)."""
+    from kdengine import ACTIVE
+    end, runs = time.perf_counter() + timeout, []
+    while time.perf_counter() < end:
+        runs = [r for r in store.list_runs(limit=1000) if r["owner"] != "solo"]
+        if len(runs) == n and all(r["status"] not in ACTIVE for r in runs):
+            break
+        time.sleep(0.5)
+    return runs
+
+
+def http_class(args) -> None:
+    """Cache the Lab's teacher, start the app, open N Lab sessions in Chromium, press Train in each,
+    and time the app's health check and page while the runs train, until all are done."""
+    from playwright.sync_api import sync_playwright
+    from ui_latency import ARGS, CHROMIUM, free_port, start_server
+    from kdengine import Engine, Store
+    root = os.environ["KD_RUNS_DIR"]
+    eng = Engine(store=Store(root), max_workers=1)
+    try:
+        solo_time(eng, config(args.epochs))          # trains and caches the Lab's teacher
+    finally:
+        eng.shutdown()
+    if args.serve:
+        os.environ["KD_SERVE"] = args.serve
+    port = free_port()
+    proc, _ = start_server(root, port)
+    base = f"http://localhost:{port}"
+    try:
+        idle = Prober(base)
+        idle.start()
+        time.sleep(5)
+        idle.stop()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            pages = open_labs(browser, base, args.sessions, args.epochs)
+            load, cpu0, t0 = Prober(base), cpu_seconds(os.getpid()), time.perf_counter()
+            load.start()
+            for page in pages:                       # N Train clicks, back to back
+                page.get_by_role("button", name="Train").click()
+            runs = wait_class(Store(root), args.sessions, args.timeout)
+            total, cpu = time.perf_counter() - t0, cpu_split(proc.pid, cpu0, cpu_seconds(os.getpid()))
+            load.stop()
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(f"HTTP: {args.sessions} Chromium sessions on one `streamlit run app.py` "
+          f"(KD_SERVE={os.environ.get('KD_SERVE', 'processes')}); {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.1f} at the end (the browsers run on the same machine)")
+    print(f"{args.epochs}-epoch digits Hinton runs, teacher cached: all done in {total:.1f} s")
+    print(f"CPU time during the load: {cpu}")
+    for when, pr in (("idle, before", idle), ("during the load", load)):
+        print(f"{when}: " + "; ".join(probe_line(f"GET {path}", xs) for path, xs in pr.times.items())
+              + f"; {pr.errors} errors")
+    print(f"failed {sum(r['status'] != 'done' for r in runs)}, "
+          f"lost {args.sessions - len(runs)} (Train pressed, no run stored)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=8)
@@ -110,10 +250,15 @@ def main() -> None:
     ap.add_argument("--serve", choices=["processes", "threads"], default=None)
     ap.add_argument("--workers", type=int, default=0, help="executors (default: sized)")
     ap.add_argument("--slots", type=int, default=0, help="time-sliced runs per executor")
+    ap.add_argument("--http", action="store_true",
+                    help="real browser sessions on `streamlit run app.py`; time its health check")
+    ap.add_argument("--timeout", type=float, default=900, help="with --http: give up after (s)")
     args = ap.parse_args()
     os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_class_"))
     import torch
     torch.set_num_threads(1)
+    if args.http:
+        return http_class(args)
     from kdengine.run.serving import usable_cores
     eng, opts = make_engine(args)
     cfg = config(args.epochs)

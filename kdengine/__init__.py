@@ -50,7 +50,7 @@ for _mod, _names in {
     "kdengine.run.evaluation": "evaluate",
     "kdengine.run.stored": "load_run_models teacher_is_cached checkpoint_state TeacherNotCached RunModels",
     "kdengine.teaching.pitfalls": "lint",
-    "kdengine.teaching.lessons": "load_lessons lesson_link parse_link knob_spec",
+    "kdengine.teaching.lessons": "load_lessons lesson_link parse_link knob_spec apply_locks free_knobs locks_line",
     "kdengine.experiments.sweeps": "SweepSpec Sweep start_sweep get_sweep resume_sweep stored_cells "
                                    "parse_values ray_available SWEEP_BACKENDS=BACKENDS "
                                    "DEFAULT_SWEEP_AXES=DEFAULT_AXES DEFAULT_SWEEP_PRESET=DEFAULT_PRESET",

@@ -1,5 +1,6 @@
 """The roster (names, recovery codes), the instructor's grouping and legends,
-the instructor token, and a new tab getting a student's runs back from their code."""
+the instructor token, a new tab getting a student's runs back from their code, and lesson locks
+holding on every page that starts runs (Lab, Sweeps, TA gap)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,8 @@ from kdengine.core.config import RunConfig
 from kdengine.teaching import classroom
 from kdengine.teaching.classroom import (Roster, fold_children, legend_labels, short_names,
                                          student_rows)
+
+from conftest import app_test
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,3 +143,68 @@ def test_the_lab_trains_with_the_locked_value(runs_dir):
     rid = at.session_state["lab_run"]
     assert get_engine().snapshot(rid)["config"]["method"]["params"]["T"] == 8.0
     get_engine().stop(rid)
+
+
+LOCK_T8 = {"lesson": "why-temperature", "lock": "method.params.T,train.epochs",
+           "method.params.T": "8", "train.epochs": "1"}
+
+
+def test_a_locked_knob_and_the_method_it_belongs_to_are_not_free_to_vary():
+    from kdengine import free_knobs
+    free, why = free_knobs(["method.name", "method.params.T", "method.params.soft_weight", "train.lr"],
+                           {"method.params.T": 8.0})
+    assert free == ["method.params.soft_weight", "train.lr"]
+    assert why == {"method.params.T": "locked at 8.0",
+                   "method.name": "another method would start from its own T"}
+    assert free_knobs(["method.name", "train.lr"], {"train.lr": 0.1})[0] == ["method.name"]
+
+
+def test_a_lesson_link_that_opens_on_the_lab_locks_it_and_says_so():
+    at = app_test(query=LOCK_T8)
+    assert not at.warning, [w.value for w in at.warning]          # lesson and lock are no fields
+    assert any("`method.params.T` = 8.0, `train.epochs` = 1" in i.value for i in at.info)
+    assert at.session_state["lessons_link"].locked == {"method.params.T": 8.0, "train.epochs": 1}
+
+
+def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock():
+    from kdengine import get_sweep
+    from ui.engine import get_engine
+    at = app_test("app_pages/sweeps.py", query=LOCK_T8)
+    at.selectbox(key="sw_preset").set_value("digits-quick").run()
+    for key in ("sw_x", "sw_y"):
+        assert not {"method.params.T", "method.name"} & set(at.selectbox(key=key).options)
+    note = next(i.value for i in at.info if "lesson link locks" in i.value)
+    assert "`method.params.T` = 8.0" in note and "`method.params.T` (locked at 8.0)" in note
+    assert at.number_input(key="sw_epochs.locked").disabled
+    at.radio(key="sw_mode").set_value("search").run()              # nor can a search range over it
+    assert "method.params.T" not in at.multiselect(key="se_knobs").options
+    at.radio(key="sw_mode").set_value("grid").run()
+    at.selectbox(key="sw_x").set_value("method.params.soft_weight").run()
+    at.text_input(key="sw_xv_method.params.soft_weight").set_value("0.5, 0.9")
+    at.selectbox(key="sw_y").set_value("method.params.soft_weight")
+    at.radio(key="sw_backend").set_value("vectorised")
+    at.button(key="sw_launch").click().run()
+    assert not at.error, [e.value for e in at.error]
+    sweep = get_sweep(at.session_state["sweep_id"])
+    assert sweep.wait(timeout=300) == "done", sweep.error
+    cells = [get_engine().store.get_run(r["run_id"])["config"] for r in sweep.rows()]
+    assert len(cells) == 2
+    assert all(c["method"]["params"]["T"] == 8.0 and c["train"]["epochs"] == 1 for c in cells)
+
+
+def test_the_ta_gap_runs_carry_the_lock():
+    from kdengine import get_experiment
+    from ui.engine import get_engine
+    at = app_test("app_pages/ta_gap.py", query=LOCK_T8)
+    assert any("`method.params.T` = 8.0" in i.value for i in at.info)
+    at.multiselect(key="ta_sizes_mlp").set_value(["MLP 1x8", "MLP 1x16", "MLP 1x32"]).run()
+    at.number_input(key="ta_seeds").set_value(1)
+    at.selectbox(key="ta_choice").set_value(1)                      # a fixed TA: no rule to wait for
+    at.button(key="ta_launch").click().run()
+    assert not at.error, [e.value for e in at.error]
+    exp = get_experiment(at.session_state["ta_exp"])
+    assert exp.wait(timeout=300) == "done", exp.error
+    runs = [get_engine().store.get_run(r["run_id"])["config"] for r in exp.records]
+    kd = [c for c in runs if c["method"]["name"] != "ce"]
+    assert kd and all(c["method"]["params"]["T"] == 8.0 for c in kd)
+    assert all(c["train"]["epochs"] == 1 for c in runs)

@@ -4,17 +4,25 @@ The name lives in the roster (:mod:`kdengine.teaching.classroom`) and in the URL
 so a reload keeps it; a new tab without ``?sid`` gets the student's runs back from their code.
 The instructor token is checked once per browser session (``?tok=`` or typed in) and then removed
 from the URL, so a shared screen or a copied link never shows it.
+
+An instructor's lesson link (``?lesson=..&lock=..``, :mod:`kdengine.teaching.lessons`) is read on
+whichever page it opens and kept for the browser session; every page that starts runs builds them
+through :func:`with_locks` and says which knobs are locked (:func:`locks_notice`).
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import streamlit as st
 
+from kdengine import RunConfig, apply_locks, locks_line, parse_link
 from kdengine.teaching.classroom import Roster, clean_name, token_matches
 from ui.engine import OWNER_KEY, OWNER_PARAM, get_engine, owner_id
 
 NAME_PARAM = "student"
 TOKEN_PARAM = "tok"
 INSTRUCTOR_KEY = "kd_instructor"
+LINK_KEY = "lessons_link"
 
 
 def roster() -> Roster:
@@ -81,3 +89,42 @@ def identity_box() -> None:
         elif typed and clean_name(typed):
             book.register(me, typed)
             st.rerun()
+
+
+# -- lesson locks ----------------------------------------------------------------------------------
+def lesson_link_state(lessons=None):
+    """This browser session's lesson link (a ``LinkState``), read from the URL the first time a page
+    sees ``?lesson=``: page switches clear the URL, the locks stay for the session."""
+    ss = st.session_state
+    link = ss.get(LINK_KEY)
+    if link is None or (link.lesson is None and "lesson" in st.query_params):
+        link = ss[LINK_KEY] = parse_link(st.query_params.to_dict(), lessons)
+    return link
+
+
+def lesson_locks() -> dict[str, Any]:
+    """Locked knob -> the value the instructor's link fixes (empty without a link)."""
+    return lesson_link_state().locked
+
+
+def with_locks(cfg: RunConfig, locks: Mapping[str, Any] | None = None) -> RunConfig:
+    """``cfg`` with the locked knobs at the link's values (``locks``: a subset, where only some apply)."""
+    return apply_locks(cfg, lesson_locks() if locks is None else locks)[0]
+
+
+def locks_notice(*more: str) -> None:
+    """Say which knobs the lesson link locks, at which values (and ``more`` about this page)."""
+    locks = lesson_locks()
+    if locks:
+        st.info(" ".join([locks_line(locks), *more]), icon=":material/lock:")
+
+
+def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, key: str) -> int:
+    """A whole-number input for the config field ``path``, drawn disabled at the link's value when
+    the link locks that field (its own key, so the unlocked widget's state is left alone)."""
+    locks = lesson_locks()
+    if path in locks:
+        where.number_input(label, value=locks[path], disabled=True, key=f"{key}.locked",
+                           help=f"Locked by your instructor's lesson link ({path}).")
+        return locks[path]
+    return where.number_input(label, lo, hi, default, key=key)

@@ -4,6 +4,7 @@ arrive; open the best config in the Lab. Logic lives in :mod:`kdengine.experimen
 ``setup`` and ``view`` are separate so the page's polling (a fragment) can wrap ``view`` alone."""
 from __future__ import annotations
 
+from typing import Container
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -15,6 +16,7 @@ from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_MET
                       is_running, knob_meta, resume_search, shown_status, start_search,
                       stored_trials, study_of)
 from ui import widgets
+from ui.classroom import number_knob, with_locks
 from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
 from ui.state import config_to_query
@@ -62,10 +64,11 @@ def _range_inputs(base: RunConfig, key: str) -> dict:
     return {"low": cast(low), "high": cast(high), "log": log}
 
 
-def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
-    """The search form; a started search's id goes to ``st.session_state['search_id']``."""
+def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[str] = ()) -> None:
+    """The search form; a started search's id goes to ``st.session_state['search_id']``. ``base``
+    has the lesson link's locks applied; ``refused`` are the knobs they keep out of the space."""
     st.caption(VAL_NOTE)
-    fields = searchable(base)
+    fields = [k for k in searchable(base) if k not in refused]
     default = [k for k in DEFAULT_SEARCH_SPACE if k in fields][:2]
     knobs = st.multiselect("Knobs to search", fields, default, key="se_knobs")
     space = {}
@@ -75,8 +78,8 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
         except ConfigError as e:
             st.error(str(e), icon=":material/error:")
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Student epochs (max per trial)", 1, 200, int(base.train.epochs),
-                             key="se_epochs")
+    epochs = number_knob(c1, "Student epochs (max per trial)", "train.epochs", 1, 200,
+                         int(base.train.epochs), "se_epochs")
     trials = c2.number_input("Trial budget", 1, 500, 16, key="se_trials")
     minutes = c3.number_input("Time budget (minutes, 0 = none)", 0.0, 1440.0, 0.0, key="se_minutes")
     seed = c4.number_input("Seed (-1 = none, trials in parallel)", -1, 10_000, 0, key="se_seed",
@@ -96,6 +99,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig) -> None:
     if st.button("Run search", type="primary", key="se_launch"):
         cfg = base.copy()
         cfg.train.epochs = int(epochs)
+        cfg = with_locks(cfg)
         spec = SearchSpec(base=cfg.to_dict(), space=space, n_trials=int(trials),
                           timeout_s=minutes * 60 or None, pruner=pruner, metric=metric,
                           second="epoch_s" if pareto else "", seed=None if seed < 0 else int(seed),
@@ -166,9 +170,9 @@ def _best(spec: SearchSpec, rows: list[dict], owner: str) -> None:
         st.markdown(f"[Open in Lab](./?{urlencode(query)})")
 
 
-def panel(engine, owner: str, preset: str, base: RunConfig) -> None:
+def panel(engine, owner: str, preset: str, base: RunConfig, refused: Container[str] = ()) -> None:
     """The whole search mode: the form, then the chosen search's live view."""
-    setup(engine, owner, preset, base)
+    setup(engine, owner, preset, base, refused)
     sid = ss.get("search_id")
     if sid:
         live_fragment(view, lambda: is_running(sid), engine, owner, sid, key=f"search.{sid}")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from kdengine import ConfigError, MethodConfig, RunConfig, flatten, list_presets, load_preset  # noqa: F401
 
 # Query params that are not config fields (owner id, page-specific selections).
-RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options", "student", "tok"}
+RESERVED = {"sid", "preset", "run", "i", "T", "embed", "embed_options", "student", "tok", "lesson", "lock"}
 # Applied first: other fields are checked against them (method knobs belong to the method name,
 # model families to the data set).
 _FIRST = ("method.name", "data.name")

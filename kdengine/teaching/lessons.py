@@ -237,6 +237,26 @@ def apply_locks(cfg: RunConfig, locked: Mapping[str, Any]) -> tuple[RunConfig, l
     return (cfg.with_overrides({k: locked[k] for k in changed}) if changed else cfg), changed
 
 
+def free_knobs(fields: list[str], locked: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """Split the ``fields`` a sweep or search could vary into those it may vary under ``locked`` and
+    the others, each with the reason: a locked knob is fixed, and so is the method while one of its
+    knobs is locked (another method starts from its own knob values, which would undo the lock)."""
+    method_lock = next((k for k in locked if k.startswith("method.params.")), None)
+    why: dict[str, str] = {}
+    for k in fields:
+        if k in locked:
+            why[k] = f"locked at {_fmt(locked[k])}"
+        elif k == "method.name" and method_lock:
+            why[k] = f"another method would start from its own {method_lock.rsplit('.', 1)[-1]}"
+    return [k for k in fields if k not in why], why
+
+
+def locks_line(locked: Mapping[str, Any]) -> str:
+    """One sentence naming every locked knob and its value, for the pages that start runs."""
+    return ("Your instructor's lesson link locks " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in locked.items())
+            + ": every run started here uses those values.")
+
+
 def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
     """Markdown shown above a lesson's text: the values the instructor's link fixes, next to the
     preset's values the text was written for."""
@@ -252,5 +272,5 @@ def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
     return "In this class your instructor has fixed " + "; ".join(parts) + "."
 
 
-__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "locked_note", "get_lesson", "knob_spec", "lesson_link",
-           "load_lessons", "parse_lesson", "parse_link"]
+__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "free_knobs", "locked_note", "locks_line",
+           "get_lesson", "knob_spec", "lesson_link", "load_lessons", "parse_lesson", "parse_link"]
