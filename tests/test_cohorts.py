@@ -83,7 +83,8 @@ def test_serving_turns_the_window_on_for_worker_processes(monkeypatch):
 
 def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny_cfg):
     """Three owners' runs (T differs) stack; a run with another seed does not. While a paused run
-    holds the only slot, the cohort waits as one queue entry."""
+    holds the only slot, the cohort waits as one queue entry; a cohort whose other members were
+    stopped before it started trains its last member alone."""
     eng = Engine(store=Store(runs_dir), max_workers=1, batch_window_s=WINDOW)
     try:
         blocker = eng.submit(_cfg(tiny_cfg, 200, **{"student.width": 8}), owner="zed")
@@ -93,16 +94,20 @@ def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny
         cfgs = [_cfg(tiny_cfg, **{"method.params.T": t}) for t in (2.0, 4.0, 8.0)]
         ids = [eng.submit(c, owner=o) for c, o in zip(cfgs, ("ann", "bob", "cat"))]
         other = eng.submit(_cfg(tiny_cfg, **{"train.seed": 1}), owner="dan")
+        pair = [eng.submit(_cfg(tiny_cfg, **{"train.seed": 2}), owner=o) for o in ("eve", "fay")]
         assert all(eng.queue_info(r)[0] == 0 for r in ids)          # in the window
-        assert eng.wait_for(other, "queued", 1) and len(eng.queued()) == 4
-        _until(lambda: eng.queue_info(other)[0] == 1)               # the windows close by themselves
-        positions = {r: eng.queue_info(r)[0] for r in ids + [other]}
+        assert len(eng.queued()) == 6
+        _until(lambda: eng.queue_info(pair[1])[0] == 2)             # the windows close by themselves
+        positions = {r: eng.queue_info(r)[0] for r in ids + [other] + pair}
         assert len({positions[r] for r in ids}) == 1                 # one entry for the cohort
-        assert sorted(positions.values()) == [0, 0, 0, 1]
+        assert sorted(positions.values()) == [0, 0, 0, 1, 2, 2]
+        eng.stop(pair[0])
+        assert eng.status(pair[0]) == "stopped" and eng.queue_info(pair[1])[0] == 2
         eng.stop(blocker)
-        for r in ids + [other]:
+        for r in ids + [other, pair[1]]:
             assert eng.wait(r, 120) == "done", eng.snapshot(r)["error"]
-        assert "cohort_size" not in eng.snapshot(other)["summary"]   # another seed: alone
+        for r in (other, pair[1]):                                   # another seed; the last one
+            assert "cohort_size" not in eng.snapshot(r)["summary"]
         for i, (rid, cfg) in enumerate(zip(ids, cfgs)):
             snap = eng.snapshot(rid)
             assert snap["summary"]["cohort_size"] == 3

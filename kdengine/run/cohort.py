@@ -7,9 +7,11 @@ gathers such runs into a cohort that takes one executor slot and trains as one s
 
 Each member stays an ordinary run to its user. It gets its own events through ``Member.emit`` (loss
 terms, accuracies, progress, the teacher and baseline lines, notices, and the per-epoch monitors,
-evaluated on a plain student loaded from its slice), and its own checkpoint every
-``checkpoint_every`` epochs, written exactly as a run of its config alone writes it (its slice of the
-weights and of the optimiser state), so Continue, Soft targets and Boundaries treat it as any run.
+evaluated on a plain student loaded from its slice), and its own checkpoint, exactly what a run of its config alone writes (its slice of the weights and of
+the optimiser state), so Continue, Soft targets and Boundaries treat it as any run. Writing every
+member's file at every epoch end cost a third of a digits pass, so a member's latest epoch-end
+checkpoint is kept in memory and written when it leaves the pass, at the end, and at most every
+``WRITE_EVERY_S`` seconds between (what a dead worker process can lose).
 A member that is stopped or paused leaves the pass at the loop's next step (``Member.end``) and the
 others train on; a paused member continues alone from its last checkpoint when resumed. A member
 whose loss stops being finite fails alone.
@@ -19,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+
+import time
 
 import torch
 
@@ -31,6 +35,7 @@ from kdengine.run.trainer import (Control, Emit, MonitorFactory, MonitorSetup, N
                                   StopRequested, Trainer, read_window)
 
 MAX_SIZE = 16       # members per cohort; more runs of one key make a second cohort
+WRITE_EVERY_S = 5.0
 
 
 def why_not_cohort(cfg: RunConfig) -> str:
@@ -109,6 +114,8 @@ class CohortTrainer(StackTrainer):
         self._arts: dict[int, dict] = {}
         self._monitors: list[list] = [[] for _ in members]
         self._plain = None
+        self._unwritten: dict[int, dict] = {}      # member -> its latest epoch-end checkpoint
+        self._written_at = time.monotonic()
         control.on_leave = lambda run_id, why: self._leave(self._index[run_id], why)
 
     def run(self) -> dict:
@@ -127,6 +134,7 @@ class CohortTrainer(StackTrainer):
 
     # -- members leaving -------------------------------------------------------------------------
     def _leave(self, j: int, why: str, error: str = "") -> None:
+        self._write(j)
         self.live.remove(j)
         m = self.members[j]
         self.control.members.pop(m.run_id, None)
@@ -211,7 +219,8 @@ class CohortTrainer(StackTrainer):
                     m.emit({"type": "artifacts", "step": step, "epoch": int(epoch), "data": arts})
 
     def _save(self, student, extra, opt, sched, gen, epoch, step):
-        """Each live member's checkpoint, as a run of its config alone saves it."""
+        """Each live member's checkpoint, as a run of its config alone saves it (kept; written
+        at the end, or when ``WRITE_EVERY_S`` has passed)."""
         assert not extra, "stackable methods train no extra modules"
         opt_state = opt.state_dict()
         common = {"extra": [], "scheduler": sched.state_dict() if sched is not None else {},
@@ -219,6 +228,15 @@ class CohortTrainer(StackTrainer):
                   "epoch": epoch, "step": step}
         for j in self.live:
             m = self.members[j]
-            save_checkpoint(m.checkpoint_path, {
+            self._unwritten[j] = {
                 **common, "state_dict": student.state_dict_of(j),
-                "optimizer": student.optimizer_state_of(opt_state, j), "config_hash": m.cfg.hash})
+                "optimizer": student.optimizer_state_of(opt_state, j), "config_hash": m.cfg.hash}
+        if epoch == self.cfg.train.epochs or time.monotonic() - self._written_at >= WRITE_EVERY_S:
+            for j in self.live:
+                self._write(j)
+            self._written_at = time.monotonic()
+
+    def _write(self, j: int) -> None:
+        payload = self._unwritten.pop(j, None)
+        if payload is not None:
+            save_checkpoint(self.members[j].checkpoint_path, payload)
