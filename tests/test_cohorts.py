@@ -179,3 +179,36 @@ def test_a_cohort_in_a_worker_process(runs_dir, tiny_cfg):
         assert len(eng.snapshot(ids[1])["series"]["test_acc"]) == 12
     finally:
         eng.shutdown()
+
+
+def test_a_member_whose_loss_goes_bad_fails_alone(runs_dir, tiny_cfg, monkeypatch):
+    """Student 1's KD term turns NaN in epoch 3: it fails with the message a run alone gives, its
+    checkpoint that of epoch 2; student 0 trains on to the end."""
+    from kdengine.core.registry import get_method_class
+    from kdengine.run.cohort import CohortControl, Member
+    from kdengine.run.trainer import Control
+    from kdengine.run.workers import run_cohort
+    hinton = get_method_class("hinton")
+    loss_terms = hinton.loss_terms
+    spe = []
+
+    def poisoned(self, batch, step):
+        terms = loss_terms(self, batch, step)
+        spe[:] = [self.ctx.steps_per_epoch]
+        if step == 2 * spe[0] + 3:
+            terms["kd"] = terms["kd"] * torch.tensor([1.0, float("nan")])
+        return terms
+    monkeypatch.setattr(hinton, "loss_terms", poisoned)
+    cfgs = [_cfg(tiny_cfg, 4, **{"method.params.T": t}) for t in (2.0, 4.0)]
+    ctls = {f"m{i}": Control() for i in range(2)}
+    ends: dict[int, dict] = {}
+    members = [Member(f"m{i}", cfg, lambda ev: None, ctls[f"m{i}"], runs_dir / f"m{i}.pt",
+                      lambda outcome, i=i: ends.setdefault(i, outcome))
+               for i, cfg in enumerate(cfgs)]
+    run_cohort(members, CohortControl("cohort", ctls))
+    assert ends[0]["status"] == "done" and ends[0]["summary"]["cohort_size"] == 2
+    assert ends[1]["status"] == "failed"
+    assert ends[1]["error"].startswith(f"loss term 'kd' became nan at step {2 * spe[0] + 4} "
+                                       f"(epoch 3)")
+    assert safe_load(runs_dir / "m1.pt")["epoch"] == 2
+    assert safe_load(runs_dir / "m0.pt")["epoch"] == 4

@@ -132,6 +132,19 @@ class CohortTrainer(StackTrainer):
             out["student_params"] = self.student_params
         return out
 
+    def finish(self, outcome: dict) -> None:
+        """End the members still in the pass with how the pass ended (``execute``'s outcome)."""
+        for j in list(self.live):
+            m = self.members[j]
+            if outcome["status"] == "done" and not m.control.stopped:
+                m.end({"status": "done", "summary": self.summary_of(j)})
+                continue
+            self._write(j)          # its last epoch-end checkpoint, as a run alone has it on disk
+            if outcome["status"] == "failed":
+                m.end(outcome)
+            else:                   # stopped during the baseline, or the whole pass stopped
+                m.end({"status": "stopped", "summary": self.summary_of(j)})
+
     # -- members leaving -------------------------------------------------------------------------
     def _leave(self, j: int, why: str, error: str = "") -> None:
         self._write(j)

@@ -56,15 +56,11 @@ def run_cohort(members: list, control, monitors=()) -> None:
         made.append(CohortTrainer(members, control, monitors))
         return made[0]
     outcome = execute(make, control)
-    trainer = made[0] if made else None
-    for j in (trainer.live if trainer else range(len(members))):
-        m = members[j]
-        if outcome["status"] == "failed":
+    if made:
+        made[0].finish(outcome)
+    else:                       # it could not even be built: every member ends the same way
+        for m in members:
             m.end(outcome)
-        elif outcome["status"] == "done" and not m.control.stopped:
-            m.end({"status": "done", "summary": trainer.summary_of(j)})
-        else:                   # stopped during the baseline, or the whole pass stopped
-            m.end({"status": "stopped", "summary": trainer.summary_of(j) if trainer else {}})
 
 
 class ThreadExecutor:
