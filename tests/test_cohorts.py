@@ -126,21 +126,24 @@ def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny
 
 
 def test_a_member_stops_or_pauses_alone_and_continues_as_a_run_alone(runs_dir, tiny_cfg):
-    """Stopped after its first epoch, paused after its second: the third member finishes; the
-    paused one resumes alone from its checkpoint and ends where a run alone ends; Continue works
-    for the stopped one."""
+    """Stopped after its first epoch, paused after its second, paused after its third and then
+    stopped: each leaves alone; the first paused one resumes alone from its checkpoint and ends
+    where a run alone ends; Continue works for the stopped one."""
     eng = Engine(store=Store(runs_dir), max_workers=1, batch_window_s=WINDOW)
     cfgs = [_cfg(tiny_cfg, 12, **{"method.params.T": t}) for t in (2.0, 4.0, 8.0)]
     try:
         ids = [eng.submit(c, owner=o) for c, o in zip(cfgs, ("ann", "bob", "cat"))]
-        for rid, (verb, at_epoch) in zip(ids, (("stop", 1), ("pause", 2))):
+        for rid, (verb, at_epoch) in zip(ids, (("stop", 1), ("pause", 2), ("pause", 3))):
             def on_event(ev, rid=rid, verb=verb, at_epoch=at_epoch):
                 if ev["type"] == "metrics" and ev["epoch"] == at_epoch and "test_acc" in ev["values"]:
                     getattr(eng, verb)(rid)
             eng.subscribe(rid, on_event)
-        assert eng.wait(ids[2], 120) == "done", eng.snapshot(ids[2])["error"]
+        assert eng.wait_for(ids[2], "paused", 120), eng.snapshot(ids[2])["error"]
         assert eng.wait(ids[0], 30) == "stopped"
         assert eng.wait_for(ids[1], "paused", 30)
+        eng.stop(ids[2])
+        assert eng.status(ids[2]) == "stopped" == eng.store.get_run(ids[2])["status"]
+        assert safe_load(eng.store.checkpoint_path(ids[2]))["epoch"] == 3
         assert len(eng.snapshot(ids[0])["series"]["test_acc"]) == 1
         assert safe_load(eng.store.checkpoint_path(ids[1]))["epoch"] == 2
         assert any("left its cohort" in n for n in eng.snapshot(ids[1])["notices"])

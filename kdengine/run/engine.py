@@ -326,7 +326,8 @@ class Engine:
         job.control.stop()
         with self._lock:
             was_queued = self._withdraw(job)
-        if was_queued:
+        if was_queued or (job.state.status == "paused" and job.executor is None):   # or it left
+            # its cohort paused: nothing trains it, its checkpoint is on disk
             self._set_status(job, "stopped")
         else:
             self._command(job, "stop")
