@@ -8,12 +8,16 @@ Prints:
   * the engine's response time during the load: snapshot() + runs() latency, polled as pages do
   * failed or lost runs (a run is lost if it is not done in the store when the engine says so)
 
+With ``--batching both`` (the default) the class runs twice, without and with cohorts (runs of
+different sessions stacked into one pass, the engine's batch window), each on a fresh engine with
+its solo time measured just before (with batching on, a lone run waits out the window too).
+
 With ``--http`` the class is real browser sessions on the real app instead (:func:`http_class`):
 ``streamlit run app.py`` on a fresh data folder, one Chromium context per student opening the Lab
 and pressing Train, while ``/_stcore/health`` and the page (``GET /``) are timed every ~100 ms.
 
 Usage: python bench/classroom.py [--sessions 8] [--epochs 100] [--serve processes|threads]
-                                 [--workers N] [--slots S] [--http]
+                                 [--workers N] [--slots S] [--batching on|off|both] [--http]
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def make_engine(args):
+def make_engine(args, window: float):
     from kdengine import Engine, Store
     from kdengine.run.serving import serving_options
     if args.serve:
@@ -46,6 +50,7 @@ def make_engine(args):
         opts["max_workers"] = args.workers
     if args.slots:          # with threads: time-sliced runs in this one process
         opts["slots"] = args.slots
+    opts["batch_window_s"] = window
     return Engine(store=Store(os.environ["KD_RUNS_DIR"]), **opts), opts
 
 
@@ -253,23 +258,31 @@ def main() -> None:
     ap.add_argument("--http", action="store_true",
                     help="real browser sessions on `streamlit run app.py`; time its health check")
     ap.add_argument("--timeout", type=float, default=900, help="with --http: give up after (s)")
+    ap.add_argument("--batching", choices=["on", "off", "both"], default="both",
+                    help="cohorts of stacked students (KD_BATCH_WINDOW, default 0.3 s)")
     args = ap.parse_args()
     os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_class_"))
     import torch
     torch.set_num_threads(1)
     if args.http:
         return http_class(args)
-    from kdengine.run.serving import usable_cores
-    eng, opts = make_engine(args)
+    from kdengine.run.serving import batch_window, usable_cores
     cfg = config(args.epochs)
     cores = usable_cores()
-    try:
-        eng.wait_ready(300)                       # a server's workers warm up before the class
-        solo_time(eng, cfg)                       # trains and caches the teacher; warms workers
-        solo = statistics.median(solo_time(eng, cfg) for _ in range(2))
-        r = classroom(eng, cfg, args.sessions)
-    finally:
-        eng.shutdown()
+    modes = {"off": [0.0], "on": [batch_window() or 0.3], "both": [0.0, batch_window() or 0.3]}
+    for window in modes[args.batching]:
+        eng, opts = make_engine(args, window)
+        try:
+            eng.wait_ready(300)                   # a server's workers warm up before the class
+            solo_time(eng, cfg)                   # trains and caches the teacher; warms workers
+            # timed again for each engine, just before its class: the machine's load drifts
+            solo = statistics.median(solo_time(eng, cfg) for _ in range(2))
+            report(args, opts, cores, solo, classroom(eng, cfg, args.sessions))
+        finally:
+            eng.shutdown()
+
+
+def report(args, opts: dict, cores: int, solo: float, r: dict) -> None:
     fp, h = r["first"], r["health"]
     ideal = args.sessions * solo / cores
     print(f"engine: {opts or 'threads (KD_MAX_WORKERS)'}; {cores} cores; load average "
@@ -286,7 +299,7 @@ def main() -> None:
               f"{statistics.median(h) * 1e3:.1f} ms, p95 {pct(h, 0.95) * 1e3:.1f} ms, "
               f"max {max(h) * 1e3:.1f} ms over {len(h)} polls")
     print(f"CPU time of the engine's own process during the load: {r['server_cpu']:.1f} s")
-    print(f"failed {r['failed']}, lost {r['lost']}, without a live point {r['no_point']}")
+    print(f"failed {r['failed']}, lost {r['lost']}, without a live point {r['no_point']}\n")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ Callers (a web page, the CLI, a test) ``submit`` a config and get a run id; an e
 :class:`RunState`. ``snapshot(run_id)`` returns a plain
 copy that any thread may read (the web page polls it about once a second). Runs carry an ``owner``
 so two browser sessions sharing one engine never see each other's runs mixed up.
+
+With ``batch_window_s``, runs that can train as stacked students (:mod:`kdengine.run.cohort`) wait
+up to that long for others of the same key (same data, teacher, student and seed, whoever submitted
+them); two or more become one cohort: one queue entry and one executor slot, trained in one pass,
+each member still an ordinary run to its owner.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import os
 import threading
 import time
 import traceback
+import uuid
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable
@@ -22,11 +28,13 @@ from typing import Any, Callable
 from kdengine.core.config import RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, Store
+from kdengine.run.cohort import MAX_SIZE, CohortControl, Member, why_not_cohort
 from kdengine.run.monitors import standard_monitors
 from kdengine.run.scheduler import FairQueue, start_eta
 from kdengine.run.slicing import SlicedControl
+from kdengine.run.stacking import group_key
 from kdengine.run.trainer import Control, Emit, Trainer, versions
-from kdengine.run.workers import ProcessExecutor, ThreadExecutor, execute
+from kdengine.run.workers import ProcessExecutor, ThreadExecutor, execute, run_cohort
 
 Event = dict
 
@@ -83,6 +91,13 @@ class RunState:
             elif kind == "summary":
                 self.summary.update(ev["summary"])
 
+    def restore(self, series: dict[str, list], notices: list[str]) -> None:
+        """Start from a run's earlier points and notices (it continues from a checkpoint)."""
+        with self.lock:
+            self.series = {k: list(v) for k, v in series.items()}
+            self.latest = {k: v[-1][2] for k, v in series.items() if v}
+            self.notices = list(notices)
+
     def snapshot(self) -> dict:
         with self.lock:
             return {
@@ -108,6 +123,28 @@ class _Job:
         self.executor: Any = None          # where it runs, once admitted
         self.recorder: _Recorder | None = None
         self.started: float | None = None
+        self.gathering: str | None = None     # the stack key whose batch window it waits in
+        self.cohort: _Cohort | None = None    # the cohort it is queued or training in
+
+    @property
+    def unit_id(self) -> str:
+        return self.state.run_id
+
+
+class _Cohort:
+    """Runs of one stack key trained in one pass: one queue entry, one executor slot."""
+
+    def __init__(self, jobs: list[_Job]):
+        self.unit_id = f"cohort-{uuid.uuid4().hex[:10]}"
+        self.jobs = jobs
+        self.live = {j.state.run_id for j in jobs}     # members not yet ended
+        self.owner = jobs[0].state.owner               # whose turn in the fair queue it takes
+        self.executor: Any = None
+        self.started: float | None = None
+        self.control: CohortControl | None = None      # the pass's, once it starts
+
+    def members(self) -> list[_Job]:
+        return [j for j in self.jobs if j.state.run_id in self.live]
 
 
 class _Recorder:
@@ -162,8 +199,12 @@ class Engine:
     OVERBOOK = 4                 # time-sliced executors admit newcomers up to this x their slots
 
     def __init__(self, store: Store | None = None, max_workers: int | None = None,
-                 slots: int = 1, processes: bool = False, ray_address: str | None = None):
+                 slots: int = 1, processes: bool = False, ray_address: str | None = None,
+                 batch_window_s: float = 0.0):
         self.store = store or Store()
+        self.batch_window_s = 0.0 if ray_address else max(0.0, batch_window_s)
+        self._gathering: dict[str, list[str]] = {}     # stack key -> run ids in its batch window
+        self._cohorts: dict[str, _Cohort] = {}         # queued or training
         self.ray_address = ray_address      # runs go to a Ray cluster (kdengine.run.ray_executor)
         self.max_workers = 1 if ray_address else (max_workers or default_workers())
         self.slots = max(1, slots)
@@ -212,15 +253,31 @@ class Engine:
         if resume:
             parent = (self.store.get_run(run_id) or {}).get("parent")
         state = RunState(run_id, cfg.to_dict(), owner, name, parent)
+        left = self._jobs.get(run_id) if resume else None
+        if left is not None and left.state.status == "paused":
+            # a member that left its cohort paused, continuing alone: its page keeps the chart up to
+            # the checkpoint (the store's, already cut there) and its subscribers
+            state.restore(self.store.series(run_id), left.state.notices)
         sliced = self.slots > 1 and not (self.processes or self.ray_address)
         control = SlicedControl(owner) if sliced else Control()
         job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
+        if left is not None and left.state.status == "paused":
+            job.subscribers = left.subscribers
+        key = None if resume or not self.batch_window_s or why_not_cohort(cfg) else group_key(cfg)
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is shut down")
             self._jobs[run_id] = job
             self._trim()
-            self._queue.push(run_id, owner)
+            window = None
+            if key:
+                window = self._gather(job, key)
+            else:
+                self._queue.push(run_id, owner)
+        if window is not None:         # a new batch window: it closes by itself, never blocking
+            t = threading.Timer(self.batch_window_s, self._close_window, (key, window))
+            t.daemon = True
+            t.start()
         self._dispatch()
         return run_id
 
@@ -231,6 +288,11 @@ class Engine:
             raise KeyError(f"no run {run_id}")
         if row["status"] in ACTIVE and run_id in self._jobs:
             raise ValueError(f"run {run_id} is {row['status']}")
+        return self._resubmit(row)
+
+    def _resubmit(self, row: dict) -> str:
+        """Queue a stored run again, to continue from its last checkpoint (metrics after it go)."""
+        run_id = row["id"]
         cfg = RunConfig.from_dict(row["config"])
         ck = self.store.checkpoint_path(run_id)
         if ck.exists():
@@ -243,10 +305,17 @@ class Engine:
         job = self._job(run_id)
         if job.state.status in ("queued", "running"):
             job.control.pause()
+            with self._lock:       # a paused run waits alone: it would leave a cohort at once
+                if job.gathering or (job.cohort and job.cohort.executor is None):
+                    self._withdraw(job)
+                    self._queue.push(run_id, job.state.owner)
             self._command(job, "pause")
 
     def resume(self, run_id: str) -> None:
         job = self._job(run_id)
+        if job.state.status == "paused" and job.executor is None:
+            self._continue_alone(job)          # it left its cohort paused
+            return
         job.control.resume()
         self._command(job, "resume")
         if job.state.status == "paused":
@@ -256,9 +325,9 @@ class Engine:
         job = self._job(run_id)
         job.control.stop()
         with self._lock:
-            was_queued = run_id in self._queue
-            self._queue.remove(run_id)
-        if was_queued:
+            was_queued = self._withdraw(job)
+        if was_queued or (job.state.status == "paused" and job.executor is None):   # or it left
+            # its cohort paused: nothing trains it, its checkpoint is on disk
             self._set_status(job, "stopped")
         else:
             self._command(job, "stop")
@@ -286,13 +355,17 @@ class Engine:
     def queue_info(self, run_id: str) -> tuple[int | None, float | None]:
         """(position, seconds until it starts) of a queued run; (None, None) for any other."""
         with self._lock:
-            if run_id not in self._queue:
+            job = self._jobs.get(run_id)
+            unit = job.cohort.unit_id if job is not None and job.cohort is not None else run_id
+            gathering = job is not None and job.gathering is not None
+            if unit not in self._queue and not gathering:
                 return None, None
             order = self._queue.order(self._active_by_owner())
-            remaining = [j.state.eta_s for j in self._jobs.values() if j.executor is not None
-                         and j.state.status in ACTIVE]
+            # one ETA per unit of work training now (a cohort's members share theirs)
+            remaining = [self._unit_jobs(r)[0].state.eta_s for ex in self._executors
+                         for r in ex.active if self._unit_jobs(r)]
             durations = list(self._durations)
-        pos = order.index(run_id)
+        pos = len(order) if gathering else order.index(unit)   # a window closes behind the queue
         return pos, start_eta(pos, remaining, self.max_workers * self.slots, durations)
 
     def runs(self, owner: str | None = None) -> list[dict]:
@@ -311,7 +384,9 @@ class Engine:
     def queued(self) -> list[str]:
         """Queued run ids, in the order they would start."""
         with self._lock:
-            return self._queue.order(self._active_by_owner())
+            order = self._queue.order(self._active_by_owner())
+            return [j.state.run_id for unit in order for j in self._unit_jobs(unit)] + \
+                [r for ids in self._gathering.values() for r in ids]
 
     def subscribe(self, run_id: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         job = self._job(run_id)
@@ -354,14 +429,76 @@ class Engine:
             ex.close(wait)
 
     # -- scheduling ------------------------------------------------------------------------------
+    def _unit_jobs(self, unit_id: str) -> list[_Job]:
+        """The runs of a unit of work: a cohort's members still in it, or the one run."""
+        cohort = self._cohorts.get(unit_id)
+        if cohort is not None:
+            return cohort.members()
+        job = self._jobs.get(unit_id)
+        return [job] if job is not None else []
+
     def _active_by_owner(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for ex in self._executors:
             for r in ex.active:
-                job = self._jobs.get(r)
-                if job is not None:
+                for job in self._unit_jobs(r):
                     counts[job.state.owner] = counts.get(job.state.owner, 0) + 1
         return counts
+
+    # -- batch windows and cohorts (under the lock) ----------------------------------------------
+    def _gather(self, job: _Job, key: str) -> list[str] | None:
+        """Put a run in its key's batch window; returns the window when this run opened it."""
+        window = self._gathering.setdefault(key, [])
+        window.append(job.state.run_id)
+        job.gathering = key
+        if len(window) >= MAX_SIZE:      # full: no need to wait for the timer
+            self._close(key)
+        return window if len(window) == 1 else None
+
+    def _close_window(self, key: str, window: list[str]) -> None:
+        with self._lock:
+            if self._gathering.get(key) is window:      # not closed early (full) meanwhile
+                self._close(key)
+        self._dispatch()
+
+    def _close(self, key: str) -> None:
+        """The window's runs go to the queue: two or more as one cohort, a lone run as itself."""
+        jobs = [self._jobs[r] for r in self._gathering.pop(key)]
+        for job in jobs:
+            job.gathering = None
+        if len(jobs) == 1:
+            self._queue.push(jobs[0].state.run_id, jobs[0].state.owner)
+            return
+        # One cohort, even with idle executors: 8 digits students cost 1.45 x one run as one stack,
+        # 2 x 1.35 as two stacks of 4 on two cores, nearly the same wait for twice the CPU.
+        cohort = _Cohort(jobs)
+        for job in jobs:
+            job.cohort = cohort
+        self._cohorts[cohort.unit_id] = cohort
+        self._queue.push(cohort.unit_id, cohort.owner)
+
+    def _withdraw(self, job: _Job) -> bool:
+        """Take a run that has not started out of its window, cohort or the queue (False when it
+        has started)."""
+        rid, cohort = job.state.run_id, job.cohort
+        if job.gathering is not None:
+            window = self._gathering[job.gathering]
+            window.remove(rid)
+            if not window:
+                del self._gathering[job.gathering]
+            job.gathering = None
+            return True
+        if cohort is not None and cohort.executor is None:
+            cohort.jobs.remove(job)
+            cohort.live.discard(rid)
+            job.cohort = None
+            if not cohort.jobs:
+                self._queue.remove(cohort.unit_id)
+                del self._cohorts[cohort.unit_id]
+            return True
+        queued = rid in self._queue
+        self._queue.remove(rid)
+        return queued
 
     def _admit(self) -> list[tuple[_Job, Any]]:
         """Under the lock: take queued runs for free slots (and, when time-slicing, newcomers)."""
@@ -380,36 +517,60 @@ class Engine:
                 rid = None
             if rid is None:
                 break
-            job = self._jobs[rid]
+            unit = self._cohorts.get(rid) or self._jobs[rid]
+            if isinstance(unit, _Cohort) and len(unit.jobs) == 1:    # the others withdrew
+                del self._cohorts[rid]
+                unit = unit.jobs[0]
+                unit.cohort, rid = None, unit.state.run_id
             ex.active.add(rid)
-            job.executor, job.started = ex, time.monotonic()
-            job.recorder = _Recorder(self, job)
-            started.append((job, ex))
+            unit.executor, unit.started = ex, time.monotonic()
+            for job in self._unit_jobs(rid):
+                job.executor, job.started = ex, unit.started
+                job.recorder = _Recorder(self, job)
+            if isinstance(unit, _Cohort):
+                unit.control = CohortControl(unit.unit_id, {j.state.run_id: j.control
+                                                            for j in unit.members()})
+            started.append((unit, ex))
         return started
 
     def _dispatch(self) -> None:
         with self._lock:
             started = self._admit()
-        for job, ex in started:
+        for unit, ex in started:
+            cohort = isinstance(unit, _Cohort)
+            jobs = unit.members() if cohort else [unit]
             try:
-                self._set_status(job, "running")
-                ex.start(job)
+                for job in jobs:
+                    self._set_status(job, "running")
+                ex.start_cohort(unit) if cohort else ex.start(unit)
             except Exception as e:   # e.g. the store failing: the run fails, the engine serves on
-                self._fail_quietly(job, e)
-                self._release(job)
+                for job in jobs:
+                    self._fail_quietly(job, e)
+                    self._release(job)
 
     def _release(self, job: _Job) -> None:
-        """The run's slot is free again: record its time and start what waits."""
+        """The run's part of its slot is free again: when its unit (the run, or its cohort) has
+        ended, record its time and start what waits."""
         with self._lock:
-            if job.executor is not None:
-                job.executor.active.discard(job.state.run_id)
-            if job.started is not None and job.state.status == "done":
-                self._durations = (self._durations + [time.monotonic() - job.started])[-50:]
+            ex, cohort = job.executor, job.cohort
+            job.executor, job.cohort = None, None
+            unit = cohort or job
+            if cohort is not None:
+                cohort.live.discard(job.state.run_id)
+            if ex is not None and (cohort is None or not cohort.live):
+                ex.active.discard(unit.unit_id)
+                self._cohorts.pop(unit.unit_id, None)
+                if unit.started is not None and job.state.status == "done":
+                    self._durations = (self._durations + [time.monotonic() - unit.started])[-50:]
         self._dispatch()
 
     def _command(self, job: _Job, verb: str) -> None:
         if job.executor is not None:
             job.executor.command(job.state.run_id, verb)
+
+    def _continue_alone(self, job: _Job) -> None:
+        """A member that left its cohort paused trains on alone from its last checkpoint."""
+        self._resubmit(self.store.get_run(job.state.run_id))
 
     # -- internals -------------------------------------------------------------------------------
     def _job(self, run_id: str) -> _Job:
@@ -456,13 +617,17 @@ class Engine:
                 self.store.set_summary(job.state.run_id, summary)
                 self._publish(job, {"type": "summary", "summary": summary})
                 self._set_status(job, status, None if status == "done" else "stopped by the user")
+            elif status == "paused":        # it left its cohort; resume() continues it alone
+                self._set_status(job, "paused")
             else:
                 self._set_status(job, "failed", outcome.get("error"), outcome.get("traceback"))
         except Exception as e:  # a fault while recording a fault (e.g. the store failing):
             self._fail_quietly(job, e)   # the run is marked failed, the engine serves on
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: "_Job | _Cohort") -> None:
         """Train ``job`` in this thread (a thread executor's runner)."""
+        if isinstance(job, _Cohort):
+            return self._run_cohort(job)
         rid = job.state.run_id
         job.control.on_pause = lambda paused: self._set_status(job, "paused" if paused else "running")
         try:
@@ -472,6 +637,16 @@ class Engine:
             self._finish(job, outcome)
         finally:
             self._release(job)
+
+    def _run_cohort(self, cohort: _Cohort) -> None:
+        def ender(job):
+            def end(outcome: dict) -> None:
+                self._finish(job, outcome)
+                self._release(job)
+            return end
+        run_cohort([Member(j.state.run_id, j.cfg, j.recorder.emit, j.control, j.checkpoint_path,
+                           ender(j)) for j in cohort.members()], cohort.control,
+                   standard_monitors())
 
     # -- worker processes ------------------------------------------------------------------------
     def _on_child_event(self, run_id: str, ev: Event) -> None:
@@ -497,7 +672,11 @@ class Engine:
     def _on_child_death(self, ex: ProcessExecutor, why: str) -> None:
         """A worker process died: its runs fail (resumable from a checkpoint), a new one starts."""
         with self._lock:
-            lost = [self._jobs[r] for r in ex.active if r in self._jobs]
+            lost = [j for r in ex.active for j in self._unit_jobs(r)]
+            for r in ex.active:
+                self._cohorts.pop(r, None)
+            for j in lost:
+                j.executor, j.cohort = None, None
             ex.active.clear()
             if not self._closed and ex in self._executors:     # a dead process: start another
                 self._executors[self._executors.index(ex)] = self._new_executor(ex.index)

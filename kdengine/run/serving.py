@@ -5,6 +5,10 @@ memory is short (each holds torch and its runs: about ``PER_WORKER_BYTES``), eac
 to ``KD_SLOTS`` runs (default 4). ``KD_WORKER_PROCESSES`` pins the number of processes.
 ``KD_RAY_ADDRESS`` (``auto``, ``ray://head:10001``, ``local``) sends every run to a Ray cluster
 instead (:mod:`kdengine.run.ray_executor`). ``KD_SERVE=threads`` keeps the single-process engine (``KD_MAX_WORKERS`` threads, one run each).
+
+With worker processes, runs that can stack wait ``KD_BATCH_WINDOW`` seconds (default 0.3; 0 turns it
+off) for others of the same data, teacher and student, and train with them as one cohort
+(:mod:`kdengine.run.cohort`): a class pressing Train together costs little more than one run.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 
 PER_WORKER_BYTES = 1 << 30
 DEFAULT_SLOTS = 4
+DEFAULT_BATCH_WINDOW_S = 0.3
 
 
 def usable_cores() -> int:
@@ -39,6 +44,13 @@ def worker_processes() -> int:
     return max(1, n)
 
 
+def batch_window() -> float:
+    try:
+        return max(0.0, float(os.environ.get("KD_BATCH_WINDOW", DEFAULT_BATCH_WINDOW_S)))
+    except ValueError:
+        return DEFAULT_BATCH_WINDOW_S
+
+
 def serving_options() -> dict:
     """Keyword arguments for ``Engine(...)`` in a server process."""
     if os.environ.get("KD_RAY_ADDRESS"):
@@ -47,4 +59,5 @@ def serving_options() -> dict:
         return {}
     slots = os.environ.get("KD_SLOTS", "")
     return {"max_workers": worker_processes(), "processes": True,
-            "slots": int(slots) if slots.isdigit() and int(slots) > 0 else DEFAULT_SLOTS}
+            "slots": int(slots) if slots.isdigit() and int(slots) > 0 else DEFAULT_SLOTS,
+            "batch_window_s": batch_window()}

@@ -45,8 +45,27 @@ def execute(make_trainer: Callable[[], Any], control) -> Outcome:
         return {"status": "failed", "error": msg, "traceback": traceback.format_exc()}
 
 
+def run_cohort(members: list, control, monitors=()) -> None:
+    """Train a cohort's members (:class:`~kdengine.run.cohort.Member`) in one pass. Each member's
+    ``end`` is called once: when it leaves the pass (pause, stop, a non-finite loss), or with how
+    the pass ended, as :func:`execute` says it for one run."""
+    from kdengine.run.cohort import CohortTrainer
+    made = []
+
+    def make():
+        made.append(CohortTrainer(members, control, monitors))
+        return made[0]
+    outcome = execute(make, control)
+    if made:
+        made[0].finish(outcome)
+    else:                       # it could not even be built: every member ends the same way
+        for m in members:
+            m.end(outcome)
+
+
 class ThreadExecutor:
-    """Runs in threads of this process; ``run_local(job)`` is the engine's in-process runner."""
+    """Runs in threads of this process; ``run_local(unit)`` is the engine's in-process runner of a
+    run or a cohort (a unit has ``unit_id`` and ``control``)."""
 
     kind = "thread"
     ready = threading.Event()
@@ -61,8 +80,8 @@ class ThreadExecutor:
         self._threads: list[threading.Thread] = []
 
     def start(self, job) -> None:
-        self.active.add(job.state.run_id)
-        t = threading.Thread(target=self._run, args=(job,), name=f"kd-run-{job.state.run_id[:6]}",
+        self.active.add(job.unit_id)
+        t = threading.Thread(target=self._run, args=(job,), name=f"kd-run-{job.unit_id[:6]}",
                              daemon=True)
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
@@ -77,6 +96,8 @@ class ThreadExecutor:
         finally:
             if self.baton is not None:
                 job.control.leave()
+
+    start_cohort = start
 
     def command(self, run_id: str, verb: str) -> None:
         pass        # the job's own Control object is shared with its thread
@@ -124,9 +145,22 @@ class ProcessExecutor:
         if job.control.paused:
             self._cmd.put(("pause", job.state.run_id))
 
+    def start_cohort(self, cohort) -> None:
+        """Members' events come back keyed by their own run ids, each with its own ``_end``."""
+        self.active.add(cohort.unit_id)
+        env = {k: os.environ[k] for k in ("KD_RUNS_DIR", "KD_DATA_DIR") if k in os.environ}
+        jobs = cohort.members()
+        self._cmd.put(("start_cohort", cohort.unit_id,
+                       [(j.state.run_id, j.cfg.to_dict(), j.state.owner, str(j.checkpoint_path))
+                        for j in jobs], env))
+        for j in jobs:
+            if j.control.paused:
+                self._cmd.put(("pause", j.state.run_id))
+
     def command(self, run_id: str, verb: str) -> None:
-        if run_id in self.active:
-            self._cmd.put((verb, run_id))
+        # sent whatever the run: a cohort member is not a unit of its own; the worker ignores a
+        # run it does not host
+        self._cmd.put((verb, run_id))
 
     def close(self, wait: bool = True) -> None:
         self._closing = True
@@ -204,6 +238,13 @@ def child_main(cmd_q, ev_q, slots: int) -> None:
             ctl = controls[run_id] = SlicedControl(owner)
             threading.Thread(target=_child_run, args=(run_id, cfg, ck, resume, ctl, baton, ev_q,
                                                       controls), daemon=True).start()
+        elif verb == "start_cohort":
+            cohort_id, members, env = msg[1:]
+            os.environ.update(env)
+            ctls = {m[0]: SlicedControl(m[2]) for m in members}
+            controls.update(ctls)
+            threading.Thread(target=_child_cohort, args=(cohort_id, members, ctls, baton, ev_q,
+                                                         controls), daemon=True).start()
         elif msg[1] in controls:
             getattr(controls[msg[1]], verb)()
 
@@ -226,6 +267,31 @@ def _child_run(run_id, cfg_dict, ck, resume, ctl, baton, ev_q, controls) -> None
         ctl.leave()
         controls.pop(run_id, None)
     emit({"type": "_end", **outcome})
+
+
+def _child_cohort(cohort_id, members, ctls, baton, ev_q, controls) -> None:
+    import torch
+    torch.set_num_threads(1)
+    from kdengine.core.config import RunConfig
+    from kdengine.run.cohort import CohortControl, Member
+    from kdengine.run.monitors import standard_monitors
+
+    def emitter(run_id):
+        return lambda ev: ev_q.put((run_id, ev))
+
+    def ender(run_id):
+        def end(outcome: dict) -> None:
+            controls.pop(run_id, None)
+            ev_q.put((run_id, {"type": "_end", **outcome}))
+        return end
+    ms = [Member(rid, RunConfig.from_dict(cfg), emitter(rid), ctls[rid], Path(ck), ender(rid))
+          for rid, cfg, _owner, ck in members]
+    ctl = CohortControl(cohort_id, ctls)
+    ctl.hold(baton)
+    try:
+        run_cohort(ms, ctl, standard_monitors())
+    finally:
+        ctl.leave()
 
 
 def prewarm() -> None:
