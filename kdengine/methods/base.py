@@ -53,9 +53,12 @@ class Batch:
     # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
     # host sync that testing the mask would cost every step).
     all_labeled: bool = False
-    # The teachers' cached outputs over the whole transfer set (kdengine/losses/fused.py), when
-    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``idx``.
+    # The teachers' cached outputs over the transfer set (kdengine/losses/fused.py), when
+    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``rows``.
     teacher_cache: list[Any] | None = None
+    # Where the batch sits in teacher_cache's tables: None for ``idx`` (whole-set tables), or a
+    # slice when the trainer put the tables in the epoch's order (OrderedTeacherCache).
+    rows: slice | None = None
 
 
 def _no_emit(event: dict) -> None:
@@ -223,7 +226,7 @@ class Method:
         """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
         (computed once per T) when there is one, else from its logits."""
         if batch.teacher_cache is not None:
-            return batch.teacher_cache[i].log_probs(T)[batch.idx]
+            return batch.teacher_cache[i].log_probs(T)[batch.idx if batch.rows is None else batch.rows]
         return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
 
     @staticmethod
