@@ -78,14 +78,18 @@ def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tenso
     cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T.
 
     ``labeled`` (bool per sample) restricts the CE to the labelled samples, averaged over their count,
-    as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax. (A custom
-    autograd node measured no faster here: KL and CE are already one fused kernel each.)"""
+    as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax.
+
+    The KL is one dot product, ``p . (log p - log q)``, times scale / B: fewer operations and
+    autograd nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by the
+    scale (about 5% of a KD step on the digits MLP). (A custom autograd node for KD + CE
+    with the closed-form gradient measured 5% slower per step on the CPU: its Python forward and
+    backward cost more than the native nodes they replace.)"""
     scale = T * T if scale is None else scale
     z = _float(student_logits)
-    log_q = F.log_softmax(z if T == 1.0 else z / T, dim=-1)
-    kd = F.kl_div(log_q, teacher_log_probs.detach(), reduction="batchmean", log_target=True)
-    if scale != 1.0:
-        kd = kd * scale
+    log_q = (z if T == 1.0 else z / T).log_softmax(-1)
+    log_p = teacher_log_probs.detach()
+    kd = torch.vdot(log_p.exp().reshape(-1), (log_p - log_q).reshape(-1)) * (scale / z.shape[0])
     if target is None:
         return kd, z.new_zeros(())
     if labeled is None:
