@@ -57,6 +57,27 @@ def test_auto_device_on_a_cpu_machine_leaves_amp_off(monkeypatch):
     assert set(seen) == {torch.float32}
 
 
+def test_the_teacher_trains_under_the_runs_bf16_autocast_and_is_cached_apart(monkeypatch, runs_dir):
+    from kdengine.data import load_data
+    from kdengine.teachers import sources
+    from kdengine.teachers.keys import teacher_key
+    seen = []
+    real = sources.fit_supervised
+
+    def spy(model, *a, **k):
+        # the training steps' outputs (the accuracy measured afterwards runs in float32)
+        model.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+        return real(model, *a, **k)
+    monkeypatch.setattr(sources, "fit_supervised", spy)
+    cfg = _cfg(amp=True)
+    teacher, _ = sources.get_teacher(cfg, load_data(cfg.data), torch.device("cpu"))
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert teacher_key(cfg) != teacher_key(_cfg(amp=False))
+    if not torch.cuda.is_available():   # auto on a CPU machine: no AMP, the float32 teacher's key
+        assert teacher_key(_cfg(amp=True, device="auto")) == teacher_key(_cfg(amp=False))
+
+
 def test_channels_last_is_for_conv_students_on_cuda_or_when_asked():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert memory_format("auto", "resnetx4", (3, 32, 32), cuda) is torch.channels_last

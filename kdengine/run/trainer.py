@@ -28,8 +28,9 @@ from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
-from kdengine.run.evaluation import evaluate_each
+from kdengine.run.evaluation import EvalSet, evaluate_each
 from kdengine.teachers.baselines import baseline_accuracy, teacher_gap_warning
+from kdengine.teachers.fitting import bf16_autocast
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint, safe_load
 
@@ -265,8 +266,7 @@ class Trainer:
             self._notice(f"Resumed from the checkpoint after epoch {start_epoch}.")
 
         # bf16 autocast on CUDA; on the CPU only when asked for by name (device cpu), for tests
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if tc.amp and (
-            dev.type == "cuda" or tc.device == "cpu") else None
+        amp = bf16_autocast(tc, dev)
         total_steps = steps_per_epoch * tc.epochs
         step = start_epoch * steps_per_epoch
         window: dict[str, list] = {}
@@ -276,6 +276,7 @@ class Trainer:
         self._phase("student", f"training student with {method_cls.name}", 0.0)
         setup = MonitorSetup(cfg, data, teachers[0] if teachers else None, dev, method_cls.name)
         monitors = [m for m in (make(setup) for make in self.monitor_factories) if m is not None]
+        eval_set = EvalSet.of(data, dev, transfer=(X, Y))     # on the device once, not per epoch
         method.train(True)
         ctl = self.control
         for epoch in range(start_epoch, tc.epochs):
@@ -302,7 +303,7 @@ class Trainer:
                                 total_steps, bs)
                     window, win_start = {}, step
             method.train(False)
-            evs = evaluate_each(student, data, dev, t_test_logits)
+            evs = evaluate_each(student, eval_set, dev, t_test_logits)
             arts = self._epoch_extras(student, method, monitors, evs, epoch)
             self._record(step, float(epoch + 1), evs, final=True)
             if arts:
