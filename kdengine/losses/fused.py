@@ -102,44 +102,47 @@ def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tenso
 
 
 class _DKD(torch.autograd.Function):
-    """Teacher (index 0) and student (1) go through the same operations stacked, to halve the count."""
+    """Teacher (index 0) and student (1) go through the same operations stacked, to halve the count;
+    views come out by ``unbind`` and ``split`` (one operation for both halves, where indexing takes
+    one per half)."""
 
     @staticmethod
     def forward(ctx, z, log_p, y, T):
         zf = _float(z)
         B = zf.shape[0]
-        log_q = F.log_softmax(zf / T, dim=-1)
-        both = torch.stack((log_p.to(log_q.dtype), log_q))                  # [2, B, C]
+        log_q = (zf / T).log_softmax(-1)
+        log_p = log_p.to(log_q.dtype)
+        both = torch.stack((log_p, log_q))                                   # [2, B, C]
         yi = y[:, None]
         is_y = torch.zeros_like(log_q, dtype=torch.bool).scatter_(1, yi, True)
         # log target probability, and log(1 - it) as the log-sum of the other classes' (finite
         # even when the target's probability rounds to 1, where 1 - p_y would be 0)
-        split = torch.cat((both.gather(2, yi.expand(2, B, 1)),
-                           both.masked_fill(is_y, float("-inf")).logsumexp(2, keepdim=True)), 2)
-        diff = split[0] - split[1]                       # [B, 2]: log(p_y/q_y), log((1-p_y)/(1-q_y))
-        p_bin = split[0].exp()                           # [B, 2]: p_y, 1 - p_y
+        split_p, split_q = torch.cat((both.gather(2, yi.expand(2, B, 1)),
+                                      both.masked_fill(is_y, float("-inf")).logsumexp(2, keepdim=True)),
+                                     2).unbind()                             # [B, 2] each
+        diff = split_p - split_q                         # [B, 2]: log(p_y/q_y), log((1-p_y)/(1-q_y))
+        p_bin = split_p.exp()                            # [B, 2]: p_y, 1 - p_y
         tckd = (p_bin * diff).sum()                      # binary KL on [p_y, 1 - p_y]
-        # non-target distributions renormalised: log p'_j - log q'_j = log(p_j/q_j) - diff[:, 1]
-        lp_n = split[0, :, 1:]
-        p_n = (both[0] - lp_n).exp().masked_fill(is_y, 0.0)
-        nckd = (p_n * (both[0] - both[1] - diff[:, 1:])).sum()
-        ctx.save_for_backward(log_q, p_n, is_y, p_bin, split[1])
+        # non-target distributions renormalised, p'_j = p_j / (1 - p_y) off the target; as p' sums
+        # to 1 per row, sum p' (log p' - log q') = p' . (log p - log q) - log((1-p_y)/(1-q_y))
+        p_n = (log_p - split_p.narrow(1, 1, 1)).exp().masked_fill_(is_y, 0.0)
+        nckd = torch.vdot(p_n.reshape(-1), (log_p - log_q).reshape(-1)) - diff.select(1, 1).sum()
+        ctx.save_for_backward(log_q, p_n, yi, p_bin, split_q)
         ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
         s = T * T / B
-        return tckd * s, nckd * s, p_bin[:, 0].mean()
+        return tckd * s, nckd * s, p_bin.select(1, 0).mean()
 
     @staticmethod
     def backward(ctx, g_t, g_n, _g_p):
-        log_q, p_n, is_y, p_bin, q_split = ctx.saved_tensors
-        T, B = ctx.T, ctx.B
-        q = log_q.exp()
-        inv_rest = (-q_split[:, 1:]).exp()                      # 1 / (1 - q_y)
-        # TCKD: (q_y - p_y) / (1 - q_y) * (e_y - q)
-        coef = (q_split[:, :1].exp() - p_bin[:, :1]) * inv_rest
-        grad = (is_y.to(q.dtype) - q) * (coef * g_t)
-        # NCKD: q' - p' off the target (q' = q / (1 - q_y)), 0 at the target
-        grad = grad + ((q * inv_rest).masked_fill_(is_y, 0.0) - p_n) * g_n
-        return (grad * (T / B)).to(ctx.dtype), None, None, None
+        log_q, p_n, yi, p_bin, split_q = ctx.saved_tensors
+        q_y, q_rest = split_q.exp().split(1, 1)                     # [B, 1] each: q_y, 1 - q_y
+        # TCKD: (e_y - q) * k with k = (q_y - p_y) / (1 - q_y); NCKD: q / (1 - q_y) - p' off the
+        # target, 0 at it. Together, off the target: q * (g_n / (1 - q_y) - k g_t) - p' g_n; at the
+        # target: (1 - q_y) k g_t (p' is 0 there).
+        k_t = (q_y - p_bin.narrow(1, 0, 1)) / q_rest * g_t
+        grad = log_q.exp().mul_(g_n / q_rest - k_t).addcmul_(p_n, g_n, value=-1.0)
+        grad.scatter_(1, yi, q_rest * k_t)
+        return grad.mul_(ctx.T / ctx.B).to(ctx.dtype), None, None, None
 
 
 def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor,
