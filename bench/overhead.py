@@ -28,7 +28,7 @@ from kdengine.core.progress import track
 from kdengine.losses.fused import TeacherCache
 from kdengine import get_method_class
 from kdengine.methods import Batch, TrainContext
-from kdengine.run.trainer import CachedRows
+from kdengine.run.trainer import CachedRows, train_step
 
 
 clock = time.perf_counter          # --clock cpu: time.process_time
@@ -101,8 +101,8 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
 
 def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, float]:
     """Median ms per step of CE, Hinton KD and DKD, each method's step as the trainer runs it
-    (batches sliced from tensors and teacher caches put in the block's order, ``weigh``ed terms),
-    interleaved block by block."""
+    (batches sliced from tensors and teacher caches put in the block's order, the trainer's
+    ``train_step``), interleaved block by block."""
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
@@ -130,13 +130,7 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
             rows = slice(i * bs, (i + 1) * bs)
             batch = Batch(xs[rows], ys[rows], ones, perm[rows],
                           None if tcs is None else CachedRows(tcs, rows), True, tcs, rows)
-            terms = list(m.weigh(m.loss_terms(batch, 10_000)).values())
-            total = terms[0]
-            for v in terms[1:]:
-                total = total + v
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            train_step(m, batch, 10_000, opt, None)
         return 1000 * (clock() - t0) / block
 
     for name in runners:                  # warm-up

@@ -353,8 +353,8 @@ class Trainer:
         common = {"lr": opt.param_groups[0]["lr"], "samples_per_s": rate * bs, "elapsed_s": elapsed,
                   "eta_s": (total_steps - step) / rate if rate > 0 else float("nan"),
                   "progress": step / total_steps}
-        self._record(step, step / spe,
-                     [{**v, **common} for v in read_window(window, win_start, spe)])
+        self._record(step, step / spe, [{**v, **common} for v in
+                                        read_window(window, win_start, spe, self.method.term_weights)])
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
@@ -416,19 +416,18 @@ def memory_format(choice: str, arch: str, input_shape: tuple,
 
 
 def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[str, torch.Tensor]:
-    """One optimiser step on the method's weighted terms; returns them, still on the device.
+    """One optimiser step on the method's weighted sum of terms; returns the terms UNWEIGHTED, still
+    on the device (``read_window`` weighs them, once per log window).
 
     Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
     (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
     if amp is not None:
         with amp:
-            terms = method.weigh(method.loss_terms(batch, step))
+            terms = method.loss_terms(batch, step)
+            total = method.weighted_sum(terms)
     else:
-        terms = method.weigh(method.loss_terms(batch, step))
-    vals = iter(terms.values())
-    total = next(vals)
-    for v in vals:          # not sum(): that starts from 0 and costs one more op
-        total = total + v
+        terms = method.loss_terms(batch, step)
+        total = method.weighted_sum(terms)
     if total.dim():
         total = total.sum()
     opt.zero_grad(set_to_none=True)
@@ -439,11 +438,14 @@ def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[st
     return terms
 
 
-def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
-                spe: int) -> list[dict[str, float]]:
-    """A log window's loss terms read back (one sync per term), checked and averaged: one dict of
-    ``loss/<term>`` and ``loss/total`` per student (a plain run has one). Raises NonFiniteLoss
-    naming the term, the step (and the student, when stacked) where a value stopped being finite."""
+def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
+                weights: dict[str, Any] | None = None) -> list[dict[str, float]]:
+    """A log window's loss terms read back (one sync per term), weighed (``weights``: term ->
+    a number, or ``[S]``, one per stacked student; a term not listed has weight 1), checked and
+    averaged: one dict of ``loss/<term>`` and ``loss/total`` per student (a plain run has one).
+    Raises NonFiniteLoss naming the term, the step (and the student, when stacked) where a value
+    stopped being finite."""
+    weights = weights or {}
     if not window:
         return [{}]
     # Terms may appear or vanish mid window (a two-stage schedule), so a term's list can be shorter
@@ -453,6 +455,11 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
     means, sums = {}, None
     for k, vs in window.items():
         arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
+        w = weights.get(k, 1.0)
+        if isinstance(w, torch.Tensor):
+            arr = arr * w.detach().float().cpu().reshape(1, -1)
+        elif w != 1.0:
+            arr = arr * w
         bad = ~torch.isfinite(arr)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])
