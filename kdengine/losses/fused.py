@@ -131,7 +131,9 @@ class _DKD(torch.autograd.Function):
         ctx.save_for_backward(log_q, p_n, yi, p_bin, split_q)
         ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
         s = T * T / B
-        return tckd * s, nckd * s, p_bin.select(1, 0).mean()
+        p_t = p_bin.select(1, 0).mean()
+        ctx.mark_non_differentiable(p_t)        # the teacher's alone: it has no gradient
+        return tckd * s, nckd * s, p_t
 
     @staticmethod
     def backward(ctx, g_t, g_n, _g_p):
