@@ -82,8 +82,8 @@ def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tenso
 
     The KL is one dot product, ``(p * scale / B) . (log p - log q)``: fewer operations and autograd
     nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by the scale
-    (about 5% of a KD step on the digits MLP). (A custom autograd node for KD + CE
-    with the closed-form gradient measured 5% slower per step on the CPU: its Python forward and
+    (about 4% of a KD step on the digits MLP). (A custom autograd node for KD + CE
+    with the closed-form gradient measured 5-6% slower per step on the CPU: its Python forward and
     backward cost more than the native nodes they replace.)"""
     scale = T * T if scale is None else scale
     z = _float(student_logits)
