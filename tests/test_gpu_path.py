@@ -122,6 +122,31 @@ def test_cached_log_probs_train_as_the_teacher_run_every_step(monkeypatch):
     assert cached == pytest.approx(live, rel=1e-4, abs=1e-6)
 
 
+def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch):
+    """A small set put in each epoch's order and sliced per step (teacher caches too) gives the
+    batches of indexing the whole set per step: the same run, bit for bit."""
+    from kdengine.run import trainer
+    cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 300},
+                               "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 16},
+                                           "epochs": 2},
+                               "student": {"arch": "mlp", "depth": 1, "width": 8},
+                               "method": {"name": "hinton", "params": {"T": 3.0}},
+                               "train": {"epochs": 2, "batch_size": 32, "log_every": 2,
+                                         "device": "cpu", "checkpoint_every": 0}})
+    runs = []
+    for copy_bytes in (trainer.EPOCH_COPY_BYTES, 0):        # 0: every set is indexed per step
+        monkeypatch.setattr(trainer, "EPOCH_COPY_BYTES", copy_bytes)
+        curve = []
+        tr = Trainer(cfg, emit=lambda e: curve.append(  # losses and accuracies, not the clocks
+            {k: v for k, v in e["values"].items() if k.startswith(("loss/", "final", "test", "train"))})
+            if e["type"] == "metrics" else None)
+        tr.run()
+        runs.append((curve, tr.student.state_dict()))
+    (sliced, w_sliced), (indexed, w_indexed) = runs
+    assert sliced == indexed and sum("loss/kd" in v for v in sliced) > 4
+    assert all(torch.equal(w_sliced[k], w_indexed[k]) for k in w_sliced)
+
+
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
 def test_compile_switch_trains_one_tiny_epoch():
     cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 100},
