@@ -28,7 +28,7 @@ from kdengine.core.progress import track
 from kdengine.losses.fused import TeacherCache
 from kdengine import get_method_class
 from kdengine.methods import Batch, TrainContext
-from kdengine.run.trainer import CachedRows
+from kdengine.run.trainer import CachedRows, train_step
 
 
 clock = time.perf_counter          # --clock cpu: time.process_time
@@ -65,7 +65,10 @@ def engine_time(eng: Engine, cfg: RunConfig) -> float:
 
 
 def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
-    """The same work written as a plain loop: randperm batches, KD + CE, Adam, evaluate per epoch."""
+    """The same work written as a plain loop: KD + CE, Adam, evaluate per epoch. Batches come the
+    way the engine takes them on a set this small: the tensors permuted once per epoch (one index
+    each) and sliced per step. The loss is the plain one (kd_loss on the teacher's logits, which
+    recomputes the teacher's softmax each step), as a user would write it."""
     data = load_data(cfg.data)
     dev = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
@@ -81,13 +84,14 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
     for _ in range(cfg.train.epochs):
         student.train()
         perm = torch.randperm(n, generator=g)
+        xs, ys, ts = X[perm], Y[perm], t_logits[perm]
         for i in range(spe):
-            idx = perm[i * bs:(i + 1) * bs]
-            s = student(X[idx])
+            rows = slice(i * bs, (i + 1) * bs)
+            s = student(xs[rows])
             if hinton:
-                loss = 0.9 * kd_loss(s, t_logits[idx], 4.0) + 0.1 * F.cross_entropy(s, Y[idx])
+                loss = 0.9 * kd_loss(s, ts[rows], 4.0) + 0.1 * F.cross_entropy(s, ys[rows])
             else:
-                loss = F.cross_entropy(s, Y[idx])
+                loss = F.cross_entropy(s, ys[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -97,7 +101,8 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
 
 def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, float]:
     """Median ms per step of CE, Hinton KD and DKD, each method's step as the trainer runs it
-    (cached teacher, ``weigh``ed terms), interleaved block by block."""
+    (batches sliced from tensors and teacher caches put in the block's order, the trainer's
+    ``train_step``), interleaved block by block."""
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
@@ -119,18 +124,13 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
         m, opt = runners[name]
         perm = torch.randperm(n, generator=g)
         t0 = clock()
+        xs, ys = X[perm], Y[perm]
+        tcs = [c.in_order(perm) for c in caches] if m.needs_teacher else None
         for i in range(block):
-            idx = perm[i * bs:(i + 1) * bs]
-            cached = m.needs_teacher
-            batch = Batch(X[idx], Y[idx], ones, idx, CachedRows(caches, idx) if cached else None,
-                          True, caches if cached else None)
-            terms = list(m.weigh(m.loss_terms(batch, 10_000)).values())
-            total = terms[0]
-            for v in terms[1:]:
-                total = total + v
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            rows = slice(i * bs, (i + 1) * bs)
+            batch = Batch(xs[rows], ys[rows], ones, perm[rows],
+                          None if tcs is None else CachedRows(tcs, rows), True, tcs, rows)
+            train_step(m, batch, 10_000, opt, None)
         return 1000 * (clock() - t0) / block
 
     for name in runners:                  # warm-up

@@ -57,6 +57,27 @@ def test_auto_device_on_a_cpu_machine_leaves_amp_off(monkeypatch):
     assert set(seen) == {torch.float32}
 
 
+def test_the_teacher_trains_under_the_runs_bf16_autocast_and_is_cached_apart(monkeypatch, runs_dir):
+    from kdengine.data import load_data
+    from kdengine.teachers import sources
+    from kdengine.teachers.keys import teacher_key
+    seen = []
+    real = sources.fit_supervised
+
+    def spy(model, *a, **k):
+        # the training steps' outputs (the accuracy measured afterwards runs in float32)
+        model.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+        return real(model, *a, **k)
+    monkeypatch.setattr(sources, "fit_supervised", spy)
+    cfg = _cfg(amp=True)
+    teacher, _ = sources.get_teacher(cfg, load_data(cfg.data), torch.device("cpu"))
+    assert set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    assert teacher_key(cfg) != teacher_key(_cfg(amp=False))
+    if not torch.cuda.is_available():   # auto on a CPU machine: no AMP, the float32 teacher's key
+        assert teacher_key(_cfg(amp=True, device="auto")) == teacher_key(_cfg(amp=False))
+
+
 def test_channels_last_is_for_conv_students_on_cuda_or_when_asked():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert memory_format("auto", "resnetx4", (3, 32, 32), cuda) is torch.channels_last
@@ -99,6 +120,31 @@ def test_cached_log_probs_train_as_the_teacher_run_every_step(monkeypatch):
     live = _loss_curve(cfg)
     assert len(cached) == len(live) > 2
     assert cached == pytest.approx(live, rel=1e-4, abs=1e-6)
+
+
+def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch):
+    """A small set put in each epoch's order and sliced per step (teacher caches too) gives the
+    batches of indexing the whole set per step: the same run, bit for bit."""
+    from kdengine.run import trainer
+    cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 300},
+                               "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 16},
+                                           "epochs": 2},
+                               "student": {"arch": "mlp", "depth": 1, "width": 8},
+                               "method": {"name": "hinton", "params": {"T": 3.0}},
+                               "train": {"epochs": 2, "batch_size": 32, "log_every": 2,
+                                         "device": "cpu", "checkpoint_every": 0}})
+    runs = []
+    for copy_bytes in (trainer.EPOCH_COPY_BYTES, 0):        # 0: every set is indexed per step
+        monkeypatch.setattr(trainer, "EPOCH_COPY_BYTES", copy_bytes)
+        curve = []
+        tr = Trainer(cfg, emit=lambda e: curve.append(  # losses and accuracies, not the clocks
+            {k: v for k, v in e["values"].items() if k.startswith(("loss/", "final", "test", "train"))})
+            if e["type"] == "metrics" else None)
+        tr.run()
+        runs.append((curve, tr.student.state_dict()))
+    (sliced, w_sliced), (indexed, w_indexed) = runs
+    assert sliced == indexed and sum("loss/kd" in v for v in sliced) > 4
+    assert all(torch.equal(w_sliced[k], w_indexed[k]) for k in w_sliced)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")

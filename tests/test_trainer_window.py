@@ -21,3 +21,13 @@ def test_a_non_finite_partial_term_names_the_window():
     window = {"kd": [torch.tensor(1.0)] * 4, "attn": [torch.tensor(float("nan"))]}
     with pytest.raises(NonFiniteLoss, match="'attn' became nan between steps 11 and 14"):
         read_window(window, 10, spe=10)
+
+
+def test_the_window_logs_each_term_times_its_weight():
+    # the trainer keeps terms unweighted and weighs them here: a number, or one weight per student
+    window = {"kd": [torch.tensor(2.0), torch.tensor(4.0)], "ce": [torch.tensor(1.0)] * 2}
+    (values,) = read_window(window, 0, spe=10, weights={"kd": 0.5})
+    assert values == {"loss/kd": 1.5, "loss/ce": 1.0, "loss/total": 2.5}
+    stacked = {"kd": [torch.tensor([2.0, 2.0])] * 2}
+    got = read_window(stacked, 0, spe=10, weights={"kd": torch.tensor([1.0, 0.25])})
+    assert [v["loss/kd"] for v in got] == [2.0, 0.5]

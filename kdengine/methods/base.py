@@ -4,9 +4,9 @@ A method owns one student (plus any helper modules it trains: regressors, a coho
 and sees the teachers read-only. The trainer calls ``loss_terms(batch, step)`` each step; it returns
 UNWEIGHTED named terms ("ce", "kd", "tckd", ...). The class declares which of its ``Params`` knobs
 weights each term (``weight_knobs``), which terms need labels (``label_terms``) and which knob is the
-temperature (``temperature``). The trainer multiplies each term by its weight (``Method.weigh``),
-sums them and records the weighted terms: the charts plot what the optimiser sees, under the stable
-term names, so a new method needs no page code. On a transfer set without labels the trainer sets
+temperature (``temperature``). The trainer minimises the sum of the terms times their weights
+(``Method.weighted_sum``, the sum of ``Method.weigh``'s terms) and records the weighted terms: the
+charts plot what the optimiser sees, under the stable term names, so a new method needs no page code. On a transfer set without labels the trainer sets
 the label terms' weights to 0. The linter, the vectorised backend and the pages read the same
 declarations (``temperature_of``, ``label_weight_knobs``).
 
@@ -53,9 +53,12 @@ class Batch:
     # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
     # host sync that testing the mask would cost every step).
     all_labeled: bool = False
-    # The teachers' cached outputs over the whole transfer set (kdengine/losses/fused.py), when
-    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``idx``.
+    # The teachers' cached outputs over the transfer set (kdengine/losses/fused.py), when
+    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``rows``.
     teacher_cache: list[Any] | None = None
+    # Where the batch sits in teacher_cache's tables: None for ``idx`` (whole-set tables), or a
+    # slice when the trainer put the tables in the epoch's order (OrderedTeacherCache).
+    rows: slice | None = None
 
 
 def _no_emit(event: dict) -> None:
@@ -184,6 +187,25 @@ class Method:
         f = self._factors
         return {k: v * f[k] if k in f else v for k, v in terms.items()}
 
+    def weighted_sum(self, terms: dict[str, Tensor]) -> Tensor:
+        """The sum of :meth:`weigh`'s terms, in fewer operations: a weight of 1 multiplies nothing,
+        and a term after the first is one add with its weight as alpha (one autograd node where a
+        multiply and an add take two). The trainer backpropagates this and logs the terms
+        unweighted, weighing them when it reads a log window back."""
+        f = self._factors
+        total = None
+        for k, v in terms.items():
+            w = f.get(k)                               # None: a weight of 1
+            if total is None:
+                total = v if w is None else v * w
+            elif w is None:
+                total = total + v
+            elif isinstance(w, Tensor):                # stacked students: one weight each
+                total = total + v * w
+            else:
+                total = torch.add(total, v, alpha=w)
+        return total
+
     # ---- hooks the trainer calls ---------------------------------------------------------------
     def setup(self, data: Any) -> None:
         """Called once before training (e.g. to train specialists). ``data`` is the DataBundle."""
@@ -194,7 +216,7 @@ class Method:
 
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         """The step's loss terms by name, UNWEIGHTED (scalar tensors; schedules such as a warm-up
-        are the method's own). The trainer applies ``weight_knobs`` with ``weigh``."""
+        are the method's own). The trainer applies ``weight_knobs`` with ``weighted_sum``."""
         raise NotImplementedError
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
@@ -223,7 +245,7 @@ class Method:
         """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
         (computed once per T) when there is one, else from its logits."""
         if batch.teacher_cache is not None:
-            return batch.teacher_cache[i].log_probs(T)[batch.idx]
+            return batch.teacher_cache[i].log_probs(T)[batch.idx if batch.rows is None else batch.rows]
         return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
 
     @staticmethod

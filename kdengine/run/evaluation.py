@@ -1,6 +1,8 @@
 """End-of-epoch evaluation: accuracies, and agreement and KL with the teacher."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,8 +11,31 @@ from kdengine.data import DataBundle
 from kdengine.models import logits_of
 
 
+@dataclass
+class EvalSet:
+    """What an evaluation reads, on the device: a run builds it once, so that its epochs do not copy
+    the test set to the device again each time. ``train_*``: the first ``max_train`` transfer rows."""
+    kind: str
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    val: tuple[torch.Tensor, torch.Tensor] | None
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+
+    @classmethod
+    def of(cls, data: DataBundle, device: torch.device, max_train: int = 5000,
+           transfer: tuple[torch.Tensor, torch.Tensor] | None = None) -> "EvalSet":
+        """``transfer``: the transfer set's (x, y) when the caller holds them on the device already
+        (the train rows are then views of them, not copies)."""
+        x, y = transfer or (data.transfer.x, data.transfer.y)
+        n = min(len(y), max_train)
+        val = None if data.val is None else (data.val.x.to(device), data.val.y.to(device))
+        return cls(data.kind, data.test.x.to(device), data.test.y.to(device), val,
+                   x[:n].to(device), y[:n].to(device))
+
+
 @torch.no_grad()
-def evaluate(student: nn.Module, data: DataBundle, device: torch.device,
+def evaluate(student: nn.Module, data: DataBundle | EvalSet, device: torch.device,
              t_test_logits: torch.Tensor | None, max_train: int = 5000) -> dict[str, float]:
     """Train/test accuracy (and validation, when the data has a split), and agreement and
     KL(teacher || student) with the teacher on test."""
@@ -18,24 +43,24 @@ def evaluate(student: nn.Module, data: DataBundle, device: torch.device,
 
 
 @torch.no_grad()
-def evaluate_each(student: nn.Module, data: DataBundle, device: torch.device,
+def evaluate_each(student: nn.Module, data: DataBundle | EvalSet, device: torch.device,
                   t_test_logits: torch.Tensor | None, max_train: int = 5000) -> list[dict[str, float]]:
     """:func:`evaluate` for each student of a stack (logits ``[S, N, C]``; one dict per student) or
     of a plain model (one dict). The same reductions either way, so a stacked student's numbers are
-    the ones it would get alone."""
-    s_test = logits_of(student, data.test.x, device)
-    y_test = data.test.y.to(device)
-    n = min(len(data.transfer), max_train)
-    if data.kind == "text":  # multi-label: per-label accuracy, micro-F1, binary KL (multilabel.py)
+    the ones it would get alone. ``data``: the bundle, or its :class:`EvalSet` (``max_train`` is then
+    the set's own)."""
+    ev = data if isinstance(data, EvalSet) else EvalSet.of(data, device, max_train)
+    s_test = logits_of(student, ev.test_x, device)
+    if ev.kind == "text":  # multi-label: per-label accuracy, micro-F1, binary KL (multilabel.py)
         from kdengine.losses.multilabel import metrics
-        return [metrics(s_test, y_test, logits_of(student, data.transfer.x[:n], device),
-                        data.transfer.y[:n].to(device), t_test_logits)]
-    out = {"test_acc": (s_test.argmax(-1) == y_test).float().mean(-1)}
-    if data.val is not None:   # what a search selects on, so the test figure stays unseen
-        s_val = logits_of(student, data.val.x, device)
-        out["val_acc"] = (s_val.argmax(-1) == data.val.y.to(device)).float().mean(-1)
-    s_tr = logits_of(student, data.transfer.x[:n], device)
-    out["train_acc"] = (s_tr.argmax(-1) == data.transfer.y[:n].to(device)).float().mean(-1)
+        return [metrics(s_test, ev.test_y, logits_of(student, ev.train_x, device), ev.train_y,
+                        t_test_logits)]
+    out = {"test_acc": (s_test.argmax(-1) == ev.test_y).float().mean(-1)}
+    if ev.val is not None:   # what a search selects on, so the test figure stays unseen
+        s_val = logits_of(student, ev.val[0], device)
+        out["val_acc"] = (s_val.argmax(-1) == ev.val[1]).float().mean(-1)
+    s_tr = logits_of(student, ev.train_x, device)
+    out["train_acc"] = (s_tr.argmax(-1) == ev.train_y).float().mean(-1)
     if t_test_logits is not None:
         out["agreement"] = (s_test.argmax(-1) == t_test_logits.argmax(-1)).float().mean(-1)
         log_pt = F.log_softmax(t_test_logits, -1)

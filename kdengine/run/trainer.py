@@ -28,8 +28,9 @@ from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
-from kdengine.run.evaluation import evaluate_each
+from kdengine.run.evaluation import EvalSet, evaluate_each
 from kdengine.teachers.baselines import baseline_accuracy, teacher_gap_warning
+from kdengine.teachers.fitting import bf16_autocast
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import save_checkpoint, safe_load
 
@@ -244,9 +245,11 @@ class Trainer:
         self.summary.update(student_label=model_label(cfg.student), student_params=count_params(student),
                             method=method_cls.name)
 
-        # The whole transfer set lives on the device: a step is an index, never a host copy.
+        # The whole transfer set lives on the device: a step is an index, never a host copy. A small
+        # set is put in each epoch's order once, and a step slices it (see EPOCH_COPY_BYTES).
         X, Y = data.transfer.x.to(dev, memory_format=layout), data.transfer.y.to(dev)
         L = data.labeled.to(dev)
+        per_epoch = X.nbytes <= EPOCH_COPY_BYTES
         all_labeled = bool(data.labeled.all())
         ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
         caches = None
@@ -263,8 +266,7 @@ class Trainer:
             self._notice(f"Resumed from the checkpoint after epoch {start_epoch}.")
 
         # bf16 autocast on CUDA; on the CPU only when asked for by name (device cpu), for tests
-        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if tc.amp and (
-            dev.type == "cuda" or tc.device == "cpu") else None
+        amp = bf16_autocast(tc, dev)
         total_steps = steps_per_epoch * tc.epochs
         step = start_epoch * steps_per_epoch
         window: dict[str, list] = {}
@@ -274,17 +276,24 @@ class Trainer:
         self._phase("student", f"training student with {method_cls.name}", 0.0)
         setup = MonitorSetup(cfg, data, teachers[0] if teachers else None, dev, method_cls.name)
         monitors = [m for m in (make(setup) for make in self.monitor_factories) if m is not None]
+        eval_set = EvalSet.of(data, dev, transfer=(X, Y))     # on the device once, not per epoch
         method.train(True)
         ctl = self.control
         for epoch in range(start_epoch, tc.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
+            if per_epoch:   # the same batches: X[perm][i*bs:(i+1)*bs] is X[perm[i*bs:(i+1)*bs]]
+                xs, ys, ls = X[perm], Y[perm], None if all_labeled else L[perm]
+                tcs = None if caches is None else [c.in_order(perm) for c in caches]
+            else:
+                xs, ys, ls, tcs = X, Y, L, caches
             for i in range(steps_per_epoch):
                 if ctl.interrupt:
                     ctl.checkpoint()
                 idx = perm[i * bs:(i + 1) * bs]
-                batch = Batch(X[idx], Y[idx], ones if all_labeled else L[idx], idx,
-                              None if caches is None else CachedRows(caches, idx),
-                              all_labeled, caches)
+                rows = slice(i * bs, (i + 1) * bs) if per_epoch else idx
+                batch = Batch(xs[rows], ys[rows], ones if all_labeled else ls[rows], idx,
+                              None if tcs is None else CachedRows(tcs, rows), all_labeled, tcs,
+                              rows if per_epoch else None)
                 terms = train_step(method, batch, step, opt, sched, amp)
                 for k, v in terms.items():
                     window.setdefault(k, []).append(v.detach())
@@ -294,7 +303,7 @@ class Trainer:
                                 total_steps, bs)
                     window, win_start = {}, step
             method.train(False)
-            evs = evaluate_each(student, data, dev, t_test_logits)
+            evs = evaluate_each(student, eval_set, dev, t_test_logits)
             arts = self._epoch_extras(student, method, monitors, evs, epoch)
             self._record(step, float(epoch + 1), evs, final=True)
             if arts:
@@ -344,8 +353,8 @@ class Trainer:
         common = {"lr": opt.param_groups[0]["lr"], "samples_per_s": rate * bs, "elapsed_s": elapsed,
                   "eta_s": (total_steps - step) / rate if rate > 0 else float("nan"),
                   "progress": step / total_steps}
-        self._record(step, step / spe,
-                     [{**v, **common} for v in read_window(window, win_start, spe)])
+        self._record(step, step / spe, [{**v, **common} for v in
+                                        read_window(window, win_start, spe, self.method.term_weights)])
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
@@ -372,21 +381,29 @@ class Trainer:
         return int(ck["epoch"])
 
 
+# Largest transfer set (its inputs, in bytes) that the trainer copies into each epoch's order: a
+# step then slices its batch (about 1 us) instead of indexing it (about 10 us), which matters on a
+# tiny model where a whole step is ~1 ms. An image set (CIFAR: 600 MB) is indexed per step instead of
+# being held twice.
+EPOCH_COPY_BYTES = 32 * 2**20
+
+
 class CachedRows(collections.abc.Sequence):
     """A batch's rows of the cached teacher logits, gathered only when a method reads them (methods
-    that use the cached log-probabilities never pay for the gather)."""
-    __slots__ = ("caches", "idx")
+    that use the cached log-probabilities never pay for the gather). ``rows``: an index into whole-set
+    caches, or a slice of caches in the epoch's order."""
+    __slots__ = ("caches", "rows")
 
-    def __init__(self, caches: list[TeacherCache], idx: torch.Tensor):
-        self.caches, self.idx = caches, idx
+    def __init__(self, caches: list, rows: torch.Tensor | slice):
+        self.caches, self.rows = caches, rows
 
     def __len__(self) -> int:
         return len(self.caches)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [c.logits[self.idx] for c in self.caches[i]]
-        return self.caches[i].logits[self.idx]
+            return [c.logits[self.rows] for c in self.caches[i]]
+        return self.caches[i].logits[self.rows]
 
 
 def memory_format(choice: str, arch: str, input_shape: tuple,
@@ -399,19 +416,18 @@ def memory_format(choice: str, arch: str, input_shape: tuple,
 
 
 def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[str, torch.Tensor]:
-    """One optimiser step on the method's weighted terms; returns them, still on the device.
+    """One optimiser step on the method's weighted sum of terms; returns the terms UNWEIGHTED, still
+    on the device (``read_window`` weighs them, once per log window).
 
     Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
     (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
     if amp is not None:
         with amp:
-            terms = method.weigh(method.loss_terms(batch, step))
+            terms = method.loss_terms(batch, step)
+            total = method.weighted_sum(terms)
     else:
-        terms = method.weigh(method.loss_terms(batch, step))
-    vals = iter(terms.values())
-    total = next(vals)
-    for v in vals:          # not sum(): that starts from 0 and costs one more op
-        total = total + v
+        terms = method.loss_terms(batch, step)
+        total = method.weighted_sum(terms)
     if total.dim():
         total = total.sum()
     opt.zero_grad(set_to_none=True)
@@ -422,11 +438,14 @@ def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[st
     return terms
 
 
-def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
-                spe: int) -> list[dict[str, float]]:
-    """A log window's loss terms read back (one sync per term), checked and averaged: one dict of
-    ``loss/<term>`` and ``loss/total`` per student (a plain run has one). Raises NonFiniteLoss
-    naming the term, the step (and the student, when stacked) where a value stopped being finite."""
+def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
+                weights: dict[str, Any] | None = None) -> list[dict[str, float]]:
+    """A log window's loss terms read back (one sync per term), weighed (``weights``: term ->
+    a number, or ``[S]``, one per stacked student; a term not listed has weight 1), checked and
+    averaged: one dict of ``loss/<term>`` and ``loss/total`` per student (a plain run has one).
+    Raises NonFiniteLoss naming the term, the step (and the student, when stacked) where a value
+    stopped being finite."""
+    weights = weights or {}
     if not window:
         return [{}]
     # Terms may appear or vanish mid window (a two-stage schedule), so a term's list can be shorter
@@ -436,6 +455,11 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int,
     means, sums = {}, None
     for k, vs in window.items():
         arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
+        w = weights.get(k, 1.0)
+        if isinstance(w, torch.Tensor):
+            arr = arr * w.detach().float().cpu().reshape(1, -1)
+        elif w != 1.0:
+            arr = arr * w
         bad = ~torch.isfinite(arr)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])

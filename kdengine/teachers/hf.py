@@ -10,7 +10,7 @@ from kdengine.core.knobs import ConfigError
 from kdengine.core.paths import data_root
 from kdengine.data import text
 from kdengine.models.hf import load_pretrained
-from kdengine.teachers.fitting import accuracy, fit_supervised
+from kdengine.teachers.fitting import accuracy, bf16_autocast, fit_supervised
 from kdengine.teachers.keys import teacher_key
 
 
@@ -32,7 +32,8 @@ def get_hf_teacher(cfg, data, device, progress=None, should_stop=None):
         else:
             cached = False
             fit_supervised(model, data.teacher_train.x, data.teacher_train.y, t.epochs, t.lr,
-                           cfg.train.batch_size, cfg.data.seed, device, progress, should_stop)
+                           cfg.train.batch_size, cfg.data.seed, device, progress, should_stop,
+                           bf16_autocast(cfg.train, device))
     model.to(device).eval().requires_grad_(False)
     acc = accuracy(model, data.test.x, data.test.y, device)
     if not cached:

@@ -18,7 +18,7 @@ from kdengine.data.datasets import DataBundle
 from kdengine.models.families import build_model, model_label
 from kdengine.core.knobs import ConfigError
 from kdengine.core.paths import assets_dir, data_root, inside_root
-from kdengine.teachers.fitting import accuracy, fit_supervised
+from kdengine.teachers.fitting import accuracy, bf16_autocast, fit_supervised
 from kdengine.teachers.keys import teacher_key
 
 
@@ -57,7 +57,8 @@ def get_teacher(cfg: RunConfig, data: DataBundle, device: torch.device,
         torch.manual_seed(cfg.data.seed)
         model = build_model(t.model, data.input_shape, data.n_classes)
         fit_supervised(model, data.teacher_train.x, data.teacher_train.y, t.epochs, t.lr,
-                       cfg.train.batch_size, cfg.data.seed, device, progress, should_stop)
+                       cfg.train.batch_size, cfg.data.seed, device, progress, should_stop,
+                       bf16_autocast(cfg.train, device))
     model.to(device).eval().requires_grad_(False)
     acc = accuracy(model, data.test.x, data.test.y, device)
     if not cached:
