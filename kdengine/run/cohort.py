@@ -202,6 +202,14 @@ class CohortTrainer(StackTrainer):
             except NonFiniteLoss as e:
                 self._fail_nonfinite(part, win_start, spe, e)
 
+    def _window_weights(self) -> dict:
+        """The live members' columns of per-student weights (_flush reads only their terms)."""
+        weights = super()._window_weights()
+        if len(self.live) == len(self.members):
+            return weights
+        return {k: w.reshape(-1)[self.live] if isinstance(w, torch.Tensor) and w.numel() > 1 else w
+                for k, w in weights.items()}
+
     def _epoch_extras(self, student, method, monitors, evs, epoch) -> dict:
         """The method's epoch metrics for every student; each member's monitors on its own plain
         student. Artifacts wait for ``_record``, which sends them to their member."""

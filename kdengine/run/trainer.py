@@ -354,7 +354,11 @@ class Trainer:
                   "eta_s": (total_steps - step) / rate if rate > 0 else float("nan"),
                   "progress": step / total_steps}
         self._record(step, step / spe, [{**v, **common} for v in
-                                        read_window(window, win_start, spe, self.method.term_weights)])
+                                        read_window(window, win_start, spe, self._window_weights())])
+
+    def _window_weights(self) -> dict:
+        """The weights a log window's terms are read back with (per term: a number, or ``[S]``)."""
+        return self.method.term_weights
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
