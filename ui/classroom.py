@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from kdengine import data_root
 from kdengine.teaching.classroom import Roster, clean_name, token_matches
-from ui.engine import OWNER_KEY, OWNER_PARAM, get_engine, owner_id
+from ui.engine import OWNER_KEY, OWNER_PARAM, owner_id
 
 NAME_PARAM = "student"
 TOKEN_PARAM = "tok"
@@ -18,7 +19,9 @@ INSTRUCTOR_KEY = "kd_instructor"
 
 
 def roster() -> Roster:
-    return Roster(get_engine().store.root)
+    # The data folder, not the engine's store: the sidebar on every page must not wait for the
+    # engine (worker processes, torch) on a fresh server.
+    return Roster(data_root())
 
 
 def is_instructor() -> bool:
