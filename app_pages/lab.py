@@ -195,15 +195,14 @@ pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
 pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
            disabled=ss.get("lab_preset") == CUSTOM)
 
-# The setup folds away once a run is shown, so its live charts are in view; tabs give each section
-# the full width (five columns truncated the labels).
 def shown_runs() -> list[dict]:
     return owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
 
 
+# The setup folds away once a run is shown, so its live charts are in view; tabs give each section
+# the full width (five columns truncated the labels). When Train was pressed (its key is set
+# before the button is drawn) it folds in this same run: no second rerun before the charts.
 d = ss[CFG]
-# Train pressed (its key is set before the button is drawn): the setup folds in this same run, so
-# the new run's live charts are in view without a second rerun of the page.
 with st.expander("Setup: data, teacher, student, method, training",
                  expanded=not shown_runs() and not ss.get("lab_opened_run")
                  and not ss.get("lab_train"), icon=":material/tune:"):
