@@ -5,7 +5,9 @@ from ui.classroom import identity_box
 from ui import warmup
 from ui.nav import st_pages
 
-warmup.start()          # torch, the methods and plotly import while the first page draws
 st.set_page_config(page_title="KD Playground", page_icon=":material/school:", layout="wide")
 identity_box()          # the student's name and recovery code, on every page
-st.navigation(st_pages()).run()
+try:
+    st.navigation(st_pages()).run()
+finally:
+    warmup.start()      # torch, the methods, the resource check: once the first page is drawn

@@ -7,6 +7,7 @@ run is submitted to the shared Engine under this session's owner id; a fragment 
 from __future__ import annotations
 
 import math
+import time
 
 import streamlit as st
 
@@ -27,6 +28,7 @@ SOURCES = {"train": "train now (then cached)", "shipped": "shipped with the app"
            "none": "none (student alone)"}
 TORCHVISION_SETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 CUSTOM = "(your setup)"     # the preset box's entry when the form is not a preset's
+STARTING_S = 10.0           # a new run's live charts redraw fast for up to this long (see starting)
 
 owner = owner_id()
 locks = lesson_locks()      # read before this page rewrites the URL to its setup
@@ -194,12 +196,17 @@ pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
 pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
            disabled=ss.get("lab_preset") == CUSTOM)
 
+def shown_runs() -> list[dict]:
+    return owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
+
+
 # The setup folds away once a run is shown, so its live charts are in view; tabs give each section
-# the full width (five columns truncated the labels).
-shown_runs = owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
+# the full width (five columns truncated the labels). When Train was pressed (its key is set
+# before the button is drawn) it folds in this same run: no second rerun before the charts.
 d = ss[CFG]
 with st.expander("Setup: data, teacher, student, method, training",
-                 expanded=not shown_runs and not ss.get("lab_opened_run"), icon=":material/tune:"):
+                 expanded=not shown_runs() and not ss.get("lab_opened_run")
+                 and not ss.get("lab_train"), icon=":material/tune:"):
     t_data, t_teacher, t_student, t_method, t_train = st.tabs(
         ["Data", "Teacher", "Student", "Method", "Training"])
     with t_data:
@@ -249,10 +256,9 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
         except ConfigError as e:
             st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
         else:
-            if forced:              # kept for the rerun below, shown with the run it concerns
+            if forced:              # shown with the run it concerns, in this and later runs
                 ss["lab_lock_notice"] = (ss[RUN], "Your instructor's link fixes " + ", ".join(
                     f"`{k}` = {locks[k]}" for k in forced) + "; this run uses those values.")
-            st.rerun()              # again with the setup folded: the live charts come into view
 notice = ss.get("lab_lock_notice")
 if notice and notice[0] == ss.get(RUN):
     st.info(notice[1], icon=":material/lock:")
@@ -352,7 +358,16 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
     charts.live_panel(snap, key="lab")
 
 
-runs = list(shown_runs)
+def starting(run_id: str) -> bool:
+    """Submitted under ``STARTING_S`` ago, no teacher in training, no point yet: the second a
+    user watches most closely after pressing Train. (A run queued behind others, or one whose
+    teacher trains first, goes back to the normal pace.)"""
+    snap = engine.snapshot(run_id)
+    return (snap["status"] in ACTIVE and time.time() - snap["created"] < STARTING_S
+            and snap["phase"] not in ("teacher", "baseline") and not charts.loss_terms(snap["series"]))
+
+
+runs = shown_runs()
 opened = ss.get("lab_opened_run")
 if opened and opened not in [r["run_id"] for r in runs]:
     row = engine.store.get_run(opened)          # another session's run, opened from Runs
@@ -371,7 +386,10 @@ if runs:
                                               + (f" · {r['name']}" if r.get("name") else ""))
     watched = ss[RUN]
     live_fragment(live_body, lambda: engine.status(watched) in ACTIVE, watched,
-                  cfg.hash if cfg else None, key="lab")
+                  cfg.hash if cfg else None, key="lab", hurry=lambda: starting(watched))
 else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
-            "seconds on a laptop CPU.", icon=":material/rocket_launch:")
+            "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")
+    # Empty, where the first run's curves will be. It also has the browser load its chart code
+    # now, while the setup is read, not after Train (that took 1-3 s of the wait for a first point).
+    charts.show(charts.accuracy_figure({}))

@@ -8,6 +8,8 @@ of the KD term (Zhao et al. 2022) with its identity filled in. The numbers come 
 """
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -201,7 +203,8 @@ with right:
 # Every T-dependent number lives in the figure, one frame per slider T: the slider redraws in the
 # browser, and the server only reruns for a new sample or a new checkpoint.
 with st.container(key="st_bars"):
-    charts.show(stf.prebuilt(stf.soft_target_figure(names, views, Ts.index(explore.snap_T(T)))),
+    link = "?" + urlencode({"run": run_id, "i": i})      # no sid: a link for someone else
+    charts.show(stf.prebuilt(stf.soft_target_figure(names, views, Ts.index(explore.snap_T(T)), link)),
                 key="st_figure")
 if view["dkd"] is None:
     st.info("This run has no teacher, so there is no KD term to split.", icon=":material/info:")

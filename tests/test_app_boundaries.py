@@ -53,11 +53,11 @@ def _boundary_fig(at) -> dict:
 def test_2d_run_shows_both_heatmaps_bss_paths_and_similarity(stored):
     at = _page(stored["bss"])
     fig = _boundary_fig(at)
-    images = fig["layout"]["images"]
-    assert len(images) == 2 and all(t["source"].startswith("data:image/png") for t in images)
-    assert [t["xref"] for t in images] == ["x", "x2"]
+    images = fig["layout"]["images"]       # teacher, student, the (hidden) disagreement map
+    assert len(images) == 3 and all(t["source"].startswith("data:image/png") for t in images)
+    assert [t["xref"] for t in images] == ["x", "x2", "x3"]
     titles = [a["text"] for a in fig["layout"]["annotations"]]
-    assert titles == ["teacher", "student, epoch 3"]
+    assert titles[:2] == ["teacher", "student, epoch 3"] and titles[2].startswith("disagreement")
     names = {t.get("name") for t in fig["data"]}
     assert {"BSS path", "base sample", "boundary sample", "class 0", "class 1"} <= names
     path = next(t for t in fig["data"] if t.get("name") == "BSS path")
@@ -71,10 +71,19 @@ def test_2d_run_shows_both_heatmaps_bss_paths_and_similarity(stored):
     assert any("boundary-supporting samples" in c.value for c in at.caption)
 
 
+def _png_rgb(source: str) -> np.ndarray:
+    """A layout image's data URL back to (rows from the lowest y, cols, 3) pixels."""
+    import io
+    from PIL import Image
+    raw = base64.b64decode(source.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))[::-1]
+
+
 def test_epoch_replay_and_disagreement_map_ride_in_the_figure(stored):
     """The slider over epochs and the disagreement switch act in the browser: the figure carries
     one frame per stored epoch, and buttons that show or hide the disagreement panel."""
     from kdengine.analysis.boundaries import dequantise, disagreement, epoch_history
+    from ui import boundary_figs as bf
     at = _page(stored["bss"])
     assert not at.slider and "bd_disagree" not in {t.key for t in at.toggle}
     fig = _boundary_fig(at)
@@ -83,15 +92,20 @@ def test_epoch_replay_and_disagreement_map_ride_in_the_figure(stored):
     assert [f["name"] for f in fig["frames"]] == ["1", "2", "3"]
     slider = fig["layout"]["sliders"][0]
     assert slider["active"] == 2 and [s["args"][0] for s in slider["steps"]] == [["1"], ["2"], ["3"]]
+    # A frame moves scatter traces and swaps layout images and titles only, so it plays without
+    # plotly.js's full redraw; the teacher's image and title ({}) are never sent again.
+    assert all(s["args"][1]["frame"]["redraw"] is False for s in slider["steps"])
+    assert {t["type"] for f in fig["frames"] for t in f["data"]} == {"scatter"}
+    assert all(f["layout"]["images"][0] == {} == f["layout"]["annotations"][0] for f in fig["frames"])
     student = lambda f: f["layout"]["images"][1]["source"]  # noqa: E731
-    teacher = lambda f: f["layout"]["images"][0]["source"]  # noqa: E731
     first, last = fig["frames"][0], fig["frames"][-1]
     assert first["layout"]["annotations"][1]["text"] == "student, epoch 1"
-    assert student(first) != student(last) and teacher(first) == teacher(last)
+    assert student(first) != student(last)
     assert student(last) == student(fig)                   # the figure opens on the newest epoch
-    # The disagreement map: a hidden heatmap per epoch, the share of the grid in its title.
-    heat = next(i for i, t in enumerate(fig["data"]) if t["type"] == "heatmap")
-    assert fig["data"][heat]["visible"] is False and fig["layout"]["xaxis3"]["visible"] is False
+    assert fig["layout"]["images"][0]["source"].startswith("data:image/png")      # the teacher
+    # The disagreement map: a hidden layout image per epoch, the share of the grid in its title.
+    assert fig["layout"]["images"][2]["visible"] is False is fig["layout"]["annotations"][2]["visible"]
+    assert fig["layout"]["xaxis3"]["visible"] is False
     eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
     try:
         p_t = dequantise(eng.snapshot(stored["bss"])["artifacts"]["grid_teacher"]["probs"])
@@ -99,20 +113,46 @@ def test_epoch_replay_and_disagreement_map_ride_in_the_figure(stored):
         eng.shutdown()
     for h, frame in zip(hist, fig["frames"]):
         tv, share = disagreement(p_t, h["probs"])
-        assert f"differs on {share:.0%}" in frame["layout"]["xaxis3"]["title"]["text"]
-        z = np.array(_arr(frame["data"][heat]["z"]))
-        assert np.abs(z / 100 - tv.ravel()).max() <= 0.006           # integer percents
+        assert f"differs on {share:.0%}" in frame["layout"]["annotations"][2]["text"]
+        assert np.array_equal(_png_rgb(frame["layout"]["images"][2]["source"]), bf.disagreement_rgb(tv))
     off, on = fig["layout"]["updatemenus"][0]["buttons"]
-    assert on["args"][0] == {"visible": [True]} and on["args"][2] == [heat]
-    assert on["args"][1]["xaxis3.visible"] is True and off["args"][1]["xaxis3.visible"] is False
+    assert on["method"] == off["method"] == "relayout"
+    for key in ("xaxis3.visible", "images[2].visible", "annotations[2].visible"):
+        assert on["args"][0][key] is True and off["args"][0][key] is False
     at.toggle(key="bd_show_bss").set_value(False).run()
     assert "BSS path" not in {t.get("name") for t in _boundary_fig(at)["data"]}
+
+
+def test_zero_line_follows_the_level_set():
+    """The student's p = 0.5 line is drawn from the grid by marching squares: on a circle's
+    distance field every point lies on the circle (to the grid's interpolation), saddles join
+    the right corners, and a grid that never crosses 0 gives no line."""
+    from ui.boundary_figs import zero_line
+    xs = np.linspace(-2, 2, 60)
+    X, Y = np.meshgrid(xs, np.linspace(-1, 3, 50))
+    pts = zero_line(1 - np.hypot(X, Y - 1), (-2, 2, -1, 3))
+    ok = ~np.isnan(pts[:, 0])
+    assert ok.sum() > 50 and np.isnan(pts[2::3]).all()               # segments, NaN between
+    assert np.abs(np.hypot(pts[ok, 0], pts[ok, 1] - 1) - 1).max() < 0.01
+    X, Y = np.meshgrid(np.linspace(-1, 1, 10), np.linspace(-1, 1, 10))
+    for eps in (1e-3, -1e-3):                                         # x·y = -eps: two hyperbolas
+        pts = zero_line(X * Y + eps, (-1, 1, -1, 1))
+        ok = ~np.isnan(pts[:, 0])
+        assert np.abs(pts[ok, 0] * pts[ok, 1] + eps).max() < 0.01
+    assert zero_line(np.ones((5, 5)), (0, 1, 0, 1)).shape == (0, 2)
+
+
+def test_disagreement_colours_run_from_grey_to_dark_red():
+    from ui.boundary_figs import disagreement_rgb
+    rgb = disagreement_rgb(np.array([[0.0, 0.5, 1.0]]))
+    assert rgb[0, 0].tolist() == [220, 220, 220] and rgb[0, 2].tolist() == [178, 10, 28]
+    assert rgb[0, 0, 2] > rgb[0, 1, 2] > rgb[0, 2, 2]                 # darker with the distance
 
 
 def test_plain_kd_run_has_heatmaps_but_no_bss(stored):
     at = _page(stored["kd"])
     fig = _boundary_fig(at)
-    assert len(fig["layout"]["images"]) == 2
+    assert len(fig["layout"]["images"]) == 3
     assert "BSS path" not in {t.get("name") for t in fig["data"]}
 
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -128,6 +129,9 @@ def test_two_sessions_do_not_mix_and_reload_reattaches(trained):
     other = lab()                                        # a second tab: its own owner
     assert other.session_state["kd_owner"] != at.session_state["kd_owner"]
     assert rid not in status_line(other)
+    # no runs of its own: an empty accuracy chart shows where the first run's curves will be
+    [empty] = [json.loads(c.proto.spec) for c in other.get("plotly_chart")]
+    assert empty["layout"]["title"]["text"] == "accuracy" and not any(t["x"] for t in empty["data"])
     reloaded = lab({"sid": at.session_state["kd_owner"]})  # a reload keeps the URL's owner id
     assert rid in status_line(reloaded)
 

@@ -97,6 +97,9 @@ def test_soft_targets_figure_carries_every_T_for_the_browser_slider(finished):
         assert kl == pytest.approx(tckd + (1 - pt) * nckd, abs=2e-4)
         assert kl == pytest.approx(view["dkd"]["kl"], abs=1e-4)
         assert f"T = {T:g}" in frame["layout"]["annotations"][0]["text"]
+        # the link in the figure follows the slider (the address bar keeps the opening T),
+        # and is for someone else: no session id
+        assert f'href="?run={finished}&i=3&T={T:g}"' in frame["layout"]["annotations"][0]["text"]
         assert len(frame["data"][3]["y"]) == 9                        # the 9 wrong classes
     assert fig["frames"][0]["data"][0]["y"] != fig["frames"][-1]["data"][0]["y"]
     assert at.query_params["T"] == "4.0" and at.query_params["i"] == "3"

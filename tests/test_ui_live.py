@@ -47,3 +47,47 @@ def test_still_active_or_never_active_draws_once_per_run():
         assert at.session_state["renders"] == 1, answers
         at.run()
         assert at.session_state["renders"] == 2, answers
+
+
+def _hurried_script():
+    import streamlit as st
+
+    from ui import live
+    ss = st.session_state
+    ss.setdefault("renders", 0)
+    hurry = ss["hurry"]                # what hurry() says, one per call (then the last again)
+
+    def hurrying() -> bool:
+        ss["hurry_checks"] = ss.get("hurry_checks", 0) + 1
+        return hurry[min(ss["hurry_checks"], len(hurry)) - 1]
+
+    def render() -> None:
+        ss["renders"] += 1
+        st.markdown(f"drawn {ss['renders']}")
+
+    real = st.fragment
+
+    def spy(fn, run_every=None):                # the interval each page run registers
+        ss.setdefault("intervals", []).append(run_every)
+        return real(fn, run_every=run_every)
+    st.fragment = spy
+    try:
+        live.live_fragment(render, lambda: True, key="h", hurry=hurrying)
+    finally:
+        st.fragment = real
+
+
+def test_hurry_polls_fast_until_it_ends_then_reruns_the_page_once():
+    """A run with no point yet is polled every HURRY_EVERY seconds; once the point is there the
+    page reruns once and the fragment is back at the normal pace (hurry is not asked again while
+    the fragment was drawn unhurried)."""
+    at = AppTest.from_function(_hurried_script, default_timeout=30)
+    at.session_state["hurry"] = [True, False]   # hurrying when the page ran; done by the redraw
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["renders"] == 2          # the fragment, then the one full rerun
+    assert at.session_state["hurry_checks"] == 3     # page, fragment, page again: not hurried
+    from ui.live import HURRY_EVERY
+    assert at.session_state["intervals"] == [HURRY_EVERY, 1.0]
+    at.run()
+    assert at.session_state["renders"] == 3 and at.session_state["hurry_checks"] == 4

@@ -55,27 +55,82 @@ def _png(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _layout_image(rgb: np.ndarray, bounds, axis: str) -> dict:
-    """The regions as a layout image stretched over the grid's cells. (An image *trace* would
-    force square pixels and shrink the panel when the x and y ranges differ.)"""
-    n_y, n_x = rgb.shape[:2]
+def _placed(bounds, axis: str, n_x: int, n_y: int) -> dict:
+    """Where a layout image of an n_x x n_y grid goes: stretched over the grid's cells. (An image
+    *trace* would force square pixels and shrink the panel when the x and y ranges differ.)"""
     x0, x1, y0, y1 = bounds
     hx, hy = (x1 - x0) / max(1, n_x - 1) / 2, (y1 - y0) / max(1, n_y - 1) / 2   # half a cell
-    return {"source": _png(rgb), "xref": "x" + axis, "yref": "y" + axis, "x": x0 - hx,
-            "y": y1 + hy, "sizex": x1 - x0 + 2 * hx, "sizey": y1 - y0 + 2 * hy,
+    return {"xref": "x" + axis, "yref": "y" + axis, "x": x0 - hx, "y": y1 + hy,
+            "sizex": x1 - x0 + 2 * hx, "sizey": y1 - y0 + 2 * hy,
             "sizing": "stretch", "layer": "below", "xanchor": "left", "yanchor": "top"}
 
 
-def _boundary_line(p: np.ndarray, bounds, axis: str) -> dict:
-    """The p = 0.5 line of a two-class model, as a contour of p1 - p0 at 0."""
-    n = p.shape[0]
+def _layout_image(rgb: np.ndarray, bounds, axis: str) -> dict:
+    """The (n_y, n_x, 3) picture as a layout image over the grid."""
+    return {"source": _png(rgb), **_placed(bounds, axis, rgb.shape[1], rgb.shape[0])}
+
+
+def zero_line(f: np.ndarray, bounds) -> np.ndarray:
+    """Where the grid ``f`` (row 0 = lowest y) crosses 0, as (k, 2) points in data coordinates:
+    marching squares, one straight segment per crossed cell, NaN rows between segments.
+
+    Sent as a plain scatter line, a replay frame changes it without plotly.js re-running its
+    contour algorithm and redrawing the whole figure (a contour trace cannot be animated)."""
+    ny, nx = f.shape
     x0, x1, y0, y1 = bounds
-    return {"type": "contour", "z": typed(p[..., 1] - p[..., 0]), "x": typed(np.linspace(x0, x1, n)),
-            "y": typed(np.linspace(y0, y1, n)), "showscale": False, "hoverinfo": "skip",
-            "contours": {"start": 0, "end": 0, "size": 1, "coloring": "lines"},
-            "colorscale": [[0, "#222"], [1, "#222"]],     # "lines" colouring ignores line.color
-            "line": {"color": "#333", "width": 1.5}, "name": "boundary (p = 0.5)",
-            "showlegend": axis == "", "xaxis": "x" + axis, "yaxis": "y" + axis}
+    xs, ys = np.linspace(x0, x1, nx), np.linspace(y0, y1, ny)
+    pos = f > 0
+    # corners of every cell: bottom-left, bottom-right, top-left, top-right
+    c00, c01, c10, c11 = (np.s_[:-1, :-1], np.s_[:-1, 1:], np.s_[1:, :-1], np.s_[1:, 1:])
+    edges = ((c00, c01), (c01, c11), (c10, c11), (c00, c10))      # bottom, right, top, left
+    crossed = np.stack([pos[a] != pos[b] for a, b in edges])        # (4, ny-1, nx-1)
+    n = crossed.sum(0)
+    r, c = np.nonzero(n)                                            # only the cells the line crosses
+    cx, cy, dx, dy = xs[c], ys[r], xs[c + 1] - xs[c], ys[r + 1] - ys[r]
+
+    def frac(a: tuple, b: tuple) -> np.ndarray:        # where 0 lies along the edge a -> b
+        fa, fb = f[a][r, c], f[b][r, c]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return fa / (fa - fb)
+    tb, tr, tt, tl = (frac(a, b) for a, b in edges)
+    pts = np.stack([np.stack(xy, -1) for xy in ((cx + tb * dx, cy), (cx + dx, cy + tr * dy),
+                                                (cx + tt * dx, cy + dy), (cx, cy + tl * dy))])
+    hit = crossed[:, r, c]                                          # (4, k)
+    k = np.arange(len(r))
+    two = np.nonzero(n[r, c] == 2)[0]
+    order = np.argsort(~hit[:, two], axis=0, kind="stable")        # the two crossed edges first
+    segs = [np.stack([pts[order[0], two], pts[order[1], two]], 1)]
+    # a saddle (all four edges crossed): the centre's sign says which corners the line separates
+    sad = k[n[r, c] == 4]
+    if sad.size:
+        centre = sum(f[q][r[sad], c[sad]] for q in (c00, c01, c10, c11)) / 4
+        j = ((centre > 0) == pos[c00][r[sad], c[sad]])[:, None]    # corners 00 and 11 joined
+        b_, r_, t_, l_ = (pts[e, sad] for e in range(4))
+        segs += [np.stack([b_, np.where(j, r_, l_)], 1), np.stack([t_, np.where(j, l_, r_)], 1)]
+    segs = np.concatenate(segs).astype(np.float32)
+    gap = np.full((len(segs), 1, 2), np.nan, dtype=np.float32)
+    return np.concatenate([segs, gap], 1).reshape(-1, 2)
+
+
+def _boundary_line(p: np.ndarray, bounds, axis: str) -> dict:
+    """The p = 0.5 line of a two-class model (where p1 - p0 crosses 0), as a scatter line."""
+    line = zero_line(p[..., 1] - p[..., 0], bounds)
+    return {"type": "scatter", "x": typed(line[:, 0]), "y": typed(line[:, 1]), "mode": "lines",
+            "line": {"color": "#333", "width": 1.5}, "hoverinfo": "skip",
+            "name": "boundary (p = 0.5)", "legendgroup": "boundary", "showlegend": axis == "",
+            "xaxis": "x" + axis, "yaxis": "y" + axis}
+
+
+# plotly.js's "Reds" colour scale, which the disagreement map used as a heatmap trace
+REDS = ((0.0, (220, 220, 220)), (0.2, (245, 195, 157)), (0.4, (245, 160, 105)), (1.0, (178, 10, 28)))
+
+
+def disagreement_rgb(tv: np.ndarray) -> np.ndarray:
+    """(n, n) total-variation distances in [0, 1] -> (n, n, 3) uint8 in the Reds scale: the map
+    goes as a layout image like the regions, so a replay frame only swaps images."""
+    stops = [s for s, _ in REDS]
+    chans = [np.interp(np.clip(tv, 0, 1), stops, [c[k] for _, c in REDS]) for k in range(3)]
+    return np.rint(np.stack(chans, -1)).astype(np.uint8)
 
 
 def _points(pts, labels, class_names, axis: str, show_legend: bool) -> list[dict]:
@@ -141,7 +196,8 @@ def boundary_figure(p_teacher: np.ndarray | None, p_student: np.ndarray, bounds,
     probs.append(p_student)
     if show_disagreement and p_teacher is not None:
         tv, share = disagreement(p_teacher, p_student)
-        panels.append((f"disagreement (top class differs on {share:.0%} of the grid)", tv))
+        panels.append((f"disagreement (top class differs on {share:.0%} of the grid)",
+                       disagreement_rgb(tv)))
     x0, x1, y0, y1 = bounds
     k, gap = len(panels), 0.03
     width = (1 - gap * (k - 1)) / k
@@ -168,16 +224,9 @@ def boundary_figure(p_teacher: np.ndarray | None, p_student: np.ndarray, bounds,
         layout["annotations"].append({"text": title, "x": lo + width / 2, "y": 1.0, "xref": "paper",
                                       "yref": "paper", "xanchor": "center", "yanchor": "bottom",
                                       "showarrow": False, "font": {"size": 14}})
-        if img.ndim == 3:
-            layout["images"].append(_layout_image(img, bounds, axis))
-            if C == 2:
-                data.append(_boundary_line(probs[i], bounds, axis))
-        else:
-            n = img.shape[0]
-            data.append({"type": "heatmap", "z": typed(img), "x": typed(np.linspace(x0, x1, n)),
-                         "y": typed(np.linspace(y0, y1, n)), "zmin": 0, "zmax": 1, "colorscale": "Reds",
-                         "showscale": False, "xaxis": "x" + axis, "yaxis": "y" + axis,
-                         "hovertemplate": "TV distance %{z:.2f}<extra></extra>"})
+        layout["images"].append(_layout_image(img, bounds, axis))
+        if C == 2 and i < len(probs):
+            data.append(_boundary_line(probs[i], bounds, axis))
         if points is not None and labels is not None:
             data += _points(points, labels, class_names, axis, show_legend=(i == 0))
         if bss and bss.get("traj"):
@@ -187,14 +236,6 @@ def boundary_figure(p_teacher: np.ndarray | None, p_student: np.ndarray, bounds,
 
 # -- replay: every epoch in one figure, stepped through in the browser ----------------------------
 DOMAINS = {2: [[0, 0.485], [0.515, 1], [0.999, 1]], 3: [[0, 0.31], [0.345, 0.655], [0.69, 1]]}
-
-
-def _u1(a: np.ndarray) -> dict:
-    """A [0, 1] array as plotly's typed array of bytes 0..100: a quarter of float32's size, and
-    the grids are stored as integer percents anyway."""
-    q = np.ascontiguousarray(np.clip(np.rint(np.asarray(a) * 100), 0, 100), dtype=np.uint8)
-    return {"dtype": "u1", "bdata": base64.b64encode(q.tobytes()).decode(),
-            "shape": ", ".join(str(d) for d in q.shape)}
 
 
 def _bss_traces(bss: dict | None, axis: str, show_legend: bool) -> list[dict]:
@@ -209,48 +250,45 @@ def _bss_traces(bss: dict | None, axis: str, show_legend: bool) -> list[dict]:
                             ("markers", "boundary sample", "bss_end"))]
 
 
-def _frame_view(p_teacher, h: dict, bounds, s_axis: str, C: int, show_bss: bool, has_bss: bool,
-                ) -> tuple[list[dict], dict]:
-    """One epoch's traces that change (student boundary, disagreement map, BSS) and layout."""
-    x0, x1, y0, y1 = bounds
-    n = h["probs"].shape[0]
-    data, images = [], []
-    if C == 2:
-        data.append(_boundary_line(h["probs"], bounds, s_axis))
-    layout: dict = {}
-    if p_teacher is not None:
-        tv, share = disagreement(p_teacher, h["probs"])
-        data.append({"type": "heatmap", "z": _u1(tv), "x": typed(np.linspace(x0, x1, n)),
-                     "y": typed(np.linspace(y0, y1, n)), "zmin": 0, "zmax": 100,
-                     "colorscale": "Reds", "showscale": False, "xaxis": "x3", "yaxis": "y3",
-                     "hovertemplate": "TV distance %{z}%<extra></extra>"})
-        layout["xaxis3"] = {"title": {"text": f"disagreement: top class differs on {share:.0%}"}}
-        images.append(_layout_image(region_rgb(p_teacher), bounds, ""))
-    images.append(_layout_image(region_rgb(h["probs"]), bounds, s_axis))
+def _epoch_view(p_teacher, h: dict, bounds, s_axis: str, C: int, show_bss: bool, has_bss: bool,
+                ) -> tuple[list[dict], list[dict], list[dict]]:
+    """What one epoch changes: its traces (the student's boundary line, the BSS samples), and the
+    source of each moving layout image and the text of each moving title (the student's panel,
+    then the disagreement map's)."""
+    traces = [_boundary_line(h["probs"], bounds, s_axis)] if C == 2 else []
     if show_bss and has_bss:
         for axis in (["", s_axis] if p_teacher is not None else [s_axis]):
-            data += _bss_traces(h.get("bss"), axis, show_legend=(axis == ""))
-    # Titles in data coordinates: they follow their panel when the switch resizes the panels.
-    notes = [{"text": t, "x": (x0 + x1) / 2, "y": 1.0, "xref": f"x{a}", "yref": "paper",
-              "xanchor": "center", "yanchor": "bottom", "showarrow": False, "font": {"size": 14}}
-             for t, a in zip((["teacher"] if p_teacher is not None else [])
-                             + [f"student, epoch {h['epoch']}"],
-                             ([""] if p_teacher is not None else []) + [s_axis])]
-    layout.update(images=images, annotations=notes)
-    return data, layout
+            traces += _bss_traces(h.get("bss"), axis, show_legend=(axis == ""))
+    images = [{"source": _png(region_rgb(h["probs"]))}]
+    titles = [{"text": f"student, epoch {h['epoch']}"}]
+    if p_teacher is not None:
+        tv, share = disagreement(p_teacher, h["probs"])
+        images.append({"source": _png(disagreement_rgb(tv))})
+        titles.append({"text": f"disagreement: top class differs on {share:.0%}"})
+    return traces, images, titles
 
 
-def _disagreement_buttons(heat: int) -> dict:
-    """Show or hide the disagreement panel in the browser: its trace, axes and the panel widths."""
+def _title(text: str, axis: str, bounds) -> dict:
+    """A panel's title in data coordinates: it follows its panel when the switch resizes the
+    panels, and a frame without redraw repaints it (plotly.js redraws axis-bound annotations)."""
+    return {"text": text, "x": (bounds[0] + bounds[1]) / 2, "y": 1.0, "xref": "x" + axis,
+            "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False,
+            "font": {"size": 14}}
+
+
+def _disagreement_buttons() -> dict:
+    """Show or hide the disagreement panel in the browser: its image, title and axes, and the
+    panel widths (layout image 2 and annotation 2 are the map's)."""
     def state(k: int) -> list:
         doms = DOMAINS[k]
         lay = {f"xaxis{a}.domain": doms[i] for i, a in enumerate(("", "2", "3"))}
-        lay.update({"xaxis3.visible": k == 3, "yaxis3.visible": k == 3})
-        return [{"visible": [k == 3]}, lay, [heat]]
+        lay.update({"xaxis3.visible": k == 3, "yaxis3.visible": k == 3,
+                    "images[2].visible": k == 3, "annotations[2].visible": k == 3})
+        return [lay]
     return {"type": "buttons", "direction": "right", "active": 0, "showactive": True,
             "x": 1, "xanchor": "right", "y": 1.09, "yanchor": "bottom", "pad": {"t": 0, "r": 0},
-            "buttons": [{"label": "disagreement map off", "method": "update", "args": state(2)},
-                        {"label": "disagreement map on", "method": "update", "args": state(3)}]}
+            "buttons": [{"label": "disagreement map off", "method": "relayout", "args": state(2)},
+                        {"label": "disagreement map on", "method": "relayout", "args": state(3)}]}
 
 
 def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None, labels=None,
@@ -259,7 +297,12 @@ def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None
     """Teacher and student regions with a slider over every epoch of ``history``
     (``kdengine.analysis.boundaries.epoch_history``) and a disagreement-map switch, both acting in
     the browser: one Plotly frame per epoch; the server sends the figure again only when a new
-    epoch exists. Without a teacher, the student alone and no switch."""
+    epoch exists. Without a teacher, the student alone and no switch.
+
+    A frame changes only scatter traces, layout images and axis-bound titles, so it plays without
+    a full redraw (``redraw: False``): plotly.js moves the traces and repaints the images and
+    titles, and the repaint costs a few tens of ms instead of a few hundred. Frames list only the
+    moving images and titles (``{}`` keeps an entry as it is, its visibility included)."""
     last = history[-1]
     active = len(history) - 1 if active is None else active
     bounds, C = last["bounds"], last["probs"].shape[-1]
@@ -268,17 +311,24 @@ def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None
     has_t = p_teacher is not None
     s_axis = "2" if has_t else ""
     has_bss = any(h.get("bss") and h["bss"].get("traj") for h in history)
-    views = [_frame_view(p_teacher, h, bounds, s_axis, C, show_bss, has_bss) for h in history]
-    moving, first_layout = views[active]
+    views = [_epoch_view(p_teacher, h, bounds, s_axis, C, show_bss, has_bss) for h in history]
+    moving, images, titles = views[active]
     data = list(moving)
     if has_t and C == 2:
         data.append(_boundary_line(p_teacher, bounds, ""))
     if points is not None and labels is not None:
         for axis in ([""] if has_t else []) + [s_axis]:
             data += _points(points, labels, class_names, axis, show_legend=(axis == ""))
+    n_y, n_x = last["probs"].shape[:2]
+    moving_axes = [s_axis, "3"] if has_t else [s_axis]
+    fixed = [{}] if has_t else []           # the teacher's image and title never change
     layout = {"height": height, "margin": {"l": 10, "r": 10, "t": 60, "b": 10},
               "legend": {"orientation": "h", "y": -0.14, "x": 0}, "plot_bgcolor": "white",
-              "uirevision": "boundaries", "hovermode": "closest", **first_layout}
+              "uirevision": "boundaries", "hovermode": "closest",
+              "images": ([_layout_image(region_rgb(p_teacher), bounds, "")] if has_t else [])
+              + [{**_placed(bounds, a, n_x, n_y), **img} for a, img in zip(moving_axes, images)],
+              "annotations": ([_title("teacher", "", bounds)] if has_t else [])
+              + [{**_title("", a, bounds), **t} for a, t in zip(moving_axes, titles)]}
     panels = ["", "2", "3"] if has_t else [""]
     for i, axis in enumerate(panels):
         dom = DOMAINS[2][i] if has_t else [0, 1]
@@ -292,10 +342,10 @@ def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None
             layout["yaxis" + axis]["matches"] = "y"
     layout["yaxis"]["title"] = {"text": "x₂ (standardised)"}
     if has_t:
-        layout["xaxis3"].update(visible=False, title=first_layout["xaxis3"]["title"])
-        layout["yaxis3"]["visible"] = False
-        data[1 if C == 2 else 0]["visible"] = False
-        layout["updatemenus"] = [_disagreement_buttons(1 if C == 2 else 0)]
+        for k in ("xaxis3", "yaxis3"):
+            layout[k]["visible"] = False
+        layout["images"][2]["visible"] = layout["annotations"][2]["visible"] = False
+        layout["updatemenus"] = [_disagreement_buttons()]
     names = [str(h["epoch"]) for h in history]
     if len(history) > 1:
         layout["sliders"] = [{
@@ -304,11 +354,12 @@ def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None
             "font": {"size": 10},
             "steps": [{"method": "animate", "label": n,
                        "args": [[n], {"mode": "immediate", "transition": {"duration": 0},
-                                      "frame": {"duration": 0, "redraw": True}}]} for n in names]}]
+                                      "frame": {"duration": 0, "redraw": False}}]} for n in names]}]
         layout["margin"]["b"] = 90
         layout["height"] = height + 60
-    frames = [{"name": n, "data": d, "traces": list(range(len(d))), "layout": lay}
-              for n, (d, lay) in zip(names, views)]
+    frames = [{"name": n, "data": d, "traces": list(range(len(d))),
+               "layout": {"images": fixed + imgs, "annotations": fixed + notes}}
+              for n, (d, imgs, notes) in zip(names, views)]
     return {"data": data, "layout": layout, "frames": frames}
 
 

@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from kdengine import RunConfig, apply_locks, locks_line, parse_link
+from kdengine import RunConfig, apply_locks, data_root, locks_line, parse_link
 from kdengine.teaching.classroom import Roster, clean_name, token_matches
-from ui.engine import OWNER_KEY, OWNER_PARAM, get_engine, owner_id
+from ui.engine import OWNER_KEY, OWNER_PARAM, owner_id
 
 NAME_PARAM = "student"
 TOKEN_PARAM = "tok"
@@ -26,7 +26,9 @@ LINK_KEY = "lessons_link"
 
 
 def roster() -> Roster:
-    return Roster(get_engine().store.root)
+    # The data folder, not the engine's store: the sidebar on every page must not wait for the
+    # engine (worker processes, torch) on a fresh server.
+    return Roster(data_root())
 
 
 def is_instructor() -> bool:

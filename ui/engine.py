@@ -8,7 +8,6 @@ Worker threads never call ``st.*``; pages read ``engine.snapshot(run_id)``.
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 
 import streamlit as st
@@ -31,22 +30,7 @@ def _engine_for(root: str):
     from kdengine.teaching.classroom import instructor_token
     engine = Engine(store=Store(root), **serving_options())   # worker processes for a class
     instructor_token()          # printed to the server's console now, unless set by env var
-    threading.Thread(target=_prewarm, name="kd-prewarm", daemon=True).start()
     return engine
-
-
-def _prewarm() -> None:
-    """While the user reads the page: import the training stack and load digits once, so the first
-    Train press in a fresh server shows its first point in about a second instead of ~5-10 s."""
-    try:
-        from kdengine import DataConfig, RunConfig, check_resources, load_data
-        from kdengine.run.workers import first_steps
-        import kdengine.run.trainer  # noqa: F401
-        check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
-        load_data(DataConfig())
-        first_steps()              # the first optimizer step imports much of torch (~10 s busy)
-    except Exception:  # best effort only: a real run reports its own errors
-        pass
 
 
 def get_engine():

@@ -12,16 +12,22 @@ from typing import Any, Callable
 
 import streamlit as st
 
+HURRY_EVERY = 0.2      # seconds between redraws while ``hurry()`` holds
+
 
 def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *args: Any,
-                  key: str, every: float = 1.0) -> None:
+                  key: str, every: float = 1.0, hurry: Callable[[], bool] | None = None) -> None:
     """Draw ``render(*args)`` now and again every ``every`` seconds while ``is_active()``.
 
     ``key`` names the session-state flag that remembers the page was polling, so the fragment
     reruns the whole page exactly once when the activity ends (not on every later redraw).
+    ``hurry()``: while it holds (a run that has just started and shows no point yet), redraw every
+    ``HURRY_EVERY`` seconds instead, then rerun the page once to go back to ``every``. A fragment
+    keeps the interval it was drawn with, so only a page rerun can change it.
     """
     flag = f"live_polling.{key}"
     active = bool(is_active())
+    hurried = active and hurry is not None and bool(hurry())
     st.session_state[flag] = active
 
     # wraps: the fragment keeps render's identity, as if the page had decorated render itself
@@ -31,5 +37,8 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
         if st.session_state.get(flag) and not is_active():
             st.session_state[flag] = False
             st.rerun()
+        elif hurried and not hurry():
+            st.rerun()
 
-    st.fragment(body, run_every=every if active else None)(*args)
+    interval = HURRY_EVERY if hurried else every
+    st.fragment(body, run_every=interval if active else None)(*args)

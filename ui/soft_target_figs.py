@@ -89,10 +89,18 @@ def identity_lines(dkd: dict, T: float, two_classes: bool) -> list[str]:
     ]
 
 
-def _annotations(view: dict, n_classes: int) -> list[dict]:
+def share_link(link: str, T: float) -> str:
+    """The figure's link to this sample at ``T``: ``link`` is the page's query without T."""
+    return f'<a href="{link}&T={T:g}" target="_blank">link to this view at T = {T:g}</a>'
+
+
+def _annotations(view: dict, n_classes: int, link: str | None) -> list[dict]:
     T = view["T"]
     who = "teacher" if view["p_teacher"] is not None else "student"
-    notes = [_note(f"soft targets at T = {T:g}  (✓ = true class)", 0, BARS_Y[1] + 0.005),
+    title = f"soft targets at T = {T:g}  (✓ = true class)"
+    if link is not None:        # in the title the slider redraws, so it follows the slider
+        title += "  ·  " + share_link(link, T)
+    notes = [_note(title, 0, BARS_Y[1] + 0.005),
              _note("entropy of the softened distribution", 0, MID_Y[1] + 0.01),
              _note(f"wrong classes ranked by the {who} at T = {T:g}", 0.52, MID_Y[1] + 0.01),
              {**_note(_ranking_table(view), 1, MID_Y[1], size=11, anchor="right"),
@@ -120,9 +128,12 @@ def _slider(Ts: list[float], active: int) -> dict:
             "font": {"size": 9}, "ticklen": 3}
 
 
-def soft_target_figure(class_names: list[str], views: list[dict[str, Any]], active: int) -> dict:
+def soft_target_figure(class_names: list[str], views: list[dict[str, Any]], active: int,
+                       link: str | None = None) -> dict:
     """One figure for a sample: ``views`` are ``sample_view`` results at each slider T (in
-    order); ``active`` is the index of the T shown first."""
+    order); ``active`` is the index of the T shown first. ``link``: the page's query for this
+    sample without T (``?run=...&i=...``); each frame then carries a link at its own T, since the
+    slider moves in the browser and the page's address keeps the T it was opened with."""
     first = views[active]
     target = first["target"]
     names = [f"{c}{' ✓' if i == target else ''}" for i, c in enumerate(class_names)]
@@ -160,11 +171,11 @@ def soft_target_figure(class_names: list[str], views: list[dict[str, Any]], acti
         "xaxis3": {"domain": [0.52, 0.68], "anchor": "y3", "range": _ranked_range(first),
                    "title": {"text": "probability"}},
         "yaxis3": {"domain": MID_Y, "anchor": "x3", "type": "category"},
-        "annotations": _annotations(first, len(class_names)),
+        "annotations": _annotations(first, len(class_names), link),
         "sliders": [_slider(Ts, active)],
     }
     frames = [{"name": frame_name(v["T"]), "data": dynamic(v), "traces": idx,
-               "layout": {"annotations": _annotations(v, len(class_names)),
+               "layout": {"annotations": _annotations(v, len(class_names), link),
                           "xaxis3.range": _ranked_range(v)}} for v in views]
     return {"data": moving + static, "layout": layout, "frames": frames}
 

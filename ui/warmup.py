@@ -1,6 +1,8 @@
-"""Warm-up in the background: the first page of a fresh server draws at once while torch, the
-methods and plotly import on a daemon thread (about 5-10 s on a 2-core machine). A page that needs
-them first simply waits on Python's import lock, never on an idle machine."""
+"""Warm-up in the background, once the first page of a fresh server is drawn: torch, the methods,
+plotly and pandas import, the resource check makes its first (slow) pass and digits loads, on a
+daemon thread, while the user reads the page. Started any earlier, it shares the interpreter
+with the first page's own script and slows it down; the first Train press needs it done (its
+resource check and first optimizer step took ~5-10 s cold on a 2-core machine)."""
 from __future__ import annotations
 
 import threading
@@ -13,9 +15,13 @@ def _warm() -> None:
     try:
         import plotly.graph_objects  # noqa: F401
         import pandas  # noqa: F401
-        from kdengine import method_names
-        method_names()                       # imports torch and every method module
-    except Exception:   # best effort: a page that needs these reports its own import errors
+        from kdengine import DataConfig, RunConfig, check_resources, load_data
+        from kdengine.run.workers import first_steps
+        import kdengine.run.trainer  # noqa: F401
+        check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
+        load_data(DataConfig())
+        first_steps()              # the first optimizer step imports much of torch
+    except Exception:   # best effort: a page or a run that needs these reports its own errors
         pass
 
 
