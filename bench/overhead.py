@@ -106,7 +106,7 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
-    caches = [TeacherCache(logits_of(teacher, X, cpu))]
+    caches = [TeacherCache(logits_of(teacher, X, cpu), Y)]     # as the trainer builds them
     bs, n = cfg.train.batch_size, len(Y)
     ones = torch.ones(bs, dtype=torch.bool)
     runners = {}
