@@ -38,6 +38,11 @@ class TeacherCache:
         return _memo(self._tables, ("log_probs", float(T)),
                      lambda: F.log_softmax(_float(self.logits) / T, dim=-1))
 
+    def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
+        """:func:`kd_teacher_tables` over the set at T."""
+        return _memo(self._tables, ("kd", float(T), factor),
+                     lambda: kd_teacher_tables(self.log_probs(T), factor))
+
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         """:func:`dkd_teacher_tables` over the set at T; None without labels."""
         if self.labels is None:
@@ -73,6 +78,10 @@ class OrderedTeacherCache:
     def log_probs(self, T: float) -> Tensor:
         return _memo(self._tables, ("log_probs", T), lambda: self._base.log_probs(T)[self._order])
 
+    def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
+        return _memo(self._tables, ("kd", T, factor),
+                     lambda: tuple(t[self._order] for t in self._base.kd_tables(T, factor)))
+
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         base = self._base.dkd_tables(T)
         return None if base is None else _memo(self._tables, ("dkd", T),
@@ -95,26 +104,37 @@ def _float(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
-def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor | None,
-                T: float, scale: float | None = None,
-                labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def kd_teacher_tables(log_p: Tensor, factor: float) -> tuple[Tensor, Tensor]:
+    """KD's teacher side, per sample, from its log-probabilities at T: ``factor * p`` [N, C] and
+    ``factor * sum p log p`` [N], so that a batch's ``factor * KL(p || q)`` summed is
+    ``const.sum() - P . log q`` (a TeacherCache computes them once per run, T and factor)."""
+    log_p = _float(log_p.detach())
+    P = log_p.exp().mul_(factor)
+    return P, (P * log_p).sum(1)
+
+
+def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor | None, target: Tensor | None,
+                T: float, scale: float | None = None, labeled: Tensor | None = None,
+                tables: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(kd, ce)``: ``scale * KL(p_t || softmax(z/T))`` (batch mean; scale defaults to T^2) and the
-    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T.
+    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T, or from
+    ``tables``, the batch's rows of :func:`kd_teacher_tables` with ``factor = scale / B`` when cached.
 
     ``labeled`` (bool per sample) restricts the CE to the labelled samples, averaged over their count,
     as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax.
 
-    The KL is one dot product, ``(p * scale / B) . (log p - log q)``: fewer operations and autograd
-    nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by the scale
-    (about 4% of a KD step on the digits MLP). (A custom autograd node for KD + CE
-    with the closed-form gradient measured 5-6% slower per step on the CPU: its Python forward and
-    backward cost more than the native nodes they replace.)"""
+    The KL is one dot product and a constant, ``sum c - (p * scale / B) . log q``: fewer operations
+    and autograd nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by
+    the scale. (A custom autograd node for KD + CE with the closed-form gradient measured 5-6%
+    slower per step on the CPU: its Python forward and backward cost more than the native nodes
+    they replace.)"""
     scale = T * T if scale is None else scale
     z = _float(student_logits)
     log_q = (z if T == 1.0 else z / T).log_softmax(-1)
-    log_p = teacher_log_probs.detach()
-    p_scaled = log_p.exp().mul_(scale / z.shape[0])      # the constant side: no autograd node
-    kd = torch.vdot(p_scaled.reshape(-1), (log_p - log_q).reshape(-1))
+    if tables is None:
+        tables = kd_teacher_tables(teacher_log_probs, scale / z.shape[0])
+    P, const = tables
+    kd = torch.sub(const.sum(), torch.vdot(P.view(-1), log_q.view(-1)))
     if target is None:
         return kd, z.new_zeros(())
     if labeled is None:
