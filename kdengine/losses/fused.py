@@ -1,16 +1,14 @@
 """Cheaper KD losses: the same values as :mod:`kdengine.losses.logits`, with fewer operations.
 
 On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic.
-The teacher side comes in as log-probabilities at T, computed once per run and temperature from the
-cached teacher logits (:class:`TeacherCache`), so a step no longer recomputes the teacher's softmax.
-Hinton KD + CE then costs a log-softmax and a KL kernel (sharing the log-softmax with CE at T = 1);
-DKD, whose plain form is some thirty small operations with as many autograd nodes, is one
-``autograd.Function`` with the closed-form gradient (s = z / T, q = softmax(s), p = the teacher's
-probabilities at T, ' = renormalised without the target y):
-    d TCKD / dz  = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
-    d NCKD / dz  = (q' - p') / T, zero at y
-Each term keeps its T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks
-values and gradients against the plain formulas.
+Everything on the teacher's side (log-probabilities, KD's scaled probabilities and constant, DKD's
+per-sample matrix and constants) is computed once per run and temperature from the cached teacher
+logits (:class:`TeacherCache`), so a step does only the student's half: Hinton KD + CE costs a
+log-softmax and a dot product beside CE (sharing the log-softmax at T = 1); DKD, whose plain form is
+some thirty small operations with as many autograd nodes, is one ``autograd.Function`` of two
+log-softmaxes and one ``addmm`` (:func:`dkd_teacher_tables` has the algebra). Each term keeps its
+T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks values and gradients
+against the plain formulas.
 """
 from __future__ import annotations
 
@@ -83,9 +81,10 @@ class OrderedTeacherCache:
                      lambda: tuple(t[self._order] for t in self._base.kd_tables(T, factor)))
 
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
-        base = self._base.dkd_tables(T)
-        return None if base is None else _memo(self._tables, ("dkd", T),
-                                               lambda: tuple(t[self._order] for t in base))
+        if self._base.labels is None:
+            return None
+        return _memo(self._tables, ("dkd", T),
+                     lambda: tuple(t[self._order] for t in self._base.dkd_tables(T)))
 
 
 def _memo(tables: dict, key: tuple, make: Callable[[], Any]) -> Any:
