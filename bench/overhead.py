@@ -99,14 +99,14 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
     return clock() - t0
 
 
-def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, float]:
-    """Median ms per step of CE, Hinton KD and DKD, each method's step as the trainer runs it
-    (batches sliced from tensors and teacher caches put in the block's order, the trainer's
-    ``train_step``), interleaved block by block."""
+def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, list[float]]:
+    """ms per step of CE, Hinton KD and DKD, one value per block, each method's step as the trainer
+    runs it (batches sliced from tensors and teacher caches put in the block's order, the trainer's
+    ``train_step``), interleaved block by block: the i-th values of the methods ran side by side."""
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
-    caches = [TeacherCache(logits_of(teacher, X, cpu))]
+    caches = [TeacherCache(logits_of(teacher, X, cpu), Y)]     # as the trainer builds them
     bs, n = cfg.train.batch_size, len(Y)
     ones = torch.ones(bs, dtype=torch.bool)
     runners = {}
@@ -139,7 +139,13 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
     for _ in track(range(blocks), "step blocks"):
         for name in runners:
             times[name].append(run(name))
-    return {name: statistics.median(v) for name, v in times.items()}
+    return times
+
+
+def spread(values: list[float]) -> str:
+    """Median and interquartile range."""
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return f"{statistics.median(values):.3f} (IQR {q1:.3f}-{q3:.3f})"
 
 
 def main() -> None:
@@ -177,12 +183,14 @@ def main() -> None:
           f"({1000 * statistics.median(b_times) / steps:.3f} ms/step)")
     print(f"engine / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}  "
           f"(goal <= 1.05; all: {', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"KD epoch (cached teacher logits) / CE-only epoch: {statistics.median(kd_ce):.3f}  "
-          f"(goal <= 1.10)")
-    ms = step_costs(kd_cfg, teacher, args.blocks)
+    print(f"KD epoch (cached teacher logits) / CE-only epoch: {spread(kd_ce)}  (goal <= 1.10)")
+    times = step_costs(kd_cfg, teacher, args.blocks)
+    ms = {name: statistics.median(v) for name, v in times.items()}
+    kd_ce_step = [k / c for k, c in zip(times["hinton"], times["ce"])]     # block by block
+    dkd_kd_step = [d / k for d, k in zip(times["dkd"], times["hinton"])]
     print(f"per step alone (median of {args.blocks} blocks of 20): CE {ms['ce']:.3f} ms, KD "
-          f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; KD / CE {ms['hinton'] / ms['ce']:.3f}, "
-          f"DKD / KD {ms['dkd'] / ms['hinton']:.3f}  (goal <= 1.3)")
+          f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; per block side by side: KD / CE "
+          f"{spread(kd_ce_step)} (goal <= 1.10), DKD / KD {spread(dkd_kd_step)} (goal <= 1.3)")
 
 
 if __name__ == "__main__":

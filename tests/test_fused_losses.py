@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdengine.losses.fused import TeacherCache, dkd_fused_terms, kd_ce_terms
+from kdengine.losses.fused import (TeacherCache, dkd_fused_terms, dkd_teacher_tables, kd_ce_terms,
+                                   kd_teacher_tables)
 from kdengine.losses.logits import dkd_terms, kd_loss, kd_loss_unscaled
 
 
@@ -58,6 +59,30 @@ def test_teacher_cache_recomputes_when_T_changes():
     assert cache.log_probs(2.0) is a                       # cached
     b = cache.log_probs(4.0)
     assert torch.allclose(b, F.log_softmax(t / 4.0, -1)) and not torch.allclose(a, b)
+
+
+def test_teacher_cache_tables_are_the_per_batch_tables_in_the_epochs_order():
+    """KD's and DKD's teacher side computed once over the set, then read by slices of an epoch's
+    order, equal the tables computed per batch; DKD's target is the teacher's argmax where a sample
+    has no label."""
+    s, t, y = _logits(6, n=12)
+    lab = torch.arange(12) % 3 != 0
+    cache = TeacherCache(t, y, lab)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    rows, idx = slice(4, 10), order[4:10]
+    log_p = F.log_softmax(t / 4.0, -1)
+    target = y.where(lab, log_p.argmax(-1))
+    for got, want in zip(cache.in_order(order).dkd_tables(4.0),
+                         dkd_teacher_tables(log_p[idx], target[idx])):
+        assert torch.allclose(got[rows], want, atol=1e-12) if want.is_floating_point() \
+            else torch.equal(got[rows], want)
+    for got, want in zip(cache.in_order(order).kd_tables(4.0, 0.5), kd_teacher_tables(log_p[idx], 0.5)):
+        assert torch.allclose(got[rows], want, atol=1e-12)
+    assert TeacherCache(t).dkd_tables(4.0) is None             # no labels: DKD computes per batch
+    fused = dkd_fused_terms(s[idx], None, None, 4.0, tuple(v[rows] for v in cache.in_order(order)
+                                                            .dkd_tables(4.0)))
+    plain = dkd_terms(s[idx], t[idx], target[idx], 4.0)
+    assert all(torch.allclose(fused[k], plain[k], atol=1e-8) for k in ("tckd", "nckd", "p_t"))
 
 
 @pytest.mark.parametrize("T", [1.0, 4.0, 8.0])

@@ -98,26 +98,31 @@ def test_cached_rows_gather_the_batch_only_when_read():
     assert [r.shape for r in rows] == [(3, 4), (3, 4)] and len(rows[:1]) == 1
 
 
-def _loss_curve(cfg) -> list[float]:
+def _loss_curve(cfg, term: str = "loss/kd") -> list[float]:
     out = []
-    Trainer(cfg, emit=lambda e: out.append(e["values"]["loss/kd"])
-            if e["type"] == "metrics" and "loss/kd" in e["values"] else None).run()
+    Trainer(cfg, emit=lambda e: out.append(e["values"][term])
+            if e["type"] == "metrics" and term in e["values"] else None).run()
     return out
 
 
-def test_cached_log_probs_train_as_the_teacher_run_every_step(monkeypatch):
-    """The cached path (log-probabilities at T, fused KD+CE) against the teacher run live each step
-    and the plain kd_loss: the same loss curve."""
-    cfg = RunConfig.from_dict({"data": {"name": "digits"},
+@pytest.mark.parametrize("method,transfer", [("hinton", "train"), ("dkd", "train"), ("dkd", "labels")])
+def test_cached_teacher_tables_train_as_the_teacher_run_every_step(monkeypatch, method, transfer):
+    """The cached path (the teacher's side of KD or DKD computed once per run) against the teacher
+    run live each step: the same loss curve; with a partly labelled set ("labels") DKD's target is
+    the teacher's argmax on the unlabelled samples both ways."""
+    from kdengine.methods import dkd
+    cls, term = {"hinton": (hinton.HintonKD, "loss/kd"), "dkd": (dkd.DKD, "loss/nckd")}[method]
+    params = {"T": 3.0} if method == "hinton" else {"T": 3.0, "warmup_epochs": 0.0}
+    cfg = RunConfig.from_dict({"data": {"name": "digits", "transfer": transfer},
                                "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 32},
                                            "epochs": 2},
                                "student": {"arch": "mlp", "depth": 1, "width": 16},
-                               "method": {"name": "hinton", "params": {"T": 3.0}},
+                               "method": {"name": method, "params": params},
                                "train": {"epochs": 1, "log_every": 5, "device": "cpu",
                                          "checkpoint_every": 0}})
-    cached = _loss_curve(cfg)
-    monkeypatch.setattr(hinton.HintonKD, "cache_teacher_logits", False)
-    live = _loss_curve(cfg)
+    cached = _loss_curve(cfg, term)
+    monkeypatch.setattr(cls, "cache_teacher_logits", False)
+    live = _loss_curve(cfg, term)
     assert len(cached) == len(live) > 2
     assert cached == pytest.approx(live, rel=1e-4, abs=1e-6)
 

@@ -1,18 +1,19 @@
 """Cheaper KD losses: the same values as :mod:`kdengine.losses.logits`, with fewer operations.
 
 On the small models this app trains, a step is dominated by per-operation overhead, not arithmetic.
-The teacher side comes in as log-probabilities at T, computed once per run and temperature from the
-cached teacher logits (:class:`TeacherCache`), so a step no longer recomputes the teacher's softmax.
-Hinton KD + CE then costs a log-softmax and a KL kernel (sharing the log-softmax with CE at T = 1);
-DKD, whose plain form is some thirty small operations with as many autograd nodes, is one
-``autograd.Function`` with the closed-form gradient (s = z / T, q = softmax(s), p = the teacher's
-probabilities at T, ' = renormalised without the target y):
-    d TCKD / dz  = (q_y - p_y) / (1 - q_y) * (e_y - q) / T       (binary KL on [p_y, 1 - p_y])
-    d NCKD / dz  = (q' - p') / T, zero at y
-Each term keeps its T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks
-values and gradients against the plain formulas.
+Everything on the teacher's side (log-probabilities, KD's scaled probabilities and constant, DKD's
+per-sample matrix and constants) is computed once per run and temperature from the cached teacher
+logits (:class:`TeacherCache`), so a step does only the student's half: Hinton KD + CE costs a
+log-softmax and a dot product beside CE (sharing the log-softmax at T = 1); DKD, whose plain form is
+some thirty small operations with as many autograd nodes, is one ``autograd.Function`` of two
+log-softmaxes and one ``addmm`` (:func:`dkd_teacher_tables` has the algebra). Each term keeps its
+T^2 (Hinton 2015), as the plain losses do. tests/test_fused_losses.py checks values and gradients
+against the plain formulas.
 """
 from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +21,36 @@ from torch import Tensor
 
 
 class TeacherCache:
-    """A teacher's logits over the whole transfer set, on the device, and its log-probabilities at
-    each temperature asked for (computed on first use; a new T computes a new entry)."""
+    """A teacher's logits over the whole transfer set, on the device, and tables derived from them at
+    each temperature asked for (computed on first use; a new T computes a new entry): the
+    log-probabilities (KD), and DKD's teacher side when the set's labels are given (``labels``, with
+    ``labeled`` marking the samples whose label may be used; the others' target is the teacher's
+    argmax, as in :class:`kdengine.methods.dkd.DKD`)."""
 
-    def __init__(self, logits: Tensor):
+    def __init__(self, logits: Tensor, labels: Tensor | None = None, labeled: Tensor | None = None):
         self.logits = logits
-        self._log_probs: dict[float, Tensor] = {}
+        self.labels, self.labeled = labels, labeled
+        self._tables: dict[tuple, Any] = {}
 
     def log_probs(self, T: float) -> Tensor:
-        T = float(T)
-        lp = self._log_probs.get(T)
-        if lp is None:
-            if len(self._log_probs) >= 4:          # a schedule over T: keep the memory bounded
-                self._log_probs.clear()
-            lp = self._log_probs[T] = F.log_softmax(_float(self.logits) / T, dim=-1)
-        return lp
+        return _memo(self._tables, ("log_probs", float(T)),
+                     lambda: F.log_softmax(_float(self.logits) / T, dim=-1))
+
+    def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
+        """:func:`kd_teacher_tables` over the set at T."""
+        return _memo(self._tables, ("kd", float(T), factor),
+                     lambda: kd_teacher_tables(self.log_probs(T), factor))
+
+    def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
+        """:func:`dkd_teacher_tables` over the set at T; None without labels."""
+        if self.labels is None:
+            return None
+
+        def make():
+            lp = self.log_probs(T)
+            y = self.labels if self.labeled is None else self.labels.where(self.labeled, lp.argmax(-1))
+            return dkd_teacher_tables(lp, y)
+        return _memo(self._tables, ("dkd", float(T)), make)
 
     def in_order(self, order: Tensor) -> "OrderedTeacherCache":
         """The same tables with their rows in ``order`` (one epoch's permutation), so that a step
@@ -49,7 +65,7 @@ class OrderedTeacherCache:
     def __init__(self, base: TeacherCache, order: Tensor):
         self._base, self._order = base, order
         self._logits: Tensor | None = None
-        self._log_probs: dict[float, Tensor] = {}
+        self._tables: dict[tuple, Any] = {}
 
     @property
     def logits(self) -> Tensor:
@@ -58,12 +74,28 @@ class OrderedTeacherCache:
         return self._logits
 
     def log_probs(self, T: float) -> Tensor:
-        lp = self._log_probs.get(T)
-        if lp is None:
-            if len(self._log_probs) >= 4:          # a schedule over T, as in the base
-                self._log_probs.clear()
-            lp = self._log_probs[T] = self._base.log_probs(T)[self._order]
-        return lp
+        return _memo(self._tables, ("log_probs", T), lambda: self._base.log_probs(T)[self._order])
+
+    def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
+        return _memo(self._tables, ("kd", T, factor),
+                     lambda: tuple(t[self._order] for t in self._base.kd_tables(T, factor)))
+
+    def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
+        if self._base.labels is None:
+            return None
+        return _memo(self._tables, ("dkd", T),
+                     lambda: tuple(t[self._order] for t in self._base.dkd_tables(T)))
+
+
+def _memo(tables: dict, key: tuple, make: Callable[[], Any]) -> Any:
+    """``tables[key]``, made on first use. A schedule over T asks for a new key every few steps:
+    past a few entries the memo starts over, to keep the memory bounded."""
+    hit = tables.get(key)
+    if hit is None:
+        if len(tables) >= 8:
+            tables.clear()
+        hit = tables[key] = make()
+    return hit
 
 
 def _float(z: Tensor) -> Tensor:
@@ -71,26 +103,37 @@ def _float(z: Tensor) -> Tensor:
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
-def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor | None,
-                T: float, scale: float | None = None,
-                labeled: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def kd_teacher_tables(log_p: Tensor, factor: float) -> tuple[Tensor, Tensor]:
+    """KD's teacher side, per sample, from its log-probabilities at T: ``factor * p`` [N, C] and
+    ``factor * sum p log p`` [N], so that a batch's ``factor * KL(p || q)`` summed is
+    ``const.sum() - P . log q`` (a TeacherCache computes them once per run, T and factor)."""
+    log_p = _float(log_p.detach())
+    P = log_p.exp().mul_(factor)
+    return P, (P * log_p).sum(1)
+
+
+def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor | None, target: Tensor | None,
+                T: float, scale: float | None = None, labeled: Tensor | None = None,
+                tables: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """``(kd, ce)``: ``scale * KL(p_t || softmax(z/T))`` (batch mean; scale defaults to T^2) and the
-    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T.
+    cross-entropy on ``target`` (0 when None), from the teacher's log-probabilities at T, or from
+    ``tables``, the batch's rows of :func:`kd_teacher_tables` with ``factor = scale / B`` when cached.
 
     ``labeled`` (bool per sample) restricts the CE to the labelled samples, averaged over their count,
     as ``Method.hard_ce`` does. At T = 1 the two terms share the student's log-softmax.
 
-    The KL is one dot product, ``(p * scale / B) . (log p - log q)``: fewer operations and autograd
-    nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by the scale
-    (about 4% of a KD step on the digits MLP). (A custom autograd node for KD + CE
-    with the closed-form gradient measured 5-6% slower per step on the CPU: its Python forward and
-    backward cost more than the native nodes they replace.)"""
+    The KL is one dot product and a constant, ``sum c - (p * scale / B) . log q``: fewer operations
+    and autograd nodes than ``F.kl_div``'s exp, sub, mul, sum and batch-mean division followed by
+    the scale. (A custom autograd node for KD + CE with the closed-form gradient measured 5-6%
+    slower per step on the CPU: its Python forward and backward cost more than the native nodes
+    they replace.)"""
     scale = T * T if scale is None else scale
     z = _float(student_logits)
     log_q = (z if T == 1.0 else z / T).log_softmax(-1)
-    log_p = teacher_log_probs.detach()
-    p_scaled = log_p.exp().mul_(scale / z.shape[0])      # the constant side: no autograd node
-    kd = torch.vdot(p_scaled.reshape(-1), (log_p - log_q).reshape(-1))
+    if tables is None:
+        tables = kd_teacher_tables(teacher_log_probs, scale / z.shape[0])
+    P, const = tables
+    kd = torch.sub(const.sum(), torch.vdot(P.view(-1), log_q.view(-1)))
     if target is None:
         return kd, z.new_zeros(())
     if labeled is None:
@@ -102,56 +145,88 @@ def kd_ce_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tenso
     return kd, ce
 
 
+def dkd_teacher_tables(log_p: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DKD's teacher side, per sample, from its log-probabilities at T and the target classes:
+    everything a step needs that does not depend on the student (a TeacherCache computes it once
+    per run and T, a batch without one per step). With X = [log q | log q'] per row (q' the
+    non-target classes renormalised, 0 at the target y), a sample's ``(tckd, nckd)`` is
+    ``const[:2] + X @ K``:
+        tckd = p_y log p_y + (1-p_y) log(1-p_y)  - p_y log q_y - (1-p_y) log(1-q_y)
+        nckd = sum p' log p'                      - sum p' log q'
+    where log(1 - q_y) = log q_j - log q'_j for any j other than y (here j = y + 1 mod C), so that
+    the student's side needs no log-sum-exp. Returns ``K`` [N, 2C, 2], ``const`` [N, 3] (the two
+    constants and p_y) and ``is_y`` [N, C] (the target's mask)."""
+    log_p = _float(log_p.detach())
+    n, c = log_p.shape
+    yi = target.long()[:, None]
+    ji = (yi + 1) % c
+    is_y = torch.zeros_like(log_p, dtype=torch.bool).scatter_(1, yi, True)
+    lp_y = log_p.gather(1, yi)
+    # log(1 - p_y) as the log-sum of the other classes' probabilities: finite even when p_y rounds
+    # to 1 (a teacher that sure of the target)
+    l1p = log_p.masked_fill(is_y, float("-inf")).logsumexp(1, keepdim=True)
+    p_y, rest = lp_y.exp(), l1p.exp()
+    log_pn = log_p - l1p                              # log p' off the target
+    p_n = log_pn.exp().masked_fill_(is_y, 0.0)
+    K = log_p.new_zeros(n, 2, c, 2)                   # [sample, (log q | log q'), class, term]
+    K[:, 0, :, 0].scatter_(1, yi, -p_y).scatter_(1, ji, -rest)
+    K[:, 1, :, 0].scatter_(1, ji, rest)
+    K[:, 1, :, 1] = -p_n
+    const = torch.stack(((p_y * lp_y + rest * l1p)[:, 0],
+                         torch.where(p_n > 0, p_n * log_pn, 0.0).sum(1), p_y[:, 0]), 1)
+    return K.view(n, 2 * c, 2), const, is_y
+
+
 class _DKD(torch.autograd.Function):
-    """Teacher (index 0) and student (1) go through the same operations stacked, to halve the count;
-    views come out by ``unbind`` and ``split`` (one operation for both halves, where indexing takes
-    one per half)."""
+    """Only the student half runs per step: the teacher's comes as :func:`dkd_teacher_tables`.
+    Forward: log q, log q' (a log-softmax of the row without its target), and one ``addmm`` for both
+    terms of the whole batch. Backward: d/dX = K @ (g_t, g_n), then through the two log-softmaxes."""
 
     @staticmethod
-    def forward(ctx, z, log_p, y, T):
+    def forward(ctx, z, K, const, is_y, T):
         zf = _float(z)
         B = zf.shape[0]
-        log_q = (zf / T).log_softmax(-1)
-        log_p = log_p.to(log_q.dtype)
-        both = torch.stack((log_p, log_q))                                   # [2, B, C]
-        yi = y[:, None]
-        is_y = torch.zeros_like(log_q, dtype=torch.bool).scatter_(1, yi, True)
-        # log target probability, and log(1 - it) as the log-sum of the other classes' (finite
-        # even when the target's probability rounds to 1, where 1 - p_y would be 0)
-        split_p, split_q = torch.cat((both.gather(2, yi.expand(2, B, 1)),
-                                      both.masked_fill(is_y, float("-inf")).logsumexp(2, keepdim=True)),
-                                     2).unbind()                             # [B, 2] each
-        diff = split_p - split_q                         # [B, 2]: log(p_y/q_y), log((1-p_y)/(1-q_y))
-        p_bin = split_p.exp()                            # [B, 2]: p_y, 1 - p_y
-        tckd = (p_bin * diff).sum()                      # binary KL on [p_y, 1 - p_y]
-        # non-target distributions renormalised, p'_j = p_j / (1 - p_y) off the target; as p' sums
-        # to 1 per row, sum p' (log p' - log q') = p' . (log p - log q) - log((1-p_y)/(1-q_y))
-        p_n = (log_p - split_p.narrow(1, 1, 1)).exp().masked_fill_(is_y, 0.0)
-        nckd = torch.vdot(p_n.reshape(-1), (log_p - log_q).reshape(-1)) - diff.select(1, 1).sum()
-        ctx.save_for_backward(log_q, p_n, yi, p_bin, split_q)
-        ctx.T, ctx.dtype, ctx.B = T, z.dtype, B
-        s = T * T / B
-        p_t = p_bin.select(1, 0).mean()
-        ctx.mark_non_differentiable(p_t)        # the teacher's alone: it has no gradient
-        return tckd * s, nckd * s, p_t
+        with _no_autocast(zf):                          # addmm would run in bf16 under autocast
+            log_q = (zf / T).log_softmax(-1)
+            log_qn = log_q.masked_fill(is_y, float("-inf")).log_softmax(-1)   # -inf at y
+            K, const = K.to(log_q.dtype), const.to(log_q.dtype)
+            csum = const.sum(0)
+            s = T * T / B                               # each term keeps its T^2, batch mean
+            # log q' is -inf at y where K is 0: zeroed there, or 0 * -inf would make a NaN
+            x = torch.cat((log_q, log_qn.masked_fill(is_y, 0.0)), 1)
+            vals = torch.addmm(csum[:2], x.view(1, -1), K.view(-1, 2), beta=s, alpha=s)
+        ctx.save_for_backward(log_q, log_qn, K)
+        ctx.s_T, ctx.dtype = s / T, z.dtype
+        p_t = csum[2] / B
+        ctx.mark_non_differentiable(p_t)                # the teacher's alone: it has no gradient
+        return vals[0, 0], vals[0, 1], p_t
 
     @staticmethod
     def backward(ctx, g_t, g_n, _g_p):
-        log_q, p_n, yi, p_bin, split_q = ctx.saved_tensors
-        q_y, q_rest = split_q.exp().split(1, 1)                     # [B, 1] each: q_y, 1 - q_y
-        # TCKD: (e_y - q) * k with k = (q_y - p_y) / (1 - q_y); NCKD: q / (1 - q_y) - p' off the
-        # target, 0 at it. Together, off the target: q * (g_n / (1 - q_y) - k g_t) - p' g_n; at the
-        # target: (1 - q_y) k g_t (p' is 0 there).
-        k_t = (q_y - p_bin.narrow(1, 0, 1)) / q_rest * g_t
-        grad = log_q.exp().mul_(g_n / q_rest - k_t).addcmul_(p_n, g_n, value=-1.0)
-        grad.scatter_(1, yi, q_rest * k_t)
-        return grad.mul_(ctx.T / ctx.B).to(ctx.dtype), None, None, None
+        log_q, log_qn, K = ctx.saved_tensors
+        B, C = log_q.shape
+        with _no_autocast(log_q):
+            g_x = (K.view(-1, 2) @ torch.stack((g_t, g_n)).mul_(ctx.s_T)).view(B, 2 * C)
+            g_q, g_qn = g_x.split(C, 1)                 # g_qn is 0 at y (K is)
+            g_q = g_q + torch._log_softmax_backward_data(g_qn, log_qn, 1, log_q.dtype)
+            grad = torch._log_softmax_backward_data(g_q, log_q, 1, log_q.dtype)
+        return grad.to(ctx.dtype), None, None, None, None
 
 
-def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor, target: Tensor,
-                    T: float) -> dict[str, Tensor]:
+def _no_autocast(z: Tensor):
+    """Autocast off where it is on (a context costs microseconds a step when it is not)."""
+    dev = z.device.type
+    return torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else nullcontext()
+
+
+def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor | None, target: Tensor | None,
+                    T: float, tables: tuple[Tensor, Tensor, Tensor] | None = None
+                    ) -> dict[str, Tensor]:
     """DKD's ``tckd`` and ``nckd`` (batch means, each times T^2) and the teacher's mean target
-    probability ``p_t``, equal to :func:`kdengine.losses.logits.dkd_terms` in one autograd node."""
-    tckd, nckd, p_t = _DKD.apply(student_logits, teacher_log_probs.detach(), target.long(),
-                                 float(T))
+    probability ``p_t``, equal to :func:`kdengine.losses.logits.dkd_terms` in one autograd node.
+    ``tables``: the batch's rows of :func:`dkd_teacher_tables` when cached (then the teacher's
+    log-probabilities and the target are not read), else they are computed here."""
+    if tables is None:
+        tables = dkd_teacher_tables(teacher_log_probs, target)
+    tckd, nckd, p_t = _DKD.apply(student_logits, *tables, float(T))
     return {"tckd": tckd, "nckd": nckd, "p_t": p_t}

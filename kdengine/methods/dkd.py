@@ -56,6 +56,8 @@ class DKD(Method):
             t = self.teacher_logits(batch)
             target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, t.argmax(-1))
             d = dkd_terms(s, t, target, p.T)
+        elif (tables := self._cached_tables(batch, p.T)) is not None:
+            d = dkd_fused_terms(s, None, None, p.T, tables)   # the teacher's side computed per run
         else:
             log_p = self.teacher_log_probs(batch, p.T)    # cached per T when the trainer can
             # DKD needs a target class; on unlabelled samples the teacher's argmax stands in for it.
@@ -65,3 +67,14 @@ class DKD(Method):
         if warm < 1.0:
             terms = {k: warm * v for k, v in terms.items()}
         return self.with_hard_ce(terms, s, batch)
+
+    @staticmethod
+    def _cached_tables(batch, T):
+        """The batch's rows of the teacher's DKD tables (kdengine/losses/fused.py), when the trainer
+        cached them with the transfer set's labels; else None."""
+        cache = batch.teacher_cache
+        tables = None if cache is None else cache[0].dkd_tables(T)
+        if tables is None:
+            return None
+        rows = batch.idx if batch.rows is None else batch.rows
+        return tuple(t[rows] for t in tables)

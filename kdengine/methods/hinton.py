@@ -48,8 +48,14 @@ class HintonKD(Method):
         # KD and CE from the teacher's cached log-probabilities at T (no teacher softmax per step);
         # the same values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
         want_ce = self.wants("ce")
-        kd, ce = kd_ce_terms(s, self.teacher_log_probs(batch, p.T),
-                             (batch.y if batch.all_labeled else batch.y.clamp_min(0)) if want_ce
-                             else None, p.T, scale=p.T * p.T if p.t_squared else 1.0,
-                             labeled=None if batch.all_labeled else batch.labeled)
+        scale = p.T * p.T if p.t_squared else 1.0
+        cache = batch.teacher_cache
+        if cache is None:
+            teacher, tables = self.teacher_log_probs(batch, p.T), None
+        else:                    # the teacher's side computed once per run (kd_teacher_tables)
+            rows = batch.idx if batch.rows is None else batch.rows
+            teacher, tables = None, [t[rows] for t in cache[0].kd_tables(p.T, scale / s.shape[0])]
+        kd, ce = kd_ce_terms(s, teacher, (batch.y if batch.all_labeled else batch.y.clamp_min(0))
+                             if want_ce else None, p.T, scale=scale,
+                             labeled=None if batch.all_labeled else batch.labeled, tables=tables)
         return {"kd": kd, "ce": ce} if want_ce else {"kd": kd}

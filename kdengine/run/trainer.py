@@ -256,7 +256,10 @@ class Trainer:
         if teachers and method.cache_teacher_logits:
             # method.teachers: a method may add teachers in setup() (multi_teacher). On the device,
             # with their log-probabilities at T computed once per T (TeacherCache).
-            caches = [TeacherCache(logits_of(t, X, dev)) for t in method.teachers]
+            # The labels let a cache hold DKD's teacher side too (its target class per sample).
+            labels = Y if Y.dim() == 1 else None
+            caches = [TeacherCache(logits_of(t, X, dev), labels, None if all_labeled else L)
+                      for t in method.teachers]
         if tc.compile:
             student.compile()       # in place: the state_dict keys (checkpoints) stay the same
         gen = torch.Generator().manual_seed(tc.seed)
