@@ -91,3 +91,24 @@ def test_hurry_polls_fast_until_it_ends_then_reruns_the_page_once():
     assert at.session_state["intervals"] == [HURRY_EVERY, 1.0]
     at.run()
     assert at.session_state["renders"] == 3 and at.session_state["hurry_checks"] == 4
+
+
+def test_live_charts_skip_plotly_validation_and_send_the_same_spec():
+    """ui/charts.show hands plotly_chart its dicts unvalidated: the spec must be what validation
+    (``go.Figure(**d)`` in ``plotly_chart``) would have sent, template included."""
+    import json
+
+    import plotly.io
+    import plotly.tools
+    import streamlit.elements.plotly_chart  # noqa: F401  (sets Streamlit's plotly template)
+
+    from ui import charts
+    series = {k: [(i, i / 4, 0.5 + i / 100) for i in range(12)]
+              for k in ("test_acc", "train_acc", "agreement", "loss/kd", "loss/total")}
+    figs = [charts.accuracy_figure(series, {"teacher_test_acc": 0.9, "baseline_test_acc": 0.8}),
+            charts.accuracy_figure({}), charts.loss_figure(series, "loss/kd"),
+            charts.metric_figure(series, "agreement", "agreement", "%", y_percent=True)]
+    for fig in figs:
+        validated = plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True)
+        sent = plotly.io.to_json(charts.checked(fig).to_dict(), validate=False)
+        assert json.loads(sent) == json.loads(plotly.io.to_json(validated, validate=False))
