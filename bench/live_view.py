@@ -87,7 +87,9 @@ def main() -> None:
     profiler[0] = cProfile.Profile() if args.profile else None
     report("training", measure(at, times, args.reruns, 0.2))
     if profiler[0]:
-        pstats.Stats(profiler[0]).sort_stats("cumulative").print_stats(30)
+        stats = pstats.Stats(profiler[0]).sort_stats("cumulative")
+        stats.print_stats(20)
+        stats.print_stats(str(ROOT), 25)         # this repository's own functions
         profiler[0] = None
     engine.pause(rid)
     time.sleep(1.0)

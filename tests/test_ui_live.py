@@ -72,7 +72,8 @@ def _hurried_script():
         return real(fn, run_every=run_every)
     st.fragment = spy
     try:
-        live.live_fragment(render, lambda: True, key="h", hurry=hurrying)
+        # the same answers drive ``hurry`` or, with ss["pace"] = "slow", ``slow``
+        live.live_fragment(render, lambda: True, key="h", **{ss.get("pace", "hurry"): hurrying})
     finally:
         st.fragment = real
 
@@ -91,6 +92,18 @@ def test_hurry_polls_fast_until_it_ends_then_reruns_the_page_once():
     assert at.session_state["intervals"] == [HURRY_EVERY, 1.0]
     at.run()
     assert at.session_state["renders"] == 3 and at.session_state["hurry_checks"] == 4
+
+
+def test_slow_polls_seldom_until_it_ends_then_reruns_the_page_once():
+    """A queued or paused run is polled every SLOW_EVERY seconds; once it moves again the page
+    reruns once and the fragment is back at the normal pace."""
+    at = AppTest.from_function(_hurried_script, default_timeout=30)
+    at.session_state["hurry"], at.session_state["pace"] = [True, False], "slow"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["renders"] == 2          # the fragment, then the one full rerun
+    from ui.live import SLOW_EVERY
+    assert at.session_state["intervals"] == [SLOW_EVERY, 1.0]
 
 
 def test_live_charts_skip_plotly_validation_and_send_the_same_spec():

@@ -138,23 +138,47 @@ def loss_terms(series: dict) -> list[str]:
 def live_panel(snap: dict, key: str = "live") -> None:
     """Every chart for one run snapshot. Containers carry stable keys (``st-key-<key>_acc`` in the
     page's HTML) so browser tests can find the charts."""
-    series, latest = snap.get("series", {}), snap.get("latest", {})
-    terms = loss_terms(series)
+    figs = live_figures(snap, key)
+    terms = [n for n in figs if n.startswith("loss/")]
     if terms:
         cols = st.columns(min(3, len(terms)))
         for i, name in enumerate(terms):
             with cols[i % len(cols)].container(key=f"{key}_loss_{name.split('/', 1)[1]}"):
-                show(loss_figure(series, name))
+                show(figs[name])
     c1, c2, c3 = st.columns(3)
     with c1.container(key=f"{key}_acc"):
-        show(accuracy_figure(series, latest))
-    if "agreement" in series:
+        show(figs["accuracy"])
+    if "agreement" in figs:
         with c2.container(key=f"{key}_agreement"):
-            show(metric_figure(series, "agreement", "student–teacher agreement",
-                               "same top-1 on test (%)", TEACHER, y_percent=True))
+            show(figs["agreement"])
         with c3.container(key=f"{key}_kl"):
-            show(metric_figure(series, "kl_test", "KL(teacher ‖ student) on test",
-                               "KL (nats, T = 1)", TEACHER))
+            show(figs["kl_test"])
+
+
+def live_figures(snap: dict, key: str) -> dict[str, go.Figure]:
+    """The live panel's figures by name, rebuilt only when a point they plot has changed: most
+    reruns of a live view find the same points (a run paused, queued, in its teacher phase, or
+    between epochs), and a rerun must draw its charts again all the same. Kept per ``key`` in the
+    session."""
+    series, latest = snap.get("series", {}), snap.get("latest", {})
+    terms = loss_terms(series)
+    plotted = [*terms, "test_acc", "train_acc", "agreement", "kl_test"]
+    # series only grow (a continued run restarts from its own stored points)
+    seen = (snap.get("run_id"), tuple(len(series.get(n, ())) for n in plotted), tuple(terms),
+            latest.get("teacher_test_acc"), latest.get("baseline_test_acc"))
+    memo = st.session_state.get(f"live_figures.{key}")
+    if memo is not None and memo[0] == seen:
+        return memo[1]
+    figs = {name: loss_figure(series, name) for name in terms}
+    figs["accuracy"] = accuracy_figure(series, latest)
+    if "agreement" in series:
+        figs["agreement"] = metric_figure(series, "agreement", "student–teacher agreement",
+                                          "same top-1 on test (%)", TEACHER, y_percent=True)
+        figs["kl_test"] = metric_figure(series, "kl_test", "KL(teacher ‖ student) on test",
+                                        "KL (nats, T = 1)", TEACHER)
+    built = {name: checked(fig) for name, fig in figs.items()}
+    st.session_state[f"live_figures.{key}"] = (seen, built)
+    return built
 
 
 # -- soft targets ------------------------------------------------------------------------------
