@@ -125,3 +125,27 @@ def test_live_charts_skip_plotly_validation_and_send_the_same_spec():
         validated = plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True)
         sent = plotly.io.to_json(charts.checked(fig).to_dict(), validate=False)
         assert json.loads(sent) == json.loads(plotly.io.to_json(validated, validate=False))
+
+
+def _figures_script():
+    import streamlit as st
+
+    from ui import charts
+    ss = st.session_state
+    snap = {"run_id": "r", "series": {"test_acc": [(1, 1.0, 0.5)], "loss/kd": [(1, 1.0, 0.2)]},
+            "latest": {"test_acc": 0.5}}
+    first = charts.live_figures(snap, "k")
+    again = charts.live_figures({**snap, "progress": 0.5}, "k")        # no plotted point moved
+    snap["series"]["test_acc"].append((2, 2.0, 0.6))
+    moved = charts.live_figures(snap, "k")
+    ss["same"] = all(again[n] is first[n] for n in first)
+    ss["rebuilt"] = moved["accuracy"] is not first["accuracy"]
+    ss["names"] = list(moved)
+
+
+def test_live_figures_are_rebuilt_only_when_a_plotted_point_changes():
+    at = AppTest.from_function(_figures_script, default_timeout=30)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["same"] and at.session_state["rebuilt"]
+    assert at.session_state["names"] == ["loss/kd", "accuracy"]
