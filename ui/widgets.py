@@ -166,9 +166,9 @@ def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | Non
     locked = locked or {}
     out = {}
     for i, s in enumerate(chosen):
-        key, where = f"{key_prefix}{s['name']}", cols[i % len(cols)]
-        out[s["name"]] = (locked_widget(s, key, locked[s["name"]], where) if s["name"] in locked else
-                          widget(s, key, values.get(s["name"], s["default"]), where, disabled))
+        key, col = f"{key_prefix}{s['name']}", cols[i % len(cols)]
+        out[s["name"]] = (locked_widget(s, key, locked[s["name"]], col) if s["name"] in locked else
+                          widget(s, key, values.get(s["name"], s["default"]), col, disabled))
     return out
 
 
