@@ -15,7 +15,7 @@ from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, T
                       TrainConfig, apply_locks, get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
-from ui.classroom import lesson_locks, locks_notice, session_params
+from ui.classroom import lesson_locks, locks_notice, locks_under, session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_fragment
 from ui.words import metric_name
@@ -93,7 +93,8 @@ if "lab_load" in ss:                         # set by the Runs page ("Open in La
 
 # -- setup sections ------------------------------------------------------------------------------
 def data_section(dd: dict) -> dict:
-    out = {"name": widgets.field(DataConfig, "name", dd, K + "data.")}
+    lk = locks_under("data.", locks)
+    out = {"name": widgets.field(DataConfig, "name", dd, K + "data.", locked=lk)}
     show = ["test_fraction", "transfer"]
     if out["name"] in TOY_DATASETS:
         show = ["n_samples", "noise"] + (["n_classes"] if out["name"] in ("spirals", "blobs")
@@ -104,29 +105,31 @@ def data_section(dd: dict) -> dict:
         st.caption("Synthetic CIFAR-shaped images drawn from a seed: **for timing only**, the "
                    "accuracies mean nothing.")
         show = ["n_samples"] + show
-    out.update(widgets.render_fields(DataConfig, dd, K + "data.", show))
+    out.update(widgets.render_fields(DataConfig, dd, K + "data.", show, locked=lk))
     if out["transfer"] == "labels":
-        out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["n_labels"]))
+        out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["n_labels"], locked=lk))
     if out["transfer"] == "heldout":
-        out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["heldout_fraction"]))
+        out.update(widgets.render_fields(DataConfig, dd, K + "data.", ["heldout_fraction"], locked=lk))
     with st.expander("more"):
         more = ["omit_class", "seed"] + (["data_dir", "download"] if out["name"] in TORCHVISION_SETS
                                          else [])
-        out.update(widgets.render_fields(DataConfig, dd, K + "data.", more))
+        out.update(widgets.render_fields(DataConfig, dd, K + "data.", more, locked=lk))
     return {**dd, **out}
 
 
 def teacher_section(td: dict, data_name: str) -> dict:
-    out = {"source": widgets.field(TeacherConfig, "source", td, K + "teacher.",
+    lk = locks_under("teacher.", locks)
+    out = {"source": widgets.field(TeacherConfig, "source", td, K + "teacher.", locked=lk,
                                    format_func=lambda s: SOURCES.get(s, s))}
     src = out["source"]
     if src in ("train", "checkpoint"):
         out["model"] = {**td["model"], **widgets.render_fields(
-            ModelConfig, td["model"], K + "teacher.model.", ["arch", "depth", "width"])}
+            ModelConfig, td["model"], K + "teacher.model.", ["arch", "depth", "width"],
+            locked=locks_under("teacher.model.", locks))}
     if src == "train":
-        out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["epochs", "lr"]))
+        out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["epochs", "lr"], locked=lk))
     elif src == "checkpoint":
-        out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["checkpoint"]))
+        out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["checkpoint"], locked=lk))
         st.caption("A path inside the data folder, loaded with `weights_only=True`.")
     elif src == "shipped":
         from kdengine import shipped_teachers
@@ -153,15 +156,17 @@ def method_section(md: dict) -> dict:
     if cls.paper:
         st.caption(cls.paper)
     saved = ss[MP].get(name, {})
-    params = widgets.render_fields(cls.Params, saved, f"{K}mp.{name}.")
+    params = widgets.render_fields(cls.Params, saved, f"{K}mp.{name}.",
+                                   locked=locks_under("method.params.", locks))
     ss[MP][name] = params
     return {"name": name, "params": params}
 
 
 def train_section(tr: dict) -> dict:
-    out = widgets.render_fields(TrainConfig, tr, K + "train.", advanced=False)
+    lk = locks_under("train.", locks)
+    out = widgets.render_fields(TrainConfig, tr, K + "train.", advanced=False, locked=lk)
     with st.expander("more"):
-        out.update(widgets.render_fields(TrainConfig, tr, K + "train.", advanced=True))
+        out.update(widgets.render_fields(TrainConfig, tr, K + "train.", advanced=True, locked=lk))
     return {**tr, **out}
 
 
@@ -215,7 +220,8 @@ with st.expander("Setup: data, teacher, student, method, training",
         d["teacher"] = teacher_section(d["teacher"], d["data"]["name"])
     with t_student:
         d["student"] = {**d["student"],
-                        **widgets.render_fields(ModelConfig, d["student"], K + "student.", columns=2)}
+                        **widgets.render_fields(ModelConfig, d["student"], K + "student.", columns=2,
+                                                locked=locks_under("student.", locks))}
     with t_method:
         d["method"] = method_section(d["method"])
     with t_train:
@@ -250,7 +256,9 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
     if cfg is None:
         st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
     else:
-        cfg, forced = apply_locks(cfg, locks)     # an instructor's lesson link locks knobs here too
+        # The locked widgets above already show the link's values: this is the safety net, for
+        # any way a config reaches Train around them.
+        cfg, forced = apply_locks(cfg, locks)
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
         except ConfigError as e:
@@ -386,7 +394,8 @@ if runs:
                                               + (f" · {r['name']}" if r.get("name") else ""))
     watched = ss[RUN]
     live_fragment(live_body, lambda: engine.status(watched) in ACTIVE, watched,
-                  cfg.hash if cfg else None, key="lab", hurry=lambda: starting(watched))
+                  cfg.hash if cfg else None, key="lab", hurry=lambda: starting(watched),
+                  slow=lambda: engine.status(watched) in ("queued", "paused"))
 else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")

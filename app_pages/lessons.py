@@ -119,7 +119,8 @@ if not missing:
 
     if ss.get(run_key):
         rid = ss[run_key]
-        live_fragment(live, lambda: engine.status(rid) in ACTIVE, rid, key="lessons")
+        live_fragment(live, lambda: engine.status(rid) in ACTIVE, rid, key="lessons",
+                      slow=lambda: engine.status(rid) in ("queued", "paused"))
 
 st.subheader("What to look for")
 st.markdown(lesson.look_for or "_(no notes)_")

@@ -125,7 +125,7 @@ def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
     assert "**T = 8.0**" in note and "the text below uses T = 4.0" in note
 
 
-def test_the_lab_trains_with_the_locked_value(runs_dir):
+def test_the_lab_draws_a_locked_knob_disabled_at_its_value_and_trains_with_it(runs_dir):
     from streamlit.testing.v1 import AppTest
     from kdengine.teaching.lessons import parse_link
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
@@ -133,12 +133,13 @@ def test_the_lab_trains_with_the_locked_value(runs_dir):
                                                    "lock": "method.params.T",
                                                    "method.params.T": "8"})
     at.run()
-    at.number_input(key="lab.mp.hinton.T").set_value(3.0)
+    t = at.number_input(key="lab.mp.hinton.T.locked")
+    assert t.disabled and t.value == 8.0 and "instructor's lesson link" in t.help
+    assert not at.number_input(key="lab.train.epochs").disabled       # unlocked knobs stay free
     at.number_input(key="lab.teacher.epochs").set_value(1)
     at.number_input(key="lab.train.epochs").set_value(1).run()
     at.button(key="lab_train").click().run()
     assert not at.exception, at.exception
-    assert any("fixes `method.params.T` = 8.0" in i.value for i in at.info)
     from ui.engine import get_engine
     rid = at.session_state["lab_run"]
     assert get_engine().snapshot(rid)["config"]["method"]["params"]["T"] == 8.0

@@ -72,7 +72,8 @@ def _hurried_script():
         return real(fn, run_every=run_every)
     st.fragment = spy
     try:
-        live.live_fragment(render, lambda: True, key="h", hurry=hurrying)
+        # the same answers drive ``hurry`` or, with ss["pace"] = "slow", ``slow``
+        live.live_fragment(render, lambda: True, key="h", **{ss.get("pace", "hurry"): hurrying})
     finally:
         st.fragment = real
 
@@ -91,3 +92,60 @@ def test_hurry_polls_fast_until_it_ends_then_reruns_the_page_once():
     assert at.session_state["intervals"] == [HURRY_EVERY, 1.0]
     at.run()
     assert at.session_state["renders"] == 3 and at.session_state["hurry_checks"] == 4
+
+
+def test_slow_polls_seldom_until_it_ends_then_reruns_the_page_once():
+    """A queued or paused run is polled every SLOW_EVERY seconds; once it moves again the page
+    reruns once and the fragment is back at the normal pace."""
+    at = AppTest.from_function(_hurried_script, default_timeout=30)
+    at.session_state["hurry"], at.session_state["pace"] = [True, False], "slow"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["renders"] == 2          # the fragment, then the one full rerun
+    from ui.live import SLOW_EVERY
+    assert at.session_state["intervals"] == [SLOW_EVERY, 1.0]
+
+
+def test_live_charts_skip_plotly_validation_and_send_the_same_spec():
+    """ui/charts.show hands plotly_chart its dicts unvalidated: the spec must be what validation
+    (``go.Figure(**d)`` in ``plotly_chart``) would have sent, template included."""
+    import json
+
+    import plotly.io
+    import plotly.tools
+    import streamlit.elements.plotly_chart  # noqa: F401  (sets Streamlit's plotly template)
+
+    from ui import charts
+    series = {k: [(i, i / 4, 0.5 + i / 100) for i in range(12)]
+              for k in ("test_acc", "train_acc", "agreement", "loss/kd", "loss/total")}
+    figs = [charts.accuracy_figure(series, {"teacher_test_acc": 0.9, "baseline_test_acc": 0.8}),
+            charts.accuracy_figure({}), charts.loss_figure(series, "loss/kd"),
+            charts.metric_figure(series, "agreement", "agreement", "%", y_percent=True)]
+    for fig in figs:
+        validated = plotly.tools.return_figure_from_figure_or_data(fig, validate_figure=True)
+        sent = plotly.io.to_json(charts.checked(fig).to_dict(), validate=False)
+        assert json.loads(sent) == json.loads(plotly.io.to_json(validated, validate=False))
+
+
+def _figures_script():
+    import streamlit as st
+
+    from ui import charts
+    ss = st.session_state
+    snap = {"run_id": "r", "series": {"test_acc": [(1, 1.0, 0.5)], "loss/kd": [(1, 1.0, 0.2)]},
+            "latest": {"test_acc": 0.5}}
+    first = charts.live_figures(snap, "k")
+    again = charts.live_figures({**snap, "progress": 0.5}, "k")        # no plotted point moved
+    snap["series"]["test_acc"].append((2, 2.0, 0.6))
+    moved = charts.live_figures(snap, "k")
+    ss["same"] = all(again[n] is first[n] for n in first)
+    ss["rebuilt"] = moved["accuracy"] is not first["accuracy"]
+    ss["names"] = list(moved)
+
+
+def test_live_figures_are_rebuilt_only_when_a_plotted_point_changes():
+    at = AppTest.from_function(_figures_script, default_timeout=30)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["same"] and at.session_state["rebuilt"]
+    assert at.session_state["names"] == ["loss/kd", "accuracy"]

@@ -109,6 +109,14 @@ def lesson_locks() -> dict[str, Any]:
     return lesson_link_state().locked
 
 
+def locks_under(prefix: str, locks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The locked fields directly under the config section ``prefix`` (e.g. ``method.params.``),
+    by field name, for :func:`ui.widgets.render_fields`'s ``locked``."""
+    locks = lesson_locks() if locks is None else locks
+    return {k[len(prefix):]: v for k, v in locks.items()
+            if k.startswith(prefix) and "." not in k[len(prefix):]}
+
+
 def with_locks(cfg: RunConfig, locks: Mapping[str, Any] | None = None) -> RunConfig:
     """``cfg`` with the locked knobs at the link's values (``locks``: a subset, where only some apply)."""
     return apply_locks(cfg, lesson_locks() if locks is None else locks)[0]

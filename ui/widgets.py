@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import streamlit as st
 
@@ -95,6 +95,19 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
     return where.text_input(label, key=key, help=help_, disabled=disabled)
 
 
+def locked_widget(spec: dict, key: str, value: Any, where=None,
+                  format_func: Callable[[Any], str] = str) -> Any:
+    """The widget of a knob an instructor's lesson link locks: drawn disabled at ``value``, under its
+    own key (the free widget's state is left alone), with a help text that says why; returns
+    ``value``. The state is set on every run, so nothing but the link decides what it shows."""
+    kind, optional = _kind(spec)
+    st.session_state[f"{key}.locked"] = _seed(kind, value, optional)
+    why = "Locked by your instructor's lesson link: every run started here uses this value."
+    widget({**spec, "help": f"{spec.get('help') or ''}\n\n{why}".strip()}, f"{key}.locked", value,
+           where, disabled=True, format_func=format_func)
+    return value
+
+
 def _with_range(help_: str | None, spec: dict) -> str | None:
     """The field's help with its allowed range, so the rule is visible before it is broken."""
     lo, hi = spec.get("min"), spec.get("max")
@@ -131,11 +144,12 @@ def _float_step(value: Any) -> float:
 
 def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | None = None,
                   where=None, columns: int = 1, disabled: bool = False,
-                  advanced: bool | None = None) -> dict:
+                  advanced: bool | None = None, locked: Mapping[str, Any] | None = None) -> dict:
     """Widgets for the fields of dataclass ``cls``; returns ``{name: value}`` for those drawn.
 
     ``names`` picks and orders fields; ``advanced`` True/False keeps only advanced / plain ones.
-    Nested dataclass fields are skipped (render them with their own call)."""
+    ``locked``: field -> value an instructor's link fixes; those are drawn disabled at that value
+    (:func:`locked_widget`). Nested dataclass fields are skipped (render them with their own call)."""
     specs = {s["name"]: s for s in field_specs(cls)}
     hints = typing.get_type_hints(cls)
     order = list(names) if names is not None else list(specs)
@@ -149,10 +163,12 @@ def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | Non
         chosen.append(s)
     where = where or st
     cols = where.columns(columns) if columns > 1 and chosen else [where]
+    locked = locked or {}
     out = {}
     for i, s in enumerate(chosen):
-        out[s["name"]] = widget(s, f"{key_prefix}{s['name']}", values.get(s["name"], s["default"]),
-                                cols[i % len(cols)], disabled)
+        key, col = f"{key_prefix}{s['name']}", cols[i % len(cols)]
+        out[s["name"]] = (locked_widget(s, key, locked[s["name"]], col) if s["name"] in locked else
+                          widget(s, key, values.get(s["name"], s["default"]), col, disabled))
     return out
 
 
@@ -207,9 +223,14 @@ def confirm(key: str, prompt: str, action: Callable[[], None], label: str = "Yes
         st.rerun()
 
 
-def field(cls, name: str, values: dict, key_prefix: str, where=None, **kw) -> Any:
-    """The widget of one named field of ``cls`` (e.g. a selectbox with a custom ``format_func``)."""
+def field(cls, name: str, values: dict, key_prefix: str, where=None,
+          locked: Mapping[str, Any] | None = None, **kw) -> Any:
+    """The widget of one named field of ``cls`` (e.g. a selectbox with a custom ``format_func``);
+    drawn locked when ``locked`` (field -> value) names it."""
     spec = next(s for s in field_specs(cls) if s["name"] == name)
+    if locked and name in locked:
+        return locked_widget(spec, f"{key_prefix}{name}", locked[name], where,
+                             kw.get("format_func", str))
     return widget(spec, f"{key_prefix}{name}", values.get(name, spec["default"]), where, **kw)
 
 

@@ -98,7 +98,9 @@ class RunState:
             self.latest = {k: v[-1][2] for k, v in series.items() if v}
             self.notices = list(notices)
 
-    def snapshot(self) -> dict:
+    def snapshot(self, series: bool = True) -> dict:
+        """Plain data a page may keep; ``series=False`` leaves out the metric series (the costly
+        part to copy, and what a list of runs does not show)."""
         with self.lock:
             return {
                 "run_id": self.run_id, "owner": self.owner, "name": self.name,
@@ -107,7 +109,7 @@ class RunState:
                 "step": self.step, "epoch": self.epoch, "progress": self.progress,
                 "eta_s": self.eta_s, "error": self.error, "traceback": self.traceback,
                 "notices": list(self.notices), "latest": dict(self.latest),
-                "series": {k: list(v) for k, v in self.series.items()},
+                **({"series": {k: list(v) for k, v in self.series.items()}} if series else {}),
                 "artifacts": dict(self.artifacts), "summary": dict(self.summary),
                 "created": self.created, "version": self.version,
             }
@@ -376,9 +378,7 @@ class Engine:
         for j in reversed(jobs):
             if owner is not None and j.state.owner != owner:
                 continue
-            s = j.state.snapshot()
-            s.pop("series")
-            out.append(s)
+            out.append(j.state.snapshot(series=False))
         return out
 
     def queued(self) -> list[str]:
