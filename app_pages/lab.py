@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig,
-                      TrainConfig, apply_locks, get_method_class, method_names)
+                      TrainConfig, apply_locks, free_knobs, get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
 from ui.classroom import lesson_locks, locks_notice, locks_under, session_params
@@ -148,9 +148,12 @@ def teacher_section(td: dict, data_name: str) -> dict:
 
 
 def method_section(md: dict) -> dict:
+    # A locked method knob fixes the method too: another method would start from its own values.
+    why = free_knobs(["method.name"], locks)[1].get("method.name")
     spec = {"name": "method", "type": str, "choices": method_names(), "default": md["name"],
-            "help": "Distillation method; its knobs below come from the method's Params."}
-    name = widgets.widget(spec, K + "method.name", md["name"],
+            "help": (f"Locked by your instructor's lesson link: {why}." if why else
+                     "Distillation method; its knobs below come from the method's Params.")}
+    name = widgets.widget(spec, K + "method.name", md["name"], disabled=bool(why),
                           format_func=lambda n: f"{n} — {get_method_class(n).title or n}")
     cls = get_method_class(name)
     if cls.paper:

@@ -136,6 +136,8 @@ def test_the_lab_draws_a_locked_knob_disabled_at_its_value_and_trains_with_it(ru
     t = at.number_input(key="lab.mp.hinton.T.locked")
     assert t.disabled and t.value == 8.0 and "instructor's lesson link" in t.help
     assert not at.number_input(key="lab.train.epochs").disabled       # unlocked knobs stay free
+    method = at.selectbox(key="lab.method.name")        # another method would escape the lock
+    assert method.disabled and method.value == "hinton" and "its own T" in method.help
     at.number_input(key="lab.teacher.epochs").set_value(1)
     at.number_input(key="lab.train.epochs").set_value(1).run()
     at.button(key="lab_train").click().run()
