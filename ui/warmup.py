@@ -16,11 +16,15 @@ def _warm() -> None:
         import plotly.graph_objects  # noqa: F401
         import pandas  # noqa: F401
         from kdengine import DataConfig, RunConfig, check_resources, load_data
+        from kdengine.run.serving import serving_options
         from kdengine.run.workers import first_steps
         import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
         load_data(DataConfig())
-        first_steps()              # the first optimizer step imports much of torch
+        opts = serving_options()
+        if not (opts.get("processes") or opts.get("ray_address")):
+            first_steps()          # runs train in this process: its first optimizer step imports
+                                   # much of torch (worker processes warm up on their own)
     except Exception:   # best effort: a page or a run that needs these reports its own errors
         pass
 
