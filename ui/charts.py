@@ -67,16 +67,16 @@ def _fig(traces: list[dict], title: str, x_title: str, y_title: str, y_percent: 
 
 def _ref_line(fig: dict, y: float, label: str, color: str) -> None:
     """A dotted horizontal reference line across the plot, labelled at its right end."""
-    fig["layout"].setdefault("shapes", []).append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
-                                    "y0": y, "y1": y, "line": {"color": color, "dash": "dot",
-                                                               "width": 2}})
+    layout = fig["layout"]
+    layout.setdefault("shapes", []).append({
+        "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
+        "line": {"color": color, "dash": "dot", "width": 2}})
     # On a white backing: the student's curve runs close to these levels and used to overdraw the
     # label.
-    fig["layout"].setdefault("annotations", []).append({"xref": "paper", "x": 1, "yref": "y", "y": y,
-                                         "text": f"{label} {y:.1%}", "showarrow": False,
-                                         "xanchor": "right", "yanchor": "top",
-                                         "bgcolor": "rgba(255,255,255,0.85)",
-                                         "font": {"color": color}})
+    layout.setdefault("annotations", []).append({
+        "xref": "paper", "x": 1, "yref": "y", "y": y, "text": f"{label} {y:.1%}",
+        "showarrow": False, "xanchor": "right", "yanchor": "top",
+        "bgcolor": "rgba(255,255,255,0.85)", "font": {"color": color}})
 
 
 def loss_figure(series: dict, name: str) -> dict:
