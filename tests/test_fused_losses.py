@@ -124,3 +124,82 @@ def test_fused_losses_under_bf16_autocast_return_float_gradients_of_the_input_dt
     assert kd.dtype == torch.float32 and d["tckd"].dtype == torch.float32
     (kd + ce + d["tckd"] + d["nckd"]).backward()
     assert w.weight.grad is not None and torch.isfinite(w.weight.grad).all()
+
+
+# -- closed-form steps: Method.step_loss overrides against the default (the graph of loss_terms) ---
+def _method_and_batch(name, params, all_labeled=True, n=192, b=64, k=10, d=8, seed=0):
+    """A method on a small MLP student with a cached teacher, and one batch read the trainer's way
+    (tables in an epoch's order, the batch a slice of them)."""
+    from kdengine import get_method_class
+    from kdengine.methods import Batch, TrainContext
+    from kdengine.run.trainer import CachedRows
+    g = torch.Generator().manual_seed(seed)
+    x, t = torch.randn(n, d, generator=g), torch.randn(n, k, generator=g) * 3
+    y = torch.randint(0, k, (n,), generator=g)
+    labeled = torch.ones(n, dtype=torch.bool) if all_labeled else torch.arange(n) % 3 > 0
+    torch.manual_seed(seed)
+    student = torch.nn.Sequential(torch.nn.Linear(d, 12), torch.nn.ReLU(), torch.nn.Linear(12, k))
+    cls = get_method_class(name)
+    ctx = TrainContext(steps_per_epoch=n // b, epochs=4, n_classes=k, input_shape=(d,),
+                       device=torch.device("cpu"))
+    teacher = torch.nn.Linear(d, k)
+    method = cls(student, [teacher], cls.Params(**params), ctx)
+    perm = torch.randperm(n, generator=g)
+    caches = [TeacherCache(t, y, None if all_labeled else labeled).in_order(perm)]
+    rows = slice(b, 2 * b)
+    ys = y.where(labeled, -1)[perm]
+    batch = Batch(x[perm][rows], ys[rows], labeled[perm][rows], perm[rows],
+                  CachedRows(caches, rows), all_labeled, caches, rows)
+    return method, batch
+
+
+def _step_grads(method, batch, step, closed_form: bool):
+    from kdengine.methods.base import Method
+    method.student.zero_grad(set_to_none=True)
+    how = type(method).step_loss if closed_form else Method.step_loss
+    terms, root, grad = how(method, batch, step)
+    root.backward(grad)
+    return ({k: float(v.detach()) for k, v in terms.items()},
+            [p.grad.clone() for p in method.student.parameters()], grad is not None)
+
+
+@pytest.mark.parametrize("name,params,step", [
+    ("hinton", {"T": 4.0, "soft_weight": 0.9, "hard_weight": 0.1}, 0),
+    ("hinton", {"T": 1.0, "soft_weight": 0.5, "hard_weight": 0.5}, 0),
+    ("hinton", {"T": 3.0, "soft_weight": 1.0, "hard_weight": 0.0, "t_squared": False}, 0),
+    ("dkd", {"T": 4.0, "alpha": 1.0, "beta": 8.0, "ce_weight": 1.0, "warmup_epochs": 2.0}, 1),
+    ("dkd", {"T": 2.0, "alpha": 0.5, "beta": 2.0, "ce_weight": 0.0, "warmup_epochs": 0.0}, 5),
+])
+def test_closed_form_steps_give_the_graphs_terms_and_gradients(name, params, step):
+    method, batch = _method_and_batch(name, params)
+    terms, grads, closed = _step_grads(method, batch, step, closed_form=True)
+    ref_terms, ref_grads, _ = _step_grads(method, batch, step, closed_form=False)
+    assert closed                                   # the closed form was taken, not the default
+    assert terms.keys() == ref_terms.keys()
+    for k in terms:
+        assert terms[k] == pytest.approx(ref_terms[k], rel=1e-5, abs=1e-6), k
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hinton", "dkd"])
+def test_closed_form_steps_leave_partly_labelled_sets_to_the_graph(name):
+    method, batch = _method_and_batch(name, {}, all_labeled=False)
+    assert not _step_grads(method, batch, 0, closed_form=True)[2]
+
+
+def test_closed_form_step_under_bf16_autocast_gives_a_gradient_of_the_logits_dtype():
+    method, batch = _method_and_batch("hinton", {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms, root, grad = method.step_loss(batch, 0)
+    assert grad.dtype == root.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in terms.values())
+    root.backward(grad)
+    assert all(torch.isfinite(p.grad).all() for p in method.student.parameters())
+
+
+@pytest.mark.parametrize("b,k", [(64, 10), (256, 3), (8, 10), (64, 16), (32, 100)])
+def test_log_softmax_rows_equals_log_softmax_whichever_layout_it_takes(b, k):
+    from kdengine.losses.fused import log_softmax_rows
+    x = torch.randn(b, k, generator=torch.Generator().manual_seed(b + k)) * 4
+    torch.testing.assert_close(log_softmax_rows(x), x.log_softmax(-1), rtol=0, atol=2e-6)

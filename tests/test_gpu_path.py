@@ -25,13 +25,16 @@ def _cfg(**train) -> RunConfig:
 
 
 def _spy_logit_dtypes(monkeypatch) -> list:
+    """The dtypes of the student logits Hinton KD's losses see (the graph's path or the closed form)."""
     seen = []
-    real = hinton.kd_ce_terms
 
-    def spy(s, *a, **k):
-        seen.append(s.dtype)
-        return real(s, *a, **k)
-    monkeypatch.setattr(hinton, "kd_ce_terms", spy)
+    def spying(real):
+        def spy(s, *a, **k):
+            seen.append(s.dtype)
+            return real(s, *a, **k)
+        return spy
+    for name in ("kd_ce_terms", "kd_ce_step"):
+        monkeypatch.setattr(hinton, name, spying(getattr(hinton, name)))
     return seen
 
 

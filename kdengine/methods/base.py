@@ -219,6 +219,30 @@ class Method:
         are the method's own). The trainer applies ``weight_knobs`` with ``weighted_sum``."""
         raise NotImplementedError
 
+    def step_loss(self, batch: Batch, step: int) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """What one optimiser step backpropagates: ``(terms, root, grad)``, for
+        ``torch.autograd.backward(root, grad)``. By default the terms are :meth:`loss_terms`'s and the
+        root is their :meth:`weighted_sum` (summed over stacked students; grad None).
+
+        A method whose weighted sum has a closed-form gradient with respect to the student's logits
+        may instead return the terms' values (no graph), the logits and that gradient: the same
+        parameter gradients without an autograd graph for the loss, which on a small student is a
+        good part of a step (Hinton KD and DKD do, kdengine/losses/fused.py). The weights it folds
+        in are ``term_weights``; tests/test_fused_losses.py checks such overrides against this."""
+        return self.backprop(self.loss_terms(batch, step))
+
+    def backprop(self, terms: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, None]:
+        """:meth:`step_loss`'s default answer for these terms: their weighted sum, to backpropagate."""
+        total = self.weighted_sum(terms)
+        return terms, (total.sum() if total.dim() else total), None
+
+    def plain_weights(self, *terms: str) -> tuple[float, ...] | None:
+        """The weights of ``terms`` as numbers (1 where not declared), or None when any is a tensor:
+        what a closed-form :meth:`step_loss` folds into its gradient. Stacked students' weights are
+        always tensors, so None also says "stacked": take the default path."""
+        ws = tuple(self.term_weights.get(t, 1.0) for t in terms)
+        return None if any(isinstance(w, Tensor) for w in ws) else tuple(float(w) for w in ws)
+
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """Extra scalar metrics recorded at the end of each epoch (e.g. MagSim)."""
         return {}

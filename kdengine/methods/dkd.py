@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.fused import dkd_fused_terms
+from kdengine.losses.fused import dkd_fused_terms, dkd_step
 from kdengine.losses.logits import dkd_terms
 from kdengine.methods.base import Method, register
 
@@ -47,11 +47,15 @@ class DKD(Method):
     supports_stacking = True
     stack_knobs = ("T",)
 
+    def _warm(self, step: int) -> float:
+        """The KD part's warm-up factor at this step (linear from 0 to 1)."""
+        span = warmup_epochs(self.params, self.ctx.epochs)
+        return 1.0 if span <= 0 else min(1.0, self.ctx.epoch_of(step) / span)
+
     def loss_terms(self, batch, step):
         p = self.params
         s = self.student(batch.x)
-        span = warmup_epochs(p, self.ctx.epochs)
-        warm = 1.0 if span <= 0 else min(1.0, self.ctx.epoch_of(step) / span)
+        warm = self._warm(step)
         if s.dim() == 3:        # stacked students [S, B, C] with per-student T: broadcasting losses
             t = self.teacher_logits(batch)
             target = batch.y if batch.all_labeled else batch.y.where(batch.labeled, t.argmax(-1))
@@ -67,6 +71,25 @@ class DKD(Method):
         if warm < 1.0:
             terms = {k: warm * v for k, v in terms.items()}
         return self.with_hard_ce(terms, s, batch)
+
+    def step_loss(self, batch, step):
+        """With the teacher's tables cached and every label known (or no CE): the terms' values and
+        the gradient of their weighted sum in closed form (``dkd_step``), no autograd graph for the
+        loss. Otherwise the default, from :meth:`loss_terms`."""
+        weights = self.plain_weights("tckd", "nckd", "ce")
+        tables = None if weights is None else self._cached_tables(batch, self.params.T)
+        want_ce = self.wants("ce")
+        if tables is None or not (batch.all_labeled or not want_ce):
+            return super().step_loss(batch, step)
+        s = self.student(batch.x)
+        warm = self._warm(step)
+        w_t, w_n, w_ce = weights
+        tckd, nckd, ce, grad = dkd_step(s, tables, self.params.T, w_t * warm, w_n * warm,
+                                        batch.y if want_ce else None, w_ce)
+        terms = {"tckd": tckd * warm, "nckd": nckd * warm} if warm < 1.0 else {"tckd": tckd, "nckd": nckd}
+        if ce is not None:
+            terms["ce"] = ce
+        return terms, s, grad
 
     @staticmethod
     def _cached_tables(batch, T):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.fused import kd_ce_terms
+from kdengine.losses.fused import kd_ce_step, kd_ce_terms
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
 from kdengine.methods.base import Method, register
@@ -42,20 +42,45 @@ class HintonKD(Method):
             terms = {"kd": multilabel_kd_loss(s, self.teacher_logits(batch), p.T, p.t_squared)}
             return self.with_hard_ce(terms, s, batch)
         if s.dim() == 3:         # stacked students [S, B, C] with per-student T: broadcasting losses
-            t = self.teacher_logits(batch)
-            terms = {"kd": kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)}
-            return self.with_hard_ce(terms, s, batch)
+            return self._logit_terms(s, batch)
         # KD and CE from the teacher's cached log-probabilities at T (no teacher softmax per step);
         # the same values as kd_loss (or kd_loss_unscaled) and hard_ce (tests/test_fused_losses.py).
         want_ce = self.wants("ce")
-        scale = p.T * p.T if p.t_squared else 1.0
-        cache = batch.teacher_cache
-        if cache is None:
-            teacher, tables = self.teacher_log_probs(batch, p.T), None
-        else:                    # the teacher's side computed once per run (kd_teacher_tables)
-            rows = batch.idx if batch.rows is None else batch.rows
-            teacher, tables = None, [t[rows] for t in cache[0].kd_tables(p.T, scale / s.shape[0])]
+        tables = self._cached_tables(batch, s.shape[0])
+        teacher = self.teacher_log_probs(batch, p.T) if tables is None else None
         kd, ce = kd_ce_terms(s, teacher, (batch.y if batch.all_labeled else batch.y.clamp_min(0))
-                             if want_ce else None, p.T, scale=scale,
+                             if want_ce else None, p.T, scale=self._scale(),
                              labeled=None if batch.all_labeled else batch.labeled, tables=tables)
         return {"kd": kd, "ce": ce} if want_ce else {"kd": kd}
+
+    def _logit_terms(self, s, batch):
+        """KD and CE from the teacher's logits, broadcasting over stacked students' ``[S, B, C]``."""
+        p, t = self.params, self.teacher_logits(batch)
+        terms = {"kd": kd_loss(s, t, p.T) if p.t_squared else kd_loss_unscaled(s, t, p.T)}
+        return self.with_hard_ce(terms, s, batch)
+
+    def step_loss(self, batch, step):
+        """With the teacher's side cached, single-label classes and every label known: KD + CE's
+        values and the gradient of their weighted sum in closed form (``kd_ce_step``), with no
+        autograd graph for the loss. Otherwise the default, from :meth:`loss_terms`."""
+        weights = self.plain_weights("kd", "ce")
+        if (batch.teacher_cache is None or batch.y.dim() != 1 or weights is None
+                or not (batch.all_labeled or not self.wants("ce"))):
+            return super().step_loss(batch, step)
+        s = self.student(batch.x)
+        kd, ce, grad = kd_ce_step(s, self._cached_tables(batch, s.shape[0]),
+                                  batch.y if self.wants("ce") else None, self.params.T, self._scale(),
+                                  *weights)
+        return ({"kd": kd} if ce is None else {"kd": kd, "ce": ce}), s, grad
+
+    def _scale(self) -> float:
+        return self.params.T ** 2 if self.params.t_squared else 1.0
+
+    def _cached_tables(self, batch, n: int):
+        """The batch's rows of the teacher's KD tables (kdengine/losses/fused.py, factor scale / n),
+        when the trainer cached the teacher; else None."""
+        cache = batch.teacher_cache
+        if cache is None:
+            return None
+        rows = batch.idx if batch.rows is None else batch.rows
+        return [t[rows] for t in cache[0].kd_tables(self.params.T, self._scale() / n)]

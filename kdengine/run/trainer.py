@@ -427,18 +427,16 @@ def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[st
     on the device (``read_window`` weighs them, once per log window).
 
     Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
-    (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
+    (a student's loss depends only on its own weights, so each gets the gradient it would alone).
+    ``Method.step_loss`` says what to backpropagate: the weighted sum, or the logits with the sum's
+    gradient in closed form."""
     if amp is not None:
         with amp:
-            terms = method.loss_terms(batch, step)
-            total = method.weighted_sum(terms)
+            terms, root, grad = method.step_loss(batch, step)
     else:
-        terms = method.loss_terms(batch, step)
-        total = method.weighted_sum(terms)
-    if total.dim():
-        total = total.sum()
+        terms, root, grad = method.step_loss(batch, step)
     opt.zero_grad(set_to_none=True)
-    total.backward()
+    root.backward(grad)
     opt.step()
     if sched is not None:
         sched.step()
