@@ -198,7 +198,6 @@ class Engine:
         self._queue = FairQueue()
         self._batches = Batcher(self._queue)   # batch windows and cohorts
         self._durations: list[float] = []      # recent run times, for queued runs' ETA
-        self._threads: list[threading.Thread] = []
         self._closed = False
         self._executors = [self._new_executor(i) for i in range(self.max_workers)]
         # At interpreter exit the worker processes are killed: that is no death to recover from.
