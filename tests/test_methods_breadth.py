@@ -270,6 +270,29 @@ def test_dml_alternating_steps_the_peers_first_then_the_student_learns_from_them
     assert m.student.head.weight.grad.abs().sum() > 0
 
 
+def test_a_resumed_alternating_dml_run_continues_its_peers_and_their_optimiser(tmp_path):
+    """Stopped after epoch 2 of 4 and resumed, it ends where the run without a stop ends: the
+    student, every peer and the peers' own optimiser state."""
+    from kdengine.core.checkpoints import safe_load
+    from kdengine.run.trainer import Control, StopRequested, Trainer
+    torch.set_num_threads(1)
+    cfg = _cfg("dml", {"update": "alternating", "cohort_size": 3}, epochs=4)
+    Trainer(cfg, checkpoint_path=tmp_path / "whole.pt").run()
+    ctl = Control()
+
+    def stop_after_epoch_2(ev):
+        if ev["type"] == "metrics" and ev["epoch"] == 2 and "test_acc" in ev["values"]:
+            ctl.stop()
+    with pytest.raises(StopRequested):
+        Trainer(cfg, stop_after_epoch_2, ctl, checkpoint_path=tmp_path / "split.pt").run()
+    assert safe_load(tmp_path / "split.pt")["epoch"] == 2
+    Trainer(cfg, checkpoint_path=tmp_path / "split.pt", resume=True).run()
+    whole, split = safe_load(tmp_path / "whole.pt"), safe_load(tmp_path / "split.pt")
+    torch.testing.assert_close(split["state_dict"], whole["state_dict"], rtol=0, atol=0)
+    torch.testing.assert_close(split["method"], whole["method"], rtol=0, atol=0)
+    assert whole["method"]["peer_opt"]["state"]       # the peers' Adam moments are in it
+
+
 # ---- multi-teacher -----------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["avg_probs", "avg_logits", "confidence"])
 def test_multi_teacher_with_one_teacher_equals_that_teachers_kd(how):

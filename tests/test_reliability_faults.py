@@ -138,7 +138,13 @@ def test_exception_in_training_thread_is_recorded_and_engine_keeps_serving(engin
     for rid in (before, after):
         assert engine.wait(rid, timeout=60) == "done"
         assert engine.snapshot(rid)["latest"]["test_acc"] > 0.3
-    assert all(t.is_alive() for t in engine._threads)
+    # The fault ended its own run only: every run's thread has finished (none is left hanging, the
+    # executor keeps the live ones) and the executor has its slot back.
+    (ex,) = engine._executors
+    for t in list(ex._threads):
+        t.join(timeout=30)
+    assert not [t.name for t in ex._threads if t.is_alive()]
+    assert not ex.active
 
 
 def test_faulty_subscriber_and_failing_store_do_not_kill_the_worker(engine, monkeypatch):

@@ -214,6 +214,15 @@ class Method:
         """Trainable modules besides the student whose parameters join the optimiser."""
         return []
 
+    def extra_state(self) -> dict[str, Any]:
+        """What the method trains outside the trainer's optimiser and ``extra_modules`` (e.g.
+        modules with an optimiser of their own, and its state): kept in the run's checkpoint (tensors
+        and plain data) and given back to ``load_extra_state`` when the run resumes."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore ``extra_state`` from a checkpoint (after ``setup``)."""
+
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
         """The step's loss terms by name, UNWEIGHTED (scalar tensors; schedules such as a warm-up
         are the method's own). The trainer applies ``weight_knobs`` with ``weighted_sum``."""

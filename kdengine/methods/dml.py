@@ -6,10 +6,10 @@ different random weights and train together, no pre-trained teacher: each minimi
 fixed targets in each term. ``update = "joint"`` (default) updates every model at once from the same
 batch, the common simplification; ``update = "alternating"`` is the paper's Algorithm 1: on each
 batch the peers are updated first (their own optimiser, against the student's current predictions),
-then their predictions are recomputed and the student is updated against them. In alternating mode
-the peers' optimiser state is not in the run's checkpoint (a resumed run restarts it). ``online`` mode: the single peer has the teacher's
-architecture (``teacher.model`` in the run's config) and is trained together with the student:
-"teacher and student trained at once".
+then their predictions are recomputed and the student is updated against them (the peers and
+their optimiser's state are in the run's checkpoint: ``extra_state``). ``online`` mode: the single
+peer has the teacher's architecture (``teacher.model`` in the run's config) and is trained together
+with the student: "teacher and student trained at once".
 
 Terms: ``ce`` and ``kl`` are the student's; ``peer_ce`` and ``peer_kl`` sum over the peers. The
 peers' mean test accuracy is recorded each epoch as ``peer_test_acc``.
@@ -88,6 +88,18 @@ class DeepMutualLearning(Method):
     @property
     def alternating(self) -> bool:
         return getattr(self, "peer_opt", None) is not None
+
+    def extra_state(self):
+        # Alternating: the peers and their optimiser are outside the trainer's checkpointed ones.
+        if not self.alternating:
+            return {}
+        return {"peers": {k: v.detach().cpu() for k, v in self.peers.state_dict().items()},
+                "peer_opt": self.peer_opt.state_dict()}
+
+    def load_extra_state(self, state):
+        if self.alternating and state:
+            self.peers.load_state_dict(state["peers"])
+            self.peer_opt.load_state_dict(state["peer_opt"])
 
     def train(self, mode: bool = True) -> None:
         super().train(mode)

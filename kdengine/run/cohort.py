@@ -1,9 +1,10 @@
 """Cohorts: runs from different sessions trained as stacked students in one pass.
 
 When a class presses Train together, many sessions submit the same small run (same data, teacher,
-student architecture and seed; the method's knobs may differ). The engine (``batch_window_s``)
-gathers such runs into a cohort that takes one executor slot and trains as one stack
-(:mod:`kdengine.run.stacking`): one batch, one teacher lookup and one optimiser step for all.
+student architecture and seed; the method's knobs may differ). The engine (``batch_window_s``,
+:mod:`kdengine.run.batching`) gathers such runs into a cohort that takes one executor slot and
+trains as one stack (:mod:`kdengine.run.stacking`): one batch, one teacher lookup and one optimiser
+step for all.
 
 Each member stays an ordinary run to its user. It gets its own events through ``Member.emit`` (loss
 terms, accuracies, progress, the teacher and baseline lines, notices, and the per-epoch monitors,

@@ -10,7 +10,8 @@ so two browser sessions sharing one engine never see each other's runs mixed up.
 With ``batch_window_s``, runs that can train as stacked students (:mod:`kdengine.run.cohort`) wait
 up to that long for others of the same key (same data, teacher, student and seed, whoever submitted
 them); two or more become one cohort: one queue entry and one executor slot, trained in one pass,
-each member still an ordinary run to its owner.
+each member still an ordinary run to its owner. The windows and cohorts are
+:mod:`kdengine.run.batching`'s; the engine times the windows and starts what they queue.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import os
 import threading
 import time
 import traceback
-import uuid
 import weakref
 from collections import OrderedDict
 from typing import Any, Callable
@@ -28,11 +28,11 @@ from typing import Any, Callable
 from kdengine.core.config import RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, Store
-from kdengine.run.cohort import MAX_SIZE, CohortControl, Member, why_not_cohort
+from kdengine.run.batching import Batcher, Cohort, window_key
+from kdengine.run.cohort import CohortControl, Member
 from kdengine.run.monitors import standard_monitors
 from kdengine.run.scheduler import FairQueue, start_eta
 from kdengine.run.slicing import SlicedControl
-from kdengine.run.stacking import group_key
 from kdengine.run.trainer import Control, Emit, Trainer, versions
 from kdengine.run.workers import ProcessExecutor, ThreadExecutor, execute, run_cohort
 
@@ -126,27 +126,11 @@ class _Job:
         self.recorder: _Recorder | None = None
         self.started: float | None = None
         self.gathering: str | None = None     # the stack key whose batch window it waits in
-        self.cohort: _Cohort | None = None    # the cohort it is queued or training in
+        self.cohort: Cohort | None = None     # the cohort it is queued or training in
 
     @property
     def unit_id(self) -> str:
         return self.state.run_id
-
-
-class _Cohort:
-    """Runs of one stack key trained in one pass: one queue entry, one executor slot."""
-
-    def __init__(self, jobs: list[_Job]):
-        self.unit_id = f"cohort-{uuid.uuid4().hex[:10]}"
-        self.jobs = jobs
-        self.live = {j.state.run_id for j in jobs}     # members not yet ended
-        self.owner = jobs[0].state.owner               # whose turn in the fair queue it takes
-        self.executor: Any = None
-        self.started: float | None = None
-        self.control: CohortControl | None = None      # the pass's, once it starts
-
-    def members(self) -> list[_Job]:
-        return [j for j in self.jobs if j.state.run_id in self.live]
 
 
 class _Recorder:
@@ -205,8 +189,6 @@ class Engine:
                  batch_window_s: float = 0.0):
         self.store = store or Store()
         self.batch_window_s = 0.0 if ray_address else max(0.0, batch_window_s)
-        self._gathering: dict[str, list[str]] = {}     # stack key -> run ids in its batch window
-        self._cohorts: dict[str, _Cohort] = {}         # queued or training
         self.ray_address = ray_address      # runs go to a Ray cluster (kdengine.run.ray_executor)
         self.max_workers = 1 if ray_address else (max_workers or default_workers())
         self.slots = max(1, slots)
@@ -214,8 +196,8 @@ class Engine:
         self._jobs: "OrderedDict[str, _Job]" = OrderedDict()
         self._lock = threading.Lock()
         self._queue = FairQueue()
+        self._batches = Batcher(self._queue)   # batch windows and cohorts
         self._durations: list[float] = []      # recent run times, for queued runs' ETA
-        self._threads: list[threading.Thread] = []
         self._closed = False
         self._executors = [self._new_executor(i) for i in range(self.max_workers)]
         # At interpreter exit the worker processes are killed: that is no death to recover from.
@@ -265,7 +247,7 @@ class Engine:
         job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
         if left is not None and left.state.status == "paused":
             job.subscribers = left.subscribers
-        key = None if resume or not self.batch_window_s or why_not_cohort(cfg) else group_key(cfg)
+        key = window_key(cfg) if self.batch_window_s and not resume else ""
         with self._lock:
             if self._closed:
                 raise RuntimeError("engine is shut down")
@@ -273,7 +255,7 @@ class Engine:
             self._trim()
             window = None
             if key:
-                window = self._gather(job, key)
+                window = self._batches.gather(job, key)
             else:
                 self._queue.push(run_id, owner)
         if window is not None:         # a new batch window: it closes by itself, never blocking
@@ -308,15 +290,15 @@ class Engine:
         if job.state.status in ("queued", "running"):
             job.control.pause()
             with self._lock:       # a paused run waits alone: it would leave a cohort at once
-                if job.gathering or (job.cohort and job.cohort.executor is None):
-                    self._withdraw(job)
+                if self._batches.withdraw(job):
                     self._queue.push(run_id, job.state.owner)
             self._command(job, "pause")
 
     def resume(self, run_id: str) -> None:
         job = self._job(run_id)
         if job.state.status == "paused" and job.executor is None:
-            self._continue_alone(job)          # it left its cohort paused
+            # it left its cohort paused: it trains on alone from its last checkpoint
+            self._resubmit(self.store.get_run(run_id))
             return
         job.control.resume()
         self._command(job, "resume")
@@ -327,7 +309,7 @@ class Engine:
         job = self._job(run_id)
         job.control.stop()
         with self._lock:
-            was_queued = self._withdraw(job)
+            was_queued = self._batches.withdraw(job) or self._queue.remove(run_id)
         if was_queued or (job.state.status == "paused" and job.executor is None):   # or it left
             # its cohort paused: nothing trains it, its checkpoint is on disk
             self._set_status(job, "stopped")
@@ -386,7 +368,7 @@ class Engine:
         with self._lock:
             order = self._queue.order(self._active_by_owner())
             return [j.state.run_id for unit in order for j in self._unit_jobs(unit)] + \
-                [r for ids in self._gathering.values() for r in ids]
+                self._batches.waiting()
 
     def subscribe(self, run_id: str, callback: Callable[[Event], None]) -> Callable[[], None]:
         job = self._job(run_id)
@@ -431,7 +413,7 @@ class Engine:
     # -- scheduling ------------------------------------------------------------------------------
     def _unit_jobs(self, unit_id: str) -> list[_Job]:
         """The runs of a unit of work: a cohort's members still in it, or the one run."""
-        cohort = self._cohorts.get(unit_id)
+        cohort = self._batches.cohort(unit_id)
         if cohort is not None:
             return cohort.members()
         job = self._jobs.get(unit_id)
@@ -445,60 +427,11 @@ class Engine:
                     counts[job.state.owner] = counts.get(job.state.owner, 0) + 1
         return counts
 
-    # -- batch windows and cohorts (under the lock) ----------------------------------------------
-    def _gather(self, job: _Job, key: str) -> list[str] | None:
-        """Put a run in its key's batch window; returns the window when this run opened it."""
-        window = self._gathering.setdefault(key, [])
-        window.append(job.state.run_id)
-        job.gathering = key
-        if len(window) >= MAX_SIZE:      # full: no need to wait for the timer
-            self._close(key)
-        return window if len(window) == 1 else None
-
-    def _close_window(self, key: str, window: list[str]) -> None:
+    def _close_window(self, key: str, window: list[_Job]) -> None:
+        """A batch window's wait is over: what it queued may start."""
         with self._lock:
-            if self._gathering.get(key) is window:      # not closed early (full) meanwhile
-                self._close(key)
+            self._batches.close(key, window)
         self._dispatch()
-
-    def _close(self, key: str) -> None:
-        """The window's runs go to the queue: two or more as one cohort, a lone run as itself."""
-        jobs = [self._jobs[r] for r in self._gathering.pop(key)]
-        for job in jobs:
-            job.gathering = None
-        if len(jobs) == 1:
-            self._queue.push(jobs[0].state.run_id, jobs[0].state.owner)
-            return
-        # One cohort, even with idle executors: 8 digits students cost 1.45 x one run as one stack,
-        # 2 x 1.35 as two stacks of 4 on two cores, nearly the same wait for twice the CPU.
-        cohort = _Cohort(jobs)
-        for job in jobs:
-            job.cohort = cohort
-        self._cohorts[cohort.unit_id] = cohort
-        self._queue.push(cohort.unit_id, cohort.owner)
-
-    def _withdraw(self, job: _Job) -> bool:
-        """Take a run that has not started out of its window, cohort or the queue (False when it
-        has started)."""
-        rid, cohort = job.state.run_id, job.cohort
-        if job.gathering is not None:
-            window = self._gathering[job.gathering]
-            window.remove(rid)
-            if not window:
-                del self._gathering[job.gathering]
-            job.gathering = None
-            return True
-        if cohort is not None and cohort.executor is None:
-            cohort.jobs.remove(job)
-            cohort.live.discard(rid)
-            job.cohort = None
-            if not cohort.jobs:
-                self._queue.remove(cohort.unit_id)
-                del self._cohorts[cohort.unit_id]
-            return True
-        queued = rid in self._queue
-        self._queue.remove(rid)
-        return queued
 
     def _admit(self) -> list[tuple[_Job, Any]]:
         """Under the lock: take queued runs for free slots (and, when time-slicing, newcomers)."""
@@ -517,17 +450,14 @@ class Engine:
                 rid = None
             if rid is None:
                 break
-            unit = self._cohorts.get(rid) or self._jobs[rid]
-            if isinstance(unit, _Cohort) and len(unit.jobs) == 1:    # the others withdrew
-                del self._cohorts[rid]
-                unit = unit.jobs[0]
-                unit.cohort, rid = None, unit.state.run_id
+            unit = self._batches.starting(rid) or self._jobs[rid]
+            rid = unit.unit_id
             ex.active.add(rid)
             unit.executor, unit.started = ex, time.monotonic()
             for job in self._unit_jobs(rid):
                 job.executor, job.started = ex, unit.started
                 job.recorder = _Recorder(self, job)
-            if isinstance(unit, _Cohort):
+            if isinstance(unit, Cohort):
                 unit.control = CohortControl(unit.unit_id, {j.state.run_id: j.control
                                                             for j in unit.members()})
             started.append((unit, ex))
@@ -537,7 +467,7 @@ class Engine:
         with self._lock:
             started = self._admit()
         for unit, ex in started:
-            cohort = isinstance(unit, _Cohort)
+            cohort = isinstance(unit, Cohort)
             jobs = unit.members() if cohort else [unit]
             try:
                 for job in jobs:
@@ -559,7 +489,7 @@ class Engine:
                 cohort.live.discard(job.state.run_id)
             if ex is not None and (cohort is None or not cohort.live):
                 ex.active.discard(unit.unit_id)
-                self._cohorts.pop(unit.unit_id, None)
+                self._batches.ended(unit.unit_id)
                 if unit.started is not None and job.state.status == "done":
                     self._durations = (self._durations + [time.monotonic() - unit.started])[-50:]
         self._dispatch()
@@ -567,10 +497,6 @@ class Engine:
     def _command(self, job: _Job, verb: str) -> None:
         if job.executor is not None:
             job.executor.command(job.state.run_id, verb)
-
-    def _continue_alone(self, job: _Job) -> None:
-        """A member that left its cohort paused trains on alone from its last checkpoint."""
-        self._resubmit(self.store.get_run(job.state.run_id))
 
     # -- internals -------------------------------------------------------------------------------
     def _job(self, run_id: str) -> _Job:
@@ -624,9 +550,9 @@ class Engine:
         except Exception as e:  # a fault while recording a fault (e.g. the store failing):
             self._fail_quietly(job, e)   # the run is marked failed, the engine serves on
 
-    def _run(self, job: "_Job | _Cohort") -> None:
+    def _run(self, job: "_Job | Cohort") -> None:
         """Train ``job`` in this thread (a thread executor's runner)."""
-        if isinstance(job, _Cohort):
+        if isinstance(job, Cohort):
             return self._run_cohort(job)
         rid = job.state.run_id
         job.control.on_pause = lambda paused: self._set_status(job, "paused" if paused else "running")
@@ -638,7 +564,7 @@ class Engine:
         finally:
             self._release(job)
 
-    def _run_cohort(self, cohort: _Cohort) -> None:
+    def _run_cohort(self, cohort: Cohort) -> None:
         def ender(job):
             def end(outcome: dict) -> None:
                 self._finish(job, outcome)
@@ -674,7 +600,7 @@ class Engine:
         with self._lock:
             lost = [j for r in ex.active for j in self._unit_jobs(r)]
             for r in ex.active:
-                self._cohorts.pop(r, None)
+                self._batches.ended(r)
             for j in lost:
                 j.executor, j.cohort = None, None
             ex.active.clear()

@@ -28,14 +28,16 @@ class FairQueue:
         self._by_owner.setdefault(owner, []).append(run_id)
         self._owner_of[run_id] = owner
 
-    def remove(self, run_id: str) -> None:
+    def remove(self, run_id: str) -> bool:
+        """Take a run out of the queue; False when it was not queued."""
         owner = self._owner_of.pop(run_id, None)
         if owner is None:
-            return
+            return False
         q = self._by_owner[owner]
         q.remove(run_id)
         if not q:
             del self._by_owner[owner]
+        return True
 
     def pop(self, active: dict[str, int], only_idle_owners: bool = False) -> str | None:
         """The next run to start; ``active`` counts runs already running per owner. With

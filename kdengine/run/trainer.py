@@ -365,13 +365,17 @@ class Trainer:
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
     def _save(self, student, extra, opt, sched, gen, epoch, step):
-        save_checkpoint(self.checkpoint_path, {
+        payload = {
             "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
             "extra": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in extra],
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else {},
             "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "epoch": epoch, "step": step, "config_hash": self.cfg.hash})
+            "epoch": epoch, "step": step, "config_hash": self.cfg.hash}
+        method_state = self.method.extra_state()
+        if method_state:       # only a method that keeps some: the others' files stay as they were
+            payload["method"] = method_state
+        save_checkpoint(self.checkpoint_path, payload)
 
     def _restore(self, student, extra, opt, sched, gen) -> int:
         ck = safe_load(self.checkpoint_path)
@@ -381,6 +385,7 @@ class Trainer:
         for m, st in zip(extra, ck.get("extra", [])):
             m.load_state_dict(st)
         opt.load_state_dict(ck["optimizer"])
+        self.method.load_extra_state(ck.get("method", {}))
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
         gen.set_state(ck["rng"])
