@@ -127,7 +127,7 @@ def test_fused_losses_under_bf16_autocast_return_float_gradients_of_the_input_dt
 
 
 # -- closed-form steps: Method.step_loss overrides against the default (the graph of loss_terms) ---
-def _method_and_batch(name, params, all_labeled=True, n=192, b=64, k=10, d=8, seed=0):
+def _method_and_batch(name, params, all_labeled=True, n=192, b=64, k=10, d=8, seed=0, rows=None):
     """A method on a small MLP student with a cached teacher, and one batch read the trainer's way
     (tables in an epoch's order, the batch a slice of them)."""
     from kdengine import get_method_class
@@ -146,7 +146,7 @@ def _method_and_batch(name, params, all_labeled=True, n=192, b=64, k=10, d=8, se
     method = cls(student, [teacher], cls.Params(**params), ctx)
     perm = torch.randperm(n, generator=g)
     caches = [TeacherCache(t, y, None if all_labeled else labeled).in_order(perm)]
-    rows = slice(b, 2 * b)
+    rows = slice(b, 2 * b) if rows is None else rows
     ys = y.where(labeled, -1)[perm]
     batch = Batch(x[perm][rows], ys[rows], labeled[perm][rows], perm[rows],
                   CachedRows(caches, rows), all_labeled, caches, rows)
@@ -159,7 +159,7 @@ def _step_grads(method, batch, step, closed_form: bool):
     how = type(method).step_loss if closed_form else Method.step_loss
     terms, root, grad = how(method, batch, step)
     root.backward(grad)
-    return ({k: float(v.detach()) for k, v in terms.items()},
+    return ({k: float(v.detach()) for k, v in terms.items()},     # deferred terms compute here
             [p.grad.clone() for p in method.student.parameters()], grad is not None)
 
 
@@ -193,7 +193,7 @@ def test_closed_form_step_under_bf16_autocast_gives_a_gradient_of_the_logits_dty
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms, root, grad = method.step_loss(batch, 0)
     assert grad.dtype == root.dtype == torch.bfloat16
-    assert all(v.dtype == torch.float32 for v in terms.values())
+    assert all(v.value().dtype == torch.float32 for v in terms.values())
     root.backward(grad)
     assert all(torch.isfinite(p.grad).all() for p in method.student.parameters())
 
@@ -203,3 +203,23 @@ def test_log_softmax_rows_equals_log_softmax_whichever_layout_it_takes(b, k):
     from kdengine.losses.fused import log_softmax_rows
     x = torch.randn(b, k, generator=torch.Generator().manual_seed(b + k)) * 4
     torch.testing.assert_close(log_softmax_rows(x), x.log_softmax(-1), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name,params", [("hinton", {"T": 3.0}), ("dkd", {"warmup_epochs": 2.0})])
+def test_a_windows_deferred_terms_computed_at_once_equal_each_step_alone(name, params):
+    """window_values computes a log window's deferred terms in one pass over its steps; each equals
+    the step computed alone, also when a smaller last batch makes the steps unlike."""
+    from kdengine.losses.deferred import window_values
+    window: dict[str, list] = {}
+    for step, rows in enumerate([slice(0, 64), slice(64, 128), slice(128, 160)]):
+        method, batch = _method_and_batch(name, params, rows=rows)
+        terms, _, _ = method.step_loss(batch, step)
+        for k, v in terms.items():
+            window.setdefault(k, []).append(v)
+    values = window_values(window)
+    for k, vs in window.items():
+        alone = torch.stack([v.value() for v in vs])
+        torch.testing.assert_close(values[k], alone, rtol=1e-5, atol=1e-6)
+    uniform = window_values({k: vs[:2] for k, vs in window.items()})   # one pass over 2 steps
+    for k in window:
+        torch.testing.assert_close(uniform[k], values[k][:2], rtol=1e-5, atol=1e-6)

@@ -127,7 +127,10 @@ def test_cached_teacher_tables_train_as_the_teacher_run_every_step(monkeypatch, 
     monkeypatch.setattr(cls, "cache_teacher_logits", False)
     live = _loss_curve(cfg, term)
     assert len(cached) == len(live) > 2
-    assert cached == pytest.approx(live, rel=1e-4, abs=1e-6)
+    # the cached path takes the closed-form gradient (kdengine/losses/closed_form.py), equal to the
+    # graph's in float64 (tests/test_fused_losses.py); in float32 their round-off differs, and Adam
+    # carries that along the run's steps
+    assert cached == pytest.approx(live, rel=1e-3, abs=1e-6)
 
 
 def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch):

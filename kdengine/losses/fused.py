@@ -109,9 +109,18 @@ def log_softmax_rows(x: Tensor) -> Tensor:
     loops per row when a row is shorter than its vector width, and measured 2-6x slower there (one
     thread; B=64, C=10: 9.9 us against 5.1 us; B=256: 37.8 against 6.7 us; from 16 classes on the
     usual kernel is the faster). The result may be a transposed view: read it with ``reshape``."""
-    if x.device.type == "cpu" and x.dim() == 2 and x.shape[1] < 16 and x.numel() >= 512:
+    if _transposed_is_faster(x):
         return x.t().log_softmax(0).t()
     return x.log_softmax(-1)
+
+
+def softmax_rows(x: Tensor) -> Tensor:
+    """``x.softmax(-1)`` of a ``[B, C]`` batch, in the faster layout as :func:`log_softmax_rows`."""
+    return x.t().softmax(0).t() if _transposed_is_faster(x) else x.softmax(-1)
+
+
+def _transposed_is_faster(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dim() == 2 and x.shape[1] < 16 and x.numel() >= 512
 
 
 def kd_teacher_tables(log_p: Tensor, factor: float) -> tuple[Tensor, Tensor]:
@@ -188,52 +197,39 @@ def dkd_teacher_tables(log_p: Tensor, target: Tensor) -> tuple[Tensor, Tensor, T
     return K.view(n, 2 * c, 2), const, is_y
 
 
-def _dkd_forward(z: Tensor, K: Tensor, const: Tensor, is_y: Tensor, T: float):
-    """DKD's student half: ``(tckd, nckd, p_t)`` (scalars, each term times T^2, batch means) and
-    what the gradient needs. Log q, log q' (a log-softmax of the row without its target), and one
-    ``addmm`` for both terms of the whole batch."""
-    zf = _float(z)
-    B = zf.shape[0]
-    with _no_autocast(zf):                          # addmm would run in bf16 under autocast
-        log_q = log_softmax_rows(zf / T)
-        log_qn = log_softmax_rows(log_q.masked_fill(is_y, float("-inf")))   # -inf at y
-        K, const = K.to(log_q.dtype), const.to(log_q.dtype)
-        csum = const.sum(0)
-        s = T * T / B                               # each term keeps its T^2, batch mean
-        # log q' is -inf at y where K is 0: zeroed there, or 0 * -inf would make a NaN
-        x = torch.cat((log_q, log_qn.masked_fill(is_y, 0.0)), 1)
-        vals = torch.addmm(csum[:2], x.reshape(1, -1), K.view(-1, 2), beta=s, alpha=s)
-    return vals[0, 0], vals[0, 1], csum[2] / B, (log_q, log_qn, K, s / T)
-
-
-def _dkd_backward(saved, g_x: Tensor) -> Tensor:
-    """The gradient with respect to z (float) from ``g_x``, the one with respect to X = [log q |
-    log q'] (``K @ (g_t, g_n)`` times T^2 / (B T)): through the two log-softmaxes."""
-    log_q, log_qn = saved[:2]
-    B, C = log_q.shape
-    with _no_autocast(log_q):
-        g_q, g_qn = g_x.reshape(B, 2 * C).split(C, 1)   # g_qn is 0 at y (K is)
-        g_q = g_q + torch._log_softmax_backward_data(g_qn, log_qn, 1, log_q.dtype)
-        return torch._log_softmax_backward_data(g_q, log_q, 1, log_q.dtype)
-
-
 class _DKD(torch.autograd.Function):
-    """Only the student half runs per step: the teacher's comes as :func:`dkd_teacher_tables`."""
+    """Only the student half runs per step: the teacher's comes as :func:`dkd_teacher_tables`.
+    Forward: log q, log q' (a log-softmax of the row without its target), and one ``addmm`` for both
+    terms of the whole batch. Backward: d/dX = K @ (g_t, g_n), then through the two log-softmaxes."""
 
     @staticmethod
     def forward(ctx, z, K, const, is_y, T):
-        tckd, nckd, p_t, saved = _dkd_forward(z, K, const, is_y, T)
-        ctx.save_for_backward(*saved[:3])
-        ctx.s_T, ctx.dtype = saved[3], z.dtype
+        zf = _float(z)
+        B = zf.shape[0]
+        with _no_autocast(zf):                          # addmm would run in bf16 under autocast
+            log_q = log_softmax_rows(zf / T)
+            log_qn = log_softmax_rows(log_q.masked_fill(is_y, float("-inf")))   # -inf at y
+            K, const = K.to(log_q.dtype), const.to(log_q.dtype)
+            csum = const.sum(0)
+            s = T * T / B                               # each term keeps its T^2, batch mean
+            # log q' is -inf at y where K is 0: zeroed there, or 0 * -inf would make a NaN
+            x = torch.cat((log_q, log_qn.masked_fill(is_y, 0.0)), 1)
+            vals = torch.addmm(csum[:2], x.reshape(1, -1), K.view(-1, 2), beta=s, alpha=s)
+        ctx.save_for_backward(log_q, log_qn, K)
+        ctx.s_T, ctx.dtype = s / T, z.dtype
+        p_t = csum[2] / B
         ctx.mark_non_differentiable(p_t)                # the teacher's alone: it has no gradient
-        return tckd, nckd, p_t
+        return vals[0, 0], vals[0, 1], p_t
 
     @staticmethod
     def backward(ctx, g_t, g_n, _g_p):
         log_q, log_qn, K = ctx.saved_tensors
+        B, C = log_q.shape
         with _no_autocast(log_q):
-            g_x = K.view(-1, 2) @ torch.stack((g_t, g_n)).mul_(ctx.s_T)
-        grad = _dkd_backward((log_q, log_qn), g_x)
+            g_x = (K.view(-1, 2) @ torch.stack((g_t, g_n)).mul_(ctx.s_T)).view(B, 2 * C)
+            g_q, g_qn = g_x.split(C, 1)                 # g_qn is 0 at y (K is)
+            g_q = g_q + torch._log_softmax_backward_data(g_qn, log_qn, 1, log_q.dtype)
+            grad = torch._log_softmax_backward_data(g_q, log_q, 1, log_q.dtype)
         return grad.to(ctx.dtype), None, None, None, None
 
 
@@ -254,65 +250,3 @@ def dkd_fused_terms(student_logits: Tensor, teacher_log_probs: Tensor | None, ta
         tables = dkd_teacher_tables(teacher_log_probs, target)
     tckd, nckd, p_t = _DKD.apply(student_logits, *tables, float(T))
     return {"tckd": tckd, "nckd": nckd, "p_t": p_t}
-
-
-# -- closed-form steps: the terms' values and the gradient of their weighted sum, without a graph --
-# On a small student a step's cost is mostly per-operation overhead, and each autograd node of a loss
-# costs its forward op, its record and its backward op. KD + CE's gradient with respect to the logits
-# has a closed form, so a step can compute the values and that gradient with no graph at all (plain
-# tensor ops under no_grad) and backpropagate from the logits: ``Method.step_loss`` returns
-# ``(terms, logits, grad)`` for these. tests/test_fused_losses.py checks values and parameter
-# gradients against the plain losses.
-
-def kd_ce_step(student_logits: Tensor, tables: tuple[Tensor, Tensor], target: Tensor | None,
-               T: float, scale: float, w_kd: float, w_ce: float
-               ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """``(kd, ce, grad)``: the values of :func:`kd_ce_terms` (``ce`` None without a target) and the
-    gradient of ``w_kd * kd + w_ce * ce`` with respect to the logits. ``tables``: the batch's rows
-    of :func:`kd_teacher_tables` with ``factor = scale / B``.
-
-    With q = softmax(z/T) and P = factor * p_teacher, d kd/dz = (factor * q - P) / T (a row of P
-    sums to factor); d ce/dz = (softmax(z) - onehot(y)) / B."""
-    P, const = tables
-    with torch.no_grad():
-        z = _float(student_logits.detach())
-        B = z.shape[0]
-        log_q = log_softmax_rows(z if T == 1.0 else z * (1.0 / T))
-        kd = torch.sub(const.sum(), torch.vdot(P.reshape(-1), log_q.reshape(-1)))
-        ce = None
-        if target is not None:
-            log_q1 = log_q if T == 1.0 else log_softmax_rows(z)
-            ce = F.nll_loss(log_q1, target)
-        grad = log_q.exp().mul_(w_kd * scale / (T * B)).sub_(P, alpha=w_kd / T)
-        if ce is not None and w_ce != 0.0:
-            add_ce_grad(grad, log_q1, target, w_ce / B)
-    return kd, ce, grad.to(student_logits.dtype)
-
-
-def add_ce_grad(grad: Tensor, log_q1: Tensor, target: Tensor, w: float) -> Tensor:
-    """``grad += w * (softmax - onehot(target))``, from the log-softmax at T = 1 (in place)."""
-    grad.add_(log_q1.exp(), alpha=w)
-    return grad.scatter_add_(1, target.unsqueeze(1), grad.new_full((grad.shape[0], 1), -w))
-
-
-def dkd_step(student_logits: Tensor, tables: tuple[Tensor, Tensor, Tensor], T: float,
-             w_t: float, w_n: float, target: Tensor | None = None, w_ce: float = 0.0
-             ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """``(tckd, nckd, ce, grad)``: the values of :func:`dkd_fused_terms`' two terms, the
-    cross-entropy on ``target`` (None without one) and the gradient of
-    ``w_t * tckd + w_n * nckd + w_ce * ce`` with respect to the logits (the same algebra as the
-    autograd node's backward, called directly)."""
-    with torch.no_grad():
-        z = _float(student_logits.detach())
-        tckd, nckd, _, saved = _dkd_forward(z, *tables, float(T))
-        K, s_T = saved[2], saved[3]
-        # K @ (w_t, w_n) with the weights as numbers: no weight tensor to copy to the device
-        g_x = torch.mul(K[..., 0], w_t * s_T).add_(K[..., 1], alpha=w_n * s_T)
-        grad = _dkd_backward(saved, g_x)
-        ce = None
-        if target is not None:
-            log_q1 = log_softmax_rows(z)
-            ce = F.nll_loss(log_q1, target)
-            if w_ce != 0.0:
-                add_ce_grad(grad, log_q1, target, w_ce / z.shape[0])
-    return tckd, nckd, ce, grad.to(student_logits.dtype)

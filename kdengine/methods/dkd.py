@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.fused import dkd_fused_terms, dkd_step
+from kdengine.losses.closed_form import dkd_step
+from kdengine.losses.fused import dkd_fused_terms
 from kdengine.losses.logits import dkd_terms
 from kdengine.methods.base import Method, register
 
@@ -73,22 +74,18 @@ class DKD(Method):
         return self.with_hard_ce(terms, s, batch)
 
     def step_loss(self, batch, step):
-        """With the teacher's tables cached and every label known (or no CE): the terms' values and
-        the gradient of their weighted sum in closed form (``dkd_step``), no autograd graph for the
-        loss. Otherwise the default, from :meth:`loss_terms`."""
+        """With the teacher's tables cached and every label known (or no CE): the gradient of the
+        weighted sum in closed form, no autograd graph for the loss, and the values deferred to the
+        log window (kdengine/losses/closed_form.py). Otherwise the default."""
         weights = self.plain_weights("tckd", "nckd", "ce")
         tables = None if weights is None else self._cached_tables(batch, self.params.T)
         want_ce = self.wants("ce")
         if tables is None or not (batch.all_labeled or not want_ce):
             return super().step_loss(batch, step)
         s = self.student(batch.x)
-        warm = self._warm(step)
         w_t, w_n, w_ce = weights
-        tckd, nckd, ce, grad = dkd_step(s, tables, self.params.T, w_t * warm, w_n * warm,
-                                        batch.y if want_ce else None, w_ce)
-        terms = {"tckd": tckd * warm, "nckd": nckd * warm} if warm < 1.0 else {"tckd": tckd, "nckd": nckd}
-        if ce is not None:
-            terms["ce"] = ce
+        terms, grad = dkd_step(s, tables, self.params.T, w_t, w_n, self._warm(step),
+                               batch.y if want_ce else None, w_ce)
         return terms, s, grad
 
     @staticmethod

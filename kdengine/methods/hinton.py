@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.fused import kd_ce_step, kd_ce_terms
+from kdengine.losses.closed_form import kd_ce_step
+from kdengine.losses.fused import kd_ce_terms
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
 from kdengine.methods.base import Method, register
@@ -60,18 +61,18 @@ class HintonKD(Method):
         return self.with_hard_ce(terms, s, batch)
 
     def step_loss(self, batch, step):
-        """With the teacher's side cached, single-label classes and every label known: KD + CE's
-        values and the gradient of their weighted sum in closed form (``kd_ce_step``), with no
-        autograd graph for the loss. Otherwise the default, from :meth:`loss_terms`."""
+        """With the teacher's side cached, single-label classes and every label known: the gradient
+        of KD + CE's weighted sum in closed form, no autograd graph for the loss, and the values
+        deferred to the log window (kdengine/losses/closed_form.py). Otherwise the default."""
         weights = self.plain_weights("kd", "ce")
         if (batch.teacher_cache is None or batch.y.dim() != 1 or weights is None
                 or not (batch.all_labeled or not self.wants("ce"))):
             return super().step_loss(batch, step)
         s = self.student(batch.x)
-        kd, ce, grad = kd_ce_step(s, self._cached_tables(batch, s.shape[0]),
-                                  batch.y if self.wants("ce") else None, self.params.T, self._scale(),
-                                  *weights)
-        return ({"kd": kd} if ce is None else {"kd": kd, "ce": ce}), s, grad
+        terms, grad = kd_ce_step(s, self._cached_tables(batch, s.shape[0]),
+                                 batch.y if self.wants("ce") else None, self.params.T, self._scale(),
+                                 *weights)
+        return terms, s, grad
 
     def _scale(self) -> float:
         return self.params.T ** 2 if self.params.t_squared else 1.0

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kdengine.core.config import CONV_ARCHS, RunConfig
+from kdengine.losses.deferred import window_values
 from kdengine.losses.fused import TeacherCache
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
@@ -463,8 +464,9 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
     # the terms, 0 where absent) over all the window's steps.
     n_steps = max(len(vs) for vs in window.values())
     means, sums = {}, None
+    values = window_values(window)      # deferred terms (closed-form steps) computed here, at once
     for k, vs in window.items():
-        arr = torch.stack(vs).float().cpu().reshape(len(vs), -1)     # [steps, students]
+        arr = values[k].float().cpu().reshape(len(vs), -1)           # [steps, students]
         w = weights.get(k, 1.0)
         if isinstance(w, torch.Tensor):
             arr = arr * w.detach().float().cpu().reshape(1, -1)
