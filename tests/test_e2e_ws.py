@@ -1,6 +1,8 @@
 """bench/ws_session.py against the real app: one websocket session, speaking the browser's protocol,
 opens the Lab, presses Train and follows its run live (auto-rerun fragment) until the page says
-done; the run is that session's own, with the epochs in its URL. No browser needed."""
+done; the run is that session's own, with the epochs in its URL. No browser needed. And, without
+a server, the message cache's by-reference path (rare in a short run: only messages of 10 kB and
+more are cached)."""
 from __future__ import annotations
 
 import sys
@@ -24,14 +26,19 @@ def server(tmp_path_factory):
         yield url, root
 
 
-@pytest.fixture
-def ws_class(server):
+def ws_session():
+    """bench/ws_session.py (bench/ is not a package: its scripts import each other by name)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        from ws_session import WsClass
+        import ws_session
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    with WsClass(server[0]) as c:
+    return ws_session
+
+
+@pytest.fixture
+def ws_class(server):
+    with ws_session().WsClass(server[0]) as c:
         yield c
 
 
@@ -53,3 +60,25 @@ def test_one_ws_session_trains_and_follows_its_own_run_live(server, ws_class):
     assert any(p.startswith("Student: epoch") for p in s.progress)   # live progress came in...
     assert s.answered["fragment"] + s.answered["early"] > 0      # ...through fragment reruns
     assert s.sent["fragment"] > 0 and not s.timers               # which stopped with the run
+
+
+def test_a_cached_message_comes_back_by_reference_and_is_resolved_from_the_cache():
+    """The server sends a message the client has cached (its hash was in the rerun) as a ref_hash:
+    the session draws it from its own cache, as the frontend does, and keeps it (so reports its
+    hash) until it has gone unused for more than max_cached_message_age runs."""
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    s = ws_session().Student("http://localhost:1", "")
+    full = ForwardMsg(hash="h1")
+    full.metadata.cacheable = True
+    full.delta.new_element.markdown.body = "**Run** `r1` · hinton on digits · status **running**"
+    s.on_message(full.SerializeToString())
+    assert list(s.cache) == ["h1"] and s.run_id == "r1"
+    s.run_id = None
+    ref = ForwardMsg(ref_hash="h1")
+    s.on_message(ref.SerializeToString())
+    assert s.run_id == "r1"                                      # drawn from the cache
+    for _ in range(2):                  # two full runs without it: still cached (default age 2)...
+        s.age_cache(set())
+    assert list(s.cache) == ["h1"]
+    s.age_cache(set())                  # ...a third drops it
+    assert not s.cache
