@@ -12,12 +12,17 @@ With ``--batching both`` (the default) the class runs twice, without and with co
 different sessions stacked into one pass, the engine's batch window), each on a fresh engine with
 its solo time measured just before (with batching on, a lone run waits out the window too).
 
-With ``--http`` the class is real browser sessions on the real app instead (:func:`http_class`):
-``streamlit run app.py`` on a fresh data folder, one Chromium context per student opening the Lab
-and pressing Train, while ``/_stcore/health`` and the page (``GET /``) are timed every ~100 ms.
+With ``--http`` the class is real sessions on the real app instead (:func:`http_class`):
+``streamlit run app.py`` on a fresh data folder, one session per student opening the Lab and
+pressing Train, while ``/_stcore/health`` and the page (``GET /``) are timed every ~100 ms. A
+session is a Chromium context (``--driver chromium``, the default) or one websocket speaking the
+browser's own protocol (``--driver ws``, ``bench/ws_session.py``): 30 browsers do not fit beside
+the server on 2 cores, 30 websockets do. With ws it also prints the reruns per second the server
+answered (full and fragment) and whether each session saw its own run to the end.
 
 Usage: python bench/classroom.py [--sessions 8] [--epochs 100] [--serve processes|threads]
-                                 [--workers N] [--slots S] [--batching on|off|both] [--http]
+                                 [--workers N] [--slots S] [--batching on|off|both]
+                                 [--http [--driver chromium|ws]]
 """
 from __future__ import annotations
 
@@ -169,23 +174,63 @@ def cpu_seconds(root: int) -> dict[int, float]:
 
 def cpu_split(server: int, before: dict, after: dict) -> str:
     """Where the CPU went between two ``cpu_seconds(os.getpid())`` looks: the app server's own
-    process, its training workers, and the rest (the browsers and this bench)."""
+    process, its training workers, and the rest (the browsers or websocket sessions, and this
+    bench)."""
     used = {p: after[p] - before.get(p, 0.0) for p in after}
     workers = sum(used[p] for p in cpu_seconds(server) if p != server and p in used)
     main = used.get(server, 0.0)
-    return (f"server process {main:.1f} s, its workers {workers:.1f} s, browsers and bench "
+    return (f"server process {main:.1f} s, its workers {workers:.1f} s, sessions and bench "
             f"{sum(used.values()) - main - workers:.1f} s")
 
 
-def open_labs(browser, base: str, n: int, epochs: int) -> list:
-    """N Lab sessions (one browser context each) with the run set up and its teacher cached."""
-    pages = []
-    for _ in range(n):
-        page = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
-        page.goto(f"{base}/?train.epochs={epochs}")
-        page.get_by_text("This teacher is cached").wait_for(timeout=180_000)
-        pages.append(page)
-    return pages
+class ChromiumClass:
+    """One Chromium context per student (Playwright): the real frontend, at a browser's CPU cost
+    on the same machine. The steps ``bench/ws_session.py``'s ``WsClass`` also offers; it counts
+    the reruns the pages ask for (the BackMsgs on their websockets) to compare the two."""
+
+    def __init__(self, base: str):
+        from collections import Counter
+        self.base, self.pages, self.sent = base, [], Counter()
+
+    def __enter__(self) -> "ChromiumClass":
+        from playwright.sync_api import sync_playwright
+        from ui_latency import ARGS, CHROMIUM
+        self.pw = sync_playwright().start()
+        self.browser = self.pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.browser.close()
+        self.pw.stop()
+
+    def open(self, n: int, epochs: int) -> None:
+        """N Lab sessions (one browser context each) with the run set up and its teacher cached."""
+        for _ in range(n):
+            page = self.browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+            page.on("websocket", lambda ws: ws.on("framesent", self.count))
+            page.goto(f"{self.base}/?train.epochs={epochs}")
+            page.get_by_text("This teacher is cached").wait_for(timeout=180_000)
+            self.pages.append(page)
+
+    def count(self, payload) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        if isinstance(payload, bytes):
+            msg = BackMsg.FromString(payload)
+            if msg.WhichOneof("type") == "rerun_script":
+                self.sent["fragment" if msg.rerun_script.fragment_id else "full"] += 1
+
+    def press_all(self) -> None:
+        self.window = (time.perf_counter(), self.sent.copy())
+        for page in self.pages:                       # N Train clicks, back to back
+            page.get_by_role("button", name="Train").click()
+
+    def finish(self, store, epochs: int) -> list[str]:
+        t0, sent0 = self.window
+        secs = time.perf_counter() - t0
+        self.pages[0].wait_for_timeout(200)     # sync Playwright delivers the frame events now
+        sent = self.sent - sent0
+        return [f"reruns the pages asked for during the load ({secs:.0f} s): full "
+                f"{sent['full'] / secs:.2f}/s, fragment {sent['fragment'] / secs:.2f}/s"]
 
 
 def wait_class(store, n: int, timeout: float) -> list[dict]:
@@ -200,11 +245,18 @@ def wait_class(store, n: int, timeout: float) -> list[dict]:
     return runs
 
 
+def make_driver(name: str, base: str):
+    if name == "ws":
+        from ws_session import WsClass
+        return WsClass(base)
+    return ChromiumClass(base)
+
+
 def http_class(args) -> None:
-    """Cache the Lab's teacher, start the app, open N Lab sessions in Chromium, press Train in each,
-    and time the app's health check and page while the runs train, until all are done."""
-    from playwright.sync_api import sync_playwright
-    from ui_latency import ARGS, CHROMIUM, free_port, start_server
+    """Cache the Lab's teacher, start the app, open N Lab sessions (Chromium, or websocket sessions
+    speaking the browser's protocol), press Train in each, and time the app's health check and page
+    while the runs train, until all are done."""
+    from ui_latency import free_port, start_server
     from kdengine import Engine, Store
     root = os.environ["KD_RUNS_DIR"]
     eng = Engine(store=Store(root), max_workers=1)
@@ -222,30 +274,34 @@ def http_class(args) -> None:
         idle.start()
         time.sleep(5)
         idle.stop()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            pages = open_labs(browser, base, args.sessions, args.epochs)
+        with make_driver(args.driver, base) as students:
+            students.open(args.sessions, args.epochs)
             load, cpu0, t0 = Prober(base), cpu_seconds(os.getpid()), time.perf_counter()
             load.start()
-            for page in pages:                       # N Train clicks, back to back
-                page.get_by_role("button", name="Train").click()
+            students.press_all()
             runs = wait_class(Store(root), args.sessions, args.timeout)
             total, cpu = time.perf_counter() - t0, cpu_split(proc.pid, cpu0, cpu_seconds(os.getpid()))
             load.stop()
-            browser.close()
+            seen = students.finish(Store(root), args.epochs)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(f"HTTP: {args.sessions} Chromium sessions on one `streamlit run app.py` "
+    what = {"chromium": "Chromium sessions", "ws": "websocket sessions speaking the browser's "
+            "protocol (bench/ws_session.py)"}[args.driver]
+    print(f"HTTP, driver {args.driver}: {args.sessions} {what} on one `streamlit run app.py` "
           f"(KD_SERVE={os.environ.get('KD_SERVE', 'processes')}); {os.cpu_count()} CPUs, load "
-          f"average {os.getloadavg()[0]:.1f} at the end (the browsers run on the same machine)")
+          f"average {os.getloadavg()[0]:.1f} at the end (the sessions run on the same machine)")
     print(f"{args.epochs}-epoch digits Hinton runs, teacher cached: all done in {total:.1f} s")
     print(f"CPU time during the load: {cpu}")
     for when, pr in (("idle, before", idle), ("during the load", load)):
         print(f"{when}: " + "; ".join(probe_line(f"GET {path}", xs) for path, xs in pr.times.items())
               + f"; {pr.errors} errors")
+    for line in seen:
+        print(line)
+    right = sum(r["config"]["train"]["epochs"] == args.epochs for r in runs)
     print(f"failed {sum(r['status'] != 'done' for r in runs)}, "
-          f"lost {args.sessions - len(runs)} (Train pressed, no run stored)")
+          f"lost {args.sessions - len(runs)} (Train pressed, no run stored); {right}/{len(runs)} runs "
+          f"with {args.epochs} epochs, {len({r['owner'] for r in runs})} distinct owners")
 
 
 def main() -> None:
@@ -257,6 +313,9 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=0, help="time-sliced runs per executor")
     ap.add_argument("--http", action="store_true",
                     help="real browser sessions on `streamlit run app.py`; time its health check")
+    ap.add_argument("--driver", choices=["chromium", "ws"], default="chromium",
+                    help="with --http: a Chromium per student, or one websocket each speaking the "
+                         "browser's protocol (bench/ws_session.py: light enough for 30 on 2 cores)")
     ap.add_argument("--timeout", type=float, default=900, help="with --http: give up after (s)")
     ap.add_argument("--batching", choices=["on", "off", "both"], default="both",
                     help="cohorts of stacked students (KD_BATCH_WINDOW, default 0.3 s)")
