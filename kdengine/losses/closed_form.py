@@ -27,21 +27,25 @@ from kdengine.losses.fused import _float, log_softmax_rows, softmax_rows
 
 
 # -- Hinton KD + CE --------------------------------------------------------------------------------
-def kd_ce_step(student_logits: Tensor, tables: tuple[Tensor, Tensor], target: Tensor | None,
+def kd_ce_step(student_logits: Tensor, tables: tuple[Tensor, Tensor, Tensor], target: Tensor | None,
                T: float, scale: float, w_kd: float, w_ce: float
                ) -> tuple[dict[str, DeferredTerm], Tensor]:
     """``(terms, grad)``: ``kd`` (and ``ce`` when a target is given), deferred, with the values of
     :func:`kdengine.losses.fused.kd_ce_terms`, and the gradient of ``w_kd * kd + w_ce * ce`` with
-    respect to the logits. ``tables``: the batch's rows of ``kd_teacher_tables`` with
-    ``factor = scale / B`` (P = factor * p, whose rows sum to factor)."""
-    P, const = tables
+    respect to the logits. ``tables``: the batch's rows of ``TeacherCache.kd_step_tables``, P =
+    factor * p with ``factor = scale / B`` (its rows sum to factor), the constants, and
+    G = (w_kd / T) P + (w_ce / B) onehot(target), so that the gradient is
+    (w_kd scale / (T B)) softmax(z / T) + (w_ce / B) softmax(z) - G."""
+    P, const, G = tables
     z = _float(student_logits.detach())
     B = z.shape[0]
     q = softmax_rows(z if T == 1.0 else z * (1.0 / T))
-    grad = q.mul(w_kd * scale / (T * B)).sub_(P, alpha=w_kd / T)
-    if target is not None and w_ce != 0.0:
-        add_ce_grad(grad, q if T == 1.0 else softmax_rows(z), target, w_ce / B)
-    return KDCEValues(z, P, const, target, T).terms(), grad.to(student_logits.dtype)
+    grad = q.mul(w_kd * scale / (T * B)).sub_(G)
+    if w_ce != 0.0:
+        grad.add_(q if T == 1.0 else softmax_rows(z), alpha=w_ce / B)
+    if grad.dtype != student_logits.dtype:
+        grad = grad.to(student_logits.dtype)
+    return KDCEValues(z, P, const, target, T).terms(), grad
 
 
 def add_ce_grad(grad: Tensor, q1: Tensor, target: Tensor, w: float) -> Tensor:

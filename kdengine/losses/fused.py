@@ -41,6 +41,21 @@ class TeacherCache:
         return _memo(self._tables, ("kd", float(T), factor),
                      lambda: kd_teacher_tables(self.log_probs(T), factor))
 
+    def kd_step_tables(self, T: float, factor: float, w_kd: float, w_ce_b: float
+                       ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """:meth:`kd_tables` and ``G = (w_kd / T) P + w_ce_b onehot(label)``, all a closed-form
+        KD + CE step subtracts from its gradient (kdengine/losses/closed_form.py), once per run;
+        None unless every sample has its label."""
+        if self.labels is None or self.labeled is not None:
+            return None
+
+        def make():
+            P, const = self.kd_tables(T, factor)
+            G = (P * (w_kd / T)).scatter_add_(1, self.labels[:, None].long(),
+                                              P.new_full((len(P), 1), w_ce_b))
+            return P, const, G
+        return _memo(self._tables, ("kd_step", float(T), factor, w_kd, w_ce_b), make)
+
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         """:func:`dkd_teacher_tables` over the set at T; None without labels."""
         if self.labels is None:
@@ -79,6 +94,13 @@ class OrderedTeacherCache:
     def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
         return _memo(self._tables, ("kd", T, factor),
                      lambda: tuple(t[self._order] for t in self._base.kd_tables(T, factor)))
+
+    def kd_step_tables(self, T: float, factor: float, w_kd: float, w_ce_b: float
+                       ) -> tuple[Tensor, Tensor, Tensor] | None:
+        def make():
+            tables = self._base.kd_step_tables(T, factor, w_kd, w_ce_b)
+            return None if tables is None else tuple(t[self._order] for t in tables)
+        return _memo(self._tables, ("kd_step", T, factor, w_kd, w_ce_b), make)
 
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         if self._base.labels is None:

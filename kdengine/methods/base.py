@@ -160,6 +160,7 @@ class Method:
         # What wants() and weigh() read every step, worked out once here: no per-step host sync on
         # stacked weights, and no multiplication by a weight of 1.
         self.term_weights = weights
+        self._plain: dict[tuple, tuple | None] = {}
         self._wanted = {t: _positive(w) for t, w in weights.items()}
         self._factors = {t: w for t, w in weights.items() if isinstance(w, Tensor) or w != 1.0}
 
@@ -249,8 +250,12 @@ class Method:
         """The weights of ``terms`` as numbers (1 where not declared), or None when any is a tensor:
         what a closed-form :meth:`step_loss` folds into its gradient. Stacked students' weights are
         always tensors, so None also says "stacked": take the default path."""
-        ws = tuple(self.term_weights.get(t, 1.0) for t in terms)
-        return None if any(isinstance(w, Tensor) for w in ws) else tuple(float(w) for w in ws)
+        hit = self._plain.get(terms, False)
+        if hit is False:                        # asked every step: worked out once per weights
+            ws = tuple(self.term_weights.get(t, 1.0) for t in terms)
+            hit = self._plain[terms] = (None if any(isinstance(w, Tensor) for w in ws)
+                                        else tuple(float(w) for w in ws))
+        return hit
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """Extra scalar metrics recorded at the end of each epoch (e.g. MagSim)."""

@@ -65,13 +65,18 @@ class HintonKD(Method):
         of KD + CE's weighted sum in closed form, no autograd graph for the loss, and the values
         deferred to the log window (kdengine/losses/closed_form.py). Otherwise the default."""
         weights = self.plain_weights("kd", "ce")
-        if (batch.teacher_cache is None or batch.y.dim() != 1 or weights is None
-                or not (batch.all_labeled or not self.wants("ce"))):
+        cache = batch.teacher_cache
+        if cache is None or batch.y.dim() != 1 or weights is None:
+            return super().step_loss(batch, step)
+        w_kd, w_ce = weights if self.wants("ce") else (weights[0], 0.0)
+        n = len(batch.y)
+        tables = cache[0].kd_step_tables(self.params.T, self._scale() / n, w_kd, w_ce / n)
+        if tables is None:      # some samples have no label: the graph, with its mask
             return super().step_loss(batch, step)
         s = self.student(batch.x)
-        terms, grad = kd_ce_step(s, self._cached_tables(batch, s.shape[0]),
-                                 batch.y if self.wants("ce") else None, self.params.T, self._scale(),
-                                 *weights)
+        rows = batch.idx if batch.rows is None else batch.rows
+        terms, grad = kd_ce_step(s, [t[rows] for t in tables], batch.y if w_ce else None,
+                                 self.params.T, self._scale(), w_kd, w_ce)
         return terms, s, grad
 
     def _scale(self) -> float:
