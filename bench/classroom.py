@@ -22,7 +22,7 @@ answered (full and fragment) and whether each session saw its own run to the end
 
 Usage: python bench/classroom.py [--sessions 8] [--epochs 100] [--serve processes|threads]
                                  [--workers N] [--slots S] [--batching on|off|both]
-                                 [--http [--driver chromium|ws]]
+                                 [--http [--driver chromium|ws] [--spread S]]
 """
 from __future__ import annotations
 
@@ -219,9 +219,11 @@ class ChromiumClass:
             if msg.WhichOneof("type") == "rerun_script":
                 self.sent["fragment" if msg.rerun_script.fragment_id else "full"] += 1
 
-    def press_all(self) -> None:
+    def press_all(self, spread: float = 0.0) -> None:
         self.window = (time.perf_counter(), self.sent.copy())
-        for page in self.pages:                       # N Train clicks, back to back
+        for i, page in enumerate(self.pages):         # N Train clicks, back to back or spread
+            if i and spread:
+                page.wait_for_timeout(1000 * spread / (len(self.pages) - 1))
             page.get_by_role("button", name="Train").click()
 
     def finish(self, store, epochs: int) -> list[str]:
@@ -278,7 +280,7 @@ def http_class(args) -> None:
             students.open(args.sessions, args.epochs)
             load, cpu0, t0 = Prober(base), cpu_seconds(os.getpid()), time.perf_counter()
             load.start()
-            students.press_all()
+            students.press_all(args.spread)
             runs = wait_class(Store(root), args.sessions, args.timeout)
             total, cpu = time.perf_counter() - t0, cpu_split(proc.pid, cpu0, cpu_seconds(os.getpid()))
             load.stop()
@@ -291,7 +293,8 @@ def http_class(args) -> None:
     print(f"HTTP, driver {args.driver}: {args.sessions} {what} on one `streamlit run app.py` "
           f"(KD_SERVE={os.environ.get('KD_SERVE', 'processes')}); {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the end (the sessions run on the same machine)")
-    print(f"{args.epochs}-epoch digits Hinton runs, teacher cached: all done in {total:.1f} s")
+    print(f"{args.epochs}-epoch digits Hinton runs, teacher cached, Train pressed "
+          + (f"over {args.spread:.0f} s" if args.spread else "at once") + f": all done in {total:.1f} s")
     print(f"CPU time during the load: {cpu}")
     for when, pr in (("idle, before", idle), ("during the load", load)):
         print(f"{when}: " + "; ".join(probe_line(f"GET {path}", xs) for path, xs in pr.times.items())
@@ -313,6 +316,10 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=0, help="time-sliced runs per executor")
     ap.add_argument("--http", action="store_true",
                     help="real browser sessions on `streamlit run app.py`; time its health check")
+    ap.add_argument("--spread", type=float, default=0.0,
+                    help="with --http: press Train over this many seconds, evenly (default 0: all "
+                         "at once, as the API class does); a class pressing over a minute or so "
+                         "keeps the server under load for longer and forms smaller cohorts")
     ap.add_argument("--driver", choices=["chromium", "ws"], default="chromium",
                     help="with --http: a Chromium per student, or one websocket each speaking the "
                          "browser's protocol (bench/ws_session.py: light enough for 30 on 2 cores)")

@@ -301,13 +301,16 @@ class WsClass:
                 raise RuntimeError("the server closed the session")
             await asyncio.sleep(0.05)
 
-    def press_all(self) -> None:
-        """N Train presses, back to back; the rerun counters start from here."""
+    def press_all(self, spread: float = 0.0) -> None:
+        """N Train presses, back to back or evenly over ``spread`` seconds; the rerun counters start
+        from here."""
         self.window = (time.perf_counter(), *self.totals())
-        self.call(self._press_all(), 60)
+        self.call(self._press_all(spread), 60 + spread)
 
-    async def _press_all(self) -> None:
-        for s in self.students:
+    async def _press_all(self, spread: float) -> None:
+        for i, s in enumerate(self.students):
+            if i and spread:
+                await asyncio.sleep(spread / (len(self.students) - 1))
             await s.press("Train")
 
     def totals(self) -> tuple[Counter, Counter]:

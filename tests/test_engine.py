@@ -9,6 +9,7 @@ import torch
 from kdengine.cli import load_config
 from kdengine import Engine, Store
 from kdengine.run.trainer import Trainer
+from conftest import on_the_graph
 
 
 def test_digits_preset_trains_end_to_end_and_is_stored(engine):
@@ -97,6 +98,7 @@ def test_failing_run_is_recorded_and_engine_keeps_serving(engine, tiny_cfg, monk
     def boom(self, batch, step):
         raise RuntimeError("kaboom in loss")
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", boom)
+    on_the_graph(monkeypatch, hinton.HintonKD)
     bad = engine.submit(tiny_cfg)
     assert engine.wait(bad, 120) == "failed"
     assert "kaboom in loss" in engine.snapshot(bad)["error"]
@@ -106,7 +108,7 @@ def test_failing_run_is_recorded_and_engine_keeps_serving(engine, tiny_cfg, monk
     assert engine.wait(good, 120) == "done"
 
 
-def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg):
+def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg, monkeypatch):
     cfg = tiny_cfg.with_overrides({"train.lr": 10.0, "train.optimizer": "sgd", "train.momentum": 0.0,
                                    "method.params.T": 1.0, "train.epochs": 20, "train.log_every": 7})
     from kdengine.methods import hinton
@@ -117,12 +119,10 @@ def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg):
         if step >= 10:
             terms["kd"] = terms["kd"] * float("inf")
         return terms
-    hinton.HintonKD.loss_terms = explode
-    try:
-        rid = engine.submit(cfg)
-        assert engine.wait(rid, 120) == "failed"
-    finally:
-        hinton.HintonKD.loss_terms = orig
+    monkeypatch.setattr(hinton.HintonKD, "loss_terms", explode)
+    on_the_graph(monkeypatch, hinton.HintonKD)
+    rid = engine.submit(cfg)
+    assert engine.wait(rid, 120) == "failed"
     err = engine.snapshot(rid)["error"]
     assert "'kd'" in err and "step 11" in err
 

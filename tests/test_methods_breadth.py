@@ -270,13 +270,19 @@ def test_dml_alternating_steps_the_peers_first_then_the_student_learns_from_them
     assert m.student.head.weight.grad.abs().sum() > 0
 
 
-def test_a_resumed_alternating_dml_run_continues_its_peers_and_their_optimiser(tmp_path):
+@pytest.mark.parametrize("name,params,own_opt", [
+    ("dml", {"update": "alternating", "cohort_size": 3}, "peer_opt"),
+    ("adversarial", {}, "d_opt"),
+])
+def test_a_resumed_run_continues_what_its_method_trains_with_an_optimiser_of_its_own(
+        tmp_path, name, params, own_opt):
     """Stopped after epoch 2 of 4 and resumed, it ends where the run without a stop ends: the
-    student, every peer and the peers' own optimiser state."""
+    student, and what the method trains with its own optimiser (DML's alternating peers, the
+    adversarial discriminator) with that optimiser's state."""
     from kdengine.core.checkpoints import safe_load
     from kdengine.run.trainer import Control, StopRequested, Trainer
     torch.set_num_threads(1)
-    cfg = _cfg("dml", {"update": "alternating", "cohort_size": 3}, epochs=4)
+    cfg = _cfg(name, params, epochs=4)
     Trainer(cfg, checkpoint_path=tmp_path / "whole.pt").run()
     ctl = Control()
 
@@ -290,7 +296,7 @@ def test_a_resumed_alternating_dml_run_continues_its_peers_and_their_optimiser(t
     whole, split = safe_load(tmp_path / "whole.pt"), safe_load(tmp_path / "split.pt")
     torch.testing.assert_close(split["state_dict"], whole["state_dict"], rtol=0, atol=0)
     torch.testing.assert_close(split["method"], whole["method"], rtol=0, atol=0)
-    assert whole["method"]["peer_opt"]["state"]       # the peers' Adam moments are in it
+    assert whole["method"][own_opt]["state"]          # the optimiser's Adam moments are in it
 
 
 # ---- multi-teacher -----------------------------------------------------------------------------

@@ -68,6 +68,14 @@ class AdversarialKD(Method):
         # requires_grad off whenever the trainer looks, so they never join the main optimiser.
         return [self.disc]
 
+    def extra_state(self):
+        # D's weights travel with extra_modules; its own optimiser's moments would be lost on resume
+        return {"d_opt": self.d_opt.state_dict()}
+
+    def load_extra_state(self, state):
+        if state and "d_opt" in state:
+            self.d_opt.load_state_dict(state["d_opt"])
+
     def _d_in(self, z: Tensor) -> Tensor:
         return F.softmax(z, -1) if self.params.d_input == "probs" else z
 

@@ -1,13 +1,16 @@
 """The method contract: what a distillation method declares and what the trainer does with it.
 
 A method owns one student (plus any helper modules it trains: regressors, a cohort, a discriminator)
-and sees the teachers read-only. The trainer calls ``loss_terms(batch, step)`` each step; it returns
-UNWEIGHTED named terms ("ce", "kd", "tckd", ...). The class declares which of its ``Params`` knobs
-weights each term (``weight_knobs``), which terms need labels (``label_terms``) and which knob is the
-temperature (``temperature``). The trainer minimises the sum of the terms times their weights
-(``Method.weighted_sum``, the sum of ``Method.weigh``'s terms) and records the weighted terms: the
-charts plot what the optimiser sees, under the stable term names, so a new method needs no page code. On a transfer set without labels the trainer sets
-the label terms' weights to 0. The linter, the vectorised backend and the pages read the same
+and sees the teachers read-only. The trainer calls ``step_loss(batch, step)`` each step, which by
+default calls ``loss_terms(batch, step)``; that returns UNWEIGHTED named terms ("ce", "kd", "tckd",
+...). The class declares which of its ``Params`` knobs weights each term (``weight_knobs``), which
+terms need labels (``label_terms``) and which knob is the temperature (``temperature``). The trainer
+minimises the sum of the terms times their weights (``Method.weighted_sum``, the sum of
+``Method.weigh``'s terms) and records the weighted terms: the charts plot what the optimiser sees,
+under the stable term names, so a new method needs no page code. (A method whose weighted sum has a
+closed-form gradient may answer ``step_loss`` without a graph and defer its terms' values: see
+there.) On a transfer set without labels the trainer sets the label terms' weights to 0. The linter,
+the vectorised backend and the pages read the same
 declarations (``temperature_of``, ``label_weight_knobs``).
 
 Stacked students (``supports_stacking``): the vectorised backend trains a sweep's cells as one
