@@ -149,3 +149,22 @@ def test_live_figures_are_rebuilt_only_when_a_plotted_point_changes():
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["same"] and at.session_state["rebuilt"]
     assert at.session_state["names"] == ["loss/kd", "accuracy"]
+
+
+def test_live_views_share_the_servers_rerun_budget(monkeypatch):
+    """Each polling view gets max(its own interval, views polling / budget): one alone keeps its
+    interval, a class of thirty shares the budget, and a view that leaves or lapses frees its share."""
+    from ui import live
+    clock = [100.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    p = live.Pollers()
+    assert p.interval(("s0", "lab"), 0.2, 12.0) == 0.2
+    for i in range(1, 30):
+        p.interval((f"s{i}", "lab"), 0.2, 12.0)
+    assert p.count() == 30 and p.interval(("s0", "lab"), 0.2, 12.0) == 30 / 12.0
+    assert p.interval(("s0", "lab"), 3.0, 12.0) == 3.0          # slower than its share: its own
+    for i in range(15):
+        p.leave((f"s{i}", "lab"))
+    assert p.interval(("s29", "lab"), 0.2, 12.0) == 15 / 12.0
+    clock[0] += 11.0                                            # the others stopped redrawing
+    assert p.interval(("s29", "lab"), 0.2, 12.0) == 0.2 and p.count() == 1

@@ -4,16 +4,74 @@ TA-gap experiment): a fragment that redraws every ``every`` seconds while it is 
 When the watched thing stops being active, the fragment asks for one full rerun: the page then
 draws its final state (buttons that depend on the status, the stored results) and, being no longer
 active, stops polling. Worker threads never call ``st.*``; ``render`` reads snapshots.
+
+Every redraw is a script run in the one server process, whoever asks. A class of 30 students each
+redrawing 5 times a second (the hurried wait for a first point) asked the server for 150 reruns a
+second: it answered none, its health check took seconds, and no student saw a point
+(``bench/classroom.py --http --driver ws --sessions 30``). So the server shares a budget,
+``KD_RERUNS_PER_S`` redraws a second for all live views together (:class:`Pollers`): a view redraws
+every ``max(its own interval, views polling now / budget)`` seconds. One student alone still gets
+0.2 s; eight wait at most 0.7 s; thirty see a point every 2.5 s.
 """
 from __future__ import annotations
 
 import functools
+import math
+import os
+import threading
+import time
 from typing import Any, Callable
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 HURRY_EVERY = 0.2      # seconds between redraws while ``hurry()`` holds
 SLOW_EVERY = 3.0       # seconds between redraws while ``slow()`` holds
+
+
+def rerun_budget() -> float:
+    """Live redraws per second the server answers for all sessions together (``KD_RERUNS_PER_S``)."""
+    try:
+        return max(1.0, float(os.environ.get("KD_RERUNS_PER_S", "12")))
+    except ValueError:
+        return 12.0
+
+
+class Pollers:
+    """The live views polling now, server-wide: ``(session, key)`` -> when the entry lapses (a
+    view that stops redrawing, its tab closed, drops out after a few of its intervals)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[tuple[str, str], float] = {}
+
+    def interval(self, who: tuple[str, str], base: float, budget: float) -> float:
+        """Mark ``who`` as polling and return its share of the budget: at least ``base``."""
+        now = time.monotonic()
+        with self._lock:
+            self._until[who] = now + max(10.0, 4 * base)
+            for k in [k for k, t in self._until.items() if t < now]:
+                del self._until[k]
+            n = len(self._until)
+        return max(base, n / budget)
+
+    def leave(self, who: tuple[str, str]) -> None:
+        with self._lock:
+            self._until.pop(who, None)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._until)
+
+
+@st.cache_resource
+def pollers() -> Pollers:
+    return Pollers()
+
+
+def _who(key: str) -> tuple[str, str]:
+    ctx = get_script_run_ctx()
+    return (ctx.session_id if ctx is not None else "", key)
 
 
 def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *args: Any,
@@ -35,18 +93,32 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     hurried = active and hurry is not None and bool(hurry())
     slowed = active and not hurried and slow is not None and bool(slow())
     st.session_state[flag] = active
+    who, budget = _who(key), rerun_budget()
+    base = HURRY_EVERY if hurried else SLOW_EVERY if slowed else every
+    interval = pollers().interval(who, base, budget) if active else None
+    if not active:
+        pollers().leave(who)
 
     # wraps: the fragment keeps render's identity, as if the page had decorated render itself
     @functools.wraps(render)
     def body(*a: Any) -> None:
+        # First, before drawing: when a class presses Train together, each page is drawn while
+        # few others poll yet, with a short interval; under that load a redraw outlasts its interval
+        # and is cut short by the next, so a check after drawing would never run
+        if active and _off_by_twice(pollers().interval(who, base, budget), interval):
+            st.rerun()      # the class grew or shrank: a fragment keeps its interval until redrawn
         render(*a)
         if st.session_state.get(flag) and not is_active():
             st.session_state[flag] = False
+            pollers().leave(who)
             st.rerun()
         elif hurried and not hurry():
             st.rerun()
         elif slowed and not slow():
             st.rerun()
 
-    interval = HURRY_EVERY if hurried else SLOW_EVERY if slowed else every
     st.fragment(body, run_every=interval if active else None)(*args)
+
+
+def _off_by_twice(fair: float, drawn: float) -> bool:
+    return abs(math.log(fair / drawn)) > math.log(2.0)
