@@ -139,3 +139,25 @@ def test_trainer_warns_when_the_teacher_does_not_beat_the_student_alone(runs_dir
     warned = any("not clearly better than the student alone" in n for n in notices)
     assert warned == (summary["teacher_test_acc"] - summary["baseline_test_acc"] < 0.01)
     assert warned      # the setup above is meant to produce a weak teacher
+
+
+def test_a_breaking_check_is_logged_and_skipped_and_sources_are_parsed_once(monkeypatch, caplog):
+    """The Lab lints on every run of its page: a check that raises must not take the page (and the
+    Train press in that run) down, and a method's source is parsed once per version of the file,
+    not per page run (CPython 3.11's ast.parse also failed when 30 sessions parsed at once)."""
+    import ast as ast_module
+    from kdengine import RunConfig
+    from kdengine.teaching import pitfalls
+    cfg = RunConfig.from_dict({"data": {"name": "digits"}, "method": {"name": "hinton"}})
+    pitfalls._kl_mean_lines.cache_clear()
+    parses = []
+    real_parse = ast_module.parse
+    monkeypatch.setattr(pitfalls.ast, "parse", lambda *a, **k: parses.append(1) or real_parse(*a, **k))
+    first = pitfalls.lint(cfg)
+    assert pitfalls.lint(cfg) == first and len(parses) == 1
+
+    def broken(cfg):
+        raise SystemError("AST constructor recursion depth mismatch")
+    monkeypatch.setattr(pitfalls, "CHECKS", [broken, *pitfalls.CHECKS])
+    assert pitfalls.lint(cfg) == first
+    assert "lint check broken failed" in caplog.text

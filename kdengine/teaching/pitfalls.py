@@ -22,8 +22,12 @@ knob names.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import json
+import logging
+import os
+import threading
 from typing import Callable
 
 from kdengine.core.config import RunConfig
@@ -95,6 +99,17 @@ KL_MEAN_MSG = ("{where} uses KL divergence with reduction='mean', which divides 
                "reduction='batchmean'.")
 
 
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=64)
+def _kl_mean_lines(path: str, mtime_ns: int) -> list[int]:
+    """:func:`kl_mean_calls` of a method's source file, parsed once per version of the file: the Lab
+    lints on every run of its page, for every student."""
+    with open(path, encoding="utf-8") as f:
+        return kl_mean_calls(f.read())
+
+
 def kl_mean_calls(source: str) -> list[int]:
     """Line numbers of PyTorch ``KLDivLoss(...)`` / ``kl_div(...)`` calls whose reduction is 'mean'
     (explicitly, or by default: both default to 'mean').
@@ -102,7 +117,8 @@ def kl_mean_calls(source: str) -> list[int]:
     ``x.kl_div(...)`` (``F.kl_div``, ``torch.kl_div``) and ``KLDivLoss`` always count; a bare
     ``kl_div(...)`` only when that name was imported from torch (kdengine.losses.logits has its own)."""
     try:
-        tree = ast.parse(source)
+        with _PARSE_LOCK:       # CPython 3.11's ast.parse is not safe in concurrent threads
+            tree = ast.parse(source)
     except SyntaxError:
         return []
     from_torch = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
@@ -130,10 +146,9 @@ def _kl_mean_static(cfg: RunConfig):
     cls = get_method_class(cfg.method.name)
     try:
         path = inspect.getsourcefile(cls)
-        source = open(path, encoding="utf-8").read() if path else ""
+        lines = _kl_mean_lines(path, os.stat(path).st_mtime_ns) if path else []
     except (OSError, TypeError):
         return None
-    lines = kl_mean_calls(source)
     if lines:
         where = f"Method {cfg.method.name!r} ({path.rsplit('/', 1)[-1]}, line {lines[0]})"
         return KL_MEAN_MSG.format(where=where)
@@ -271,7 +286,11 @@ def lint(cfg: RunConfig) -> list[str]:
     cfg = cfg.validated()
     out = []
     for fn in CHECKS:
-        msg = fn(cfg)
+        try:
+            msg = fn(cfg)
+        except Exception:       # advice only: a check that breaks must not break the page or Train
+            logging.getLogger(__name__).exception("lint check %s failed", fn.__name__)
+            continue
         if isinstance(msg, (list, tuple)):
             out.extend(m for m in msg if m)
         elif msg:
