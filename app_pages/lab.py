@@ -398,7 +398,8 @@ if runs:
     watched = ss[RUN]
     live_fragment(live_body, lambda: engine.status(watched) in ACTIVE, watched,
                   cfg.hash if cfg else None, key="lab", hurry=lambda: starting(watched),
-                  slow=lambda: engine.status(watched) in ("queued", "paused"))
+                  slow=lambda: engine.status(watched) in ("queued", "paused"),
+                  expected=engine.active_owners)
 else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")

@@ -45,14 +45,16 @@ class Pollers:
         self._lock = threading.Lock()
         self._until: dict[tuple[str, str], float] = {}
 
-    def interval(self, who: tuple[str, str], base: float, budget: float) -> float:
-        """Mark ``who`` as polling and return its share of the budget: at least ``base``."""
+    def interval(self, who: tuple[str, str], base: float, budget: float, expected: int = 0) -> float:
+        """Mark ``who`` as polling and return its share of the budget: at least ``base``.
+        ``expected``: views the caller knows are coming (students whose runs just started), so that
+        a class pressing Train together plans for all of them from its first redraw."""
         now = time.monotonic()
         with self._lock:
             self._until[who] = now + max(10.0, 4 * base)
             for k in [k for k, t in self._until.items() if t < now]:
                 del self._until[k]
-            n = len(self._until)
+            n = max(len(self._until), expected)
         return max(base, n / budget)
 
     def leave(self, who: tuple[str, str]) -> None:
@@ -76,7 +78,8 @@ def _who(key: str) -> tuple[str, str]:
 
 def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *args: Any,
                   key: str, every: float = 1.0, hurry: Callable[[], bool] | None = None,
-                  slow: Callable[[], bool] | None = None) -> None:
+                  slow: Callable[[], bool] | None = None,
+                  expected: Callable[[], int] | None = None) -> None:
     """Draw ``render(*args)`` now and again every ``every`` seconds while ``is_active()``.
 
     ``key`` names the session-state flag that remembers the page was polling, so the fragment
@@ -87,6 +90,8 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     ``slow()``: while it holds (and ``hurry()`` does not), little can change (a run queued or
     paused): redraw every ``SLOW_EVERY`` seconds, then rerun the page once when it stops holding.
     Each redraw costs the server CPU for every watching session, so a class's idle views are cheap.
+    ``expected()``: how many views of this kind the server should plan for beyond those polling
+    now (the Lab: sessions with an active run), shared out of ``KD_RERUNS_PER_S`` (see the module).
     """
     flag = f"live_polling.{key}"
     active = bool(is_active())
@@ -95,7 +100,10 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     st.session_state[flag] = active
     who, budget = _who(key), rerun_budget()
     base = HURRY_EVERY if hurried else SLOW_EVERY if slowed else every
-    interval = pollers().interval(who, base, budget) if active else None
+    def share() -> float:
+        return pollers().interval(who, base, budget, expected() if expected is not None else 0)
+
+    interval = share() if active else None
     if not active:
         pollers().leave(who)
 
@@ -105,7 +113,7 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
         # First, before drawing: when a class presses Train together, each page is drawn while
         # few others poll yet, with a short interval; under that load a redraw outlasts its interval
         # and is cut short by the next, so a check after drawing would never run
-        if active and _off_by_twice(pollers().interval(who, base, budget), interval):
+        if active and _off_by_twice(share(), interval):
             st.rerun()      # the class grew or shrank: a fragment keeps its interval until redrawn
         render(*a)
         if st.session_state.get(flag) and not is_active():

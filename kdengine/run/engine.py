@@ -363,6 +363,12 @@ class Engine:
             out.append(j.state.snapshot(series=False))
         return out
 
+    def active_owners(self) -> int:
+        """How many owners (sessions) have a run queued, running or paused: the live views the
+        pages should plan for, known as soon as a class presses Train, before their pages poll."""
+        with self._lock:
+            return len({j.state.owner for j in self._jobs.values() if j.state.status in ACTIVE})
+
     def queued(self) -> list[str]:
         """Queued run ids, in the order they would start."""
         with self._lock:
