@@ -63,18 +63,14 @@ class KDCEValues(StepValues):
 
     @classmethod
     def evaluate(cls, steps: list["KDCEValues"]) -> dict[str, Tensor]:
-        first = steps[0]
-        if any(s.T != first.T or s.z.shape != first.z.shape or s.names != first.names
-               for s in steps):
+        if not _alike(steps):
             return _one_by_one(cls, steps)
-        n, T = len(steps), first.T
-        z, P, const = (torch.cat([getattr(s, a) for s in steps]) for a in ("z", "P", "const"))
+        n, T = len(steps), steps[0].T
+        z, P, const = _joined(steps, "z", "P", "const")
         log_q = log_softmax_rows(z if T == 1.0 else z * (1.0 / T))
         out = {"kd": const.view(n, -1).sum(1) - (P * log_q).reshape(n, -1).sum(1)}
-        if first.target is not None:
-            log_q1 = log_q if T == 1.0 else log_softmax_rows(z)
-            y = torch.cat([s.target for s in steps])
-            out["ce"] = F.nll_loss(log_q1, y, reduction="none").view(n, -1).mean(1)
+        if steps[0].target is not None:
+            out["ce"] = _ce_per_step(log_q if T == 1.0 else log_softmax_rows(z), steps)
         return out
 
 
@@ -114,13 +110,10 @@ class DKDValues(StepValues):
 
     @classmethod
     def evaluate(cls, steps: list["DKDValues"]) -> dict[str, Tensor]:
-        first = steps[0]
-        if any(s.T != first.T or s.z.shape != first.z.shape or s.names != first.names
-               for s in steps):
+        if not _alike(steps):
             return _one_by_one(cls, steps)
-        n, T = len(steps), first.T
-        z, K, const, is_y = (torch.cat([getattr(s, a) for s in steps])
-                             for a in ("z", "K", "const", "is_y"))
+        first, n, T = steps[0], len(steps), steps[0].T
+        z, K, const, is_y = _joined(steps, "z", "K", "const", "is_y")
         # as in _DKD.forward, per sample: [log q | log q'] @ K plus the teacher's constants
         log_q = log_softmax_rows(z / T)
         log_qn = log_softmax_rows(log_q.masked_fill(is_y, float("-inf")))
@@ -131,9 +124,26 @@ class DKDValues(StepValues):
             vals = vals * vals.new_tensor([s.warm for s in steps]).unsqueeze(1)
         out = {"tckd": vals[:, 0], "nckd": vals[:, 1]}
         if first.target is not None:
-            y = torch.cat([s.target for s in steps])
-            out["ce"] = F.nll_loss(log_softmax_rows(z), y, reduction="none").view(n, -1).mean(1)
+            out["ce"] = _ce_per_step(log_softmax_rows(z), steps)
         return out
+
+
+def _alike(steps: list) -> bool:
+    """Whether the steps can share one pass: the same T, batch shape and terms."""
+    first = steps[0]
+    return all(s.T == first.T and s.z.shape == first.z.shape and s.names == first.names
+               for s in steps)
+
+
+def _joined(steps: list, *fields: str) -> list[Tensor]:
+    """Each field of the steps, their rows one after another."""
+    return [torch.cat([getattr(s, f) for s in steps]) for f in fields]
+
+
+def _ce_per_step(log_q1: Tensor, steps: list) -> Tensor:
+    """Each step's mean cross-entropy, from the joined rows' log-softmax at T = 1."""
+    y = torch.cat([s.target for s in steps])
+    return F.nll_loss(log_q1, y, reduction="none").view(len(steps), -1).mean(1)
 
 
 def _one_by_one(cls, steps: list[StepValues]) -> dict[str, Tensor]:
