@@ -81,7 +81,8 @@ class ThreadExecutor:
 
     def start(self, job) -> None:
         self.active.add(job.unit_id)
-        t = threading.Thread(target=self._run, args=(job,), name=f"kd-run-{job.unit_id[:6]}",
+        # named by the id's tail: its head is the date, the same for every run of a day
+        t = threading.Thread(target=self._run, args=(job,), name=f"kd-run-{job.unit_id[-6:]}",
                              daemon=True)
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
