@@ -100,6 +100,7 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     st.session_state[flag] = active
     who, budget = _who(key), rerun_budget()
     base = HURRY_EVERY if hurried else SLOW_EVERY if slowed else every
+
     def share() -> float:
         return pollers().interval(who, base, budget, expected() if expected is not None else 0)
 
@@ -110,9 +111,8 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     # wraps: the fragment keeps render's identity, as if the page had decorated render itself
     @functools.wraps(render)
     def body(*a: Any) -> None:
-        # First, before drawing: when a class presses Train together, each page is drawn while
-        # few others poll yet, with a short interval; under that load a redraw outlasts its interval
-        # and is cut short by the next, so a check after drawing would never run
+        # First, before drawing: a view drawn when few others polled yet (a class pressing Train
+        # together) re-plans at once, without spending a redraw on an overloaded server
         if active and _off_by_twice(share(), interval):
             st.rerun()      # the class grew or shrank: a fragment keeps its interval until redrawn
         render(*a)
