@@ -63,6 +63,11 @@ class Batch:
     # slice when the trainer put the tables in the epoch's order (OrderedTeacherCache).
     rows: slice | None = None
 
+    @property
+    def cache_rows(self) -> Tensor | slice:
+        """The index that reads this batch's rows from ``teacher_cache``'s tables."""
+        return self.idx if self.rows is None else self.rows
+
 
 def _no_emit(event: dict) -> None:
     pass
@@ -240,7 +245,7 @@ class Method:
         A method whose weighted sum has a closed-form gradient with respect to the student's logits
         may instead return the terms' values (no graph), the logits and that gradient: the same
         parameter gradients without an autograd graph for the loss, which on a small student is a
-        good part of a step (Hinton KD and DKD do, kdengine/losses/fused.py). The weights it folds
+        good part of a step (Hinton KD and DKD do, kdengine/losses/closed_form.py). The weights it folds
         in are ``term_weights``; tests/test_fused_losses.py checks such overrides against this."""
         return self.backprop(self.loss_terms(batch, step))
 
@@ -286,7 +291,7 @@ class Method:
         """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
         (computed once per T) when there is one, else from its logits."""
         if batch.teacher_cache is not None:
-            return batch.teacher_cache[i].log_probs(T)[batch.idx if batch.rows is None else batch.rows]
+            return batch.teacher_cache[i].log_probs(T)[batch.cache_rows]
         return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
 
     @staticmethod

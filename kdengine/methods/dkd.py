@@ -96,5 +96,5 @@ class DKD(Method):
         tables = None if cache is None else cache[0].dkd_tables(T)
         if tables is None:
             return None
-        rows = batch.idx if batch.rows is None else batch.rows
+        rows = batch.cache_rows
         return tuple(t[rows] for t in tables)

@@ -74,8 +74,7 @@ class HintonKD(Method):
         if tables is None:      # some samples have no label: the graph, with its mask
             return super().step_loss(batch, step)
         s = self.student(batch.x)
-        rows = batch.idx if batch.rows is None else batch.rows
-        terms, grad = kd_ce_step(s, [t[rows] for t in tables], batch.y if w_ce else None,
+        terms, grad = kd_ce_step(s, [t[batch.cache_rows] for t in tables], batch.y if w_ce else None,
                                  self.params.T, self._scale(), w_kd, w_ce)
         return terms, s, grad
 
@@ -88,5 +87,5 @@ class HintonKD(Method):
         cache = batch.teacher_cache
         if cache is None:
             return None
-        rows = batch.idx if batch.rows is None else batch.rows
+        rows = batch.cache_rows
         return [t[rows] for t in cache[0].kd_tables(self.params.T, self._scale() / n)]
