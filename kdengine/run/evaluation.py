@@ -21,17 +21,17 @@ class EvalSet:
     val: tuple[torch.Tensor, torch.Tensor] | None
     train_x: torch.Tensor
     train_y: torch.Tensor
-    # the teacher's side of the test KL, per teacher logits tensor: the same every epoch
-    _teacher: dict = field(default_factory=dict, repr=False)
+    # the teacher's side of the test KL, (its logits, p, sum p log p): the same every epoch
+    _teacher: tuple | None = field(default=None, repr=False)
 
     def teacher_side(self, t_test_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(p, sum p log p)`` of the teacher's test logits, computed once per run."""
-        hit = self._teacher.get(id(t_test_logits))
-        if hit is None or hit[0] is not t_test_logits:
+        """``(p, sum p log p)`` of the teacher's test logits, computed once per run (a run has one
+        teacher tensor; another one replaces it)."""
+        if self._teacher is None or self._teacher[0] is not t_test_logits:
             log_pt = log_softmax_rows(t_test_logits.float())
             p = log_pt.exp()
-            hit = self._teacher[id(t_test_logits)] = (t_test_logits, p, (p * log_pt).sum(-1))
-        return hit[1], hit[2]
+            self._teacher = (t_test_logits, p, (p * log_pt).sum(-1))
+        return self._teacher[1], self._teacher[2]
 
     @classmethod
     def of(cls, data: DataBundle, device: torch.device, max_train: int = 5000,
