@@ -31,3 +31,21 @@ def test_the_window_logs_each_term_times_its_weight():
     stacked = {"kd": [torch.tensor([2.0, 2.0])] * 2}
     got = read_window(stacked, 0, spe=10, weights={"kd": torch.tensor([1.0, 0.25])})
     assert [v["loss/kd"] for v in got] == [2.0, 0.5]
+
+
+@pytest.mark.parametrize("log_every, windows", [(8, [8, 8, 5]), (20, [21]), (1, [1] * 21)])
+def test_an_epochs_short_tail_joins_the_window_before_it(runs_dir, log_every, windows):
+    # digits at batch 64: 21 steps an epoch. A window that would leave a tail of fewer than half
+    # log_every steps runs on to the epoch's end, so no point is one batch's loss alone.
+    from kdengine import RunConfig
+    from kdengine.run.trainer import Trainer
+    cfg = RunConfig.from_dict({
+        "data": {"name": "digits"}, "teacher": {"source": "none"}, "method": {"name": "ce"},
+        "student": {"arch": "mlp", "depth": 1, "width": 16},
+        "train": {"epochs": 2, "batch_size": 64, "seed": 0, "log_every": log_every,
+                  "checkpoint_every": 0}})
+    steps = []
+    Trainer(cfg, emit=lambda e: steps.append(e["step"]) if e["type"] == "metrics"
+            and "loss/total" in e["values"] else None).run()
+    sizes = [b - a for a, b in zip([0, *steps], steps)]
+    assert sizes == windows * 2 and steps[-1] == 42

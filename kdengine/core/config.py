@@ -135,7 +135,8 @@ class TrainConfig:
                           help="torch.compile the student: the first steps are slow while it "
                                "compiles, later ones faster (mostly on GPUs).")
     log_every: int = param(20, min=1, max=100_000, advanced=True,
-                           help="Steps between live metric points (one device sync each).")
+                           help="Steps between live metric points (one device sync each); an "
+                                "epoch's tail shorter than half of it joins the point before.")
     baseline: bool = param(False, help="Also train the student alone (cached) to show what the "
                                        "teacher added.")
     boundary_metrics: str = param("auto", choices=("auto", "on", "off"), advanced=True,

@@ -66,11 +66,14 @@ class KDCEValues(StepValues):
         if not _alike(steps):
             return _one_by_one(cls, steps)
         n, T = len(steps), steps[0].T
-        z, P, const = _joined(steps, "z", "P", "const")
-        log_q = log_softmax_rows(z if T == 1.0 else z * (1.0 / T))
-        out = {"kd": const.view(n, -1).sum(1) - (P * log_q).reshape(n, -1).sum(1)}
+        # class-major [C, n B]: the window's rows in one contiguous block, whose log-softmax over
+        # dim 0 is PyTorch's fast CPU kernel at any width (see fused.log_softmax_rows)
+        z, P = _joined_t(steps, "z", "P")
+        (const,) = _joined(steps, "const")
+        log_q = (z if T == 1.0 else z * (1.0 / T)).log_softmax(0)
+        out = {"kd": const.view(n, -1).sum(1) - (P * log_q).view(-1, n, z.shape[1] // n).sum((0, 2))}
         if steps[0].target is not None:
-            out["ce"] = _ce_per_step(log_q if T == 1.0 else log_softmax_rows(z), steps)
+            out["ce"] = _ce_per_step_t(log_q if T == 1.0 else z.log_softmax(0), steps)
         return out
 
 
@@ -138,6 +141,17 @@ def _alike(steps: list) -> bool:
 def _joined(steps: list, *fields: str) -> list[Tensor]:
     """Each field of the steps, their rows one after another."""
     return [torch.cat([getattr(s, f) for s in steps]) for f in fields]
+
+
+def _joined_t(steps: list, *fields: str) -> list[Tensor]:
+    """Each ``[B, C]`` field of the steps, class-major: ``[C, steps * B]``, contiguous."""
+    return [torch.cat([getattr(s, f).t() for s in steps], 1) for f in fields]
+
+
+def _ce_per_step_t(log_q1: Tensor, steps: list) -> Tensor:
+    """:func:`_ce_per_step` from the class-major ``[C, steps * B]`` log-softmax."""
+    y = torch.cat([s.target for s in steps])
+    return log_q1.gather(0, y.view(1, -1).long()).view(len(steps), -1).mean(1).neg()
 
 
 def _ce_per_step(log_q1: Tensor, steps: list) -> Tensor:

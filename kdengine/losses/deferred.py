@@ -58,6 +58,9 @@ def window_values(window: dict[str, list[Any]]) -> dict[str, Tensor]:
     """A log window's terms, each as the stack of its per-step values (``[steps]``, or ``[steps, S]``
     for stacked students): tensors are stacked, deferred terms computed, each kind of source once
     for all its steps in the window."""
+    fast = _window_values_of_one_kind(window)
+    if fast is not None:
+        return fast
     sources: dict[type, dict[int, StepValues]] = {}
     for vs in window.values():
         for v in vs:
@@ -78,6 +81,33 @@ def window_values(window: dict[str, list[Any]]) -> dict[str, Tensor]:
             isinstance(v, DeferredTerm) and tables[id(v.source)][0] is table
             and tables[id(v.source)][1] == i for i, v in enumerate(vs))
         out[k] = table[k] if in_order else torch.stack([_one(v, tables) for v in vs])
+    return out
+
+
+def _window_values_of_one_kind(window: dict[str, list[Any]]) -> dict[str, Tensor] | None:
+    """:func:`window_values` of the usual window: each term a plain tensor at every step, or deferred
+    at every step with one source per step, the same sources for every deferred term (a closed-form
+    step's ``kd`` and ``ce``). None otherwise, for the general pass."""
+    out: dict[str, Tensor] = {}
+    steps: list[StepValues] | None = None
+    table: dict[str, Tensor] = {}
+    for k, vs in window.items():
+        if not isinstance(vs[0], DeferredTerm):
+            if any(isinstance(v, DeferredTerm) for v in vs):
+                return None
+            out[k] = torch.stack(vs)
+            continue
+        if not all(isinstance(v, DeferredTerm) for v in vs):
+            return None
+        srcs = [v.source for v in vs]
+        if steps is None:
+            kind = type(srcs[0])
+            if not all(type(src) is kind for src in srcs):
+                return None
+            steps, table = srcs, kind.evaluate(srcs)
+        elif srcs != steps:      # StepValues compare by identity
+            return None
+        out[k] = table[k]
     return out
 
 

@@ -152,7 +152,8 @@ class Method:
         self.params = params
         self.ctx = ctx
         for t in self.teachers:
-            t.eval()
+            if t.training:     # a teacher is never trained here: eval() once, not every epoch
+                t.eval()
             t.requires_grad_(False)
         # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
         self._set_weights(self.weights_of(params))
@@ -278,7 +279,8 @@ class Method:
         for m in self.extra_modules():
             m.train(mode)
         for t in self.teachers:
-            t.eval()
+            if t.training:     # a teacher is never trained here: eval() once, not every epoch
+                t.eval()
 
     # ---- helpers for subclasses ----------------------------------------------------------------
     def teacher_logits(self, batch: Batch, i: int = 0) -> Tensor:

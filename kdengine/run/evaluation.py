@@ -21,17 +21,19 @@ class EvalSet:
     val: tuple[torch.Tensor, torch.Tensor] | None
     train_x: torch.Tensor
     train_y: torch.Tensor
-    # the teacher's side of the test KL, (its logits, p, sum p log p): the same every epoch
+    # the teacher's side of agreement and the test KL, (its logits, argmax, p, sum p log p): the
+    # same every epoch
     _teacher: tuple | None = field(default=None, repr=False)
 
-    def teacher_side(self, t_test_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(p, sum p log p)`` of the teacher's test logits, computed once per run (a run has one
-        teacher tensor; another one replaces it)."""
+    def teacher_side(self, t_test_logits: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(argmax, p, sum p log p)`` of the teacher's test logits, computed once per run (a run
+        has one teacher tensor; another one replaces it)."""
         if self._teacher is None or self._teacher[0] is not t_test_logits:
             log_pt = log_softmax_rows(t_test_logits.float())
             p = log_pt.exp()
-            self._teacher = (t_test_logits, p, (p * log_pt).sum(-1))
-        return self._teacher[1], self._teacher[2]
+            self._teacher = (t_test_logits, t_test_logits.argmax(-1), p, (p * log_pt).sum(-1))
+        return self._teacher[1:]
 
     @classmethod
     def of(cls, data: DataBundle, device: torch.device, max_train: int = 5000,
@@ -73,8 +75,9 @@ def evaluate_each(student: nn.Module, data: DataBundle | EvalSet, device: torch.
     s_tr = logits_of(student, ev.train_x, device)
     out["train_acc"] = (s_tr.argmax(-1) == ev.train_y).float().mean(-1)
     if t_test_logits is not None:
-        out["agreement"] = (s_test.argmax(-1) == t_test_logits.argmax(-1)).float().mean(-1)
-        p, p_log_p = ev.teacher_side(t_test_logits)
+        t_top, p, p_log_p = ev.teacher_side(t_test_logits)
+        out["agreement"] = (s_test.argmax(-1) == t_top).float().mean(-1)
         out["kl_test"] = (p_log_p - (p * log_softmax_rows(s_test)).sum(-1)).mean(-1)
-    cols = {k: v.reshape(-1).tolist() for k, v in out.items()}   # one host sync per metric
-    return [{k: col[i] for k, col in cols.items()} for i in range(len(cols["test_acc"]))]
+    # one host sync and one read for all the metrics: [metrics, students] -> a dict per student
+    rows = torch.stack([v.float().reshape(-1) for v in out.values()]).t().tolist()
+    return [dict(zip(out, row)) for row in rows]
