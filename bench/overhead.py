@@ -7,7 +7,9 @@ Prints three ratios (medians over interleaved repeats, so machine noise hits bot
      evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
 with other jobs, waiting for a core then does not count (the engine's threads do).
-Usage: python bench/overhead.py [--epochs 30] [--repeats 5] [--blocks 30] [--clock wall|cpu]
+Runs are short (5 epochs) and many (45 repeats): this VM's speed drifts up to 2x within seconds, and
+a pair of short runs side by side is more often measured at one speed than a pair of long ones.
+Usage: python bench/overhead.py [--epochs 5] [--repeats 45] [--blocks 30] [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -55,12 +57,8 @@ def engine_time(eng: Engine, cfg: RunConfig) -> float:
             marks["start"] = clock()
         elif ev["type"] == "metrics" and ev["epoch"] == cfg.train.epochs and "test_acc" in ev["values"]:
             marks["end"] = clock()
-    rid = eng.store.create_run  # noqa: F841  (submit creates it)
-    run_id = eng.submit(cfg, owner="bench")
-    eng.subscribe(run_id, on)
+    run_id = eng.submit(cfg, owner="bench", subscriber=on)     # sees the run's every event
     assert eng.wait(run_id) == "done", eng.snapshot(run_id)["error"]
-    if "start" not in marks:       # subscribed after the phase event: fall back to the trainer's clock
-        return eng.snapshot(run_id)["series"]["elapsed_s"][-1][2]
     return marks["end"] - marks["start"]
 
 
@@ -150,8 +148,8 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=45)
     ap.add_argument("--blocks", type=int, default=30, help="interleaved blocks for the step costs")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = ap.parse_args()

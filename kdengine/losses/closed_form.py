@@ -27,25 +27,34 @@ from kdengine.losses.fused import _float, log_softmax_rows, softmax_rows
 
 
 # -- Hinton KD + CE --------------------------------------------------------------------------------
-def kd_ce_step(student_logits: Tensor, tables: tuple[Tensor, Tensor, Tensor], target: Tensor | None,
-               T: float, scale: float, w_kd: float, w_ce: float
-               ) -> tuple[dict[str, DeferredTerm], Tensor]:
+def kd_ce_step(student_logits: Tensor, table: Tensor, target: Tensor | None, T: float, scale: float,
+               w_kd: float, w_ce: float) -> tuple[dict[str, DeferredTerm], Tensor]:
     """``(terms, grad)``: ``kd`` (and ``ce`` when a target is given), deferred, with the values of
     :func:`kdengine.losses.fused.kd_ce_terms`, and the gradient of ``w_kd * kd + w_ce * ce`` with
-    respect to the logits. ``tables``: the batch's rows of ``TeacherCache.kd_step_tables``, P =
-    factor * p with ``factor = scale / B`` (its rows sum to factor), the constants, and
-    G = (w_kd / T) P + (w_ce / B) onehot(target), so that the gradient is
-    (w_kd scale / (T B)) softmax(z / T) + (w_ce / B) softmax(z) - G."""
-    P, const, G = tables
+    respect to the logits. ``table``: the batch's columns of ``TeacherCache.kd_step_table``
+    (``[2C + 1, B]``: P = factor * p with ``factor = scale / B``, G, the constants), so that the
+    gradient is (w_kd scale / (T B)) softmax(z / T) + (w_ce / B) softmax(z) - G.
+
+    Computed class-major, on ``[C, B]``: a softmax over dim 0 of a contiguous tensor is PyTorch's
+    vectorised CPU kernel at any class count, where the usual last-dim kernel loops per row below
+    16 classes (see fused.log_softmax_rows); the window's values then join the steps' columns."""
     z = _float(student_logits.detach())
-    B = z.shape[0]
-    q = softmax_rows(z if T == 1.0 else z * (1.0 / T))
-    grad = q.mul(w_kd * scale / (T * B)).sub_(G)
+    B, C = z.shape
+    zt = z.t().contiguous()
+    q = (zt if T == 1.0 else zt * (1.0 / T)).softmax(0)
+    grad = q.mul(w_kd * scale / (T * B)).sub_(table[C:2 * C])
     if w_ce != 0.0:
-        grad.add_(q if T == 1.0 else softmax_rows(z), alpha=w_ce / B)
+        grad.add_(q if T == 1.0 else zt.softmax(0), alpha=w_ce / B)
+    grad = grad.t()
     if grad.dtype != student_logits.dtype:
         grad = grad.to(student_logits.dtype)
-    return KDCEValues(z, P, const, target, T).terms(), grad
+    return KDCEValues(zt, table, target, T).terms(), grad
+
+
+def columns(table: Tensor, rows: Tensor | slice) -> Tensor:
+    """A batch's columns of a class-major table: ``rows`` a slice (the table in the epoch's order) or
+    the batch's indices (index_select: much faster than ``table[:, idx]``'s general path)."""
+    return table[:, rows] if isinstance(rows, slice) else table.index_select(1, rows)
 
 
 def add_ce_grad(grad: Tensor, q1: Tensor, target: Tensor, w: float) -> Tensor:
@@ -55,10 +64,11 @@ def add_ce_grad(grad: Tensor, q1: Tensor, target: Tensor, w: float) -> Tensor:
 
 
 class KDCEValues(StepValues):
-    """One Hinton step's ``kd`` (and ``ce``) values, from the detached logits and teacher rows."""
+    """One Hinton step's ``kd`` (and ``ce``) values, from its class-major detached logits ``z``
+    (``[C, B]``) and teacher columns (``[2C + 1, B]``, :func:`kd_ce_step`)."""
 
-    def __init__(self, z: Tensor, P: Tensor, const: Tensor, target: Tensor | None, T: float):
-        self.z, self.P, self.const, self.target, self.T = z, P, const, target, T
+    def __init__(self, z: Tensor, table: Tensor, target: Tensor | None, T: float):
+        self.z, self.table, self.target, self.T = z, table, target, T
         self.names = ("kd",) if target is None else ("kd", "ce")
 
     @classmethod
@@ -66,14 +76,14 @@ class KDCEValues(StepValues):
         if not _alike(steps):
             return _one_by_one(cls, steps)
         n, T = len(steps), steps[0].T
-        # class-major [C, n B]: the window's rows in one contiguous block, whose log-softmax over
-        # dim 0 is PyTorch's fast CPU kernel at any width (see fused.log_softmax_rows)
-        z, P = _joined_t(steps, "z", "P")
-        (const,) = _joined(steps, "const")
+        z, table = _joined(steps, "z", "table", dim=1)      # [C, n B], [2C + 1, n B]
+        C = z.shape[0]
         log_q = (z if T == 1.0 else z * (1.0 / T)).log_softmax(0)
-        out = {"kd": const.view(n, -1).sum(1) - (P * log_q).view(-1, n, z.shape[1] // n).sum((0, 2))}
+        out = {"kd": table[2 * C].view(n, -1).sum(1) - (table[:C] * log_q).view(C, n, -1).sum((0, 2))}
         if steps[0].target is not None:
-            out["ce"] = _ce_per_step_t(log_q if T == 1.0 else z.log_softmax(0), steps)
+            y = torch.cat([s.target for s in steps]).view(1, -1).long()
+            log_q1 = log_q if T == 1.0 else z.log_softmax(0)
+            out["ce"] = log_q1.gather(0, y).view(n, -1).mean(1).neg()
         return out
 
 
@@ -138,20 +148,9 @@ def _alike(steps: list) -> bool:
                for s in steps)
 
 
-def _joined(steps: list, *fields: str) -> list[Tensor]:
-    """Each field of the steps, their rows one after another."""
-    return [torch.cat([getattr(s, f) for s in steps]) for f in fields]
-
-
-def _joined_t(steps: list, *fields: str) -> list[Tensor]:
-    """Each ``[B, C]`` field of the steps, class-major: ``[C, steps * B]``, contiguous."""
-    return [torch.cat([getattr(s, f).t() for s in steps], 1) for f in fields]
-
-
-def _ce_per_step_t(log_q1: Tensor, steps: list) -> Tensor:
-    """:func:`_ce_per_step` from the class-major ``[C, steps * B]`` log-softmax."""
-    y = torch.cat([s.target for s in steps])
-    return log_q1.gather(0, y.view(1, -1).long()).view(len(steps), -1).mean(1).neg()
+def _joined(steps: list, *fields: str, dim: int = 0) -> list[Tensor]:
+    """Each field of the steps, their rows (``dim`` 1: columns) one after another."""
+    return [torch.cat([getattr(s, f) for s in steps], dim) for f in fields]
 
 
 def _ce_per_step(log_q1: Tensor, steps: list) -> Tensor:

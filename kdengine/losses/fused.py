@@ -41,11 +41,12 @@ class TeacherCache:
         return _memo(self._tables, ("kd", float(T), factor),
                      lambda: kd_teacher_tables(self.log_probs(T), factor))
 
-    def kd_step_tables(self, T: float, factor: float, w_kd: float, w_ce_b: float
-                       ) -> tuple[Tensor, Tensor, Tensor] | None:
-        """:meth:`kd_tables` and ``G = (w_kd / T) P + w_ce_b onehot(label)``, all a closed-form
-        KD + CE step subtracts from its gradient (kdengine/losses/closed_form.py), once per run;
-        None unless every sample has its label."""
+    def kd_step_table(self, T: float, factor: float, w_kd: float, w_ce_b: float) -> Tensor | None:
+        """All a closed-form KD + CE step reads (kdengine/losses/closed_form.py), class-major in one
+        ``[2C + 1, N]`` table, so that an epoch's order is one gather and a step's rows one slice:
+        rows ``:C`` hold P (``kd_tables``' ``factor * p``), rows ``C:2C`` hold
+        ``G = (w_kd / T) P + w_ce_b onehot(label)``, row ``2C`` the constants. Once per run; None
+        unless every sample has its label."""
         if self.labels is None or self.labeled is not None:
             return None
 
@@ -53,7 +54,7 @@ class TeacherCache:
             P, const = self.kd_tables(T, factor)
             G = (P * (w_kd / T)).scatter_add_(1, self.labels[:, None].long(),
                                               P.new_full((len(P), 1), w_ce_b))
-            return P, const, G
+            return torch.cat((P, G, const[:, None]), 1).t().contiguous()
         return _memo(self._tables, ("kd_step", float(T), factor, w_kd, w_ce_b), make)
 
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -82,31 +83,35 @@ class OrderedTeacherCache:
         self._logits: Tensor | None = None
         self._tables: dict[tuple, Any] = {}
 
+    def _rows(self, table: Tensor) -> Tensor:
+        # index_select, not table[order]: the same rows, 3x faster on the CPU (advanced indexing
+        # takes a general path)
+        return table.index_select(0, self._order)
+
     @property
     def logits(self) -> Tensor:
         if self._logits is None:
-            self._logits = self._base.logits[self._order]
+            self._logits = self._rows(self._base.logits)
         return self._logits
 
     def log_probs(self, T: float) -> Tensor:
-        return _memo(self._tables, ("log_probs", T), lambda: self._base.log_probs(T)[self._order])
+        return _memo(self._tables, ("log_probs", T), lambda: self._rows(self._base.log_probs(T)))
 
     def kd_tables(self, T: float, factor: float) -> tuple[Tensor, Tensor]:
         return _memo(self._tables, ("kd", T, factor),
-                     lambda: tuple(t[self._order] for t in self._base.kd_tables(T, factor)))
+                     lambda: tuple(map(self._rows, self._base.kd_tables(T, factor))))
 
-    def kd_step_tables(self, T: float, factor: float, w_kd: float, w_ce_b: float
-                       ) -> tuple[Tensor, Tensor, Tensor] | None:
+    def kd_step_table(self, T: float, factor: float, w_kd: float, w_ce_b: float) -> Tensor | None:
         def make():
-            tables = self._base.kd_step_tables(T, factor, w_kd, w_ce_b)
-            return None if tables is None else tuple(t[self._order] for t in tables)
+            table = self._base.kd_step_table(T, factor, w_kd, w_ce_b)
+            return None if table is None else table.index_select(1, self._order)
         return _memo(self._tables, ("kd_step", T, factor, w_kd, w_ce_b), make)
 
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         if self._base.labels is None:
             return None
         return _memo(self._tables, ("dkd", T),
-                     lambda: tuple(t[self._order] for t in self._base.dkd_tables(T)))
+                     lambda: tuple(map(self._rows, self._base.dkd_tables(T))))
 
 
 def _memo(tables: dict, key: tuple, make: Callable[[], Any]) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.closed_form import kd_ce_step
+from kdengine.losses.closed_form import columns, kd_ce_step
 from kdengine.losses.fused import kd_ce_terms
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.losses.multilabel import multilabel_kd_loss
@@ -70,11 +70,11 @@ class HintonKD(Method):
             return super().step_loss(batch, step)
         w_kd, w_ce = weights if self.wants("ce") else (weights[0], 0.0)
         n = len(batch.y)
-        tables = cache[0].kd_step_tables(self.params.T, self._scale() / n, w_kd, w_ce / n)
-        if tables is None:      # some samples have no label: the graph, with its mask
+        table = cache[0].kd_step_table(self.params.T, self._scale() / n, w_kd, w_ce / n)
+        if table is None:       # some samples have no label: the graph, with its mask
             return super().step_loss(batch, step)
         s = self.student(batch.x)
-        terms, grad = kd_ce_step(s, [t[batch.cache_rows] for t in tables], batch.y if w_ce else None,
+        terms, grad = kd_ce_step(s, columns(table, batch.cache_rows), batch.y if w_ce else None,
                                  self.params.T, self._scale(), w_kd, w_ce)
         return terms, s, grad
 

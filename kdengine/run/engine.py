@@ -219,10 +219,13 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------------
     def submit(self, cfg: RunConfig | dict, owner: str = "", name: str = "",
-               run_id: str | None = None, parent: str | None = None) -> str:
+               run_id: str | None = None, parent: str | None = None,
+               subscriber: Callable[[Event], None] | None = None) -> str:
         """Validate and queue a run; returns its id. Raises ConfigError for a bad config.
 
-        ``parent`` tags the run with the sweep / experiment that asked for it."""
+        ``parent`` tags the run with the sweep / experiment that asked for it. ``subscriber``: as
+        :meth:`subscribe`, attached before the run is queued, so it sees every event (a subscribe
+        after submit may miss the first ones of a run that starts at once)."""
         # The one validation of a run (a config validated before, e.g. by the Lab, and unchanged
         # since is not re-checked); the trainer trusts it.
         cfg = RunConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg.copy().validated()
@@ -247,6 +250,8 @@ class Engine:
         job = _Job(state, cfg, resume, control, self.store.checkpoint_path(run_id))
         if left is not None and left.state.status == "paused":
             job.subscribers = left.subscribers
+        if subscriber is not None:
+            job.subscribers.append(subscriber)
         key = window_key(cfg) if self.batch_window_s and not resume else ""
         with self._lock:
             if self._closed:
