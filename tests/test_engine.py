@@ -173,3 +173,13 @@ def test_shipped_teacher_is_used_and_checked(engine, tiny_cfg):
     rid = engine.submit(bad)
     assert engine.wait(rid, 120) == "failed"
     assert "teacher.checkpoint" in engine.snapshot(rid)["error"]
+
+
+def test_a_subscriber_given_at_submit_sees_the_runs_first_event(engine, tiny_cfg):
+    # subscribe() after submit() may miss the first events of a run that starts at once
+    seen = []
+    run_id = engine.submit(tiny_cfg, owner="a", subscriber=seen.append)
+    assert engine.wait(run_id) == "done"
+    phases = [e["phase"] for e in seen if e["type"] == "phase"]
+    assert phases[0] == "data" and "student" in phases
+    assert seen[-1] == {"type": "status", "status": "done", "error": None, "traceback": None}

@@ -223,3 +223,26 @@ def test_a_windows_deferred_terms_computed_at_once_equal_each_step_alone(name, p
     uniform = window_values({k: vs[:2] for k, vs in window.items()})   # one pass over 2 steps
     for k in window:
         torch.testing.assert_close(uniform[k], values[k][:2], rtol=1e-5, atol=1e-6)
+
+
+def test_closed_form_dkd_survives_a_certain_teacher_and_equals_the_fused_graph():
+    # p_y rounds to 1 in float32: 1 - p_y comes from the other classes' log-sum, as in the graph's
+    from kdengine.losses.closed_form import dkd_step
+    from kdengine.losses.deferred import window_values
+    from kdengine.losses.fused import dkd_step_columns
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(16, 10, generator=g)
+    t[:, 0] += 60.0
+    y = torch.zeros(16, dtype=torch.long)
+    s = torch.randn(16, 10, generator=g, requires_grad=True)
+    log_p = F.log_softmax(t / 2.0, -1)
+    table, is_y = dkd_step_columns(log_p, y)
+    terms, grad = dkd_step(s, table, is_y, 2.0, 1.0, 8.0, 1.0, y, 0.5)
+    d = dkd_fused_terms(s, log_p, y, 2.0)
+    total = d["tckd"] + 8.0 * d["nckd"] + 0.5 * F.cross_entropy(s, y)
+    (ref,) = torch.autograd.grad(total, s)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-7)
+    values = window_values({k: [v] for k, v in terms.items()})
+    assert all(torch.isfinite(v).all() for v in values.values())
+    torch.testing.assert_close(values["tckd"][0], d["tckd"].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(values["nckd"][0], d["nckd"].detach(), rtol=1e-5, atol=1e-6)

@@ -64,9 +64,24 @@ class TeacherCache:
 
         def make():
             lp = self.log_probs(T)
-            y = self.labels if self.labeled is None else self.labels.where(self.labeled, lp.argmax(-1))
-            return dkd_teacher_tables(lp, y)
+            return dkd_teacher_tables(lp, self._dkd_target(lp))
         return _memo(self._tables, ("dkd", float(T)), make)
+
+    def dkd_step_table(self, T: float) -> tuple[Tensor, Tensor] | None:
+        """:func:`dkd_step_columns` over the set at T: all a closed-form DKD step reads
+        (kdengine/losses/closed_form.py), class-major; None without labels."""
+        if self.labels is None:
+            return None
+
+        def make():
+            lp = self.log_probs(T)
+            return dkd_step_columns(lp, self._dkd_target(lp))
+        return _memo(self._tables, ("dkd_step", float(T)), make)
+
+    def _dkd_target(self, log_p: Tensor) -> Tensor:
+        """DKD's target class per sample: its label, or the teacher's argmax where it has none."""
+        return self.labels if self.labeled is None else self.labels.where(self.labeled,
+                                                                          log_p.argmax(-1))
 
     def in_order(self, order: Tensor) -> "OrderedTeacherCache":
         """The same tables with their rows in ``order`` (one epoch's permutation), so that a step
@@ -113,6 +128,12 @@ class OrderedTeacherCache:
         return _memo(self._tables, ("dkd", T),
                      lambda: tuple(map(self._rows, self._base.dkd_tables(T))))
 
+    def dkd_step_table(self, T: float) -> tuple[Tensor, Tensor] | None:
+        if self._base.labels is None:
+            return None
+        return _memo(self._tables, ("dkd_step", T), lambda: tuple(
+            t.index_select(1, self._order) for t in self._base.dkd_step_table(T)))
+
 
 def _memo(tables: dict, key: tuple, make: Callable[[], Any]) -> Any:
     """``tables[key]``, made on first use. A schedule over T asks for a new key every few steps:
@@ -139,11 +160,6 @@ def log_softmax_rows(x: Tensor) -> Tensor:
     if _transposed_is_faster(x):
         return x.t().log_softmax(0).t()
     return x.log_softmax(-1)
-
-
-def softmax_rows(x: Tensor) -> Tensor:
-    """``x.softmax(-1)`` of a ``[B, C]`` batch, in the faster layout as :func:`log_softmax_rows`."""
-    return x.t().softmax(0).t() if _transposed_is_faster(x) else x.softmax(-1)
 
 
 def _transposed_is_faster(x: Tensor) -> bool:
@@ -222,6 +238,19 @@ def dkd_teacher_tables(log_p: Tensor, target: Tensor) -> tuple[Tensor, Tensor, T
     const = torch.stack(((p_y * lp_y + rest * l1p)[:, 0],
                          torch.where(p_n > 0, p_n * log_pn, 0.0).sum(1), p_y[:, 0]), 1)
     return K.view(n, 2 * c, 2), const, is_y
+
+
+def dkd_step_columns(log_p: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """DKD's teacher side as a closed-form step reads it, class-major: a ``[C + 4, N]`` table whose
+    rows are p' (the non-target classes renormalised, 0 at the target; C rows), p_y, 1 - p_y (from
+    the other classes' log-sum, as in :func:`dkd_teacher_tables`), and TCKD's and NCKD's constants;
+    and the target's mask ``[C, N]``."""
+    K, const, is_y = dkd_teacher_tables(log_p, target)
+    n = len(const)
+    p_n = K.view(n, 2, -1, 2)[:, 1, :, 1].neg()
+    rest = K.view(n, 2, -1, 2)[:, 1, :, 0].sum(1, keepdim=True)    # K holds 1 - p_y at one class
+    table = torch.cat((p_n, const[:, 2:3], rest, const[:, :2]), 1)
+    return table.t().contiguous(), is_y.t().contiguous()
 
 
 class _DKD(torch.autograd.Function):

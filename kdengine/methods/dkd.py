@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdengine.core.knobs import param, temperature_knob, weight_knob
-from kdengine.losses.closed_form import dkd_step
+from kdengine.losses.closed_form import columns, dkd_step
 from kdengine.losses.fused import dkd_fused_terms
 from kdengine.losses.logits import dkd_terms
 from kdengine.methods.base import Method, register
@@ -78,13 +78,15 @@ class DKD(Method):
         weighted sum in closed form, no autograd graph for the loss, and the values deferred to the
         log window (kdengine/losses/closed_form.py). Otherwise the default."""
         weights = self.plain_weights("tckd", "nckd", "ce")
-        tables = None if weights is None else self._cached_tables(batch, self.params.T)
+        cache = batch.teacher_cache
+        tables = None if weights is None or cache is None else cache[0].dkd_step_table(self.params.T)
         want_ce = self.wants("ce")
         if tables is None or not (batch.all_labeled or not want_ce):
             return super().step_loss(batch, step)
         s = self.student(batch.x)
         w_t, w_n, w_ce = weights
-        terms, grad = dkd_step(s, tables, self.params.T, w_t, w_n, self._warm(step),
+        table, is_y = (columns(t, batch.cache_rows) for t in tables)
+        terms, grad = dkd_step(s, table, is_y, self.params.T, w_t, w_n, self._warm(step),
                                batch.y if want_ce else None, w_ce)
         return terms, s, grad
 
