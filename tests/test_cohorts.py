@@ -82,6 +82,33 @@ def test_serving_turns_the_window_on_for_worker_processes(monkeypatch):
     assert "batch_window_s" not in serving_options()
 
 
+def test_windows_queue_in_the_order_they_opened_whatever_order_their_timers_fire():
+    # on a busy machine a later window's timer can fire first: the earlier windows close with it
+    from types import SimpleNamespace
+    from kdengine.run.batching import Batcher
+    from kdengine.run.scheduler import FairQueue
+
+    def job(run_id, owner):
+        return SimpleNamespace(state=SimpleNamespace(run_id=run_id, owner=owner), gathering=None,
+                               cohort=None)
+    q = FairQueue()
+    b = Batcher(q)
+    first = b.gather(job("a1", "ann"), "seed0")
+    b.gather(job("a2", "bob"), "seed0")
+    lone = b.gather(job("d1", "dan"), "seed1")
+    last = b.gather(job("e1", "eve"), "seed2")
+    b.gather(job("e2", "fay"), "seed2")
+    b.close("seed2", last)                  # the last window's timer first: all three close
+    assert b.waiting() == []
+    order = q.order({})
+    assert order[1] == "d1"
+    assert [[j.state.run_id for j in b.cohort(order[i]).jobs] for i in (0, 2)] == [["a1", "a2"],
+                                                                                  ["e1", "e2"]]
+    b.close("seed0", first)                 # the earlier timers, late: nothing left to close
+    b.close("seed1", lone)
+    assert q.order({}) == order
+
+
 def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny_cfg):
     """Three owners' runs (T differs) stack; a run with another seed does not. While a paused run
     holds the only slot, the cohort waits as one queue entry; a cohort whose other members were

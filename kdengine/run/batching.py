@@ -71,9 +71,16 @@ class Batcher:
         return window if len(window) == 1 else None
 
     def close(self, key: str, window: list[Job]) -> None:
-        """The wait of ``window`` is over: close it unless it was closed early (full)."""
-        if self._windows.get(key) is window:
-            self._close(key)
+        """The wait of ``window`` is over: close it unless it was closed early (full), and first every
+        window opened before it. All wait as long, so theirs is over too; their timers may fire later
+        on a busy machine, and the queue must keep the order in which the windows opened (who pressed
+        Train first)."""
+        if self._windows.get(key) is not window:
+            return
+        for k in list(self._windows):        # in the order they opened
+            self._close(k)
+            if k == key:
+                break
 
     def waiting(self) -> list[str]:
         """Run ids in open windows (they queue once their window closes)."""
