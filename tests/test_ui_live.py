@@ -168,3 +168,41 @@ def test_live_views_share_the_servers_rerun_budget(monkeypatch):
     assert p.interval(("s29", "lab"), 0.2, 12.0) == 15 / 12.0
     clock[0] += 11.0                                            # the others stopped redrawing
     assert p.interval(("s29", "lab"), 0.2, 12.0) == 0.2 and p.count() == 1
+
+
+def _ticking_script():
+    import streamlit as st
+
+    from ui import live
+    ss = st.session_state
+    ss["page_runs"] = ss.get("page_runs", 0) + 1
+    if ss.get("tick"):                 # a redraw of the fragment an earlier page run drew
+        ss["tick"] = False
+        ss["body"]()
+        return
+    real = st.fragment
+
+    def keep(fn, run_every=None):
+        ss["body"] = fn
+        return real(fn, run_every=run_every)
+    st.fragment = keep
+    try:
+        live.live_fragment(lambda: st.markdown("drawn"), lambda: ss["active"], key="k")
+    finally:
+        st.fragment = real
+
+
+def test_a_view_drawn_active_asks_again_until_a_page_run_draws_it_ended():
+    """If the page rerun a redraw asked for never completes (lost or cut short on a busy server),
+    the next redraw asks again: the view cannot stay on "running"."""
+    at = AppTest.from_function(_ticking_script, default_timeout=30)
+    at.session_state["active"] = True
+    at.run()
+    drawn_active = at.session_state["body"]
+    at.session_state["active"] = False          # the run ended
+    for _ in range(2):                           # two redraws of the fragment drawn active
+        runs = at.session_state["page_runs"]
+        at.session_state["tick"], at.session_state["body"] = True, drawn_active
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.session_state["page_runs"] == runs + 2       # the redraw, and the page rerun

@@ -82,8 +82,10 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
                   expected: Callable[[], int] | None = None) -> None:
     """Draw ``render(*args)`` now and again every ``every`` seconds while ``is_active()``.
 
-    ``key`` names the session-state flag that remembers the page was polling, so the fragment
-    reruns the whole page exactly once when the activity ends (not on every later redraw).
+    ``key`` names the view among the server's pollers. When the activity ends, a redraw of a
+    fragment drawn active asks for a full page rerun; the page run that follows draws the fragment
+    inactive, which asks no more. Until such a run completes (a rerun request lost or cut short on
+    a busy server), every further redraw asks again, so a view cannot stay stuck on "running".
     ``hurry()``: while it holds (a run that has just started and shows no point yet), redraw every
     ``HURRY_EVERY`` seconds instead, then rerun the page once to go back to ``every``. A fragment
     keeps the interval it was drawn with, so only a page rerun can change it.
@@ -93,11 +95,9 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     ``expected()``: how many views of this kind the server should plan for beyond those polling
     now (the Lab: sessions with an active run), shared out of ``KD_RERUNS_PER_S`` (see the module).
     """
-    flag = f"live_polling.{key}"
     active = bool(is_active())
     hurried = active and hurry is not None and bool(hurry())
     slowed = active and not hurried and slow is not None and bool(slow())
-    st.session_state[flag] = active
     who, budget = _who(key), rerun_budget()
     base = HURRY_EVERY if hurried else SLOW_EVERY if slowed else every
 
@@ -116,8 +116,7 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
         if active and _off_by_twice(share(), interval):
             st.rerun()      # the class grew or shrank: a fragment keeps its interval until redrawn
         render(*a)
-        if st.session_state.get(flag) and not is_active():
-            st.session_state[flag] = False
+        if active and not is_active():      # drawn active, now ended: the page's final state
             pollers().leave(who)
             st.rerun()
         elif hurried and not hurry():
