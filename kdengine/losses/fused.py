@@ -59,24 +59,23 @@ class TeacherCache:
 
     def dkd_tables(self, T: float) -> tuple[Tensor, Tensor, Tensor] | None:
         """:func:`dkd_teacher_tables` over the set at T; None without labels."""
-        if self.labels is None:
-            return None
-
-        def make():
-            lp = self.log_probs(T)
-            return dkd_teacher_tables(lp, self._dkd_target(lp))
-        return _memo(self._tables, ("dkd", float(T)), make)
+        return self._dkd("dkd", T, dkd_teacher_tables)
 
     def dkd_step_table(self, T: float) -> tuple[Tensor, Tensor] | None:
         """:func:`dkd_step_columns` over the set at T: all a closed-form DKD step reads
         (kdengine/losses/closed_form.py), class-major; None without labels."""
+        return self._dkd("dkd_step", T, dkd_step_columns)
+
+    def _dkd(self, kind: str, T: float, build: Callable[[Tensor, Tensor], Any]) -> Any:
+        """``build(log-probabilities at T, DKD's target per sample)``, once per T; None without
+        labels."""
         if self.labels is None:
             return None
 
         def make():
             lp = self.log_probs(T)
-            return dkd_step_columns(lp, self._dkd_target(lp))
-        return _memo(self._tables, ("dkd_step", float(T)), make)
+            return build(lp, self._dkd_target(lp))
+        return _memo(self._tables, (kind, float(T)), make)
 
     def _dkd_target(self, log_p: Tensor) -> Tensor:
         """DKD's target class per sample: its label, or the teacher's argmax where it has none."""
