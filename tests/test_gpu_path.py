@@ -133,15 +133,19 @@ def test_cached_teacher_tables_train_as_the_teacher_run_every_step(monkeypatch, 
     assert cached == pytest.approx(live, rel=1e-3, abs=1e-6)
 
 
-def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch):
+@pytest.mark.parametrize("method,params,term", [("hinton", {"T": 3.0}, "loss/kd"),
+                                               ("dkd", {"warmup_epochs": 0.0}, "loss/tckd")])
+def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch, method, params,
+                                                                    term):
     """A small set put in each epoch's order and sliced per step (teacher caches too) gives the
-    batches of indexing the whole set per step: the same run, bit for bit."""
+    batches of indexing the whole set per step: the same run, bit for bit (closed-form steps read
+    the teacher's class-major table by slice or by index)."""
     from kdengine.run import trainer
     cfg = RunConfig.from_dict({"data": {"name": "moons", "n_samples": 300},
                                "teacher": {"model": {"arch": "mlp", "depth": 1, "width": 16},
                                            "epochs": 2},
                                "student": {"arch": "mlp", "depth": 1, "width": 8},
-                               "method": {"name": "hinton", "params": {"T": 3.0}},
+                               "method": {"name": method, "params": params},
                                "train": {"epochs": 2, "batch_size": 32, "log_every": 2,
                                          "device": "cpu", "checkpoint_every": 0}})
     runs = []
@@ -154,7 +158,7 @@ def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch)
         tr.run()
         runs.append((curve, tr.student.state_dict()))
     (sliced, w_sliced), (indexed, w_indexed) = runs
-    assert sliced == indexed and sum("loss/kd" in v for v in sliced) > 4
+    assert sliced == indexed and sum(term in v for v in sliced) > 4
     assert all(torch.equal(w_sliced[k], w_indexed[k]) for k in w_sliced)
 
 
