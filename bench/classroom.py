@@ -67,6 +67,7 @@ def solo_time(eng, cfg) -> float:
 
 
 def classroom(eng, cfg, n: int) -> dict:
+    from kdengine.core.progress import track
     first: dict[int, float] = {}
     submitted: dict[int, float] = {}
     ids: dict[int, str] = {}
@@ -105,7 +106,7 @@ def classroom(eng, cfg, n: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    statuses = {i: eng.wait(rid) for i, rid in ids.items()}
+    statuses = {i: eng.wait(rid) for i, rid in track(ids.items(), "class's runs done", unit="run")}
     total = time.perf_counter() - t0
     server_cpu = time.process_time() - cpu0
     done.set()
@@ -238,12 +239,16 @@ class ChromiumClass:
 def wait_class(store, n: int, timeout: float) -> list[dict]:
     """The students' runs once all N are stored and finished (or as they are at ``timeout``)."""
     from kdengine import ACTIVE
+    from kdengine.core.progress import bar
     end, runs = time.perf_counter() + timeout, []
-    while time.perf_counter() < end:
-        runs = [r for r in store.list_runs(limit=1000) if r["owner"] != "solo"]
-        if len(runs) == n and all(r["status"] not in ACTIVE for r in runs):
-            break
-        time.sleep(0.5)
+    with bar(n, "class's runs done", unit="run") as b:
+        while time.perf_counter() < end:
+            runs = [r for r in store.list_runs(limit=1000) if r["owner"] != "solo"]
+            finished = sum(r["status"] not in ACTIVE for r in runs)
+            b.update(max(0, finished - b.n))
+            if len(runs) == n and finished == n:
+                break
+            time.sleep(0.5)
     return runs
 
 

@@ -26,23 +26,25 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=1000)
     ap.add_argument("--only", default="", help="comma-separated entry points")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))       # run as a script: the repository's tests/ and kdengine/
+    from kdengine.core.progress import say, track
     from tests.test_reliability_config import ENTRY_POINTS, run_entry
     names = [n for n in ENTRY_POINTS if not args.only or n in args.only.split(",")]
     print(f"{'entry point':<12} {'tried':>6} {'valid':>6} {'refused':>8} {'other':>6} {'seconds':>8}")
     total = Counter()
-    for name in names:
+    for name in track(names, "entry points"):
         counts: Counter = Counter()
         t0 = time.perf_counter()
         try:
             run_entry(name, args.examples, counts)
         except BaseException as e:  # report which entry point broke, then fail
-            print(f"{name:<12} FAILED after {sum(counts.values())} examples: "
+            say(f"{name:<12} FAILED after {sum(counts.values())} examples: "
                   f"{type(e).__name__}: {str(e)[:2000]}")
             return 1
         tried = sum(counts.values())
         total.update(counts)
         total["tried"] += tried
-        print(f"{name:<12} {tried:>6} {counts['valid']:>6} {counts['error']:>8} {0:>6} "
+        say(f"{name:<12} {tried:>6} {counts['valid']:>6} {counts['error']:>8} {0:>6} "
               f"{time.perf_counter() - t0:>8.1f}")
     print(f"{'all':<12} {total['tried']:>6} {total['valid']:>6} {total['error']:>8} {0:>6}")
     return 0

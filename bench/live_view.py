@@ -45,9 +45,10 @@ def timed_fragments(times: list[float], profiler: list[cProfile.Profile | None])
     ui.live.live_fragment = live_fragment
 
 
-def measure(at, times: list[float], reruns: int, wait: float) -> list[float]:
+def measure(at, times: list[float], reruns: int, wait: float, what: str) -> list[float]:
+    from kdengine.core.progress import track
     del times[:]
-    for _ in range(reruns):
+    for _ in track(range(reruns), what):
         at.run()
         time.sleep(wait)
     return [t * 1000 for t in times]
@@ -85,7 +86,7 @@ def main() -> None:
         time.sleep(0.5)
     at.run()
     profiler[0] = cProfile.Profile() if args.profile else None
-    report("training", measure(at, times, args.reruns, 0.2))
+    report("training", measure(at, times, args.reruns, 0.2, "reruns, training"))
     if profiler[0]:
         stats = pstats.Stats(profiler[0]).sort_stats("cumulative")
         stats.print_stats(20)
@@ -93,7 +94,7 @@ def main() -> None:
         profiler[0] = None
     engine.pause(rid)
     time.sleep(1.0)
-    report("paused (nothing changes)", measure(at, times, args.reruns, 0.0))
+    report("paused (nothing changes)", measure(at, times, args.reruns, 0.0, "reruns, paused"))
     engine.stop(rid)
     print(f"points per metric: {len(engine.snapshot(rid)['series'].get('test_acc', []))}")
     engine.shutdown()

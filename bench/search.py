@@ -81,6 +81,7 @@ def main() -> None:
     os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd-bench-search-"))
     torch.set_num_threads(1)
     from kdengine import Engine, Store
+    from kdengine.core.progress import bar, say
     engine = Engine(Store(), max_workers=1)
     warm = base_config(1, 999)          # trains and caches the teacher outside the timings
     engine.wait(engine.submit(warm), timeout=600)
@@ -90,12 +91,16 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     out = {"grid": [], "search": [], "timed": [], "stacked": []}
+    arms = bar(args.seeds * (4 if args.stacked else 3), "arms (grid, search, timed)", unit="arm")
     for seed in range(args.seeds):
         cfg = base_config(args.epochs, seed)
         g = run_grid(engine, cfg)
+        arms.update()
         s = run_search(engine, cfg, seed, budget_s=g["wall"], pruner=args.pruner)
+        arms.update()
         # another sampler seed: the same one would suggest (and reuse) the search arm's trials
         t = run_search(engine, cfg, seed + 50, budget_s=g["wall"], pruner=args.pruner, trials=64)
+        arms.update()
         out["grid"].append(g)
         out["search"].append(s)
         out["timed"].append(t)
@@ -103,14 +108,16 @@ def main() -> None:
                              ("search", s, f"{s['trials']} trials, {s['pruned']} pruned"),
                              ("timed", t, f"{t['trials']} trials, {t['pruned']} pruned, "
                                           f"grid's wall time as budget")):
-            print(f"{seed:>4} {arm:<8} {r['val']:>8.4f} {r['test']:>8.4f} {r['wall']:>7.1f} "
-                  f"{r['epochs']:>6}  {note}")
+            say(f"{seed:>4} {arm:<8} {r['val']:>8.4f} {r['test']:>8.4f} {r['wall']:>7.1f} "
+                f"{r['epochs']:>6}  {note}")
         if args.stacked:
             v = run_search(engine, cfg, seed + 100, budget_s=g["wall"], pruner="none",
                            backend="vectorised")
             out["stacked"].append(v)
-            print(f"{seed:>4} {'stacked':<8} {v['val']:>8.4f} {v['test']:>8.4f} {v['wall']:>7.1f} "
-                  f"{v['epochs']:>6}  16 trials, 2 stacked batches of 8, no pruning")
+            arms.update()
+            say(f"{seed:>4} {'stacked':<8} {v['val']:>8.4f} {v['test']:>8.4f} {v['wall']:>7.1f} "
+                f"{v['epochs']:>6}  16 trials, 2 stacked batches of 8, no pruning")
+    arms.close()
     engine.shutdown()
     mean = lambda arm, k: statistics.mean(r[k] for r in out[arm])  # noqa: E731
     print("\nmean over seeds")

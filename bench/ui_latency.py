@@ -158,6 +158,7 @@ def main() -> None:
     root = args.runs_dir or tempfile.mkdtemp(prefix="kd_ui_bench_")
     sys.path.insert(0, str(ROOT))
     runs = prepare_runs(root)
+    from kdengine.core.progress import bar
     from playwright.sync_api import sync_playwright
     port = free_port()
     proc, server_s = start_server(root, port)
@@ -175,12 +176,16 @@ def main() -> None:
             page.get_by_role("button", name="Train").wait_for(timeout=120_000)
             res["first_page_train_ready_s"] = time.perf_counter() - t0
 
+            sections = bar(4, "measurements", unit="section")
+
             def section(name: str, fn) -> None:
+                sections.set_description(name)
                 try:
                     res[name] = fn()
                 except Exception as e:      # report the others anyway
                     res[name] = f"failed: {type(e).__name__}: {e}"
                     page.screenshot(path=f"ui_latency_{name}.png")
+                sections.update()
 
             def soft_targets():
                 page.goto(f"{base}/soft_targets?run={runs['digits']}&i=3&T=4.0")
@@ -201,6 +206,7 @@ def main() -> None:
             section("epoch_replay_ms", boundaries)
             section("train_to_first_point_s",
                     lambda: [train_to_first_point(page, base) for _ in range(2)])
+            sections.close()
             browser.close()
     finally:
         proc.terminate()
