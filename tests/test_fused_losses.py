@@ -246,3 +246,24 @@ def test_closed_form_dkd_survives_a_certain_teacher_and_equals_the_fused_graph()
     assert all(torch.isfinite(v).all() for v in values.values())
     torch.testing.assert_close(values["tckd"][0], d["tckd"].detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values["nckd"][0], d["nckd"].detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine_entry", [True, False])
+def test_backprop_of_a_closed_form_gradient_equals_tensor_backward(monkeypatch, engine_entry):
+    # backprop() hands a closed-form step's gradient straight to autograd's engine (or, where
+    # PyTorch lacks that entry, to Tensor.backward): the same parameter gradients either way
+    from kdengine.run import trainer
+    if not engine_entry:
+        monkeypatch.setattr(trainer, "_engine_run_backward", None)
+    method, batch = _method_and_batch("hinton", {"T": 4.0})
+    grads = []
+    for how in (trainer.backprop, lambda root, grad: root.backward(grad)):
+        method.student.zero_grad(set_to_none=True)
+        _, root, grad = method.step_loss(batch, 0)
+        assert grad is not None
+        how(root, grad)
+        grads.append([p.grad.clone() for p in method.student.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    with pytest.raises(RuntimeError, match="shape"):      # a wrong gradient: the public call's error
+        _, root, grad = method.step_loss(batch, 0)
+        trainer.backprop(root, grad[:1])

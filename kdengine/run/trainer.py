@@ -450,11 +450,29 @@ def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[st
     else:
         terms, root, grad = method.step_loss(batch, step)
     opt.zero_grad(set_to_none=True)
-    root.backward(grad)
+    backprop(root, grad)
     opt.step()
     if sched is not None:
         sched.step()
     return terms
+
+
+# The autograd engine's entry, as torch.autograd.backward calls it once it has checked the gradients it
+# was given (shape, dtype, device, nesting): those checks are Python, about 20 us a step, 5% of a
+# small student's closed-form step. Private in PyTorch: where a version lacks it, the public call.
+_engine_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
+
+
+def backprop(root: torch.Tensor, grad: torch.Tensor | None) -> None:
+    """``root.backward(grad)``. A closed-form step's gradient (``Method.step_loss``) is built as the
+    logits' own shape, dtype and device; checked here in a few attribute reads, it goes straight to
+    the engine. Anything else takes the public call, with its checks and errors."""
+    if (grad is None or _engine_run_backward is None or grad.shape != root.shape
+            or grad.dtype != root.dtype or grad.device != root.device):
+        root.backward(grad)
+        return
+    _engine_run_backward((root,), (grad,), False, False, (), allow_unreachable=True,
+                         accumulate_grad=True)
 
 
 def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
