@@ -37,3 +37,26 @@ def test_cpu_mode_prints_engine_and_bare_loop_rows_for_amp_on_and_off(runs_dir):
         engine, bare, ratio = float(cells[0]), float(cells[1]), float(cells[2])
         assert engine > 0 and bare > 0 and ratio == pytest.approx(engine / bare, rel=0.01)
     assert "cifar100_synthetic (synthetic: timing only)" in p.stdout
+
+
+def _check(args, runs_dir):
+    env = {**os.environ, "KD_RUNS_DIR": str(runs_dir)}
+    return subprocess.run([sys.executable, "bench/gpu_check.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(runs_dir):
+    p = _check([], runs_dir)
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.strip().splitlines()) == 1 and "no CUDA device" in p.stdout
+
+
+def test_gpu_check_runs_what_applies_on_the_cpu(runs_dir):
+    # the checks a lent GPU machine runs (no pytest there), exercised here on the CPU
+    p = _check(["--device", "cpu"], runs_dir)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.strip().splitlines()[1:]
+    assert [ln.split(":")[0] for ln in lines] == ["ok    closed forms = graph",
+                                                  "ok    no host sync per step", "ok    engine run"]
+    assert "skipped (CUDA only)" in lines[1]

@@ -54,3 +54,23 @@ def test_cli_train_draws_phase_bars_only_when_asked_off_a_terminal(runs_dir):
     assert "%|" not in piped and "\r" not in piped and "epoch     2" in piped
     forced = _train(runs_dir, "1")
     assert " student 100%|" in forced and "<" in forced and "epoch     2" in forced
+
+
+def test_without_tqdm_the_work_runs_unbarred(monkeypatch, capsys):
+    # a lent GPU machine has torch and not tqdm: the benches and the CLI still run there
+    import builtins
+    from kdengine.core import progress
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *a, **k):
+        if name == "tqdm" or name.startswith("tqdm."):
+            raise ImportError("no tqdm here")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    monkeypatch.setenv("KD_PROGRESS", "1")
+    assert list(progress.track(range(3), "steps")) == [0, 1, 2]
+    with progress.bar(10, "fraction") as b:
+        progress.set_fraction(b, 0.5)
+        assert b.n == 5
+    progress.say("a line")
+    assert capsys.readouterr().out == "a line\n"

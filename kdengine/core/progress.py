@@ -35,7 +35,10 @@ def bar(total: float | None, desc: str = "", unit: str = "it", stream: TextIO | 
 
     Advance it with ``update(k)`` (or :func:`set_fraction`); close it, or use it in ``with``.
     ``counts=False`` hides the "n/total" part, for bars that only track a fraction."""
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:     # a bare machine (a lent GPU has torch, not tqdm): the work runs unbarred
+        return _NoBar(total)
     stream = stream or sys.stdout
     fmt = (BAR_FORMAT if counts else FRACTION_FORMAT) if total else None
     return tqdm(total=total, desc=desc, unit=unit, file=stream, disable=not enabled(stream),
@@ -63,5 +66,31 @@ def set_fraction(b, frac: float) -> None:
 
 def say(text: str, stream: TextIO | None = None) -> None:
     """Print one line without breaking an open bar."""
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(text, file=stream or sys.stdout)
+        return
     tqdm.write(text, file=stream or sys.stdout)
+
+
+class _NoBar:
+    """What :func:`bar` returns without tqdm: counts, draws nothing."""
+
+    def __init__(self, total: float | None):
+        self.total, self.n = total, 0
+
+    def update(self, k: float = 1) -> None:
+        self.n += k
+
+    def set_description(self, desc: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
