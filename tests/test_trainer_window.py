@@ -49,3 +49,11 @@ def test_an_epochs_short_tail_joins_the_window_before_it(runs_dir, log_every, wi
             and "loss/total" in e["values"] else None).run()
     sizes = [b - a for a, b in zip([0, *steps], steps)]
     assert sizes == windows * 2 and steps[-1] == 42
+
+
+def test_scalar_terms_with_one_weight_per_stacked_student_read_one_value_each():
+    # the old term-by-term pass broadcast a [steps, 1] term against [S] weights; the one-pass read too
+    window = {"kd": [torch.tensor(2.0)] * 2, "ce": [torch.tensor([1.0, 3.0, 5.0])] * 2}
+    got = read_window(window, 0, spe=10, weights={"kd": torch.tensor([1.0, 0.5, 0.25])})
+    assert [v["loss/kd"] for v in got] == [2.0, 1.0, 0.5]
+    assert [v["loss/total"] for v in got] == [3.0, 4.0, 5.5]

@@ -3,7 +3,8 @@ TA-gap experiment): a fragment that redraws every ``every`` seconds while it is 
 
 When the watched thing stops being active, the fragment asks for a full rerun (and asks again at
 each redraw until one has drawn the page): the page then draws its final state (buttons that depend
-on the status, the stored results) and, being no longer active, stops polling. Worker threads never call ``st.*``; ``render`` reads snapshots.
+on the status, the stored results) and, being no longer active, stops polling. Worker threads never
+call ``st.*``; ``render`` reads snapshots.
 
 Every redraw is a script run in the one server process, whoever asks. A class of 30 students each
 redrawing 5 times a second (the hurried wait for a first point) asked the server for 150 reruns a

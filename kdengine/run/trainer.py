@@ -527,9 +527,10 @@ def _read_full_window(values: dict[str, torch.Tensor], n_steps: int, weights: di
     all its terms at once (one stack, one sync, one check, one read), not a dozen per term. None
     when a value is not finite: the term-by-term pass then finds and names it."""
     cols = [v.float().reshape(n_steps, -1) for v in values.values()]
-    width = max(c.shape[1] for c in cols)
-    arr = torch.stack([c.expand(n_steps, width) for c in cols]).cpu()   # [terms, steps, students]
     ws = [weights.get(k, 1.0) for k in values]
+    width = max(c.shape[1] if not isinstance(w, torch.Tensor) else max(c.shape[1], w.numel())
+                for c, w in zip(cols, ws))                  # students: a term's or its weights'
+    arr = torch.stack([c.expand(n_steps, width) for c in cols]).cpu()   # [terms, steps, students]
     if any(isinstance(w, torch.Tensor) for w in ws):
         arr = arr * torch.stack([torch.as_tensor(w).detach().float().cpu().reshape(-1).expand(width)
                                  for w in ws]).unsqueeze(1)
