@@ -57,3 +57,6 @@ def test_scalar_terms_with_one_weight_per_stacked_student_read_one_value_each():
     got = read_window(window, 0, spe=10, weights={"kd": torch.tensor([1.0, 0.5, 0.25])})
     assert [v["loss/kd"] for v in got] == [2.0, 1.0, 0.5]
     assert [v["loss/total"] for v in got] == [3.0, 4.0, 5.5]
+    alone = read_window({"kd": [torch.tensor(2.0)] * 2}, 0, spe=10,
+                        weights={"kd": torch.tensor([1.0, 0.5])})
+    assert [v["loss/kd"] for v in alone] == [2.0, 1.0]
