@@ -152,8 +152,7 @@ class Method:
         self.params = params
         self.ctx = ctx
         for t in self.teachers:
-            if t.training:     # a teacher is never trained here: eval() once, not every epoch
-                t.eval()
+            t.eval()           # the whole module, whatever its parts were left in
             t.requires_grad_(False)
         # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
         self._set_weights(self.weights_of(params))
@@ -279,7 +278,7 @@ class Method:
         for m in self.extra_modules():
             m.train(mode)
         for t in self.teachers:
-            if t.training:     # a teacher is never trained here: eval() once, not every epoch
+            if t.training:     # eval() from __init__ holds: a teacher is never trained here
                 t.eval()
 
     # ---- helpers for subclasses ----------------------------------------------------------------
