@@ -26,10 +26,9 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_gpu_check_"))
 
 import torch                                                    # noqa: E402
 
-from kdengine import Engine, RunConfig, Store, get_method_class   # noqa: E402
+from kdengine import Engine, Method, RunConfig, Store, get_method_class   # noqa: E402
 from kdengine.losses.fused import TeacherCache                  # noqa: E402
 from kdengine.methods import Batch, TrainContext                # noqa: E402
-from kdengine.methods.base import Method                        # noqa: E402
 from kdengine.run.trainer import CachedRows, backprop, train_step   # noqa: E402
 
 CASES = [("hinton", {"T": 4.0, "soft_weight": 0.9, "hard_weight": 0.1}),
@@ -100,8 +99,7 @@ def check_closed_forms(dev: torch.device) -> str:
 
 def check_no_sync(dev: torch.device, steps: int) -> str:
     """``train_step`` of Hinton KD and DKD on a resnet8x4-shaped student, AMP, no host sync."""
-    from kdengine import build_model
-    from kdengine.core.config import ModelConfig
+    from kdengine import ModelConfig, build_model
     for name, params in CASES:
         torch.manual_seed(0)
         student = build_model(ModelConfig(arch="resnetx4", depth=8, width=32), (3, 32, 32), 100)
