@@ -1,4 +1,5 @@
-"""bench/gpu.py: one line and exit 0 without a GPU; the same code runs on the CPU for a few steps."""
+"""bench/gpu.py and bench/gpu_check.py: one line and exit 0 without a GPU; the same code runs on the
+CPU (a few steps; the checks that apply there)."""
 from __future__ import annotations
 
 import os
@@ -13,15 +14,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench(args, runs_dir):
+def _bench(args, runs_dir, script="bench/gpu.py"):
     env = {**os.environ, "KD_RUNS_DIR": str(runs_dir)}
-    return subprocess.run([sys.executable, "bench/gpu.py", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_without_cuda_it_says_so_in_one_line_and_exits_0(runs_dir):
-    p = _bench([], runs_dir)
+@pytest.mark.parametrize("script", ["bench/gpu.py", "bench/gpu_check.py"])
+def test_without_cuda_it_says_so_in_one_line_and_exits_0(runs_dir, script):
+    p = _bench([], runs_dir, script)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.strip().splitlines()) == 1 and "no CUDA device" in p.stdout
 
@@ -39,22 +41,9 @@ def test_cpu_mode_prints_engine_and_bare_loop_rows_for_amp_on_and_off(runs_dir):
     assert "cifar100_synthetic (synthetic: timing only)" in p.stdout
 
 
-def _check(args, runs_dir):
-    env = {**os.environ, "KD_RUNS_DIR": str(runs_dir)}
-    return subprocess.run([sys.executable, "bench/gpu_check.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(runs_dir):
-    p = _check([], runs_dir)
-    assert p.returncode == 0, p.stderr
-    assert len(p.stdout.strip().splitlines()) == 1 and "no CUDA device" in p.stdout
-
-
 def test_gpu_check_runs_what_applies_on_the_cpu(runs_dir):
     # the checks a lent GPU machine runs (no pytest there), exercised here on the CPU
-    p = _check(["--device", "cpu"], runs_dir)
+    p = _bench(["--device", "cpu"], runs_dir, "bench/gpu_check.py")
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.strip().splitlines()[1:]
     assert [ln.split(":")[0] for ln in lines] == ["ok    closed forms = graph",
