@@ -165,15 +165,14 @@ def main() -> None:
     bare_time(config(1), teacher)
     ratios, kd_ce = [], []
     e_times, b_times = [], []
+    timers = {"engine": lambda: engine_time(eng, kd_cfg), "bare": lambda: bare_time(kd_cfg, teacher),
+              "ce": lambda: engine_time(eng, ce_cfg)}
     for i in track(range(args.repeats), "repeats"):
         # The three runs of a repeat sit side by side; odd repeats run them in reverse order so a
         # machine speeding up or slowing down during a repeat favours neither side.
-        order = ("e", "b", "c") if i % 2 == 0 else ("c", "b", "e")
-        t = {}
-        for k in order:
-            t[k] = (engine_time(eng, kd_cfg) if k == "e" else bare_time(kd_cfg, teacher) if k == "b"
-                    else engine_time(eng, ce_cfg))
-        e, b, c = t["e"], t["b"], t["c"]
+        order = list(timers) if i % 2 == 0 else list(reversed(timers))
+        t = {k: timers[k]() for k in order}
+        e, b, c = t["engine"], t["bare"], t["ce"]
         e_times.append(e)
         b_times.append(b)
         ratios.append(e / b)
