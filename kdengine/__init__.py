@@ -1,72 +1,84 @@
-"""kdengine: the knowledge-distillation training engine behind KD Playground.
+"""kdengine: the knowledge-distillation training engine behind KD Playground. Never imports Streamlit.
 
-This module is the public API: the pages, the CLI, the benches and the tests import these names
-from ``kdengine`` itself. They are loaded on first use, so ``import kdengine`` is cheap (the web
-app's first page renders before torch has finished importing). Never imports Streamlit.
+This module is the public API: the pages, the CLI, the benches and the tests import the names below
+from ``kdengine`` itself. They are plain imports that an editor and a type checker follow; at run
+time each loads on first use (the imports are read from this file's ``if TYPE_CHECKING:`` block), so
+``import kdengine`` stays cheap and the web app's first page renders before torch is loaded.
 
 The packages, from the bottom up (each imports only those before it):
 
-    core        config and knobs, paths, store, checkpoints, presets, export
+    core        config and knobs, events, paths, store, checkpoints, presets, export
     losses      pure functional losses (kd_loss, dkd_loss, dkd_terms, ...)
     data        data sets, transfer sets, the generated text task
     models      model families with a size knob, the transformer, Hugging Face wrappers
-    teachers    teacher sources (train/cache/shipped/checkpoint/run/HF), baselines
+    teachers    teacher sources (train/cache/shipped/checkpoint/run/HF), the student alone
     analysis    soft targets, dark knowledge, decision boundaries
     methods     one module per distillation method behind one contract (methods/base.py)
-    run         trainer, engine, evaluation, per-epoch monitors, resources, stored runs
+    run         the engine: queue, executors, trainer, recorder, snapshots, stored runs
     teaching    lessons, pitfall linter
-    experiments sweeps, vectorised students, Ray, teacher-assistant chains and the TA gap
-
-``load_config`` (a config file or preset name plus ``--set`` style overrides) comes from the CLI,
-which sits above every package.
+    experiments sweeps, search, teacher-assistant chains and the TA gap, the phenomena suite
 """
 from __future__ import annotations
 
+import ast
 import importlib
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
-# public name -> (module that defines it, its name there); "PUBLIC=name" renames a name that would
-# be unclear on its own (a sweep's BACKENDS, the TA gap's PRESET)
-_API: dict[str, tuple[str, str]] = {}
-for _mod, _names in {
-    "kdengine.core.config": "RunConfig DataConfig ModelConfig TeacherConfig MethodConfig "
-                            "TrainConfig DATASETS TOY_DATASETS flatten config_hash",
-    "kdengine.core.knobs": "ConfigError field_specs param",
-    "kdengine.core.paths": "data_root assets_dir",
-    "kdengine.core.store": "Store ACTIVE",
-    "kdengine.core.checkpoints": "CheckpointError safe_load",
-    "kdengine.core.presets": "list_presets load_preset preset_path",
-    "kdengine.core.export": "export_run",
-    "kdengine.losses": "kd_loss dkd_loss dkd_terms",
-    "kdengine.data": "load_data fallback_config DataUnavailable DataBundle",
-    "kdengine.models": "build_model model_label ladder logits_of count_params",
-    "kdengine.teachers.sources": "get_teacher shipped_teachers",
-    "kdengine.core.registry": "method_names get_method_class register",
-    "kdengine.methods": "Method temperature_of",
-    "kdengine.run.engine": "Engine train check_resources",
-    "kdengine.run.trainer": "Trainer",
-    "kdengine.run.evaluation": "evaluate",
-    "kdengine.run.stored": "load_run_models teacher_is_cached checkpoint_state TeacherNotCached RunModels",
-    "kdengine.teaching.pitfalls": "lint",
-    "kdengine.teaching.lessons": "load_lessons lesson_link parse_link knob_spec apply_locks free_knobs locks_line",
-    "kdengine.experiments.sweeps": "SweepSpec Sweep start_sweep get_sweep resume_sweep stored_cells "
-                                   "parse_values ray_available SWEEP_BACKENDS=BACKENDS "
-                                   "DEFAULT_SWEEP_AXES=DEFAULT_AXES DEFAULT_SWEEP_PRESET=DEFAULT_PRESET",
-    "kdengine.experiments.ta_gap": "TAGapSpec TAGapExperiment start_experiment get_experiment "
-                                   "resume_experiment stored_results TA_GAP_PRESET=PRESET",
-    "kdengine.experiments.search": "SearchSpec Search start_search get_search resume_search "
-                                   "stored_trials study_of best_trial best_config default_range "
-                                   "knob_meta optimise PRUNERS SEARCH_BACKENDS "
-                                   "SEARCH_METRICS=METRICS DEFAULT_SEARCH_SPACE=DEFAULT_SPACE",
-    "kdengine.experiments.base": "shown_status is_running",
-    "kdengine.cli": "load_config",
-}.items():
-    for _n in _names.split():
-        _public, _, _attr = _n.partition("=")
-        _API[_public] = (_mod, _attr or _public)
+if TYPE_CHECKING:
+    from kdengine.core.config import (DATASETS, TOY_DATASETS, DataConfig, MethodConfig, ModelConfig,
+                                      RunConfig, TeacherConfig, TrainConfig, config_hash, flatten)
+    from kdengine.core.knobs import ConfigError, field_specs, param
+    from kdengine.core.paths import assets_dir, data_root
+    from kdengine.core.store import ACTIVE, Store
+    from kdengine.core.checkpoints import CheckpointError, safe_load
+    from kdengine.core.presets import list_presets, load_preset, preset_path
+    from kdengine.core.export import export_run
+    from kdengine.core.events import Artifacts, Checkpoint, Ended, Metrics, Notice, Phase, Status
+    from kdengine.losses import dkd_loss, dkd_terms, kd_loss
+    from kdengine.data import DataBundle, DataUnavailable, fallback_config, load_data
+    from kdengine.models import build_model, count_params, ladder, logits_of, model_label
+    from kdengine.teachers.sources import get_teacher, shipped_teachers
+    from kdengine.core.registry import get_method_class, method_names, register
+    from kdengine.methods import Method, temperature_of
+    from kdengine.run.engine import Engine, check_resources, train
+    from kdengine.run.snapshot import RunSnapshot
+    from kdengine.run.trainer import Trainer
+    from kdengine.run.evaluation import evaluate
+    from kdengine.run.stored import (RunModels, TeacherNotCached, checkpoint_state, load_run_models,
+                                     teacher_is_cached)
+    from kdengine.teaching.pitfalls import lint
+    from kdengine.teaching.lessons import (apply_locks, free_knobs, knob_spec, lesson_link,
+                                           load_lessons, locks_line, parse_link)
+    from kdengine.experiments.sweeps import (DEFAULT_AXES as DEFAULT_SWEEP_AXES,
+                                             DEFAULT_PRESET as DEFAULT_SWEEP_PRESET,
+                                             BACKENDS as SWEEP_BACKENDS, Sweep, SweepSpec, get_sweep,
+                                             parse_values, ray_available, resume_sweep, start_sweep,
+                                             stored_cells)
+    from kdengine.experiments.ta_gap import (PRESET as TA_GAP_PRESET, TAGapExperiment, TAGapSpec,
+                                             get_experiment, resume_experiment, start_experiment,
+                                             stored_results)
+    from kdengine.experiments.search import (DEFAULT_SPACE as DEFAULT_SEARCH_SPACE,
+                                             METRICS as SEARCH_METRICS, PRUNERS, SEARCH_BACKENDS,
+                                             Search, SearchSpec, best_config, best_trial,
+                                             default_range, get_search, knob_meta, optimise,
+                                             resume_search, start_search, stored_trials, study_of)
+    from kdengine.experiments.base import is_running, shown_status
+    from kdengine.cli import load_config
 
+
+def _public_names() -> dict[str, tuple[str, str]]:
+    """public name -> (module, name there), read from the ``if TYPE_CHECKING:`` block above."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(n for n in tree.body if isinstance(n, ast.If) and
+                 isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING")
+    return {a.asname or a.name: (imp.module, a.name)
+            for imp in block.body if isinstance(imp, ast.ImportFrom) for a in imp.names}
+
+
+_API = _public_names()
 __all__ = sorted(_API) + ["__version__"]
 
 

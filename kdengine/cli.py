@@ -30,7 +30,7 @@ def load_config(path: str, sets: list[str] | None = None) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from kdengine import Engine, lint
+    from kdengine import Engine, Metrics, Notice, lint
     from kdengine.core import progress
     cfg = load_config(args.config, args.set)
     for w in lint(cfg):
@@ -40,12 +40,12 @@ def cmd_train(args) -> int:
     print(f"run {rid}: {cfg.method.name} on {cfg.data.name}")
 
     def on_event(ev):          # runs on the engine's worker thread: print only, through the bar
-        if ev["type"] == "notice":
-            progress.say(f"  {ev['message']}")
-        elif ev["type"] == "metrics" and "test_acc" in ev["values"]:
-            v = ev["values"]
+        if isinstance(ev, Notice):
+            progress.say(f"  {ev.message}")
+        elif isinstance(ev, Metrics) and "test_acc" in ev.values:
+            v = ev.values
             extra = f" agree {v['agreement']:.3f}" if "agreement" in v else ""
-            progress.say(f"  epoch {ev['epoch']:>5.0f}  test acc {v['test_acc']:.4f}  train acc "
+            progress.say(f"  epoch {ev.epoch:>5.0f}  test acc {v['test_acc']:.4f}  train acc "
                          f"{v['train_acc']:.4f}{extra}")
     eng.subscribe(rid, on_event)
     bars = PhaseBars()
@@ -57,12 +57,12 @@ def cmd_train(args) -> int:
         eng.stop(rid)
         eng.wait(rid)
     s = eng.snapshot(rid)
-    bars.close(done=s["status"] == "done", final=True)
+    bars.close(done=s.status == "done", final=True)
     eng.shutdown()
-    if s["status"] != "done":
-        print(f"run {rid} {s['status']}: {s['error']}", file=sys.stderr)
+    if s.status != "done":
+        print(f"run {rid} {s.status}: {s.error}", file=sys.stderr)
         return 1
-    _print_summary(s["summary"])
+    _print_summary(s.summary)
     return 0
 
 
@@ -74,17 +74,17 @@ class PhaseBars:
     def __init__(self):
         self.phase, self.bar = None, None
 
-    def show(self, snap: dict) -> None:
+    def show(self, snap) -> None:
         from kdengine.core import progress
-        phase = snap["phase"]
+        phase = snap.phase
         if phase not in self.PHASES:
             return
         if phase != self.phase:
             self.close(done=True)
             self.phase = phase
             self.bar = progress.bar(self.STEPS, f"{phase:>8}", counts=False)
-        progress.set_fraction(self.bar, snap["progress"] if phase == "student"
-                              else snap["phase_progress"])
+        progress.set_fraction(self.bar, snap.progress if phase == "student"
+                              else snap.phase_progress)
 
     def close(self, done: bool, final: bool = False) -> None:
         from kdengine.core import progress
@@ -189,9 +189,9 @@ def cmd_resume(args) -> int:
     st = eng.wait(rid)
     s = eng.snapshot(rid)
     eng.shutdown()
-    print(f"run {rid} {st}" + (f": {s['error']}" if s["error"] else ""))
+    print(f"run {rid} {st}" + (f": {s.error}" if s.error else ""))
     if st == "done":
-        _print_summary(s["summary"])
+        _print_summary(s.summary)
     return 0 if st == "done" else 1
 
 

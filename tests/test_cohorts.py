@@ -85,7 +85,7 @@ def test_serving_turns_the_window_on_for_worker_processes(monkeypatch):
 def test_windows_queue_in_the_order_they_opened_whatever_order_their_timers_fire():
     # on a busy machine a later window's timer can fire first: the earlier windows close with it
     from types import SimpleNamespace
-    from kdengine.run.batching import Batcher
+    from kdengine.run.cohort_windows import Batcher
     from kdengine.run.scheduler import FairQueue
 
     def job(run_id, owner):
@@ -218,7 +218,7 @@ def test_a_member_whose_loss_goes_bad_fails_alone(runs_dir, tiny_cfg, monkeypatc
     from kdengine.core.registry import get_method_class
     from kdengine.run.cohort import CohortControl, Member
     from kdengine.run.trainer import Control
-    from kdengine.run.workers import run_cohort
+    from kdengine.run.executors import run_cohort
     hinton = get_method_class("hinton")
     loss_terms = hinton.loss_terms
     spe = []

@@ -16,7 +16,7 @@ import pytest
 from kdengine.core.store import Store
 from kdengine.run.engine import Engine
 from kdengine.run.scheduler import FairQueue, start_eta
-from kdengine.run.slicing import Baton, SlicedControl
+from kdengine.run.time_slices import Baton, SlicedControl
 
 
 # ---- the queue ------------------------------------------------------------------------------------

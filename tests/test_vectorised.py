@@ -11,7 +11,7 @@ from kdengine.core.config import ModelConfig, RunConfig
 from kdengine.core.store import Store
 from kdengine.data.datasets import load_data
 from kdengine.experiments.vectorised import create_runs, fallback_notice, train_group
-from kdengine.run.stacking import StackedMLP, VmapStack, group_key, stack_students, stacked_params
+from kdengine.run.stacked import StackedMLP, VmapStack, group_key, stack_students, stacked_params
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models.families import build_model
 from kdengine.run.trainer import NonFiniteLoss, Trainer, read_window

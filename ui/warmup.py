@@ -17,7 +17,7 @@ def _warm() -> None:
         import pandas  # noqa: F401
         from kdengine import DataConfig, RunConfig, check_resources, load_data
         from kdengine.run.serving import serving_options
-        from kdengine.run.workers import first_steps
+        from kdengine.run.executors import first_steps
         import kdengine.run.trainer  # noqa: F401
         check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
         load_data(DataConfig())

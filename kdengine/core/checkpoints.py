@@ -1,10 +1,14 @@
 """Checkpoint files: atomic writes, and loads with ``weights_only=True`` (tensors and plain data,
-never code) whose errors name what is wrong."""
+never code) whose errors name what is wrong; and :class:`RunCheckpoint`, the one layout of a run's
+checkpoint, whoever trained it (alone, stacked with others, in a worker process or on Ray)."""
 from __future__ import annotations
 
+import io
 import os
 import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,13 +45,72 @@ def load_state_into(model: nn.Module, state: dict, what: str) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic write: a crash never leaves a half-written checkpoint under the final name. The
-    temporary name is unique per process and thread: two runs training the same (not yet cached)
-    teacher at once both write it, and a shared temporary file made one of them fail."""
+    """Atomic write (:func:`write_bytes_atomic`): a crash never leaves a half-written checkpoint
+    under the final name, and two runs writing the same teacher's file at once do not collide."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+RUN_CHECKPOINT_FORMAT = 2
+
+
+@dataclass
+class RunCheckpoint:
+    """A run's state at an epoch's end: what resuming needs, and the student the analysis pages
+    load. Format 2; files written before it (format 1: the same names, some missing) still read."""
+    config_hash: str
+    epoch: int
+    step: int
+    state_dict: dict[str, Any]                  # the student's weights
+    extra: list[dict] = field(default_factory=list)     # the method's own trainable modules
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    rng: Any = None                             # the batch order's generator state
+    torch_rng: Any = None                       # torch's global generator state
+    method: dict = field(default_factory=dict)  # what a method keeps outside the optimiser
+    format: int = RUN_CHECKPOINT_FORMAT
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(asdict(self), buf)
+        return buf.getvalue()
+
+    def save(self, path: Path) -> None:
+        write_bytes_atomic(path, self.to_bytes())
+
+    @classmethod
+    def from_payload(cls, payload: dict, what: str = "checkpoint") -> "RunCheckpoint":
+        if not isinstance(payload, dict) or "state_dict" not in payload:
+            raise CheckpointError(f"{what} holds no student weights")
+        names = cls.__dataclass_fields__
+        known = {k: v for k, v in payload.items() if k in names and v is not None}
+        known.setdefault("config_hash", "")
+        known.setdefault("epoch", 0)
+        known.setdefault("step", 0)
+        known["format"] = RUN_CHECKPOINT_FORMAT
+        return cls(**known)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, what: str = "checkpoint") -> "RunCheckpoint":
+        try:
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{what} could not be loaded safely ({type(e).__name__})") from None
+        return cls.from_payload(payload, what)
+
+
+def read_run_checkpoint(path: Path) -> RunCheckpoint:
+    """A run's checkpoint file, in the current layout whatever format it was written in."""
+    return RunCheckpoint.from_payload(safe_load(path), f"checkpoint {path.name}")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``data`` under ``path``, never half-written (a temporary file unique to this thread, renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
-        torch.save(payload, tmp)
+        tmp.write_bytes(data)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

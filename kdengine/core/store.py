@@ -265,6 +265,10 @@ class Store:
         self._tx("INSERT INTO artifacts VALUES (?,?,?,?)",
                  (run_id, step, name, json.dumps(data, default=_jsonable)))
 
+    def artifact_names(self, run_id: str) -> list[str]:
+        rows = self._tx("SELECT DISTINCT name FROM artifacts WHERE run_id = ?", (run_id,)).fetchall()
+        return [r["name"] for r in rows]
+
     def artifacts(self, run_id: str, name: str) -> list[tuple[int, Any]]:
         rows = self._tx("SELECT step, json FROM artifacts WHERE run_id = ? AND name = ? ORDER BY step",
                         (run_id, name)).fetchall()

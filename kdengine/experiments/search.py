@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from kdengine.core.config import RunConfig
+from kdengine.core.events import Metrics
 from kdengine.core.knobs import ConfigError, check_field
 from kdengine.core.store import ACTIVE, FINAL
 from kdengine.experiments.base import Experiment, Spec
@@ -533,9 +534,8 @@ class Search(Experiment):
         trial.set_user_attr("run_id", rid)
         self.engine.subscribe(rid, lambda ev: self._on_event(trial, row, ev))
         snap = self.engine.snapshot(rid)      # events emitted before the subscription
-        for step, epoch, v in snap["series"].get(self.spec.metric, []):
-            self._on_event(trial, row, {"type": "metrics", "epoch": epoch,
-                                        "values": {self.spec.metric: v}})
+        for step, epoch, v in snap.series.get(self.spec.metric, []):
+            self._on_event(trial, row, Metrics(step, epoch, {self.spec.metric: v}))
         self._save()
         return trial, row
 
@@ -545,14 +545,14 @@ class Search(Experiment):
     def _on_event(self, trial, row: TrialRow, ev: dict) -> None:
         """In the worker thread, at each epoch end: report to the pruner; stop the run when pruned
         (before its next step, so a pruned trial's epochs are the ones it was measured on)."""
-        if ev["type"] != "metrics" or self.spec.metric not in ev["values"]:
+        if not isinstance(ev, Metrics) or self.spec.metric not in ev.values:
             return
-        epoch = int(ev["epoch"])
+        epoch = int(ev.epoch)
         with self._lock:                 # the catch-up after subscribing may see it too
             if epoch in row.curve:
                 return
             row.epochs += 1
-        if self._report(trial, row, epoch, ev["values"][self.spec.metric]):
+        if self._report(trial, row, epoch, ev.values[self.spec.metric]):
             try:
                 self.engine.stop(row.run_id)
             except KeyError:

@@ -279,7 +279,7 @@ class Sweep(Experiment):
                 except KeyError:
                     continue
                 if st == "running" and c.backend == "local":
-                    latest = self.engine.snapshot(c.run_id)["latest"]   # in memory: cheap
+                    latest = self.engine.snapshot(c.run_id).latest   # in memory: cheap
                     if "test_acc" in latest:
                         c.live = {k: latest[k] for k in ("test_acc", "train_acc", "agreement",
                                                          "kl_test") if k in latest}

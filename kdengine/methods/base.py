@@ -32,6 +32,7 @@ from torch import Tensor, nn
 # them too; they are re-exported here with the contract.
 from kdengine.core.registry import (get_method_class, knob_value, label_weight_knobs,  # noqa: F401
                                     method_names, register, soft_weight_knobs, temperature_of)
+from kdengine.core.events import Emit, Notice, Phase, no_emit
 from kdengine.losses.logits import per_student
 
 if TYPE_CHECKING:
@@ -69,10 +70,6 @@ class Batch:
         return self.idx if self.rows is None else self.rows
 
 
-def _no_emit(event: dict) -> None:
-    pass
-
-
 def _never() -> bool:
     return False
 
@@ -90,8 +87,8 @@ class TrainContext:
     # The run's whole config, for methods that build models of their own (peers, extra teachers,
     # specialists) or pick defaults by model family. None for methods built outside a run.
     config: RunConfig | None = None
-    # Progress events ({"type": "phase" | "notice", ...}) for the pages, as the trainer emits them.
-    emit: Callable[[dict], None] = _no_emit
+    # Progress events (Phase, Notice) for the pages, as the trainer emits them.
+    emit: Emit = no_emit
     # True once the user pressed Stop: long work in setup() (training teachers) checks it.
     should_stop: Callable[[], bool] = _never
 
@@ -104,11 +101,11 @@ class TrainContext:
 
     def notice(self, message: str) -> None:
         """A one-line notice shown with the run."""
-        self.emit({"type": "notice", "message": message})
+        self.emit(Notice(message))
 
     def phase(self, phase: str, message: str, progress: float) -> None:
         """A progress line for long work before training (e.g. training specialists)."""
-        self.emit({"type": "phase", "phase": phase, "message": message, "progress": progress})
+        self.emit(Phase(phase, message, progress))
 
 
 class Method:

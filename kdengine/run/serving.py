@@ -8,7 +8,7 @@ instead (:mod:`kdengine.run.ray_executor`). ``KD_SERVE=threads`` keeps the singl
 
 With worker processes, runs that can stack wait ``KD_BATCH_WINDOW`` seconds (default 0.3; 0 turns it
 off) for others of the same data, teacher and student, and train with them as one cohort
-(:mod:`kdengine.run.cohort`): a class pressing Train together costs little more than one run.
+(:mod:`kdengine.run.group`): a class pressing Train together costs little more than one run.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections.abc
 import platform
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -30,66 +29,15 @@ from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
 from kdengine.run.evaluation import EvalSet, evaluate_each
-from kdengine.teachers.baselines import baseline_accuracy, teacher_gap_warning
+from kdengine.teachers.student_alone import baseline_accuracy, teacher_gap_warning
 from kdengine.teachers.fitting import bf16_autocast
 from kdengine.teachers.sources import get_teacher
-from kdengine.core.checkpoints import save_checkpoint, safe_load
-
-Emit = Callable[[dict], None]
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when the user pressed Stop."""
-
+from kdengine.core.checkpoints import RunCheckpoint
+from kdengine.core.events import Artifacts, Checkpoint, Emit, Metrics, Notice, Phase, no_emit
+from kdengine.run.control import Control
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf."""
-
-
-class Control:
-    """Pause / stop flags shared between the engine and one trainer (thread-safe).
-
-    ``interrupt`` is a plain attribute so the hot loop checks it with one read per step."""
-
-    def __init__(self):
-        self.interrupt = False
-        self._resume = threading.Event()
-        self._resume.set()
-        self._stop = False
-        self.on_pause: Callable[[bool], None] | None = None
-
-    def pause(self):
-        self._resume.clear()
-        self.interrupt = True
-
-    def resume(self):
-        self._resume.set()
-        self.interrupt = self._stop
-
-    def stop(self):
-        self._stop = True
-        self.interrupt = True
-        self._resume.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop
-
-    @property
-    def paused(self) -> bool:
-        return not self._resume.is_set()
-
-    def checkpoint(self) -> None:
-        """Block while paused; raise StopRequested when stopped."""
-        if self.paused and not self._stop:
-            if self.on_pause:
-                self.on_pause(True)
-            self._resume.wait()
-            if self.on_pause:
-                self.on_pause(False)
-        if self._stop:
-            raise StopRequested()
-        self.interrupt = False
 
 
 def choose_device(pref: str) -> torch.device:
@@ -139,18 +87,23 @@ MonitorFactory = Callable[[MonitorSetup], "Monitor | None"]
 
 
 class Trainer:
-    """Runs one config. ``run()`` returns the summary dict; events go to ``emit``."""
+    """Runs one config. ``run()`` returns the summary dict; events go to ``emit``.
+
+    It writes no files: its checkpoints leave as :class:`~kdengine.core.events.Checkpoint` events
+    (the engine's recorder stores them; ``checkpoints=False`` sends none), and a run that continues
+    is given its last checkpoint's bytes as ``resume_from``. Built in one place,
+    :func:`kdengine.run.units.make_trainer`."""
 
     def __init__(self, cfg: RunConfig, emit: Emit | None = None, control: Control | None = None,
-                 checkpoint_path=None, resume: bool = False,
-                 monitors: Sequence[MonitorFactory] = ()):
+                 resume_from: bytes | None = None, monitors: Sequence[MonitorFactory] = (),
+                 checkpoints: bool = True):
         # A copy: the run must not see later edits to the caller's object. Validated once, where
         # the run was submitted; validated() only re-checks a config edited since.
         self.cfg = cfg.copy().validated()
-        self.emit = emit or (lambda e: None)
+        self.emit = emit or no_emit
         self.control = control or Control()
-        self.checkpoint_path = checkpoint_path
-        self.resume = resume
+        self.resume_from = resume_from
+        self.checkpoints = checkpoints
         self.monitor_factories = list(monitors)
         self.device = choose_device(self.cfg.train.device)
         self.summary: dict[str, Any] = {}
@@ -158,13 +111,13 @@ class Trainer:
 
     # -- small emit helpers ----------------------------------------------------------------------
     def _phase(self, phase: str, message: str, frac: float = 0.0):
-        self.emit({"type": "phase", "phase": phase, "message": message, "progress": frac})
+        self.emit(Phase(phase, message, frac))
 
     def _notice(self, message: str):
-        self.emit({"type": "notice", "message": message})
+        self.emit(Notice(message))
 
     def _metrics(self, step: int, epoch: float, values: dict[str, float]):
-        self.emit({"type": "metrics", "step": step, "epoch": epoch, "values": values})
+        self.emit(Metrics(step, epoch, values))
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -265,7 +218,7 @@ class Trainer:
             student.compile()       # in place: the state_dict keys (checkpoints) stay the same
         gen = torch.Generator().manual_seed(tc.seed)
         start_epoch = 0
-        if self.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+        if self.resume_from is not None:
             start_epoch = self._restore(student, extra, opt, sched, gen)
             self._notice(f"Resumed from the checkpoint after epoch {start_epoch}.")
 
@@ -319,13 +272,12 @@ class Trainer:
             arts = self._epoch_extras(student, method, monitors, evs, epoch)
             self._record(step, float(epoch + 1), evs, final=True)
             if arts:
-                self.emit({"type": "artifacts", "step": step, "epoch": epoch + 1, "data": arts})
+                self.emit(Artifacts(step, epoch + 1, arts))
             method.train(True)
-            if self.checkpoint_path is not None and tc.checkpoint_every and \
-                    (epoch + 1) % tc.checkpoint_every == 0:
+            if self.checkpoints and tc.checkpoint_every and (epoch + 1) % tc.checkpoint_every == 0:
                 self._save(student, extra, opt, sched, gen, epoch + 1, step)
         method.train(False)
-        if self.checkpoint_path is not None:
+        if self.checkpoints:
             self._save(student, extra, opt, sched, gen, tc.epochs, step)
         self.student = student
         self.summary["elapsed_s"] = time.perf_counter() - t0
@@ -373,33 +325,35 @@ class Trainer:
         return self.method.term_weights
 
     # -- checkpoints (for resume after a crash) --------------------------------------------------
+    def _checkpoint(self, student, extra, opt, sched, gen, epoch, step) -> RunCheckpoint:
+        """The run's state now, in the one checkpoint layout."""
+        return RunCheckpoint(
+            config_hash=self.cfg.hash, epoch=epoch, step=step,
+            state_dict={k: v.detach().cpu() for k, v in student.state_dict().items()},
+            extra=[{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in extra],
+            optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched is not None else None,
+            rng=gen.get_state(), torch_rng=torch.get_rng_state(), method=self.method.extra_state())
+
     def _save(self, student, extra, opt, sched, gen, epoch, step):
-        payload = {
-            "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-            "extra": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in extra],
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else {},
-            "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-            "epoch": epoch, "step": step, "config_hash": self.cfg.hash}
-        method_state = self.method.extra_state()
-        if method_state:       # only a method that keeps some: the others' files stay as they were
-            payload["method"] = method_state
-        save_checkpoint(self.checkpoint_path, payload)
+        ck = self._checkpoint(student, extra, opt, sched, gen, epoch, step)
+        self.emit(Checkpoint(epoch, step, ck.to_bytes()))
 
     def _restore(self, student, extra, opt, sched, gen) -> int:
-        ck = safe_load(self.checkpoint_path)
-        if ck.get("config_hash") != self.cfg.hash:
+        ck = RunCheckpoint.from_bytes(self.resume_from, "the run's last checkpoint")
+        if ck.config_hash != self.cfg.hash:
             raise RuntimeError("the checkpoint belongs to a different configuration")
-        student.load_state_dict(ck["state_dict"])
-        for m, st in zip(extra, ck.get("extra", [])):
+        student.load_state_dict(ck.state_dict)
+        for m, st in zip(extra, ck.extra):
             m.load_state_dict(st)
-        opt.load_state_dict(ck["optimizer"])
-        self.method.load_extra_state(ck.get("method", {}))
-        if sched is not None and ck.get("scheduler"):
-            sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["rng"])
-        torch.set_rng_state(ck["torch_rng"])
-        return int(ck["epoch"])
+        if ck.optimizer is None:
+            raise RuntimeError("the checkpoint holds no optimiser state to continue from")
+        opt.load_state_dict(ck.optimizer)
+        self.method.load_extra_state(ck.method)
+        if sched is not None and ck.scheduler:
+            sched.load_state_dict(ck.scheduler)
+        gen.set_state(ck.rng)
+        torch.set_rng_state(ck.torch_rng)
+        return int(ck.epoch)
 
 
 # Largest transfer set (its inputs, in bytes) that the trainer copies into each epoch's order: a

@@ -33,7 +33,7 @@ from typing import Callable
 from kdengine.core.config import RunConfig
 from kdengine.methods import get_method_class
 from kdengine.methods.base import knob_value, label_weight_knobs, soft_weight_knobs, temperature_of
-from kdengine.teachers.baselines import teacher_gap_warning  # noqa: F401  (re-exported: part of the linter)
+from kdengine.teachers.student_alone import teacher_gap_warning  # noqa: F401  (re-exported: part of the linter)
 
 # A check returns None, one warning, or a list of warnings.
 CHECKS: list[Callable[[RunConfig], "str | list[str] | None"]] = []

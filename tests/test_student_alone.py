@@ -6,7 +6,7 @@ import re
 
 from kdengine.data.datasets import load_data
 from kdengine.run.trainer import Trainer
-from kdengine.teachers.baselines import baseline_key, baseline_plan
+from kdengine.teachers.student_alone import baseline_key, baseline_plan
 
 
 def _run(cfg) -> list[dict]:

@@ -1,19 +1,15 @@
-"""Stacked students: many small students of one architecture trained in one pass, one batch and one
-teacher forward for all.
+"""Stacked students: many small students of one architecture as one module whose forward returns
+logits with a leading student axis, ``[S, B, C]``, and the rules for which runs may stack.
 
-The students are stacked into one module whose forward returns logits with a leading student axis,
-``[S, B, C]``, and :class:`StackTrainer` trains it with the ordinary
-:class:`~kdengine.run.trainer.Trainer` loop: the method's own ``loss_terms`` gives every student's
-terms at once (the losses broadcast over the student axis; the knobs that differ between students
-come as ``[S, 1, 1]`` tensors), the trainer weighs them, sums them into one backward and one
-optimiser step, reads them back once per log window and evaluates each student.
+The method's own ``loss_terms`` then gives every student's terms at once (the losses broadcast over
+the student axis; the knobs that differ between students come as ``[S, 1, 1]`` tensors); a student's
+loss depends only on its own slice, so its gradient is the one it would get alone, and Adam and SGD
+are element-wise, so each slice keeps its own optimiser state. The group trainer
+(:mod:`kdengine.run.group`) trains such a stack with the ordinary trainer loop.
 
-* MLPs become :class:`StackedMLP` — stacked weights and ``torch.baddbmm``.
+* MLPs become :class:`StackedMLP`: stacked weights and ``torch.baddbmm``.
 * Any other family goes through :class:`VmapStack` (``torch.func.stack_module_state`` +
   ``vmap(functional_call)``, BatchNorm buffers included).
-
-Two users of it: a vectorised sweep (:mod:`kdengine.experiments.vectorised`) and the engine's
-cohorts of runs from different sessions (:mod:`kdengine.run.cohort`).
 """
 from __future__ import annotations
 
@@ -25,9 +21,7 @@ from torch import Tensor, nn
 
 from kdengine.core.config import RunConfig, config_hash
 from kdengine.methods import get_method_class
-from kdengine.models import count_params
 from kdengine.models.families import MLP
-from kdengine.run.trainer import Control, Trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,13 +44,27 @@ def group_key(cfg: RunConfig) -> str:
 
 
 def why_not_stacked(cfg: RunConfig) -> str:
-    """Why this cell cannot train as a stacked student ("" when it can)."""
+    """Why this run cannot train as a stacked student ("" when it can)."""
     method_cls = get_method_class(cfg.method.name)
     if not method_cls.supports_stacking:
-        return (f"method {method_cls.name} does not support stacked students (methods/base.py: "
-                f"supports_stacking)")
+        return f"method {method_cls.name} trains one student at a time"
     if cfg.student.arch == "transformer":
         return "transformer students (the text task) train one at a time"
+    return ""
+
+
+def why_not_cohort(cfg: RunConfig) -> str:
+    """Why a run cannot join a cohort, a group the engine forms by itself from runs of different
+    people ("" when it can). A cohort member must get exactly the numbers it would get alone."""
+    reason = why_not_stacked(cfg)
+    if reason:
+        return reason
+    if cfg.student.arch != "mlp":
+        return (f"only MLP students are gathered into cohorts: under vmap a {cfg.student.arch} "
+                f"stack costs about as much as its runs one after another")
+    if cfg.student.dropout:
+        return ("a student with dropout trains alone: in a stack its dropout masks would not be "
+                "the ones it draws alone")
     return ""
 
 
@@ -120,13 +128,7 @@ class StackedMLP(nn.Module):
         # the ordinary model's parameters: weight, bias per layer; here: all weights, then biases
         order = [x for k in range(n) for x in (k, n + k)]
         shapes = [s for w, b in zip(self.weights, self.biases) for s in (w.shape[1:], b.shape[2:])]
-
-        def part(v, shape):
-            return v[i].reshape(shape).clone() if torch.is_tensor(v) and v.dim() else copy.deepcopy(v)
-        sliced = {new: {k: part(v, shapes[new]) for k, v in state["state"][old].items()}
-                  for new, old in enumerate(order) if old in state["state"]}
-        (group,) = state["param_groups"]            # the trainer's optimiser has one group
-        return {"state": sliced, "param_groups": [{**group, "params": list(range(2 * n))}]}
+        return _slice_optimizer_state(state, i, order, shapes)
 
 
 class VmapStack(nn.Module):
@@ -163,6 +165,11 @@ class VmapStack(nn.Module):
         out.update({k: b[i].detach().cpu().clone() for k, b in self._stacked_buffers().items()})
         return out
 
+    def optimizer_state_of(self, state: dict, i: int) -> dict:
+        """Student i's slice of an optimiser's ``state_dict()`` over this module's parameters. The
+        stacked parameters are in the ordinary model's parameter order, one to one."""
+        return _slice_optimizer_state(state, i, list(range(len(self.keys))))
+
 
 def stack_students(models: list[nn.Module]) -> nn.Module:
     if all(isinstance(m, MLP) for m in models):
@@ -170,27 +177,18 @@ def stack_students(models: list[nn.Module]) -> nn.Module:
     return VmapStack(models)
 
 
-
-
-class StackTrainer(Trainer):
-    """:class:`Trainer` on the stacked students of ``cfgs`` (one :func:`group_key`). Data, teacher,
-    baseline, batches, loss, step, log windows and evaluation are the trainer's own; a subclass says
-    where each student's metrics go (``_record``)."""
-
-    def __init__(self, cfgs: list[RunConfig], control: Control | None = None):
-        super().__init__(cfgs[0], control=control)
-        self.cfgs = cfgs
-        self.student_params: int | None = None      # one student's, once built
-
-    def _train_student(self, data, method_cls, params, teachers, t_test_logits, t0) -> dict:
-        params = stacked_params(method_cls, self.cfgs, self.device)
-        summary = super()._train_student(data, method_cls, params, teachers, t_test_logits, t0)
-        summary["student_params"] = self.student_params     # not the whole stack's
-        return summary
-
-    def _build_student(self, data) -> nn.Module:
-        models = []
-        for _ in self.cfgs:        # each seeded and built as a run of its config builds it
-            models.append(Trainer._build_student(self, data))
-        self.student_params = count_params(models[0])
-        return stack_students(models).to(self.device)
+def _slice_optimizer_state(state: dict, i: int, order: list[int],
+                           shapes: list[torch.Size] | None = None) -> dict:
+    """Student i's slice of an optimiser ``state_dict()`` over stacked parameters, as the same
+    optimiser over the ordinary model would save it: its parameter ``new`` is stacked parameter
+    ``order[new]`` (reshaped to ``shapes[new]`` when given). Element-wise state (Adam's moments,
+    SGD's momentum) slices exactly; scalar state (Adam's step) is shared."""
+    def part(v, new):
+        if not (torch.is_tensor(v) and v.dim()):
+            return copy.deepcopy(v)
+        v = v[i]
+        return (v.reshape(shapes[new]) if shapes is not None else v).clone()
+    sliced = {new: {k: part(v, new) for k, v in state["state"][old].items()}
+              for new, old in enumerate(order) if old in state["state"]}
+    (group,) = state["param_groups"]            # the trainer's optimiser has one group
+    return {"state": sliced, "param_groups": [{**group, "params": list(range(len(order)))}]}

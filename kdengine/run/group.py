@@ -1,70 +1,54 @@
-"""Cohorts: runs from different sessions trained as stacked students in one pass.
+"""A group: several runs trained as stacked students in one pass (:mod:`kdengine.run.stacked`).
 
-When a class presses Train together, many sessions submit the same small run (same data, teacher,
-student architecture and seed; the method's knobs may differ). The engine (``batch_window_s``,
-:mod:`kdengine.run.batching`) gathers such runs into a cohort that takes one executor slot and
-trains as one stack (:mod:`kdengine.run.stacking`): one batch, one teacher lookup and one optimiser
-step for all.
+Runs that share data, teacher, student architecture and seed, and differ only in the method's
+per-student knobs (T, the loss weights), train as one stack: one batch, one teacher lookup and one
+optimiser step for all. A group comes from ``Engine.submit_group`` (a sweep's or a search's cells) or
+from the engine's batch windows (a cohort: a class pressing Train together on the same lesson).
 
-Each member stays an ordinary run to its user. It gets its own events through ``Member.emit`` (loss
-terms, accuracies, progress, the teacher and baseline lines, notices, and the per-epoch monitors,
-evaluated on a plain student loaded from its slice), and its own checkpoint, exactly what a run of its config alone writes (its slice of the weights and of
-the optimiser state), so Continue, Soft targets and Boundaries treat it as any run. Writing every
-member's file at every epoch end cost a third of a digits pass, so a member's latest epoch-end
-checkpoint is kept in memory and written when it leaves the pass, at the end, and at most every
-``WRITE_EVERY_S`` seconds between (what a dead worker process can lose).
-A member that is stopped or paused leaves the pass at the loop's next step (``Member.end``) and the
-others train on; a paused member continues alone from its last checkpoint when resumed. A member
-whose loss stops being finite fails alone.
+Each member stays an ordinary run to its user. Its events go to its own ``emit`` (loss terms,
+accuracies, progress, the teacher and student-alone lines, notices, the per-epoch monitors evaluated
+on a plain student loaded from its slice) and its checkpoint is exactly what a run of its config
+alone writes (its slice of the weights and of the optimiser state), so Continue, Soft targets and
+Boundaries treat it as any run. Serialising every member's checkpoint at every epoch end cost a
+third of a small pass, so a member's latest one is kept and sent when it leaves the pass, at the
+end, and at most every ``WRITE_EVERY_S`` seconds between (what a dead worker can lose).
+A member that is stopped or paused leaves the pass at the loop's next step and the others train on;
+a paused member continues alone from its last checkpoint when resumed. A member whose loss stops
+being finite fails alone.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-import time
-
 import torch
+from torch import nn
 
-from kdengine.core.checkpoints import save_checkpoint
+from kdengine.core.checkpoints import RunCheckpoint
 from kdengine.core.config import RunConfig
-from kdengine.models import build_model
-from kdengine.run.slicing import SlicedControl
-from kdengine.run.stacking import StackTrainer, why_not_stacked
-from kdengine.run.trainer import (Control, Emit, MonitorFactory, MonitorSetup, NonFiniteLoss,
-                                  StopRequested, Trainer, read_window)
+from kdengine.core.events import Artifacts, Checkpoint, Emit, Ended, Metrics, Notice
+from kdengine.models import build_model, count_params
+from kdengine.run.control import Control, StopRequested
+from kdengine.run.stacked import stack_students, stacked_params
+from kdengine.run.time_slices import SlicedControl
+from kdengine.run.trainer import (MonitorFactory, MonitorSetup, NonFiniteLoss, Trainer,
+                                  read_window)
 
 MAX_SIZE = 16       # members per cohort; more runs of one key make a second cohort
 WRITE_EVERY_S = 5.0
 
 
-def why_not_cohort(cfg: RunConfig) -> str:
-    """Why a run cannot join a cohort ("" when it can)."""
-    reason = why_not_stacked(cfg)
-    if reason:
-        return reason
-    if cfg.student.arch != "mlp":
-        return (f"cohorts stack MLP students only: a member leaving the pass takes its slice of the "
-                f"optimiser state, which is mapped for MLPs, not for {cfg.student.arch} students")
-    if cfg.student.dropout:
-        return ("a student with dropout trains alone: in a stack its dropout masks would not be "
-                "the ones it draws alone")
-    return ""
-
-
 @dataclass
 class Member:
-    """One run of a cohort, as the pass sees it."""
+    """One run of a group, as the pass sees it."""
     run_id: str
     cfg: RunConfig
-    emit: Emit                      # the run's own events
+    emit: Emit                      # the run's own events, its Ended included
     control: Control                # its own pause / stop
-    checkpoint_path: Path
-    end: Callable[[dict], None]     # called once with how it ended (an executor's outcome)
 
 
-class CohortControl(SlicedControl):
+class GroupControl(SlicedControl):
     """The pass's control. Its ``interrupt`` is up while any member's own control asks to pause or
     stop; at the loop's next check each such member leaves (``on_leave``). The pass stops when no
     member is left, or on its own ``stop()`` (the engine shutting down). It time-slices with other
@@ -98,68 +82,67 @@ class CohortControl(SlicedControl):
         super().checkpoint()
 
 
-class CohortTrainer(StackTrainer):
+class GroupTrainer(Trainer):
     """The trainer loop on the members' stacked students, each member's events sent to its run."""
 
-    def __init__(self, members: list[Member], control: CohortControl,
+    def __init__(self, members: list[Member], control: GroupControl,
                  monitors: Sequence[MonitorFactory] = ()):
-        super().__init__([m.cfg for m in members], control=control)
+        super().__init__(members[0].cfg, control=control)
         self.members = members
         self.live = list(range(len(members)))      # columns of the members still in the pass
         self.finals: list[dict] = [{} for _ in members]
         self.factories = list(monitors)
         self.emit = self._to_live
-        # Not None: the trainer's checkpoints are on; _save writes each member's own file.
-        self.checkpoint_path = members[0].checkpoint_path
+        self.student_params: int | None = None      # one student's, once built
         self._index = {m.run_id: j for j, m in enumerate(members)}
         self._arts: dict[int, dict] = {}
         self._monitors: list[list] = [[] for _ in members]
-        self._plain = None
-        self._unwritten: dict[int, dict] = {}      # member -> its latest epoch-end checkpoint
-        self._written_at = time.monotonic()
+        self._plain: nn.Module | None = None
+        self._unsent: dict[int, Checkpoint] = {}    # member -> its latest epoch-end checkpoint
+        self._sent_at = time.monotonic()
         control.on_leave = lambda run_id, why: self._leave(self._index[run_id], why)
 
     def run(self) -> dict:
         others = len(self.members) - 1
-        self._notice(f"Trained in one pass with {others} other run{'s' if others > 1 else ''} "
-                     f"of the same data, teacher and student (a cohort: one batch and one optimiser "
-                     f"step for all; every number shown is this run's own). Pause or Stop takes it "
-                     f"out of the pass.")
+        self._notice(f"Trained together with {others} other run{'s' if others > 1 else ''} that "
+                     f"share{'s' if others == 1 else ''} its data, teacher and student; every "
+                     f"number shown is this run's own. Pausing or stopping it takes it out of the "
+                     f"group.")
         return super().run()
 
     def summary_of(self, j: int) -> dict:
-        out = {**self.summary, **self.finals[j], "cohort_size": len(self.members)}
+        out = {**self.summary, **self.finals[j], "stacked": len(self.members)}
         if self.student_params is not None:
-            out["student_params"] = self.student_params
+            out["student_params"] = self.student_params      # one student's, not the stack's
         return out
 
-    def finish(self, outcome: dict) -> None:
-        """End the members still in the pass with how the pass ended (``execute``'s outcome)."""
+    def finish(self, ended: Ended) -> None:
+        """End the members still in the pass with how the pass ended."""
         for j in list(self.live):
             m = self.members[j]
-            if outcome["status"] == "done" and not m.control.stopped:
-                m.end({"status": "done", "summary": self.summary_of(j)})
+            if ended.status == "done" and not m.control.stopped:
+                m.emit(Ended("done", self.summary_of(j)))
                 continue
-            self._write(j)          # its last epoch-end checkpoint, as a run alone has it on disk
-            if outcome["status"] == "failed":
-                m.end(outcome)
+            self._send(j)           # its last epoch-end checkpoint, as a run alone has it
+            if ended.status == "failed":
+                m.emit(ended)
             else:                   # stopped during the baseline, or the whole pass stopped
-                m.end({"status": "stopped", "summary": self.summary_of(j)})
+                m.emit(Ended("stopped", self.summary_of(j)))
 
     # -- members leaving -------------------------------------------------------------------------
     def _leave(self, j: int, why: str, error: str = "") -> None:
-        self._write(j)
+        self._send(j)
         self.live.remove(j)
         m = self.members[j]
         self.control.members.pop(m.run_id, None)
         if why == "paused":
-            m.emit({"type": "notice", "message": "Paused: this run left its cohort's pass; Resume "
-                    "continues it alone from its last checkpoint."})
-            m.end({"status": "paused"})
+            m.emit(Notice("Paused: this run left its group; Resume continues it alone from its "
+                          "last checkpoint."))
+            m.emit(Ended("paused"))
         elif why == "stopped":
-            m.end({"status": "stopped", "summary": self.summary_of(j)})
+            m.emit(Ended("stopped", self.summary_of(j)))
         else:
-            m.end({"status": "failed", "error": error, "traceback": None})
+            m.emit(Ended("failed", error=error))
 
     def _fail_nonfinite(self, part: dict, win_start: int, spe: int, exc: NonFiniteLoss) -> None:
         """Fail the members whose terms went bad, each with the message a run alone would give."""
@@ -177,9 +160,14 @@ class CohortTrainer(StackTrainer):
             raise StopRequested()            # every member has ended; the pass has no one left
 
     # -- the trainer's parts, per member ---------------------------------------------------------
-    def _to_live(self, ev: dict) -> None:
+    def _to_live(self, ev) -> None:
         for j in self.live:
             self.members[j].emit(ev)
+
+    def _build_student(self, data) -> nn.Module:
+        models = [Trainer._build_student(self, data) for _ in self.members]  # each seeded as alone
+        self.student_params = count_params(models[0])
+        return stack_students(models).to(self.device)
 
     def _train_student(self, data, method_cls, params, teachers, t_test_logits, t0) -> dict:
         teacher = teachers[0] if teachers else None
@@ -192,6 +180,7 @@ class CohortTrainer(StackTrainer):
             with torch.random.fork_rng(devices=[]):
                 self._plain = build_model(self.cfg.student, data.input_shape,
                                           data.n_classes).to(self.device).eval()
+        params = stacked_params(method_cls, [m.cfg for m in self.members], self.device)
         return super()._train_student(data, method_cls, params, teachers, t_test_logits, t0)
 
     def _flush(self, window, win_start, step, spe, *rest):
@@ -233,32 +222,33 @@ class CohortTrainer(StackTrainer):
             if j not in self.live:
                 continue
             m = self.members[j]
-            m.emit({"type": "metrics", "step": step, "epoch": epoch, "values": values})
+            m.emit(Metrics(step, epoch, values))
             if final:
                 self.finals[j].update({f"final_{k}": v for k, v in values.items()})
                 arts = self._arts.pop(j, None)
                 if arts:
-                    m.emit({"type": "artifacts", "step": step, "epoch": int(epoch), "data": arts})
+                    m.emit(Artifacts(step, int(epoch), arts))
 
     def _save(self, student, extra, opt, sched, gen, epoch, step):
-        """Each live member's checkpoint, as a run of its config alone saves it (kept; written
-        at the end, or when ``WRITE_EVERY_S`` has passed)."""
+        """Each live member's checkpoint, as a run of its config alone saves it (kept; sent at the
+        end, or when ``WRITE_EVERY_S`` has passed)."""
         assert not extra, "stackable methods train no extra modules"
         opt_state = opt.state_dict()
-        common = {"extra": [], "scheduler": sched.state_dict() if sched is not None else {},
-                  "rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                  "epoch": epoch, "step": step}
         for j in self.live:
-            m = self.members[j]
-            self._unwritten[j] = {
-                **common, "state_dict": student.state_dict_of(j),
-                "optimizer": student.optimizer_state_of(opt_state, j), "config_hash": m.cfg.hash}
-        if epoch == self.cfg.train.epochs or time.monotonic() - self._written_at >= WRITE_EVERY_S:
+            ck = RunCheckpoint(
+                config_hash=self.members[j].cfg.hash, epoch=epoch, step=step,
+                state_dict=student.state_dict_of(j),
+                optimizer=student.optimizer_state_of(opt_state, j),
+                scheduler=sched.state_dict() if sched is not None else None,
+                rng=gen.get_state(), torch_rng=torch.get_rng_state(),
+                method=self.method.extra_state())
+            self._unsent[j] = Checkpoint(epoch, step, ck.to_bytes())
+        if epoch == self.cfg.train.epochs or time.monotonic() - self._sent_at >= WRITE_EVERY_S:
             for j in self.live:
-                self._write(j)
-            self._written_at = time.monotonic()
+                self._send(j)
+            self._sent_at = time.monotonic()
 
-    def _write(self, j: int) -> None:
-        payload = self._unwritten.pop(j, None)
-        if payload is not None:
-            save_checkpoint(self.members[j].checkpoint_path, payload)
+    def _send(self, j: int) -> None:
+        ck = self._unsent.pop(j, None)
+        if ck is not None:
+            self.members[j].emit(ck)
