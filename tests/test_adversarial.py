@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdengine.core.events import Metrics, Artifacts
 from kdengine.analysis import boundaries as adv
 from kdengine.cli import load_config
 from kdengine.data.datasets import load_data
@@ -275,20 +276,20 @@ def test_moons_bss_run_through_the_engine_records_magsim_angsim_and_snapshots(mo
     eng = Engine(store=Store(), max_workers=1)
     try:
         rid = eng.submit(cfg, owner="t")
-        assert eng.wait(rid, timeout=240) == "done", eng.snapshot(rid)["error"]
+        assert eng.wait(rid, timeout=240) == "done", eng.snapshot(rid).error
         snap = eng.snapshot(rid)
         for k in ("magsim", "angsim"):
-            vals = [v for _, _, v in snap["series"][k]]
+            vals = [v for _, _, v in snap.series[k]]
             assert len(vals) == 4 and all(0 <= v <= 1 for v in vals)
-        assert "loss/bss" in snap["series"]
-        assert {"bss", "grid_student", "grid_teacher"} <= set(snap["artifacts"])
+        assert "loss/bss" in snap.series
+        assert {"bss", "grid_student", "grid_teacher"} <= set(snap.artifacts)
         grids = eng.store.artifacts(rid, "grid_student")
         assert [g["epoch"] for _, g in grids] == [1, 2, 3, 4]
         g = grids[-1][1]
         assert np.asarray(g["probs"]).shape == (g["n"], g["n"], 2) and len(g["bounds"]) == 4
         assert len(eng.store.artifacts(rid, "grid_teacher")) == 1
         stored = eng.store.series(rid)
-        assert [v for _, _, v in stored["magsim"]] == [v for _, _, v in snap["series"]["magsim"]]
+        assert [v for _, _, v in stored["magsim"]] == [v for _, _, v in snap.series["magsim"]]
     finally:
         eng.shutdown()
 
@@ -297,10 +298,10 @@ def test_every_2d_run_gets_grids_and_hinton_gets_similarity(moons):
     arts, metrics = [], {}
 
     def emit(e):
-        if e["type"] == "artifacts":
-            arts.append(e["data"])
-        elif e["type"] == "metrics":
-            metrics.update(e["values"])
+        if isinstance(e, Artifacts):
+            arts.append(e.data)
+        elif isinstance(e, Metrics):
+            metrics.update(e.values)
     train(load_config("moons-2d", ["train.epochs=2"]), emit)
     assert [("grid_student" in a, "grid_teacher" in a) for a in arts] == [(True, True), (True, False)]
     assert 0 <= metrics["magsim"] <= 1 and 0 <= metrics["angsim"] <= 1
@@ -314,7 +315,7 @@ def test_bss_on_digits_gives_a_gallery(runs_dir):
     cfg = load_config("digits-quick", ["train.epochs=1", "teacher.epochs=3"]).with_overrides(
         {"method.name": "bss", "method.params": {}})
     arts = {}
-    train(cfg, lambda e: arts.update(e["data"]) if e["type"] == "artifacts" else None)
+    train(cfg, lambda e: arts.update(e.data) if isinstance(e, Artifacts) else None)
     g = arts["bss"]
     assert g["kind"] == "image" and g["shape"] == [1, 8, 8]
     assert 0 < len(g["x_base"]) <= 8 and len(g["x_bss"]) == len(g["x_base"])

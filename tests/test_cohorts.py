@@ -9,11 +9,13 @@ import time
 import pytest
 import torch
 
+from kdengine.core.events import Checkpoint, Ended, Metrics
 from kdengine import Engine, RunConfig, Store
-from kdengine.core.checkpoints import safe_load
-from kdengine.run.cohort import why_not_cohort
+from kdengine.core.checkpoints import RunCheckpoint, read_run_checkpoint
+from kdengine.run.control import Control
 from kdengine.run.serving import serving_options
-from kdengine.run.trainer import Trainer
+from kdengine.run.stacked import why_not_cohort
+from kdengine.run.units import RunTicket, Unit, make_trainer, train_unit
 from conftest import on_the_graph
 
 WINDOW = 0.3
@@ -30,29 +32,33 @@ def _cfg(tiny_cfg: RunConfig, epochs: int = 3, **overrides) -> RunConfig:
     return tiny_cfg.with_overrides({"train.epochs": epochs, **overrides})
 
 
-def _solo(cfg: RunConfig, path) -> dict:
+def _solo(cfg: RunConfig) -> dict:
     """A run of ``cfg`` alone: its metrics and its final checkpoint."""
     series: dict[str, list[float]] = {}
+    checkpoints: list[Checkpoint] = []
 
     def emit(ev):
-        if ev["type"] == "metrics":
-            for k, v in ev["values"].items():
+        if isinstance(ev, Metrics):
+            for k, v in ev.values.items():
                 series.setdefault(k, []).append(v)
-    summary = Trainer(cfg, emit, checkpoint_path=path).run()
-    return {"series": series, "checkpoint": safe_load(path), "summary": summary}
+        elif isinstance(ev, Checkpoint):
+            checkpoints.append(ev)
+    summary = make_trainer(cfg, emit).run()
+    return {"series": series, "checkpoint": RunCheckpoint.from_bytes(checkpoints[-1].data),
+            "summary": summary}
 
 
-def _same_checkpoint(mine: dict, alone: dict) -> None:
+def _same_checkpoint(mine: RunCheckpoint, alone: RunCheckpoint) -> None:
     """Everything a run alone saves, and nothing else: weights, optimiser slice, RNG, position."""
-    assert set(mine) == set(alone)
-    assert (mine["epoch"], mine["step"], mine["config_hash"]) == \
-        (alone["epoch"], alone["step"], alone["config_hash"])
-    assert torch.equal(mine["rng"], alone["rng"]) and torch.equal(mine["torch_rng"], alone["torch_rng"])
-    assert mine["scheduler"] == alone["scheduler"] and mine["extra"] == alone["extra"] == []
-    assert set(mine["state_dict"]) == set(alone["state_dict"])
-    for k, v in alone["state_dict"].items():
-        torch.testing.assert_close(mine["state_dict"][k], v, rtol=1e-4, atol=1e-5)
-    opt_m, opt_a = mine["optimizer"], alone["optimizer"]
+    assert (mine.epoch, mine.step, mine.config_hash, mine.format) == \
+        (alone.epoch, alone.step, alone.config_hash, alone.format)
+    assert torch.equal(mine.rng, alone.rng) and torch.equal(mine.torch_rng, alone.torch_rng)
+    assert mine.scheduler == alone.scheduler and mine.extra == alone.extra == []
+    assert mine.method == alone.method
+    assert set(mine.state_dict) == set(alone.state_dict)
+    for k, v in alone.state_dict.items():
+        torch.testing.assert_close(mine.state_dict[k], v, rtol=1e-4, atol=1e-5)
+    opt_m, opt_a = mine.optimizer, alone.optimizer
     assert opt_m["param_groups"] == opt_a["param_groups"]
     assert set(opt_m["state"]) == set(opt_a["state"])
     for i, st in opt_a["state"].items():
@@ -63,10 +69,10 @@ def _same_checkpoint(mine: dict, alone: dict) -> None:
 
 def test_which_runs_may_join_a_cohort(runs_dir, tiny_cfg):
     assert why_not_cohort(tiny_cfg) == ""
-    assert "MLP students only" in why_not_cohort(tiny_cfg.with_overrides({"student.arch": "cnn"}))
+    assert "only MLP students" in why_not_cohort(tiny_cfg.with_overrides({"student.arch": "cnn"}))
     assert "dropout" in why_not_cohort(tiny_cfg.with_overrides({"student.dropout": 0.2}))
     sobolev = RunConfig.from_dict({**tiny_cfg.to_dict(), "method": {"name": "sobolev", "params": {}}})
-    assert "sobolev does not support stacked students" in why_not_cohort(sobolev)
+    assert "sobolev trains one student at a time" in why_not_cohort(sobolev)
     eng = Engine(store=Store(runs_dir), max_workers=1)
     assert eng.batch_window_s == 0.0                                 # off for a bare Engine()
     eng.shutdown()
@@ -85,14 +91,14 @@ def test_serving_turns_the_window_on_for_worker_processes(monkeypatch):
 def test_windows_queue_in_the_order_they_opened_whatever_order_their_timers_fire():
     # on a busy machine a later window's timer can fire first: the earlier windows close with it
     from types import SimpleNamespace
-    from kdengine.run.cohort_windows import Batcher
+    from kdengine.run.cohort_windows import CohortWindows
     from kdengine.run.scheduler import FairQueue
 
     def job(run_id, owner):
         return SimpleNamespace(state=SimpleNamespace(run_id=run_id, owner=owner), gathering=None,
-                               cohort=None)
+                               group=None)
     q = FairQueue()
-    b = Batcher(q)
+    b = CohortWindows(q)
     first = b.gather(job("a1", "ann"), "seed0")
     b.gather(job("a2", "bob"), "seed0")
     lone = b.gather(job("d1", "dan"), "seed1")
@@ -102,7 +108,7 @@ def test_windows_queue_in_the_order_they_opened_whatever_order_their_timers_fire
     assert b.waiting() == []
     order = q.order({})
     assert order[1] == "d1"
-    assert [[j.state.run_id for j in b.cohort(order[i]).jobs] for i in (0, 2)] == [["a1", "a2"],
+    assert [[j.state.run_id for j in b.group(order[i]).jobs] for i in (0, 2)] == [["a1", "a2"],
                                                                                   ["e1", "e2"]]
     b.close("seed0", first)                 # the earlier timers, late: nothing left to close
     b.close("seed1", lone)
@@ -133,22 +139,22 @@ def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny
         assert eng.status(pair[0]) == "stopped" and eng.queue_info(pair[1])[0] == 2
         eng.stop(blocker)
         for r in ids + [other, pair[1]]:
-            assert eng.wait(r, 120) == "done", eng.snapshot(r)["error"]
+            assert eng.wait(r, 120) == "done", eng.snapshot(r).error
         for r in (other, pair[1]):                                   # another seed; the last one
-            assert "cohort_size" not in eng.snapshot(r)["summary"]
+            assert "stacked" not in eng.snapshot(r).summary
         for i, (rid, cfg) in enumerate(zip(ids, cfgs)):
             snap = eng.snapshot(rid)
-            assert snap["summary"]["cohort_size"] == 3
-            assert any("one pass with 2 other runs" in n for n in snap["notices"])
+            assert snap.summary["stacked"] == 3
+            assert any("together with 2 other runs" in n for n in snap.notices)
             if i:
                 continue                        # one member against its run alone is enough
-            alone = _solo(cfg, runs_dir / "alone.pt")
-            _same_checkpoint(safe_load(eng.store.checkpoint_path(rid)), alone["checkpoint"])
+            alone = _solo(cfg)
+            _same_checkpoint(read_run_checkpoint(eng.store.checkpoint_path(rid)), alone["checkpoint"])
             stored = eng.store.series(rid)
             for k in ("loss/kd", "loss/total", "test_acc", "teacher_test_acc"):
-                assert [p[2] for p in snap["series"][k]] == [p[2] for p in stored[k]]
+                assert [p[2] for p in snap.series[k]] == [p[2] for p in stored[k]]
                 assert [p[2] for p in stored[k]] == pytest.approx(alone["series"][k], abs=1e-3)
-            assert snap["summary"]["student_params"] == alone["summary"]["student_params"]
+            assert snap.summary["student_params"] == alone["summary"]["student_params"]
     finally:
         eng.shutdown()
 
@@ -163,25 +169,25 @@ def test_a_member_stops_or_pauses_alone_and_continues_as_a_run_alone(runs_dir, t
         ids = [eng.submit(c, owner=o) for c, o in zip(cfgs, ("ann", "bob", "cat"))]
         for rid, (verb, at_epoch) in zip(ids, (("stop", 1), ("pause", 2), ("pause", 3))):
             def on_event(ev, rid=rid, verb=verb, at_epoch=at_epoch):
-                if ev["type"] == "metrics" and ev["epoch"] == at_epoch and "test_acc" in ev["values"]:
+                if isinstance(ev, Metrics) and ev.epoch == at_epoch and "test_acc" in ev.values:
                     getattr(eng, verb)(rid)
             eng.subscribe(rid, on_event)
-        assert eng.wait_for(ids[2], "paused", 120), eng.snapshot(ids[2])["error"]
+        assert eng.wait_for(ids[2], "paused", 120), eng.snapshot(ids[2]).error
         assert eng.wait(ids[0], 30) == "stopped"
         assert eng.wait_for(ids[1], "paused", 30)
         eng.stop(ids[2])
         assert eng.status(ids[2]) == "stopped" == eng.store.get_run(ids[2])["status"]
-        assert safe_load(eng.store.checkpoint_path(ids[2]))["epoch"] == 3
-        assert len(eng.snapshot(ids[0])["series"]["test_acc"]) == 1
-        assert safe_load(eng.store.checkpoint_path(ids[1]))["epoch"] == 2
-        assert any("left its cohort" in n for n in eng.snapshot(ids[1])["notices"])
+        assert read_run_checkpoint(eng.store.checkpoint_path(ids[2])).epoch == 3
+        assert len(eng.snapshot(ids[0]).series["test_acc"]) == 1
+        assert read_run_checkpoint(eng.store.checkpoint_path(ids[1])).epoch == 2
+        assert any("left its group" in n for n in eng.snapshot(ids[1]).notices)
         eng.resume(ids[1])
-        assert eng.wait(ids[1], 120) == "done", eng.snapshot(ids[1])["error"]
+        assert eng.wait(ids[1], 120) == "done", eng.snapshot(ids[1]).error
         snap = eng.snapshot(ids[1])
-        assert [p[1] for p in snap["series"]["test_acc"]] == [float(e) for e in range(1, 13)]
-        assert "cohort_size" not in snap["summary"]         # it finished alone
-        alone = _solo(cfgs[1], runs_dir / "alone.pt")
-        _same_checkpoint(safe_load(eng.store.checkpoint_path(ids[1])), alone["checkpoint"])
+        assert [p[1] for p in snap.series["test_acc"]] == [float(e) for e in range(1, 13)]
+        assert "stacked" not in snap.summary         # it finished alone
+        alone = _solo(cfgs[1])
+        _same_checkpoint(read_run_checkpoint(eng.store.checkpoint_path(ids[1])), alone["checkpoint"])
         assert eng.resume_run(ids[0]) == ids[0]
         assert eng.wait(ids[0], 120) == "done"
     finally:
@@ -198,27 +204,24 @@ def test_a_cohort_in_a_worker_process(runs_dir, tiny_cfg):
                for t, o in ((2.0, "ann"), (4.0, "bob"))]
 
         def on_event(ev):
-            if ev["type"] == "metrics" and "test_acc" in ev["values"]:
+            if isinstance(ev, Metrics) and "test_acc" in ev.values:
                 eng.stop(ids[0])
         eng.subscribe(ids[0], on_event)
-        assert eng.wait(ids[1], 120) == "done", eng.snapshot(ids[1])["error"]
+        assert eng.wait(ids[1], 120) == "done", eng.snapshot(ids[1]).error
         assert eng.wait(ids[0], 30) == "stopped"
         for rid in ids:
             snap = eng.snapshot(rid)
-            assert any("one pass with 1 other run " in n for n in snap["notices"])
+            assert any("together with 1 other run " in n for n in snap.notices)
             assert eng.store.checkpoint_path(rid).exists()
-        assert len(eng.snapshot(ids[1])["series"]["test_acc"]) == 12
+        assert len(eng.snapshot(ids[1]).series["test_acc"]) == 12
     finally:
         eng.shutdown()
 
 
-def test_a_member_whose_loss_goes_bad_fails_alone(runs_dir, tiny_cfg, monkeypatch):
+def test_a_member_whose_loss_goes_bad_fails_alone(tiny_cfg, monkeypatch):
     """Student 1's KD term turns NaN in epoch 3: it fails with the message a run alone gives, its
-    checkpoint that of epoch 2; student 0 trains on to the end."""
+    last checkpoint that of epoch 2; student 0 trains on to the end."""
     from kdengine.core.registry import get_method_class
-    from kdengine.run.cohort import CohortControl, Member
-    from kdengine.run.trainer import Control
-    from kdengine.run.executors import run_cohort
     hinton = get_method_class("hinton")
     loss_terms = hinton.loss_terms
     spe = []
@@ -232,15 +235,14 @@ def test_a_member_whose_loss_goes_bad_fails_alone(runs_dir, tiny_cfg, monkeypatc
     monkeypatch.setattr(hinton, "loss_terms", poisoned)
     on_the_graph(monkeypatch, hinton)
     cfgs = [_cfg(tiny_cfg, 4, **{"method.params.T": t}) for t in (2.0, 4.0)]
-    ctls = {f"m{i}": Control() for i in range(2)}
-    ends: dict[int, dict] = {}
-    members = [Member(f"m{i}", cfg, lambda ev: None, ctls[f"m{i}"], runs_dir / f"m{i}.pt",
-                      lambda outcome, i=i: ends.setdefault(i, outcome))
-               for i, cfg in enumerate(cfgs)]
-    run_cohort(members, CohortControl("cohort", ctls))
-    assert ends[0]["status"] == "done" and ends[0]["summary"]["cohort_size"] == 2
-    assert ends[1]["status"] == "failed"
-    assert ends[1]["error"].startswith(f"loss term 'kd' became nan at step {2 * spe[0] + 4} "
-                                       f"(epoch 3)")
-    assert safe_load(runs_dir / "m1.pt")["epoch"] == 2
-    assert safe_load(runs_dir / "m0.pt")["epoch"] == 4
+    unit = Unit("g", [RunTicket(f"m{i}", cfg.to_dict()) for i, cfg in enumerate(cfgs)])
+    events: dict[str, list] = {"m0": [], "m1": []}
+    train_unit(unit, {"m0": Control(), "m1": Control()}, lambda rid, ev: events[rid].append(ev))
+    ends = {rid: [e for e in evs if isinstance(e, Ended)] for rid, evs in events.items()}
+    assert [e.status for e in ends["m0"]] == ["done"] and ends["m0"][0].summary["stacked"] == 2
+    assert [e.status for e in ends["m1"]] == ["failed"]
+    assert ends["m1"][0].error.startswith(f"loss term 'kd' became nan at step {2 * spe[0] + 4} "
+                                          f"(epoch 3)")
+    last = {rid: RunCheckpoint.from_bytes([e for e in evs if isinstance(e, Checkpoint)][-1].data)
+            for rid, evs in events.items()}
+    assert last["m1"].epoch == 2 and last["m0"].epoch == 4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import kdengine.run.engine as engine_mod
+import kdengine.run.units as units_mod
 from kdengine import Engine, RunConfig, Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -35,7 +35,7 @@ def gauge(monkeypatch):
     stats = {"now": 0, "max": 0, "go": threading.Event()}
     lock = threading.Lock()
 
-    class CountingTrainer(engine_mod.Trainer):
+    class CountingTrainer(units_mod.Trainer):
         def run(self):
             with lock:
                 stats["now"] += 1
@@ -46,7 +46,7 @@ def gauge(monkeypatch):
             finally:
                 with lock:
                     stats["now"] -= 1
-    monkeypatch.setattr(engine_mod, "Trainer", CountingTrainer)
+    monkeypatch.setattr(units_mod, "Trainer", CountingTrainer)
     return stats
 
 
@@ -68,16 +68,16 @@ def test_four_owners_at_once_each_see_only_their_own_runs(runs_dir, gauge):
         assert len(eng.queued()) == len(WIDTHS) - eng.max_workers     # the rest wait their turn
         gauge["go"].set()
         for owner, rid in ids.items():
-            assert eng.wait(rid, timeout=120) == "done", eng.snapshot(rid)["error"]
+            assert eng.wait(rid, timeout=120) == "done", eng.snapshot(rid).error
         assert gauge["max"] == eng.max_workers                        # the limit, and it was used
         for i, (owner, rid) in enumerate(ids.items()):
             mine = eng.runs(owner)
-            assert [r["run_id"] for r in mine] == [rid]               # only their own run
+            assert [r.run_id for r in mine] == [rid]               # only their own run
             assert [r["id"] for r in eng.store.list_runs(owner=owner)] == [rid]
             snap = eng.snapshot(rid)
-            assert snap["config"]["student"]["width"] == WIDTHS[owner]
-            assert snap["summary"]["student_label"] == f"MLP 1x{WIDTHS[owner]}"
-            assert len(snap["series"]["test_acc"]) == 2               # both epochs, no more
+            assert snap.config["student"]["width"] == WIDTHS[owner]
+            assert snap.summary["student_label"] == f"MLP 1x{WIDTHS[owner]}"
+            assert len(snap.series["test_acc"]) == 2               # both epochs, no more
             stored = {m["name"] for m in eng.store.metrics(rid)}
             assert {"test_acc", "loss/kd", "loss/total"} <= stored
     finally:
@@ -122,7 +122,7 @@ def test_four_lab_sessions_at_once(runs_dir, gauge, monkeypatch):
     assert any("Queued" in p.proto.text for p in queued_page.get("progress")), "no queue shown"
     gauge["go"].set()
     for rid in rids:
-        assert eng.wait(rid, timeout=180) == "done", eng.snapshot(rid)["error"]
+        assert eng.wait(rid, timeout=180) == "done", eng.snapshot(rid).error
     assert gauge["max"] == 2
     owners = [at.session_state["kd_owner"] for at in sessions]
     assert len(set(owners)) == 4
@@ -133,9 +133,9 @@ def test_four_lab_sessions_at_once(runs_dir, gauge, monkeypatch):
         assert f"`{rid}`" in page and "**done**" in page
         assert not any(f"`{other}`" in page for other in rids if other != rid)
         mine = eng.runs(at.session_state["kd_owner"])
-        assert [r["run_id"] for r in mine] == [rid]
+        assert [r.run_id for r in mine] == [rid]
         assert mine[0]["config"]["student"]["width"] == width
-        assert len(eng.snapshot(rid)["series"]["test_acc"]) == 2      # its own two epochs
+        assert len(eng.snapshot(rid).series["test_acc"]) == 2      # its own two epochs
 
 
 def test_method_registry_first_use_from_many_threads():

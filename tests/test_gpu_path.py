@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from kdengine.core.events import Metrics
 from kdengine.core.config import RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.methods import hinton
@@ -103,8 +104,8 @@ def test_cached_rows_gather_the_batch_only_when_read():
 
 def _loss_curve(cfg, term: str = "loss/kd") -> list[float]:
     out = []
-    Trainer(cfg, emit=lambda e: out.append(e["values"][term])
-            if e["type"] == "metrics" and term in e["values"] else None).run()
+    Trainer(cfg, emit=lambda e: out.append(e.values[term])
+            if isinstance(e, Metrics) and term in e.values else None).run()
     return out
 
 
@@ -153,8 +154,8 @@ def test_slicing_an_epoch_ordered_copy_trains_as_indexing_each_step(monkeypatch,
         monkeypatch.setattr(trainer, "EPOCH_COPY_BYTES", copy_bytes)
         curve = []
         tr = Trainer(cfg, emit=lambda e: curve.append(  # losses and accuracies, not the clocks
-            {k: v for k, v in e["values"].items() if k.startswith(("loss/", "final", "test", "train"))})
-            if e["type"] == "metrics" else None)
+            {k: v for k, v in e.values.items() if k.startswith(("loss/", "final", "test", "train"))})
+            if isinstance(e, Metrics) else None)
         tr.run()
         runs.append((curve, tr.student.state_dict()))
     (sliced, w_sliced), (indexed, w_indexed) = runs

@@ -89,9 +89,9 @@ def test_every_lesson_preset_runs_to_completion_through_the_engine(runs_dir):
             ids[l.id] = eng.submit(cfg, owner="ci")
         assert set(REQUIRED) <= set(ids)
         for lid, rid in ids.items():
-            assert eng.wait(rid, timeout=300) == "done", (lid, eng.snapshot(rid)["error"])
+            assert eng.wait(rid, timeout=300) == "done", (lid, eng.snapshot(rid).error)
             snap = eng.snapshot(rid)
-            assert snap["series"].get("test_acc"), lid
-            assert 0.0 <= snap["latest"]["test_acc"] <= 1.0
+            assert snap.series.get("test_acc"), lid
+            assert 0.0 <= snap.latest["test_acc"] <= 1.0
     finally:
         eng.shutdown()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdengine.core.events import Notice
 from kdengine.core.config import RunConfig
 from kdengine.teaching.pitfalls import kl_mean_calls, lint, probe_method, teacher_gap_warning
 from kdengine.methods import Method
@@ -135,7 +136,7 @@ def test_trainer_warns_when_the_teacher_does_not_beat_the_student_alone(runs_dir
         "train": {"epochs": 3, "lr": 0.003, "baseline": True}})
     events = []
     summary = Trainer(cfg, events.append).run()
-    notices = [e["message"] for e in events if e["type"] == "notice"]
+    notices = [e.message for e in events if isinstance(e, Notice)]
     warned = any("not clearly better than the student alone" in n for n in notices)
     assert warned == (summary["teacher_test_acc"] - summary["baseline_test_acc"] < 0.01)
     assert warned      # the setup above is meant to produce a weak teacher

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdengine.core.events import Metrics, Phase
 from kdengine.core.config import ModelConfig, RunConfig
 from kdengine.data.datasets import load_data
 from kdengine.losses.logits import kd_loss, logit_mse
@@ -110,21 +111,21 @@ def test_every_new_method_trains_on_digits_through_the_engine(runs_dir):
         ids["fitnet-stagewise"] = eng.submit(
             _cfg("fitnet", {"schedule": "stagewise", "hint_epochs": 1}, epochs=2), owner="t")
         for key, rid in ids.items():
-            assert eng.wait(rid, timeout=240) == "done", (key, eng.snapshot(rid)["error"])
+            assert eng.wait(rid, timeout=240) == "done", (key, eng.snapshot(rid).error)
         for name in NEW:
             s = eng.snapshot(ids[name])
-            got = {k.split("/", 1)[1] for k in s["series"] if k.startswith("loss/")}
+            got = {k.split("/", 1)[1] for k in s.series if k.startswith("loss/")}
             assert EXPECTED_TERMS[name] | {"total"} <= got, (name, got)
-            assert 0.0 <= s["summary"]["final_test_acc"] <= 1.0
-        assert "peer_test_acc" in eng.snapshot(ids["dml"])["latest"]
-        assert "ensemble_test_acc" in eng.snapshot(ids["multi_teacher"])["latest"]
-        assert "disc_acc" in eng.snapshot(ids["adversarial"])["latest"]
+            assert 0.0 <= s.summary["final_test_acc"] <= 1.0
+        assert "peer_test_acc" in eng.snapshot(ids["dml"]).latest
+        assert "ensemble_test_acc" in eng.snapshot(ids["multi_teacher"]).latest
+        assert "disc_acc" in eng.snapshot(ids["adversarial"]).latest
         spec = eng.snapshot(ids["specialists"])
-        assert {"ensemble_test_acc", "generalist_test_acc"} <= set(spec["latest"])
-        arts = spec["artifacts"]["specialists"]
+        assert {"ensemble_test_acc", "generalist_test_acc"} <= set(spec.latest)
+        arts = spec.artifacts["specialists"]
         assert len(arts["clusters"]) == 2 and len(arts["soft_confusion"]) == 10
         # stagewise FitNet: the hint alone in epoch 1, KD alone after it
-        st = eng.snapshot(ids["fitnet-stagewise"])["series"]
+        st = eng.snapshot(ids["fitnet-stagewise"]).series
         assert max(e for _, e, _ in st["loss/hint"]) <= 1.0
         assert min(e for _, e, _ in st["loss/kd"]) > 1.0
     finally:
@@ -279,24 +280,32 @@ def test_a_resumed_run_continues_what_its_method_trains_with_an_optimiser_of_its
     """Stopped after epoch 2 of 4 and resumed, it ends where the run without a stop ends: the
     student, and what the method trains with its own optimiser (DML's alternating peers, the
     adversarial discriminator) with that optimiser's state."""
-    from kdengine.core.checkpoints import safe_load
-    from kdengine.run.trainer import Control, StopRequested, Trainer
+    from kdengine.core.checkpoints import RunCheckpoint
+    from kdengine.core.events import Checkpoint
+    from kdengine.run.control import Control, StopRequested
+    from kdengine.run.units import make_trainer
     torch.set_num_threads(1)
     cfg = _cfg(name, params, epochs=4)
-    Trainer(cfg, checkpoint_path=tmp_path / "whole.pt").run()
+
+    def last(events) -> bytes:
+        return [e for e in events if isinstance(e, Checkpoint)][-1].data
+    whole_events, split_events, resumed_events = [], [], []
+    make_trainer(cfg, whole_events.append).run()
     ctl = Control()
 
     def stop_after_epoch_2(ev):
-        if ev["type"] == "metrics" and ev["epoch"] == 2 and "test_acc" in ev["values"]:
+        split_events.append(ev)
+        if isinstance(ev, Metrics) and ev.epoch == 2 and "test_acc" in ev.values:
             ctl.stop()
     with pytest.raises(StopRequested):
-        Trainer(cfg, stop_after_epoch_2, ctl, checkpoint_path=tmp_path / "split.pt").run()
-    assert safe_load(tmp_path / "split.pt")["epoch"] == 2
-    Trainer(cfg, checkpoint_path=tmp_path / "split.pt", resume=True).run()
-    whole, split = safe_load(tmp_path / "whole.pt"), safe_load(tmp_path / "split.pt")
-    torch.testing.assert_close(split["state_dict"], whole["state_dict"], rtol=0, atol=0)
-    torch.testing.assert_close(split["method"], whole["method"], rtol=0, atol=0)
-    assert whole["method"][own_opt]["state"]          # the optimiser's Adam moments are in it
+        make_trainer(cfg, stop_after_epoch_2, ctl).run()
+    assert RunCheckpoint.from_bytes(last(split_events)).epoch == 2
+    make_trainer(cfg, resumed_events.append, resume_from=last(split_events)).run()
+    whole = RunCheckpoint.from_bytes(last(whole_events))
+    split = RunCheckpoint.from_bytes(last(resumed_events))
+    torch.testing.assert_close(split.state_dict, whole.state_dict, rtol=0, atol=0)
+    torch.testing.assert_close(split.method, whole.method, rtol=0, atol=0)
+    assert whole.method[own_opt]["state"]          # the optimiser's Adam moments are in it
 
 
 # ---- multi-teacher -----------------------------------------------------------------------------
@@ -414,8 +423,8 @@ def test_specialists_setup_reports_progress_and_exposes_clusters():
     m = cls(build_model(cfg.student, data.input_shape, 10), [teacher],
             cfg.method.params, _ctx(cfg, data, events))
     m.setup(data)
-    phases = [e for e in events if e["type"] == "phase" and e["phase"] == "specialists"]
-    assert phases and phases[-1]["progress"] == 1.0
+    phases = [e for e in events if isinstance(e, Phase) and e.phase == "specialists"]
+    assert phases and phases[-1].progress == 1.0
     arts = m.artifacts()["specialists"]
     flat = [c for cl in arts["clusters"] for c in cl]
     assert len(flat) == len(set(flat)) == 6

@@ -8,6 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from kdengine.core.events import Metrics
 from kdengine.core.store import Store  # noqa: E402
 from kdengine.run.engine import Engine  # noqa: E402
 
@@ -25,19 +26,19 @@ def test_engine_runs_on_ray_with_live_events_and_stop(runs_dir, tiny_cfg, local_
         assert eng.slots == 2                              # the cluster's CPUs
         rid = eng.submit(tiny_cfg, owner="ann")
         live: list[dict] = []
-        eng.subscribe(rid, lambda e: live.append(e) if e["type"] == "metrics" else None)
-        assert eng.wait(rid, 300) == "done", eng.snapshot(rid)["error"]
+        eng.subscribe(rid, lambda e: live.append(e) if isinstance(e, Metrics) else None)
+        assert eng.wait(rid, 300) == "done", eng.snapshot(rid).error
         snap = eng.snapshot(rid)
-        assert [p[1] for p in snap["series"]["test_acc"]] == [1.0, 2.0]
-        assert eng.store.series(rid)["test_acc"] == snap["series"]["test_acc"]
-        assert any("loss/total" in e["values"] for e in live)         # streamed while training
-        assert snap["summary"]["final_test_acc"] > 0.3
+        assert [p[1] for p in snap.series["test_acc"]] == [1.0, 2.0]
+        assert eng.store.series(rid)["test_acc"] == snap.series["test_acc"]
+        assert any("loss/total" in e.values for e in live)         # streamed while training
+        assert snap.summary["final_test_acc"] > 0.3
         assert eng.store.checkpoint_path(rid).exists()              # copied back from the node
 
         long_id = eng.submit(tiny_cfg.with_overrides({"train.epochs": 500}), owner="bob")
         first = threading.Event()
-        eng.subscribe(long_id, lambda e: first.set() if e["type"] == "metrics"
-                      and "test_acc" in e["values"] else None)
+        eng.subscribe(long_id, lambda e: first.set() if isinstance(e, Metrics)
+                      and "test_acc" in e.values else None)
         assert first.wait(300)
         eng.stop(long_id)
         assert eng.wait(long_id, 120) == "stopped"

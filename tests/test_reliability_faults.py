@@ -38,13 +38,13 @@ def test_exploding_loss_stops_the_run_naming_step_and_term(engine):
     rid = engine.submit(bad, owner="t")
     assert engine.wait(rid, timeout=60) == "failed"
     snap = engine.snapshot(rid)
-    err = snap["error"]
+    err = snap.error
     assert "'mse'" in err and "step" in err and ("inf" in err or "nan" in err), err
     assert "learning rate" in err                   # what to do about it
     row = engine.store.get_run(rid)
     assert row["status"] == "failed" and row["error"] == err
     # No non-finite value reached the charts or the store.
-    for name, pts in snap["series"].items():
+    for name, pts in snap.series.items():
         if name.startswith("loss/"):
             assert all(torch.isfinite(torch.tensor(v)) for _, _, v in pts), name
 
@@ -62,7 +62,7 @@ def test_nan_at_a_known_step_is_reported_at_that_step(engine, monkeypatch):
     on_the_graph(monkeypatch, HintonKD)
     rid = engine.submit(cfg("nan7", log_every=5), owner="t")
     assert engine.wait(rid, timeout=60) == "failed"
-    err = engine.snapshot(rid)["error"]
+    err = engine.snapshot(rid).error
     assert "'kd'" in err and "nan" in err and "step 7 " in err, err
 
 
@@ -101,7 +101,7 @@ def test_bad_checkpoint_fails_only_its_run(engine, runs_dir):
     bad = engine.submit(checkpoint_cfg("junk.pt"), owner="t")
     good = engine.submit(cfg(), owner="t")
     assert engine.wait(bad, timeout=60) == "failed"
-    assert "CheckpointError" in engine.snapshot(bad)["error"]
+    assert "CheckpointError" in engine.snapshot(bad).error
     assert engine.wait(good, timeout=60) == "done"
 
 
@@ -133,14 +133,14 @@ def test_exception_in_training_thread_is_recorded_and_engine_keeps_serving(engin
     boom = engine.submit(cfg("boom"), owner="b")
     assert engine.wait(boom, timeout=60) == "failed"
     snap = engine.snapshot(boom)
-    assert snap["error"] == "RuntimeError: injected fault at step 3"
-    assert "injected fault" in snap["traceback"] and "loss_terms" in snap["traceback"]
+    assert snap.error == "RuntimeError: injected fault at step 3"
+    assert "injected fault" in snap.traceback and "loss_terms" in snap.traceback
     assert engine.store.get_run(boom)["status"] == "failed"
-    assert engine.store.get_run(boom)["error"] == snap["error"]
+    assert engine.store.get_run(boom)["error"] == snap.error
     after = engine.submit(cfg("ok-2"), owner="a")            # a new run, same single worker
     for rid in (before, after):
         assert engine.wait(rid, timeout=60) == "done"
-        assert engine.snapshot(rid)["latest"]["test_acc"] > 0.3
+        assert engine.snapshot(rid).latest["test_acc"] > 0.3
     # The fault ended its own run only: every run's thread has finished (none is left hanging, the
     # executor keeps the live ones) and the executor has its slot back.
     (ex,) = engine._executors
@@ -161,7 +161,7 @@ def test_faulty_subscriber_and_failing_store_do_not_kill_the_worker(engine, monk
     broken = threading.Event()
 
     def add_metrics(run_id, *a, **k):
-        if engine.snapshot(run_id)["name"] == "disk-full":
+        if engine.snapshot(run_id).name == "disk-full":
             broken.set()
             raise OSError(28, "No space left on device")
         return real_add(run_id, *a, **k)
@@ -175,7 +175,7 @@ def test_faulty_subscriber_and_failing_store_do_not_kill_the_worker(engine, monk
     monkeypatch.setattr(engine.store, "set_status", set_status)
     bad = engine.submit(cfg("disk-full"), owner="a")
     assert engine.wait(bad, timeout=60) == "failed"
-    assert "No space left" in engine.snapshot(bad)["error"]
+    assert "No space left" in engine.snapshot(bad).error
     nxt = engine.submit(cfg("ok-2"), owner="a")
     assert engine.wait(nxt, timeout=60) == "done"
 

@@ -156,7 +156,7 @@ def test_hostile_text_in_every_free_field_reaches_no_eval_or_shell(runs_dir, aud
         # the same text as a teacher checkpoint path: refused as missing, nothing run
         bad = eng.submit(cfg.with_overrides({"teacher.source": "checkpoint"}), owner="a")
         assert eng.wait(bad, timeout=60) == "failed"
-        assert "does not exist" in eng.snapshot(bad)["error"]
+        assert "does not exist" in eng.snapshot(bad).error
     finally:
         eng.shutdown()
     for args in (["show", rid], ["export", rid, "--format", "csv"], ["list"]):

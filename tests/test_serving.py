@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from kdengine.core.events import Metrics
 from kdengine.core.store import Store
 from kdengine.run.engine import Engine
 from kdengine.run.scheduler import FairQueue, start_eta
@@ -86,7 +87,7 @@ def test_newcomer_gets_points_while_a_long_run_trains(runs_dir, tiny_cfg):
         long_runs = [eng.submit(tiny_cfg.with_overrides({"train.epochs": 1000}), owner="ann")
                      for _ in range(3)]
         newcomer = eng.submit(tiny_cfg, owner="bob")
-        assert eng.snapshot(long_runs[2])["queue_position"] == 0      # ann's third run waits
+        assert eng.snapshot(long_runs[2]).queue_position == 0      # ann's third run waits
         assert eng.status(newcomer) == "running"            # admitted although the slots are full
         assert eng.wait(newcomer, 120) == "done"
         assert [eng.status(r) for r in long_runs[:2]] == ["running", "running"]
@@ -99,42 +100,65 @@ def test_newcomer_gets_points_while_a_long_run_trains(runs_dir, tiny_cfg):
 
 
 # ---- worker processes --------------------------------------------------------------------------
+def _until(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_worker_processes_stream_pause_stop_and_survive_a_killed_worker(runs_dir, tiny_cfg):
     eng = Engine(store=Store(runs_dir), max_workers=1, slots=2, processes=True)
     try:
         rid = eng.submit(tiny_cfg, owner="ann")
-        assert eng.wait(rid, 180) == "done", eng.snapshot(rid)["error"]
+        assert eng.wait(rid, 180) == "done", eng.snapshot(rid).error
         snap = eng.snapshot(rid)
-        assert [p[1] for p in snap["series"]["test_acc"]] == [1.0, 2.0]
-        assert eng.store.series(rid)["test_acc"] == snap["series"]["test_acc"]
-        assert snap["summary"]["final_test_acc"] > 0.3 and eng.store.checkpoint_path(rid).exists()
+        assert [p[1] for p in snap.series["test_acc"]] == [1.0, 2.0]
+        assert eng.store.series(rid)["test_acc"] == snap.series["test_acc"]
+        assert snap.summary["final_test_acc"] > 0.3 and eng.store.checkpoint_path(rid).exists()
 
         slow = tiny_cfg.with_overrides({"train.epochs": 300, "train.checkpoint_every": 1})
         long_id = eng.submit(slow, owner="ann")
         first = threading.Event()
-        eng.subscribe(long_id, lambda e: first.set() if e["type"] == "metrics"
-                      and "test_acc" in e["values"] else None)
+        eng.subscribe(long_id, lambda e: first.set() if isinstance(e, Metrics)
+                      and "test_acc" in e.values else None)
         assert first.wait(120)
         eng.pause(long_id)
         assert eng.wait_for(long_id, "paused", 30)
-        step = eng.snapshot(long_id)["step"]
+        step = eng.snapshot(long_id).step
         time.sleep(0.3)
-        assert eng.snapshot(long_id)["step"] == step
+        assert eng.snapshot(long_id).step == step
         eng.resume(long_id)
         assert eng.wait_for(long_id, "running", 30)
 
         worker = eng._executors[0].process
         os.kill(worker.pid, signal.SIGKILL)
-        assert eng.wait(long_id, 60) == "failed"
-        err = eng.snapshot(long_id)["error"]
-        assert "worker process" in err and "died" in err and "resume" in err, err
-        assert eng.store.get_run(long_id)["status"] == "failed"
+        # the run goes on by itself, in a new worker, from its last checkpoint
+        assert _until(lambda: any("stopped unexpectedly" in n
+                                  for n in eng.snapshot(long_id).notices), 60)
         assert eng._executors[0].process.pid != worker.pid           # a new worker took over
+        assert _until(lambda: any("Resumed from the checkpoint" in n
+                                  for n in eng.snapshot(long_id).notices), 60)
+        notices = eng.snapshot(long_id).notices
+        assert any("continues from its last checkpoint (epoch" in n for n in notices), notices
+        epochs = [p[1] for p in eng.store.series(long_id)["test_acc"]]
+        assert epochs == sorted(set(epochs))          # no epoch twice: points after it went
+        # once: a second death of its worker fails it, resumable by hand
+        first = threading.Event()
+        eng.subscribe(long_id, lambda e: first.set() if isinstance(e, Metrics)
+                      and "test_acc" in e.values else None)
+        assert first.wait(120)
+        os.kill(eng._executors[0].process.pid, signal.SIGKILL)
+        assert eng.wait(long_id, 60) == "failed"
+        err = eng.snapshot(long_id).error
+        assert "stopped unexpectedly" in err and "again" in err and "Continue" in err, err
+        assert eng.store.get_run(long_id)["status"] == "failed"
         eng.resume_run(long_id)
         assert eng.wait_for(long_id, "running", 60)
         eng.stop(long_id)
         assert eng.wait(long_id, 120) == "stopped"
-        assert any("Resumed" in n for n in eng.snapshot(long_id)["notices"])
     finally:
         eng.shutdown()

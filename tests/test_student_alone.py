@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from kdengine.core.events import Metrics, Notice, Phase
 from kdengine.data.datasets import load_data
 from kdengine.run.trainer import Trainer
 from kdengine.teachers.student_alone import baseline_key, baseline_plan
@@ -26,21 +27,21 @@ def test_student_curve_comes_before_the_baseline_which_speaks_in_user_epochs(tin
     plan = baseline_plan(cfg, load_data(cfg.data))
     assert plan["epochs"] > cfg.train.epochs                # passes over the 50 labels
     events = _run(cfg)
-    student_point = _first(events, lambda e: e["type"] == "metrics" and "loss/total" in e["values"])
-    baseline = [e for e in events if e["type"] == "phase" and e["phase"] == "baseline"]
+    student_point = _first(events, lambda e: isinstance(e, Metrics) and "loss/total" in e.values)
+    baseline = [e for e in events if isinstance(e, Phase) and e.phase == "baseline"]
     assert baseline, "the baseline was trained"
     assert student_point < events.index(baseline[0])
     for e in baseline:
-        m = re.search(r"epoch (\d+) of (\d+)$", e["message"])
-        assert m and int(m.group(2)) == 3 and int(m.group(1)) <= 3, e["message"]
-    assert baseline[-1]["message"].endswith("epoch 3 of 3")
-    acc = [e for e in events if e["type"] == "metrics" and "baseline_test_acc" in e["values"]]
-    assert len(acc) == 1 and 0 <= acc[0]["values"]["baseline_test_acc"] <= 1
+        m = re.search(r"epoch (\d+) of (\d+)$", e.message)
+        assert m and int(m.group(2)) == 3 and int(m.group(1)) <= 3, e.message
+    assert baseline[-1].message.endswith("epoch 3 of 3")
+    acc = [e for e in events if isinstance(e, Metrics) and "baseline_test_acc" in e.values]
+    assert len(acc) == 1 and 0 <= acc[0].values["baseline_test_acc"] <= 1
 
     # The same steps again (the run's optimiser does not matter: the baseline uses Adam): cached.
     again = _run(cfg.with_overrides({"train.optimizer": "sgd"}))
-    assert not [e for e in again if e["type"] == "phase" and e["phase"] == "baseline"]
-    assert any("Student alone (cached)" in e.get("message", "") for e in again)
+    assert not [e for e in again if isinstance(e, Phase) and e.phase == "baseline"]
+    assert any(isinstance(e, Notice) and "Student alone (cached)" in e.message for e in again)
 
 
 def test_baseline_key_follows_what_determines_it(tiny_cfg):

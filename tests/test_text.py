@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdengine.core.events import Metrics
 from kdengine import ConfigError, RunConfig
 from kdengine.core.config import DataConfig, ModelConfig
 from kdengine.data.datasets import load_data
@@ -234,16 +235,16 @@ def test_text_students_train_through_the_engine(runs_dir):
         y = load_data(DataConfig(**SMALL)).test.y
         majority = torch.maximum(y.mean(0), 1 - y.mean(0)).mean().item()   # "always the majority"
         for m, rid in ids.items():
-            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid).error
             snap = eng.snapshot(rid)
-            latest = snap["latest"]
+            latest = snap.latest
             for k in ("test_acc", "test_f1", "agreement", "kl_test", "teacher_test_acc"):
                 assert k in latest and math.isfinite(latest[k]), k
-            acc = [v for _, _, v in snap["series"]["test_acc"]]
+            acc = [v for _, _, v in snap.series["test_acc"]]
             # per-label accuracy must clearly beat the majority rule, and the teacher too
             assert acc[-1] > majority + 0.05 and acc[-1] > acc[0], (m, majority, acc)
             assert latest["teacher_test_acc"] > majority + 0.1
-            terms = {k for k in snap["series"] if k.startswith("loss/")}
+            terms = {k for k in snap.series if k.startswith("loss/")}
             expected = {"distilbert": {"loss/kd", "loss/ce", "loss/cos"},
                         "tinybert": {"loss/kd", "loss/attn", "loss/hidden", "loss/emb"}}[m]
             assert expected <= terms
@@ -260,7 +261,7 @@ def test_tinybert_two_stage_trains_at_odd_epoch_counts(runs_dir, epochs):
     cfg = text_cfg("tinybert", {"two_stage": True}, epochs=epochs, log_every=4)
     cfg.teacher.epochs = 2
     Trainer(cfg, points.append).run()
-    losses = [e["values"] for e in points if e["type"] == "metrics" and "loss/total" in e["values"]]
+    losses = [e.values for e in points if isinstance(e, Metrics) and "loss/total" in e.values]
     assert all(math.isfinite(v["loss/total"]) for v in losses)
     assert "loss/attn" in losses[0] and "loss/attn" not in losses[-1]    # stage 1, then stage 2
     assert any("loss/attn" in v and v.get("loss/kd", 0) > 0 for v in losses)   # the mixed window

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdengine.core.events import Metrics
 from kdengine.run.trainer import NonFiniteLoss, read_window
 
 
@@ -45,8 +46,8 @@ def test_an_epochs_short_tail_joins_the_window_before_it(runs_dir, log_every, wi
         "train": {"epochs": 2, "batch_size": 64, "seed": 0, "log_every": log_every,
                   "checkpoint_every": 0}})
     steps = []
-    Trainer(cfg, emit=lambda e: steps.append(e["step"]) if e["type"] == "metrics"
-            and "loss/total" in e["values"] else None).run()
+    Trainer(cfg, emit=lambda e: steps.append(e.step) if isinstance(e, Metrics)
+            and "loss/total" in e.values else None).run()
     sizes = [b - a for a, b in zip([0, *steps], steps)]
     assert sizes == windows * 2 and steps[-1] == 42
 

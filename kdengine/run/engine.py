@@ -519,7 +519,7 @@ class Engine:
             where = (f"its last checkpoint (epoch {read_run_checkpoint(path).epoch})"
                      if path.exists() else "the start")
             self._requeue(job, f"The worker training this run stopped unexpectedly ({why}); "
-                               f"the run continued from {where} by itself.")
+                               f"it continues from {where} by itself.")
         except Exception as e:     # e.g. the store failing: the run fails, the engine serves on
             job.recorder.fail(e)
 

@@ -51,17 +51,18 @@ class Recorder:
             self.store.set_status(self.run_id, ev.status)
 
     def end(self, ev: Ended) -> None:
-        """How the run ended: its last points, its summary, its final status."""
+        """How the run ended: its last points, its summary, its final status. Subscribers hear
+        of it before the live state says so, so that whoever waits for the status finds them told."""
         self.flush()
-        if ev.status in ("done", "stopped"):
+        status, error = ev.status, ev.error
+        if status == "stopped":
+            error = "stopped by the user"
+        if status in ("done", "stopped"):
             self.store.set_summary(self.run_id, ev.summary)
             self.state.apply(ev)
-            self.set_status(ev.status, None if ev.status == "done" else "stopped by the user")
-        elif ev.status == "paused":       # it left its group; resuming continues it alone
-            self.set_status("paused")
-        else:
-            self.set_status("failed", ev.error, ev.traceback)
+        self.store.set_status(self.run_id, status, error)
         self._tell(ev)
+        self.state.set_status(status, error, ev.traceback)
 
     def set_status(self, status: str, error: str | None = None, tb: str | None = None) -> None:
         self.store.set_status(self.run_id, status, error)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdengine.core.checkpoints import CheckpointError, load_state_into, safe_load
+from kdengine.core.checkpoints import CheckpointError, load_state_into, read_run_checkpoint
 from kdengine.core.config import RunConfig
 from kdengine.core.paths import data_root
 from kdengine.data import DataBundle, load_data
@@ -72,10 +72,10 @@ def load_run_models(store, run_id: str, train_teacher: bool = False) -> RunModel
     if not ck_path.exists():
         raise CheckpointError(f"run {run_id} has no checkpoint yet: the trainer writes one at the end "
                               f"of each epoch")
-    ck = safe_load(ck_path)
+    ck = read_run_checkpoint(ck_path)
     data = load_data(cfg.data)
     student = build_model(cfg.student, data.input_shape, data.n_classes)
-    load_state_into(student, ck["state_dict"], f"the student of run {run_id}")
+    load_state_into(student, ck.state_dict, f"the student of run {run_id}")
     student.eval().requires_grad_(False)
     teacher, t_label = None, ""
     needs = get_method_class(cfg.method.name).needs_teacher
@@ -92,4 +92,4 @@ def load_run_models(store, run_id: str, train_teacher: bool = False) -> RunModel
     t_test = _logits(teacher, data.test.x) if teacher is not None else None
     return RunModels(run_id=run_id, cfg=cfg, data=data, student=student, teacher=teacher,
                      teacher_label=t_label, student_label=model_label(cfg.student),
-                     epoch=int(ck.get("epoch", 0)), s_test=s_test, t_test=t_test)
+                     epoch=ck.epoch, s_test=s_test, t_test=t_test)

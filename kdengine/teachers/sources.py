@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kdengine.core.checkpoints import CheckpointError, load_state_into, safe_load, save_checkpoint
+from kdengine.core.checkpoints import (CheckpointError, load_state_into, read_run_checkpoint,
+                                       safe_load, save_checkpoint)
 from kdengine.core.config import ModelConfig, RunConfig
 from kdengine.data.datasets import DataBundle
 from kdengine.models.families import build_model, model_label
@@ -88,7 +89,8 @@ def load_run_teacher(run_id: str, cfg: RunConfig, data: DataBundle, device: torc
                                                 f"not {cfg.data.name}")
     mcfg = ModelConfig(**row["config"]["student"])
     model = build_model(mcfg, data.input_shape, data.n_classes)
-    load_state_into(model, safe_load(store.checkpoint_path(run_id))["state_dict"], f"the student of run {run_id}")
+    load_state_into(model, read_run_checkpoint(store.checkpoint_path(run_id)).state_dict,
+                    f"the student of run {run_id}")
     model.to(device).eval().requires_grad_(False)
     acc = accuracy(model, data.test.x, data.test.y, device)
     return model, {"label": f"{model_label(mcfg)} (run {run_id})", "test_acc": acc, "source": "run",
