@@ -404,5 +404,5 @@ else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")
     # Empty, where the first run's curves will be. It also has the browser load its chart code
-    # now, while the setup is read, not after Train (that took 1-3 s of the wait for a first point).
+    # now, while the setup is read, not after Train (where it added to the wait for a first point).
     charts.show(charts.accuracy_figure({}))

@@ -185,7 +185,7 @@ def boundary_figure(p_teacher: np.ndarray | None, p_student: np.ndarray, bounds,
     with training points and BSS paths drawn on every panel.
 
     Returns a plain plotly figure dict: built with ``go.Figure``/``make_subplots`` the same figure
-    took ~0.6 s of property validation on this machine, as a dict a few ms."""
+    spent most of its time in plotly's property validation (docs/perf.md, *Live view*)."""
     C = p_student.shape[-1]
     class_names = class_names or [f"class {c}" for c in range(C)]
     panels, probs = [], []
@@ -365,7 +365,7 @@ def replay_figure(p_teacher: np.ndarray | None, history: list[dict], points=None
 
 class PrebuiltFigure(go.Figure):
     """A figure that hands out a ready dict. ``st.plotly_chart`` re-validates a plain dict through
-    ``go.Figure(**d)`` (~80 ms for the boundary figure here) but trusts a Figure's ``to_dict()``;
+    ``go.Figure(**d)`` (slow for a figure this size) but trusts a Figure's ``to_dict()``;
     our dicts only use documented plotly properties, checked once by the tests."""
 
     def __init__(self, fig: dict):

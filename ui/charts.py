@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import streamlit as st
 
-if TYPE_CHECKING:          # plotly.graph_objects costs ~1 s to import: only where a Figure is built
+if TYPE_CHECKING:          # plotly.graph_objects is slow to import: only where a Figure is built
     import plotly.graph_objects as go
 
 TEACHER = "#F58518"
@@ -47,7 +47,7 @@ def xy(series: dict, name: str) -> tuple[list[float], list[float]]:
 
 
 # The live charts are plain figure dicts, not go.Figure: they are rebuilt every second while a run
-# trains, and go.Figure's validation (done again by st.plotly_chart) doubled the refresh cost.
+# trains, and go.Figure's validation (done again by st.plotly_chart) was much of the refresh cost.
 def _line(x, y, name: str, color: str, dash: str = "solid", size: int = 6) -> dict:
     return {"type": "scatter", "x": x, "y": y, "mode": "lines+markers", "name": name,
             "line": {"color": color, "dash": dash, "width": 2}, "marker": {"size": size}}
@@ -122,7 +122,7 @@ def _template() -> dict:
 
 def checked(fig: dict) -> go.Figure:
     """This module's figure dict as ``st.plotly_chart`` would send it, without its re-validation
-    through ``go.Figure(**d)``: that was ~13 ms a chart, most of a live view's rerun. The builders
+    through ``go.Figure(**d)``: that was most of a live view's rerun (docs/perf.md). The builders
     here use documented plotly properties only; tests/test_ui_live.py checks the spec sent is the
     one validation would give."""
     from ui.boundary_figs import PrebuiltFigure

@@ -49,7 +49,7 @@ def optuna_figures(study, knobs: list[str], pareto: bool) -> dict[str, go.Figure
             out["pareto"] = ov.plot_pareto_front(study, target_names=["accuracy", "seconds / epoch"])
         return out
     if len(complete) >= 4 and len(knobs) >= 2:
-        # PED-ANOVA: ~0.3 s for 40 trials here; the default (fANOVA, 64 trees) took 5-15 s
+        # PED-ANOVA: much faster than the default (fANOVA, 64 trees), which held up the page
         from optuna.importance import PedAnovaImportanceEvaluator
         try:
             out["importance"] = ov.plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator())

@@ -1,8 +1,8 @@
 """Warm-up in the background, once the first page of a fresh server is drawn: torch, the methods,
 plotly and pandas import, the resource check makes its first (slow) pass and digits loads, on a
 daemon thread, while the user reads the page. Started any earlier, it shares the interpreter
-with the first page's own script and slows it down; the first Train press needs it done (its
-resource check and first optimizer step took ~5-10 s cold on a 2-core machine)."""
+with the first page's own script and slows it down; the first Train press needs it done (cold,
+its resource check and first optimizer step would otherwise be paid by that press; docs/perf.md)."""
 from __future__ import annotations
 
 import threading
@@ -19,7 +19,7 @@ def _warm() -> None:
         from kdengine.run.serving import serving_options
         from kdengine.run.executors import first_steps
         import kdengine.run.trainer  # noqa: F401
-        check_resources(RunConfig().validate())   # imports every method; first meta-size pass ~3 s
+        check_resources(RunConfig().validate())   # imports every method; the slow first meta-size pass
         load_data(DataConfig())
         opts = serving_options()
         if not (opts.get("processes") or opts.get("ray_address")):

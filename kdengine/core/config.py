@@ -181,7 +181,7 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         import yaml
-        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)   # libyaml: ~10x faster
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)   # libyaml's C dumper when present: far faster
         return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False)
 
     @classmethod

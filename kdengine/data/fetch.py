@@ -33,7 +33,7 @@ def _dataset_class(name: str):
 
 
 # Where torchvision downloads each set from, and the files it leaves (checked without importing
-# torchvision, which takes a minute on a busy machine: an offline fetch must fail fast).
+# torchvision, which is slow to import on a busy machine: an offline fetch must fail fast).
 SOURCES = {"mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
                      "http://yann.lecun.com/exdb/mnist/"],
            "fashion_mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
