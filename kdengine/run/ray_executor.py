@@ -113,16 +113,26 @@ class RayExecutor:
             ray.kill(actor)
 
     def _poll_loop(self) -> None:
+        """One poll in flight per actor; an actor still waiting for a CPU (or on a slow node) holds
+        up no one else's events."""
         import ray
         from kdengine.core.events import Ended
+        polls: dict[str, Any] = {}              # unit id -> its poll in flight
         while not (self._closed and not self._actors):
             with self._lock:
                 actors = dict(self._actors)
             for uid, actor in actors.items():
+                polls.setdefault(uid, actor.poll.remote())
+            for uid in [u for u in polls if u not in actors]:
+                del polls[uid]
+            if not polls:
+                time.sleep(POLL_SECONDS)
+                continue
+            ready, _ = ray.wait(list(polls.values()), num_returns=len(polls), timeout=POLL_SECONDS)
+            for uid in [u for u, ref in polls.items() if ref in ready]:
+                ref = polls.pop(uid)
                 try:
-                    events = ray.get(actor.poll.remote(), timeout=60)
-                except ray.exceptions.GetTimeoutError:
-                    continue            # still being scheduled (no free CPU yet)
+                    events = ray.get(ref)
                 except Exception as e:   # the actor or its node died
                     self._forget(uid)
                     self._on_lost(self, [uid], f"Ray lost its worker: {type(e).__name__}")
@@ -137,8 +147,8 @@ class RayExecutor:
                             self._runs.pop(run_id, None)
                 if uid not in self._runs.values():       # every run of the unit has ended
                     self._forget(uid)
-                    ray.kill(actor)
-            time.sleep(POLL_SECONDS)
+                    ray.kill(actors[uid])
+            time.sleep(POLL_SECONDS / 4)
 
     def _forget(self, uid: str) -> None:
         with self._lock:
