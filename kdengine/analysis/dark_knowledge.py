@@ -83,7 +83,7 @@ def run_test_logits(run_id: str, store=None) -> dict[str, Any]:
     from kdengine.data.datasets import load_data
     from kdengine.models.families import build_model
     from kdengine.core.store import Store
-    from kdengine.core.checkpoints import load_state_into, safe_load
+    from kdengine.core.checkpoints import load_state_into, read_run_checkpoint
     from kdengine.models import logits_of
     store = store or Store()
     row = store.get_run(run_id)
@@ -95,17 +95,20 @@ def run_test_logits(run_id: str, store=None) -> dict[str, Any]:
     cfg = RunConfig.from_dict(row["config"])
     data = load_data(cfg.data)
     model = build_model(cfg.student, data.input_shape, data.n_classes)
-    load_state_into(model, safe_load(path)["state_dict"], f"run {run_id}'s checkpoint")
+    load_state_into(model, read_run_checkpoint(path).state_dict, f"run {run_id}'s checkpoint")
     dev = torch.device("cpu")
     return {"logits": logits_of(model, data.test.x, dev).cpu(), "y": data.test.y.clone(),
             "class_names": list(data.class_names), "omit_class": cfg.data.omit_class,
             "config": cfg}
 
 
-def omitted_runs(store=None, limit: int = 200) -> list[dict]:
-    """Finished runs whose config sets ``data.omit_class`` (newest first)."""
-    from kdengine.core.store import Store
-    store = store or Store()
-    return [r for r in store.list_runs(limit=limit)
-            if r["status"] in ("done", "stopped")
-            and (r["config"].get("data") or {}).get("omit_class") is not None]
+def omits_a_class(run) -> bool:
+    """Whether a run's config sets ``data.omit_class``. ``run``: anything with a ``config`` dict
+    (a ``RunSnapshot``; this package sits below the engine's, so it names no run type)."""
+    return (run.config.get("data") or {}).get("omit_class") is not None
+
+
+def omitted_runs(runs: Iterable) -> list:
+    """The finished runs among ``runs`` (``RunSnapshot``s, e.g. ``Engine.list_runs()``) whose
+    config sets ``data.omit_class``, in their order."""
+    return [r for r in runs if r.status in ("done", "stopped") and omits_a_class(r)]
