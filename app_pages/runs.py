@@ -57,19 +57,19 @@ def row(r: RunSnapshot) -> dict:
 
 everyone = st.toggle("Everyone's runs", key="runs_everyone",
                      help="Off: only the runs of this browser session (your name).")
-rows = stored_runs(limit=500, owner_only=not everyone)
+runs = stored_runs(limit=500, owner_only=not everyone)
 shared = st.query_params.get("run")            # a run opened from a link is shown, whoever's
-if shared and shared not in {r.run_id for r in rows}:
+if shared and shared not in {r.run_id for r in runs}:
     run_shared = find_run(shared)
-    rows += [run_shared] if run_shared else []
-if not rows:
+    runs += [run_shared] if run_shared else []
+if not runs:
     if shared:
         st.warning(f"No stored run {shared!r} (deleted, or stored on another machine).")
     st.info("No runs stored yet: train one in the Lab." if everyone else
             "None of your runs are stored yet: train one in the Lab, or turn on Everyone's runs.",
             icon=":material/info:")
     st.stop()
-table = pd.DataFrame([row(r) for r in rows])
+table = pd.DataFrame([row(r) for r in runs])
 st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
              column_config={TEST_ACC: st.column_config.NumberColumn(
                                 format="percent", help="The student's accuracy on the test set "
@@ -79,7 +79,7 @@ st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * 
                                 help="The run's label (the end of its id when it has none)."),
                             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
-by_id = {r.run_id: r for r in rows}
+by_id = {r.run_id: r for r in runs}
 # A link to one run (e.g. a click on a Sweeps heatmap cell: ?run=<id>) selects it, once per link.
 linked = st.query_params.get("run")
 if linked and ss.get("runs_linked") != linked:
@@ -89,7 +89,7 @@ if linked and ss.get("runs_linked") != linked:
     else:
         st.warning(f"No stored run {linked!r} (deleted, or stored on another machine).")
 if "runs_sel" not in ss:
-    ss["runs_sel"] = [r.run_id for r in rows if not r.active][:3]   # newest finished
+    ss["runs_sel"] = [r.run_id for r in runs if not r.active][:3]   # newest finished
 ss["runs_sel"] = [i for i in ss["runs_sel"] if i in by_id]
 sel = st.multiselect("Selected runs", list(by_id), key="runs_sel",
                      format_func=lambda i: widgets.run_label(by_id[i]),
