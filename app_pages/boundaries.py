@@ -4,19 +4,20 @@
 an optional disagreement map; a slider back through the per-epoch snapshots the trainer stores.
 Image data: a gallery of boundary samples. Any data: MagSim / AngSim over training, against other
 runs on the same data. Everything is read from ``engine.snapshot`` (live) and the run store
-(history); a fragment polls about once a second while the run is active.
+(history); the view redraws about once a second while the run is active (``ui.live``).
 """
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-from kdengine import ACTIVE, ConfigError, RunConfig, TOY_DATASETS
+from kdengine import ConfigError, RunConfig, RunSnapshot, TOY_DATASETS
 from kdengine.analysis.boundaries import dequantise, epoch_history, similarity_absent_reason
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
 from ui.classroom import locks_notice, with_locks
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+from ui.live import live_run
 
 ss = st.session_state
 engine = get_engine()
@@ -45,14 +46,13 @@ def data_kind(cfg: dict) -> str:
     return "2d" if name in TOY_DATASETS else ("text" if name == "text" else "image")
 
 
-def candidate_runs() -> list[dict]:
+def candidate_runs() -> list[RunSnapshot]:
     """This session's runs in the engine, then stored runs; text runs have no input boundary."""
     seen, out = set(), []
     for r in owner_runs() + stored_runs(limit=200):
-        rid = r.get("run_id") or r.get("id")
-        if rid in seen or data_kind(r.get("config", {})) == "text":
+        if r.run_id in seen or data_kind(r.config) == "text":
             continue
-        seen.add(rid)
+        seen.add(r.run_id)
         out.append(r)
     return out
 
@@ -72,16 +72,13 @@ if ss.get("bd_error"):
     st.error(ss.pop("bd_error"))
 runs = candidate_runs()
 with c1:
-    active = [r for r in runs if r.get("status") in ACTIVE]
-    run_id = widgets.run_picker(runs, key="bd_run", default=(active or runs or [{}])[0].get("run_id"),
+    active = [r.run_id for r in runs if r.active]
+    run_id = widgets.run_picker(runs, key="bd_run", default=(active or [None])[0],
                                 help="Runs on 2-D or image data; this session's runs first.")
 if run_id is None:
     st.stop()
 
-snap0 = engine.snapshot(run_id)
-cfg0 = snap0["config"]
-kind = data_kind(cfg0)
-is_live = snap0["status"] in ACTIVE
+kind = data_kind(next(r.config for r in runs if r.run_id == run_id))
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -100,34 +97,33 @@ def history(run_id: str, upto_epoch: int) -> list[dict]:
     return epoch_history(get_engine().store, run_id)
 
 
-def comparison_curves(snap: dict) -> dict[str, list]:
+def comparison_curves(snap: RunSnapshot) -> dict[str, list]:
     """MagSim / AngSim of this run and of other runs on the same data."""
     out = {"magsim": [], "angsim": []}
-    me = snap["run_id"]
     for metric in out:
-        x, y = charts.xy(snap["series"], metric)
+        x, y = charts.xy(snap.series, metric)
         if x:
-            out[metric].append((f"{method_label(snap['config'])} · this run", x, y))
-    same = [r for r in runs if (r.get("run_id") or r.get("id")) != me
-            and r.get("config", {}).get("data") == snap["config"].get("data")][:6]
+            out[metric].append((f"{method_label(snap.config)} · this run", x, y))
+    same = [r for r in runs if r.run_id != snap.run_id
+            and r.config.get("data") == snap.config.get("data")][:6]
     for r in same:
-        rid = r.get("run_id") or r.get("id")
+        rid = r.run_id
         rows = engine.store.metrics(rid, ["magsim", "angsim"])
         for metric in out:
             pts = [(m["epoch"], m["value"]) for m in rows if m["name"] == metric and m["value"] is not None]
             if pts:
-                out[metric].append((f"{method_label(r['config'])} · {rid[-6:]}",
+                out[metric].append((f"{method_label(r.config)} · {rid[-6:]}",
                                     [p[0] for p in pts], [p[1] for p in pts]))
     return out
 
 
-def similarity_charts(snap: dict) -> None:
+def similarity_charts(snap: RunSnapshot) -> None:
     curves = comparison_curves(snap)
     if not curves["magsim"]:
-        has_teacher = bool(snap["artifacts"].get("grid_teacher")) or (
-            snap["config"].get("teacher", {}).get("source", "train") != "none"
-            and snap["config"].get("method", {}).get("name") != "ce")
-        st.info(similarity_absent_reason(snap["config"], has_teacher), icon=":material/info:")
+        has_teacher = bool(snap.artifacts.get("grid_teacher")) or (
+            snap.config.get("teacher", {}).get("source", "train") != "none"
+            and snap.config.get("method", {}).get("name") != "ce")
+        st.info(similarity_absent_reason(snap.config, has_teacher), icon=":material/info:")
         return
     a, b = st.columns(2)
     with a.container(key="bd_magsim"):
@@ -138,29 +134,29 @@ def similarity_charts(snap: dict) -> None:
                                          "boundary, student vs teacher"))
 
 
-def status_line(snap: dict) -> None:
-    total = snap["config"].get("train", {}).get("epochs", "?")
-    msg = f"**{snap['status']}** · epoch {snap['epoch']:g} of {total}"
-    if snap.get("phase_message"):
-        msg += f" · {snap['phase_message']}"
+def status_line(snap: RunSnapshot) -> None:
+    total = snap.config.get("train", {}).get("epochs", "?")
+    msg = f"**{snap.status}** · epoch {snap.epoch:g} of {total}"
+    if snap.phase_message:
+        msg += f" · {snap.phase_message}"
     st.markdown(msg)
-    if snap.get("error") and snap["status"] == "stopped":   # the user's own choice, not a fault
-        st.info(f"Stopped by you at epoch {snap['epoch']:g}; everything up to there is kept.",
+    if snap.error and snap.status == "stopped":   # the user's own choice, not a fault
+        st.info(f"Stopped by you at epoch {snap.epoch:g}; everything up to there is kept.",
                 icon=":material/stop_circle:")
-    elif snap.get("error"):
-        st.error(snap["error"])
+    elif snap.error:
+        st.error(snap.error)
 
 
-def view_2d() -> None:
+def view_2d(run_id: str) -> None:
     snap = engine.snapshot(run_id)
     status_line(snap)
-    arts = snap["artifacts"]
+    arts = snap.artifacts
     s_grid, t_grid = arts.get("grid_student"), arts.get("grid_teacher")
     if s_grid is None:
-        if snap["status"] in ACTIVE:
+        if snap.active:
             st.info("Waiting for the first epoch to finish…", icon=":material/hourglass_top:")
         else:
-            st.info(f"This run ended ({snap['status']}) before its first epoch did, so there is no "
+            st.info(f"This run ended ({snap.status}) before its first epoch did, so there is no "
                     f"boundary to show.", icon=":material/info:")
         return
     latest = int(s_grid["epoch"])
@@ -169,7 +165,7 @@ def view_2d() -> None:
     hist = history(run_id, latest)
     if not hist or hist[-1]["epoch"] != latest:        # a live run: the store lags the snapshot
         hist = epoch_history(engine.store, run_id, s_grid, arts.get("bss"))
-    pts, labels, names = training_points(snap["config"]["data"])
+    pts, labels, names = training_points(snap.config["data"])
     p_t = dequantise(t_grid["probs"]) if t_grid else None
     show_bss = ss.get("bd_show_bss", True)
     with st.container(key="bd_heatmap"):
@@ -182,18 +178,16 @@ def view_2d() -> None:
                    f"○ base sample → path → ◆ where the search stopped (✕ if the teacher's class "
                    f"flipped; {flipped} of {n}). They attack the teacher only; on the student's "
                    f"panel they show whether its boundary passes through the same places.")
-    if is_live and snap["status"] not in ACTIVE:
-        st.rerun()      # the run ended: redraw once without polling
     similarity_charts(snap)
 
 
-def view_images() -> None:
+def view_images(run_id: str) -> None:
     snap = engine.snapshot(run_id)
     status_line(snap)
-    bss = snap["artifacts"].get("bss")
+    bss = snap.artifacts.get("bss")
     if not bss:
         st.info("Boundary samples come from BSS runs (method `bss`); this run's method is "
-                f"`{snap['config']['method']['name']}`.", icon=":material/info:")
+                f"`{snap.config['method']['name']}`.", icon=":material/info:")
     else:
         names = bss["class_names"]
         st.subheader("Boundary-supporting samples")
@@ -217,8 +211,6 @@ def view_images() -> None:
                     [f"| | p({names[b]}) | p({names[k]}) |", "|---|---|---|"]
                     + [f"| {who} | {pb[b]:.2f} → {pa[b]:.2f} | {pb[k]:.2f} → {pa[k]:.2f} |"
                        for who, pb, pa in rows]))
-    if is_live and snap["status"] not in ACTIVE:
-        st.rerun()
     similarity_charts(snap)
 
 
@@ -228,6 +220,6 @@ if kind == "2d":
                "them adds the disagreement map (total-variation distance between teacher and "
                "student probabilities: the darker, the more they differ); both redraw in the "
                "browser.")
-    st.fragment(run_every=1.0 if is_live else None)(view_2d)()
+    live_run(view_2d, run_id, key="boundaries")
 else:
-    st.fragment(run_every=1.0 if is_live else None)(view_images)()
+    live_run(view_images, run_id, key="boundaries")

@@ -36,10 +36,8 @@ def _logits(run_id: str, root: str):
     return d["logits"].numpy(), d["y"].numpy(), d["class_names"], d["omit_class"]
 
 
-runs = [r for r in stored_runs() if r["status"] in ("done", "stopped")
-        and (r["config"].get("data") or {}).get("omit_class") is not None]
-active = [r for r in owner_runs(active_only=True)
-          if (r["config"].get("data") or {}).get("omit_class") is not None]
+runs = omitted.omitted_runs(stored_runs())
+active = [r for r in owner_runs(active_only=True) if omitted.omits_a_class(r)]
 
 c1, c2 = st.columns([3, 1])
 with c2:
@@ -49,7 +47,7 @@ with c2:
         get_engine().submit(with_locks(load_preset(PRESET)), owner=owner_id(), name=PRESET)
         st.rerun()
 for r in active:
-    st.info(f"Run {r['run_id']} is {r['status']} ({r['progress']:.0%}); it appears below when it "
+    st.info(f"Run {r.run_id} is {r.status} ({r.progress:.0%}); it appears below when it "
             f"finishes.", icon=":material/hourglass_top:")
 with c1:
     run_id = widgets.run_picker(runs, key="dk_run", label="Run with an omitted class")

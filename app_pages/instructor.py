@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kdengine import ACTIVE, flatten
+from kdengine import RunSnapshot, flatten
 from kdengine.teaching.classroom import fold_children, legend_labels, student_label, student_rows
 from kdengine.teaching.classroom import varying_knobs
 from ui import charts
@@ -26,9 +26,9 @@ st.caption("All runs of this server, from every browser session. Students' runs 
 PCT = st.column_config.NumberColumn(format="percent")
 
 
-def students_table(runs: list[dict], names: dict[str, str]) -> None:
+def students_table(runs: list[RunSnapshot], names: dict[str, str]) -> None:
     rows = [{"student": s.student, "runs": s.runs, "active": s.active,
-             "latest run": s.latest["run_id"], "latest": s.latest["name"] or s.latest["status"],
+             "latest run": s.latest.run_id, "latest": s.latest.name or s.latest.status,
              "latest acc.": s.latest_acc, "best acc.": s.best_acc}
             for s in student_rows(runs, names)]
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="instructor_students",
@@ -39,11 +39,11 @@ def runs_table(groups, names: dict[str, str], knobs: list[str]) -> None:
     rows = []
     for g in groups:
         r = g.head
-        flat, latest = flatten(r["config"]), r["latest"]
-        row = {"run": r["run_id"], "student (session)": student_label(r["owner"], names),
-               "name": r["name"] + (f" (+{len(g.runs) - 1} in its sweep)" if g.is_parent else ""),
-               "method": r["config"]["method"]["name"], "status": r["status"],
-               "progress": min(1.0, r["progress"]) if r["status"] != "done" else 1.0,
+        flat, latest = flatten(r.config), r.latest
+        row = {"run": r.run_id, "student (session)": student_label(r.owner, names),
+               "name": r.name + (f" (+{len(g.runs) - 1} in its sweep)" if g.is_parent else ""),
+               "method": r.config["method"]["name"], "status": r.status,
+               "progress": min(1.0, r.progress) if r.status != "done" else 1.0,
                "test acc.": latest.get("test_acc"), "teacher acc.": latest.get("teacher_test_acc"),
                "agreement": latest.get("agreement")}
         row.update({k: flat.get(k) for k in knobs})
@@ -62,23 +62,23 @@ def body() -> None:
         return
     names = roster().names()
     students_table(runs, names)
-    picks = sorted({r["name"] or "(unnamed)" for r in runs})
+    picks = sorted({r.name or "(unnamed)" for r in runs})
     pick = st.multiselect("Show runs named", picks, key="instructor_names", placeholder="all runs")
     if pick:
-        runs = [r for r in runs if (r["name"] or "(unnamed)") in pick]
+        runs = [r for r in runs if (r.name or "(unnamed)") in pick]
     if not runs:
         st.info("No run matches.")
         return
     groups = fold_children(runs)
     heads = [g.head for g in groups]
-    runs_table(groups, names, varying_knobs([r["config"] for r in heads])[:8])
+    runs_table(groups, names, varying_knobs([r.config for r in heads])[:8])
     shown = heads[:20]
     labels = legend_labels(shown)
     curves = []
     for r in shown:
-        x, y = charts.xy(engine.snapshot(r["run_id"])["series"], "test_acc")
-        knobs = labels[r["run_id"]]
-        curves.append((f"{student_label(r['owner'], names)} · {r['run_id'][-6:]}"
+        x, y = charts.xy(engine.snapshot(r.run_id).series, "test_acc")
+        knobs = labels[r.run_id]
+        curves.append((f"{student_label(r.owner, names)} · {r.run_id[-6:]}"
                        + (f" · {knobs}" if knobs else ""), x, y))
     with st.container(key="instructor_overlay"):
         charts.show(charts.overlay_figure(curves, "test_acc"))
@@ -86,5 +86,5 @@ def body() -> None:
         st.caption(f"Curves of the newest 20 of {len(heads)} runs and sweeps.")
 
 
-live_fragment(body, lambda: any(r["status"] in ACTIVE for r in engine.runs()), key="instructor",
+live_fragment(body, lambda: any(r.active for r in engine.runs()), key="instructor",
               every=2.0)

@@ -11,13 +11,13 @@ import time
 
 import streamlit as st
 
-from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, TOY_DATASETS, TeacherConfig,
-                      TrainConfig, apply_locks, free_knobs, get_method_class, method_names)
+from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, RunSnapshot, TOY_DATASETS,
+                      TeacherConfig, TrainConfig, apply_locks, free_knobs, get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
 from ui.classroom import lesson_locks, locks_notice, locks_under, session_params
-from ui.engine import get_engine, owner_id, owner_runs, stored_runs
-from ui.live import live_fragment
+from ui.engine import find_run, get_engine, owner_id, owner_runs, stored_runs
+from ui.live import live_run
 from ui.words import metric_name
 
 ss = st.session_state
@@ -140,8 +140,8 @@ def teacher_section(td: dict, data_name: str) -> dict:
             st.info(f"No shipped teacher for {data_name}: choose *train now*.")
             out["checkpoint"] = ""
     elif src == "run":
-        done = [r for r in stored_runs(limit=200) if r["status"] == "done"
-                and r["config"].get("data", {}).get("name") == data_name]
+        done = [r for r in stored_runs(limit=200) if r.status == "done"
+                and r.config.get("data", {}).get("name") == data_name]
         out["checkpoint"] = widgets.run_picker(done, K + "teacher.run", "run whose student teaches",
                                                default=td.get("checkpoint")) or ""
     return {**td, **out}
@@ -204,8 +204,8 @@ pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
 pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
            disabled=ss.get("lab_preset") == CUSTOM)
 
-def shown_runs() -> list[dict]:
-    return owner_runs() or [dict(r, run_id=r["id"]) for r in stored_runs(limit=20, owner_only=True)]
+def shown_runs() -> list[RunSnapshot]:
+    return owner_runs() or stored_runs(limit=20, owner_only=True)
 
 
 # The setup folds away once a run is shown, so its live charts are in view; tabs give each section
@@ -282,29 +282,29 @@ def fmt_eta(eta) -> str:
     return f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.1f} min"
 
 
-def progress_bar(snap: dict) -> None:
-    status, phase = snap["status"], snap["phase"]
-    epochs = snap["config"]["train"]["epochs"]
+def progress_bar(snap: RunSnapshot) -> None:
+    status, phase = snap.status, snap.phase
+    epochs = snap.config["train"]["epochs"]
     if status == "queued":
-        ahead, wait = snap.get("queue_position") or 0, snap.get("queue_eta_s")
+        ahead, wait = snap.queue_position or 0, snap.queue_eta_s
         st.progress(0.0, text=f"Queued: position {ahead + 1} ({ahead} queued ahead of it)"
                     + (f" · starts in about {fmt_eta(wait)}." if wait is not None else "."))
     elif status in ("running", "paused") and phase in ("teacher", "baseline"):
-        st.progress(min(1.0, snap["phase_progress"]), text=snap["phase_message"])
+        st.progress(min(1.0, snap.phase_progress), text=snap.phase_message)
     elif status in ("running", "paused") and phase == "student":
-        st.progress(min(1.0, snap["progress"]),
-                    text=f"Student: epoch {snap['epoch']:.1f} of {epochs} · ETA {fmt_eta(snap['eta_s'])}"
+        st.progress(min(1.0, snap.progress),
+                    text=f"Student: epoch {snap.epoch:.1f} of {epochs} · ETA {fmt_eta(snap.eta_s)}"
                     + (" · paused" if status == "paused" else ""))
     elif status in ("running", "paused"):
-        st.progress(0.0, text=snap["phase_message"] or phase)
+        st.progress(0.0, text=snap.phase_message or phase)
     else:
-        took = snap["summary"].get("elapsed_s")
-        st.progress(min(1.0, snap["progress"]) if status != "done" else 1.0,
+        took = snap.summary.get("elapsed_s")
+        st.progress(min(1.0, snap.progress) if status != "done" else 1.0,
                     text=f"{status}" + (f" in {took:.1f} s" if took else ""))
 
 
-def controls(snap: dict) -> None:
-    rid, status = snap["run_id"], snap["status"]
+def controls(snap: RunSnapshot) -> None:
+    rid, status = snap.run_id, snap.status
     c1, c2, c3, c4 = st.columns([1, 1, 1, 4])
     if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
         engine.pause(rid)
@@ -319,8 +319,8 @@ def controls(snap: dict) -> None:
             st.rerun()
 
 
-def headline(snap: dict) -> None:
-    sm, latest = snap["summary"], snap["latest"]
+def headline(snap: RunSnapshot) -> None:
+    sm, latest = snap.summary, snap.latest
     cols = st.columns(4)
     acc = latest.get("test_acc")
     cols[0].metric(f"student: {metric_name('test_acc')}", f"{acc:.1%}" if acc is not None else "–",
@@ -338,33 +338,33 @@ def headline(snap: dict) -> None:
 
 def queue_view() -> None:
     active = owner_runs(active_only=True)
-    if len(active) > 1 or (active and active[0]["run_id"] != ss.get(RUN)):
+    if len(active) > 1 or (active and active[0].run_id != ss.get(RUN)):
         st.caption("Your queue: " + " · ".join(
-            f"`{r['run_id']}` {r['config']['method']['name']} ({r['status']})" for r in active))
+            f"`{r.run_id}` {r.config['method']['name']} ({r.status})" for r in active))
 
 
 def live_body(run_id: str, cfg_hash: str | None) -> None:
     snap = engine.snapshot(run_id)
-    st.markdown(f"**Run** `{run_id}` · {snap['config']['method']['name']} on "
-                f"{snap['config']['data']['name']} · status **{snap['status']}**")
+    st.markdown(f"**Run** `{run_id}` · {snap.config['method']['name']} on "
+                f"{snap.config['data']['name']} · status **{snap.status}**")
     controls(snap)
     progress_bar(snap)
     queue_view()
-    if cfg_hash and snap["status"] in ACTIVE and RunConfig.hash_of(snap["config"]) != cfg_hash:
+    if cfg_hash and snap.active and RunConfig.hash_of(snap.config) != cfg_hash:
         st.info("The settings above differ from this run's. Changes need a new run: press **Train** "
                 "to queue one (this run keeps going), or **Stop** this run first.",
                 icon=":material/restart_alt:")
-    for note in dict.fromkeys(snap["notices"]):
+    for note in dict.fromkeys(snap.notices):
         st.info(note, icon=":material/info:")
-    if snap["error"] and snap["status"] == "failed":
-        st.error(f"The run failed: {snap['error']}", icon=":material/error:")
-        if snap["error"].startswith("DataUnavailable"):
+    if snap.error and snap.status == "failed":
+        st.error(f"The run failed: {snap.error}", icon=":material/error:")
+        if snap.error.startswith("DataUnavailable"):
             if st.button("Use digits instead (works offline)", key="lab_use_digits"):
                 use_digits()
                 st.rerun()
-        if snap.get("traceback"):
+        if snap.traceback:
             with st.expander("traceback"):
-                st.code(snap["traceback"])
+                st.code(snap.traceback)
     headline(snap)
     charts.live_panel(snap, key="lab")
 
@@ -374,32 +374,30 @@ def starting(run_id: str) -> bool:
     user watches most closely after pressing Train. (A run queued behind others, or one whose
     teacher trains first, goes back to the normal pace.)"""
     snap = engine.snapshot(run_id)
-    return (snap["status"] in ACTIVE and time.time() - snap["created"] < STARTING_S
-            and snap["phase"] not in ("teacher", "baseline") and not charts.loss_terms(snap["series"]))
+    return (snap.active and time.time() - snap.created < STARTING_S
+            and snap.phase not in ("teacher", "baseline") and not charts.loss_terms(snap.series))
 
 
 runs = shown_runs()
 opened = ss.get("lab_opened_run")
-if opened and opened not in [r["run_id"] for r in runs]:
-    row = engine.store.get_run(opened)          # another session's run, opened from Runs
-    if row is not None:
-        runs.insert(0, dict(row, run_id=opened))
+if opened and opened not in [r.run_id for r in runs]:
+    other = find_run(opened)          # another session's run, opened from Runs
+    if other is not None:
+        runs.insert(0, other)
 if runs:
-    ids = [r["run_id"] for r in runs]
+    ids = [r.run_id for r in runs]
     if ss.get(RUN) not in ids:       # first visit or reload: reattach to the newest active run
-        active = [r["run_id"] for r in runs if r["status"] in ACTIVE]
+        active = [r.run_id for r in runs if r.active]
         ss[RUN] = (active or ids)[0]
     st.divider()
     if len(runs) > 1:
         widgets.run_picker(runs, RUN, "Showing run", help="Your runs in this browser session.",
-                           label_fn=lambda r: f"{r['run_id']} · {r['config']['method']['name']} · "
-                                              f"{r['config']['data']['name']}"
-                                              + (f" · {r['name']}" if r.get("name") else ""))
+                           label_fn=lambda r: f"{r.run_id} · {r.config['method']['name']} · "
+                                              f"{r.config['data']['name']}"
+                                              + (f" · {r.name}" if r.name else ""))
     watched = ss[RUN]
-    live_fragment(live_body, lambda: engine.status(watched) in ACTIVE, watched,
-                  cfg.hash if cfg else None, key="lab", hurry=lambda: starting(watched),
-                  slow=lambda: engine.status(watched) in ("queued", "paused"),
-                  expected=engine.active_owners)
+    live_run(live_body, watched, cfg.hash if cfg else None, key="lab",
+             hurry=lambda: starting(watched), expected=engine.active_owners)
 else:
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from kdengine import ACTIVE, ConfigError, knob_spec, lesson_link, load_lessons
+from kdengine import ConfigError, knob_spec, lesson_link, load_lessons
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
 from ui.classroom import is_instructor, lesson_link_state
 from ui.engine import get_engine, owner_id
-from ui.live import live_fragment
+from ui.live import live_run
 from ui.nav import existing_pages
 
 ss = st.session_state
@@ -107,20 +107,18 @@ if not missing:
 
     def live(run_id: str) -> None:
         snap = engine.snapshot(run_id)
-        st.markdown(f"**Run** `{run_id}` · status **{snap['status']}**")
-        frac = 1.0 if snap["status"] == "done" else min(1.0, snap["progress"])
-        st.progress(frac, text=snap["phase_message"] if snap["phase"] != "student" else
-                    f"student: epoch {snap['epoch']:.1f} of {snap['config']['train']['epochs']}")
-        for note in dict.fromkeys(snap["notices"]):
+        st.markdown(f"**Run** `{run_id}` · status **{snap.status}**")
+        frac = 1.0 if snap.status == "done" else min(1.0, snap.progress)
+        st.progress(frac, text=snap.phase_message if snap.phase != "student" else
+                    f"student: epoch {snap.epoch:.1f} of {snap.config['train']['epochs']}")
+        for note in dict.fromkeys(snap.notices):
             st.caption(note)
-        if snap["error"] and snap["status"] == "failed":
-            st.error(f"The run failed: {snap['error']}", icon=":material/error:")
+        if snap.error and snap.status == "failed":
+            st.error(f"The run failed: {snap.error}", icon=":material/error:")
         charts.live_panel(snap, key="lesson")
 
     if ss.get(run_key):
-        rid = ss[run_key]
-        live_fragment(live, lambda: engine.status(rid) in ACTIVE, rid, key="lessons",
-                      slow=lambda: engine.status(rid) in ("queued", "paused"))
+        live_run(live, ss[run_key], key="lessons")
 
 st.subheader("What to look for")
 st.markdown(lesson.look_for or "_(no notes)_")

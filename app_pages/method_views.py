@@ -1,11 +1,13 @@
 """Method views: what some methods learn beyond their loss curves — Sobolev's function and gradient
-field on 2-D data, and the specialists' class clusters with the ensemble's gain."""
+field on 2-D data, and the specialists' class clusters with the ensemble's gain. A live run's view
+redraws while it trains (``ui.live``); a finished run's is drawn once."""
 from __future__ import annotations
 
 import streamlit as st
 
 from ui import charts, widgets
 from ui.engine import get_engine, stored_runs
+from ui.live import live_run
 from ui.method_figs import sobolev_field_figure, specialists_figure
 
 VIEWS = {"sobolev": "sobolev_field", "specialists": "specialists"}
@@ -15,7 +17,7 @@ st.title("Method views")
 st.caption("Sobolev training matches the teacher's input gradients, not only its outputs; "
            "specialists split the classes the generalist confuses. Pick a run of either method.")
 
-runs = [r for r in stored_runs() if r["method"] in VIEWS]
+runs = [r for r in stored_runs() if r.config["method"]["name"] in VIEWS]
 run_id = widgets.run_picker(runs, key="mv_run")
 if run_id is None:
     st.info("Train a `sobolev` run on 2-D data (preset `moons-sobolev`) or a `specialists` run on digits in the "
@@ -23,12 +25,11 @@ if run_id is None:
     st.stop()
 
 
-@st.fragment(run_every=1.0)
 def view(run_id: str) -> None:
     snap = engine.snapshot(run_id)
-    method = snap["config"]["method"]["name"]
-    art = snap["artifacts"].get(VIEWS[method])
-    st.markdown(f"**{method}** · {snap['config']['data']['name']} · status **{snap['status']}**")
+    method = snap.config["method"]["name"]
+    art = snap.artifacts.get(VIEWS[method])
+    st.markdown(f"**{method}** · {snap.config['data']['name']} · status **{snap.status}**")
     if art is None:
         st.info("No view stored for this run yet (it appears after the first epoch; Sobolev's "
                 "field exists for 2-D data only).", icon=":material/hourglass_top:")
@@ -54,4 +55,4 @@ def view(run_id: str) -> None:
                    "that minimises KL(p_gen‖q) + Σ KL(p_m‖q) over the active specialists.")
 
 
-view(run_id)
+live_run(view, run_id, key="method_views")

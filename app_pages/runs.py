@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import streamlit as st
 
-from kdengine import ACTIVE, export_run, temperature_of
+from kdengine import ACTIVE, RunSnapshot, export_run, temperature_of
 from ui import charts, widgets
-from ui.engine import get_engine, owner_id, stored_runs
+from ui.engine import find_run, get_engine, owner_id, stored_runs
 from ui.words import metric_name
 
 ss = st.session_state
@@ -40,36 +40,36 @@ def teacher_text(cfg: dict) -> str:
 TEST_ACC, TEACHER_ACC = metric_name("final_test_acc"), metric_name("teacher_test_acc")
 
 
-def row(r: dict) -> dict:
-    cfg, sm = r["config"], r["summary"]
+def row(r: RunSnapshot) -> dict:
+    cfg, sm = r.config, r.summary
     p = cfg.get("method", {}).get("params", {})
     s = cfg.get("student", {})
-    status = engine.status(r["id"]) if r["status"] in ACTIVE else r["status"]
     # What a student scans for first (name, method, status, result) leads; the id goes last.
-    return {"name": r["name"] or r["id"][-6:], "method": r["method"], "status": status,
+    return {"name": r.name or r.run_id[-6:], "method": cfg.get("method", {}).get("name"),
+            "status": r.status,
             TEST_ACC: sm.get("final_test_acc"),
             "data": cfg.get("data", {}).get("name"), "T": temperature_of(cfg), "weights": weights_text(p),
             "teacher": teacher_text(cfg), "student": f"{s.get('arch')} {s.get('depth')}x{s.get('width')}",
             "epochs": cfg.get("train", {}).get("epochs"),
             TEACHER_ACC: sm.get("teacher_test_acc"),
-            "created": pd.to_datetime(r["created"], unit="s"), "id": r["id"]}
+            "created": pd.to_datetime(r.created, unit="s"), "id": r.run_id}
 
 
 everyone = st.toggle("Everyone's runs", key="runs_everyone",
                      help="Off: only the runs of this browser session (your name).")
-rows = stored_runs(limit=500, owner_only=not everyone)
+runs = stored_runs(limit=500, owner_only=not everyone)
 shared = st.query_params.get("run")            # a run opened from a link is shown, whoever's
-if shared and shared not in {r["id"] for r in rows}:
-    row_shared = engine.store.get_run(shared)
-    rows += [row_shared] if row_shared else []
-if not rows:
+if shared and shared not in {r.run_id for r in runs}:
+    run_shared = find_run(shared)
+    runs += [run_shared] if run_shared else []
+if not runs:
     if shared:
         st.warning(f"No stored run {shared!r} (deleted, or stored on another machine).")
     st.info("No runs stored yet: train one in the Lab." if everyone else
             "None of your runs are stored yet: train one in the Lab, or turn on Everyone's runs.",
             icon=":material/info:")
     st.stop()
-table = pd.DataFrame([row(r) for r in rows])
+table = pd.DataFrame([row(r) for r in runs])
 st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * len(table)),
              column_config={TEST_ACC: st.column_config.NumberColumn(
                                 format="percent", help="The student's accuracy on the test set "
@@ -79,7 +79,7 @@ st.dataframe(table, hide_index=True, width="stretch", height=min(420, 38 + 35 * 
                                 help="The run's label (the end of its id when it has none)."),
                             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
 
-by_id = {r["id"]: r for r in rows}
+by_id = {r.run_id: r for r in runs}
 # A link to one run (e.g. a click on a Sweeps heatmap cell: ?run=<id>) selects it, once per link.
 linked = st.query_params.get("run")
 if linked and ss.get("runs_linked") != linked:
@@ -89,7 +89,7 @@ if linked and ss.get("runs_linked") != linked:
     else:
         st.warning(f"No stored run {linked!r} (deleted, or stored on another machine).")
 if "runs_sel" not in ss:
-    ss["runs_sel"] = [r["id"] for r in rows if r["status"] not in ACTIVE][:3]   # newest finished
+    ss["runs_sel"] = [r.run_id for r in runs if not r.active][:3]   # newest finished
 ss["runs_sel"] = [i for i in ss["runs_sel"] if i in by_id]
 sel = st.multiselect("Selected runs", list(by_id), key="runs_sel",
                      format_func=lambda i: widgets.run_label(by_id[i]),
@@ -98,13 +98,13 @@ sel = st.multiselect("Selected runs", list(by_id), key="runs_sel",
 # -- overlay -------------------------------------------------------------------------------------
 if sel:
     snaps = {i: engine.snapshot(i) for i in sel}
-    names = sorted({k for s in snaps.values() for k in s["series"]
+    names = sorted({k for s in snaps.values() for k in s.series
                     if k not in ("progress", "eta_s", "elapsed_s", "samples_per_s", "lr")})
     default = "test_acc" if "test_acc" in names else (names or [""])[0]
     if ss.get("runs_metric") not in names:
         ss["runs_metric"] = default
     metric = st.selectbox("Metric", names, key="runs_metric")
-    curves = [(f"{i[-6:]} {snaps[i]['config']['method']['name']}", *charts.xy(snaps[i]["series"], metric))
+    curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}", *charts.xy(snaps[i].series, metric))
               for i in sel]
     with st.container(key="runs_overlay"):
         charts.show(charts.overlay_figure(curves, metric))
@@ -120,7 +120,7 @@ if sel:
                        mime="application/json", icon=":material/download:", key="runs_json")
     if c3.button(f"Open {sel[0][-6:]} in Lab", key="runs_open", icon=":material/science:",
                  help="Load this run's configuration into the Lab (first selected run)."):
-        ss["lab_load"] = by_id[sel[0]]["config"]
+        ss["lab_load"] = by_id[sel[0]].config
         ss["lab_load_run"] = sel[0]            # the Lab shows this run under its setup
         st.switch_page("app_pages/lab.py")
     if c4.button(f"Delete {len(sel)} run(s)", key="runs_delete", icon=":material/delete:"):

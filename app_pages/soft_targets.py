@@ -14,12 +14,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from kdengine.analysis import soft_targets as explore
-from kdengine import (ACTIVE, CheckpointError, DataUnavailable, RunModels, TeacherNotCached, checkpoint_state,
-                      load_run_models)
+from kdengine import (ACTIVE, CheckpointError, DataUnavailable, RunModels, RunSnapshot, TeacherNotCached,
+                      checkpoint_state, load_run_models)
 from ui import charts, state, widgets
 from ui import soft_target_figs as stf
 from ui.classroom import session_params
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
+from ui.live import live_run
 
 ss = st.session_state
 owner = owner_id()
@@ -32,14 +33,13 @@ st.caption("Softening the teacher's output with a temperature T reveals how it r
 
 
 # -- which runs can be shown: any with a student checkpoint --------------------------------------
-def candidate_runs(everyone: bool, shared: str | None) -> list[dict]:
+def candidate_runs(everyone: bool, shared: str | None) -> list[RunSnapshot]:
     """This session's runs (everyone's with the toggle), plus a run opened from a shared link."""
-    live = {r["run_id"]: dict(r, id=r["run_id"]) for r in owner_runs()}
-    rows = {r["id"]: r for r in stored_runs(limit=200)
-            if everyone or r["owner"] == owner or r["id"] == shared}
-    rows.update(live)
-    return [r for r in sorted(rows.values(), key=lambda r: -r.get("created", 0))
-            if checkpoint_state(store, r["id"]) is not None or r.get("status") in ACTIVE]
+    runs = {r.run_id: r for r in stored_runs(limit=200)
+            if everyone or r.owner == owner or r.run_id == shared}
+    runs.update((r.run_id, r) for r in owner_runs())
+    return [r for r in sorted(runs.values(), key=lambda r: -r.created)
+            if checkpoint_state(store, r.run_id) is not None or r.active]
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's models…")
@@ -59,7 +59,7 @@ params = st.query_params.to_dict()
 everyone = st.toggle("Everyone's runs", key="st_everyone",
                      help="Off: only your runs (and a run opened from a link).")
 runs = candidate_runs(everyone, str(params.get("run") or ss.get("st_run") or ""))
-ids = [r["id"] for r in runs]
+ids = [r.run_id for r in runs]
 if "st_run" not in ss:
     url_run = state.read_param(params, "run", None, str, lambda r: r in ids, problems,
                                "a run with a checkpoint")
@@ -79,21 +79,23 @@ if run_id is None:
     st.stop()
 
 ck = checkpoint_state(store, run_id)
-status = engine.status(run_id)
 
 
-@st.fragment(run_every=2.0 if status in ACTIVE else None)
-def watch_checkpoint(mtime: float | None) -> None:
-    """While the run trains: redraw the page when the trainer writes a newer checkpoint."""
+def newer_checkpoint() -> bool:
+    """The trainer has written a checkpoint since this page run read one (or its first)."""
     now = checkpoint_state(store, run_id)
-    st.caption(f":material/sync: live run ({engine.status(run_id)}): the student is reloaded "
-               f"after each epoch.")
-    if (now and now["mtime"]) != mtime or engine.status(run_id) not in ACTIVE:
-        st.rerun()
+    return (now and now["mtime"]) != (ck and ck["mtime"])
 
 
-if status in ACTIVE:
-    watch_checkpoint(ck["mtime"] if ck else None)
+def live_caption(run_id: str) -> None:
+    status = engine.status(run_id)
+    if status in ACTIVE:
+        st.caption(f":material/sync: live run ({status}): the student is reloaded after each epoch.")
+
+
+# While the run trains the caption redraws, and the whole page reruns once a newer checkpoint
+# exists: the student is reloaded once per epoch, not at every redraw.
+live_run(live_caption, run_id, key="soft_targets", every=2.0, stale=newer_checkpoint)
 if ck is None:
     st.info("This run has no checkpoint yet: the student appears after its first epoch.",
             icon=":material/hourglass_top:")

@@ -10,8 +10,7 @@ import streamlit as st
 
 from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, DEFAULT_SWEEP_PRESET, SWEEP_BACKENDS,
                       SweepSpec, flatten, free_knobs, get_sweep,
-                      is_running, parse_values, ray_available, resume_sweep, shown_status, start_sweep,
-                      stored_cells)
+                      is_running, parse_values, resume_sweep, shown_status, start_sweep, stored_cells)
 from ui import search_panel, state, widgets
 from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
 from ui.engine import get_engine, owner_id
@@ -23,10 +22,10 @@ ss = st.session_state
 engine = get_engine()
 owner = owner_id()
 METRICS = ("final_test_acc", "final_train_acc", "final_agreement", "final_kl_test", "elapsed_s")
+# Words for the backends the engine offers (SWEEP_BACKENDS); one it adds later is offered by name.
 BACKEND_HELP = {"local": "each cell is a run in the engine's queue",
                 "vectorised": "cells that differ only in method knobs train together in one pass "
-                              "(one batch, one teacher forward)",
-                "ray": "Ray Tune trials, on this machine or a cluster (KD_RAY_ADDRESS)"}
+                              "(one batch, one teacher forward)"}
 
 st.title("Sweeps")
 st.caption("Pick two knobs and their values; every cell is a full distillation run. Cells already "
@@ -58,10 +57,7 @@ if mode == "search":
     st.stop()
 epochs = number_knob(c2, "Student epochs", "train.epochs", 1, 200, int(base.train.epochs), "sw_epochs")
 backend = c3.radio("Backend", SWEEP_BACKENDS, key="sw_backend", horizontal=True,
-                   help="; ".join(f"{k}: {v}" for k, v in BACKEND_HELP.items()))
-if backend == "ray" and not ray_available():
-    st.info("Ray is not installed here: `pip install -r requirements-cluster.txt`.",
-            icon=":material/info:")
+                   help="; ".join(f"{k}: {BACKEND_HELP[k]}" for k in SWEEP_BACKENDS if k in BACKEND_HELP))
 
 
 def default_axis(key: str) -> str:

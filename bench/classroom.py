@@ -62,11 +62,12 @@ def make_engine(args, window: float):
 def solo_time(eng, cfg) -> float:
     t = time.perf_counter()
     rid = eng.submit(cfg, owner="solo")
-    assert eng.wait(rid) == "done", eng.snapshot(rid)["error"]
+    assert eng.wait(rid) == "done", eng.snapshot(rid).error
     return time.perf_counter() - t
 
 
 def classroom(eng, cfg, n: int) -> dict:
+    from kdengine import Metrics
     from kdengine.core.progress import track
     first: dict[int, float] = {}
     submitted: dict[int, float] = {}
@@ -79,10 +80,10 @@ def classroom(eng, cfg, n: int) -> dict:
         rid = ids[i] = eng.submit(cfg, owner=f"student-{i:02d}", name=f"student {i}")
 
         def on_event(ev):
-            if ev["type"] == "metrics" and "loss/total" in ev["values"] and i not in first:
+            if isinstance(ev, Metrics) and "loss/total" in ev.values and i not in first:
                 first[i] = time.perf_counter()
         eng.subscribe(rid, on_event)
-        if "loss/total" in eng.snapshot(rid)["latest"] and i not in first:
+        if "loss/total" in eng.snapshot(rid).latest and i not in first:
             first[i] = time.perf_counter()          # it was already there when we looked
 
     health: list[float] = []
@@ -94,7 +95,7 @@ def classroom(eng, cfg, n: int) -> dict:
                 rid = random.choice(list(ids.values()))
                 t = time.perf_counter()
                 eng.snapshot(rid)
-                eng.runs(owner=eng.snapshot(rid)["owner"])
+                eng.runs(owner=eng.snapshot(rid).owner)
                 health.append(time.perf_counter() - t)
             time.sleep(0.05)
     poller = threading.Thread(target=poll, daemon=True)

@@ -29,8 +29,8 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_gpu_"))
 import torch                                                    # noqa: E402
 import torch.nn.functional as F                                 # noqa: E402
 
-from kdengine import (DataConfig, DataUnavailable, Engine, RunConfig, Store, build_model, get_teacher,
-                      kd_loss, load_data, logits_of, model_label)
+from kdengine import (DataConfig, DataUnavailable, Engine, Metrics, RunConfig, Store, build_model,
+                      get_teacher, kd_loss, load_data, logits_of, model_label)
 from kdengine.core.progress import say, track
 from kdengine.run.trainer import memory_format
 
@@ -85,13 +85,13 @@ def engine_step_ms(eng: Engine, cfg: RunConfig) -> float:
     marks: list[tuple[float, int]] = []
 
     def on(ev):
-        if ev["type"] == "metrics" and "progress" in ev["values"]:
-            marks.append((time.perf_counter(), ev["step"]))
+        if isinstance(ev, Metrics) and "progress" in ev.values:
+            marks.append((time.perf_counter(), ev.step))
     rid = eng.submit(cfg, owner="bench")
     eng.subscribe(rid, on)
     status = eng.wait(rid)
     if status != "done":
-        raise SystemExit(f"error: the engine run {status}: {eng.snapshot(rid)['error']}")
+        raise SystemExit(f"error: the engine run {status}: {eng.snapshot(rid).error}")
     if len(marks) < 2:
         raise SystemExit("error: too few steps to time; raise --steps or lower --log-every")
     (t0, s0), (t1, s1) = marks[0], marks[-1]

@@ -138,11 +138,11 @@ def check_engine_run(dev: torch.device) -> str:
     finally:
         eng.shutdown()
     if status != "done":
-        raise AssertionError(f"run {status}: {snap['error']}")
-    losses = [v for _, _, v in snap["series"]["loss/total"]]
+        raise AssertionError(f"run {status}: {snap.error}")
+    losses = [v for _, _, v in snap.series["loss/total"]]
     if not losses or not all(v == v and abs(v) < float("inf") for v in losses):
         raise AssertionError(f"losses {losses[:5]}")
-    return f"done, {len(losses)} loss points, final test acc {snap['summary']['final_test_acc']:.3f}"
+    return f"done, {len(losses)} loss points, final test acc {snap.summary['final_test_acc']:.3f}"
 
 
 def main() -> int:

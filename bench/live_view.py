@@ -82,7 +82,7 @@ def main() -> None:
     from ui.engine import get_engine
     engine, rid = get_engine(), at.session_state["lab_run"]
     deadline = time.time() + 300
-    while len(engine.snapshot(rid)["series"].get("test_acc", [])) < 20 and time.time() < deadline:
+    while len(engine.snapshot(rid).series.get("test_acc", [])) < 20 and time.time() < deadline:
         time.sleep(0.5)
     at.run()
     profiler[0] = cProfile.Profile() if args.profile else None
@@ -96,7 +96,7 @@ def main() -> None:
     time.sleep(1.0)
     report("paused (nothing changes)", measure(at, times, args.reruns, 0.0, "reruns, paused"))
     engine.stop(rid)
-    print(f"points per metric: {len(engine.snapshot(rid)['series'].get('test_acc', []))}")
+    print(f"points per metric: {len(engine.snapshot(rid).series.get('test_acc', []))}")
     engine.shutdown()
 
 

@@ -29,6 +29,7 @@ from kdengine import (Engine, RunConfig, Store, build_model, evaluate, get_teach
 from kdengine.core.progress import track
 from kdengine.losses.fused import TeacherCache
 from kdengine import get_method_class
+from kdengine import Metrics, Phase
 from kdengine.methods import Batch, TrainContext
 from kdengine.run.trainer import CachedRows, train_step
 
@@ -53,12 +54,12 @@ def engine_time(eng: Engine, cfg: RunConfig) -> float:
     marks = {}
 
     def on(ev):
-        if ev["type"] == "phase" and ev["phase"] == "student":
+        if isinstance(ev, Phase) and ev.phase == "student":
             marks["start"] = clock()
-        elif ev["type"] == "metrics" and ev["epoch"] == cfg.train.epochs and "test_acc" in ev["values"]:
+        elif isinstance(ev, Metrics) and ev.epoch == cfg.train.epochs and "test_acc" in ev.values:
             marks["end"] = clock()
     run_id = eng.submit(cfg, owner="bench", subscriber=on)     # sees the run's every event
-    assert eng.wait(run_id) == "done", eng.snapshot(run_id)["error"]
+    assert eng.wait(run_id) == "done", eng.snapshot(run_id).error
     return marks["end"] - marks["start"]
 
 

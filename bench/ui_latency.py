@@ -62,18 +62,17 @@ def prepare_runs(root: str) -> dict[str, str]:
     want = {"digits": load_config("digits-quick", ["train.epochs=3"]),
             "omit": load_config("digits-omit-3", ["train.epochs=3"]),
             "moons": load_config("moons-bss", ["train.epochs=10"])}
-    store = Store(root)
+    eng = Engine(store=Store(root), max_workers=1)
     have = {}
-    for r in store.list_runs(limit=200):
-        for k, cfg in want.items():
-            if r["status"] == "done" and r["config"] == cfg.to_dict() and k not in have:
-                have[k] = r["id"]
-    eng = Engine(store=store, max_workers=1)
     try:
+        for r in eng.list_runs(limit=200):
+            for k, cfg in want.items():
+                if r.status == "done" and r.config == cfg.to_dict() and k not in have:
+                    have[k] = r.run_id
         for k, cfg in want.items():
             if k not in have:
                 have[k] = eng.submit(cfg, owner="bench", name=f"bench-{k}")
-                assert eng.wait(have[k], timeout=600) == "done", eng.snapshot(have[k])["error"]
+                assert eng.wait(have[k], timeout=600) == "done", eng.snapshot(have[k]).error
     finally:
         eng.shutdown()
     return have

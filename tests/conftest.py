@@ -91,7 +91,7 @@ def train_stored(root, configs: dict, owner: str = "someone", named: bool = Fals
         ids = {k: eng.submit(cfg, owner=owner, **({"name": k} if named else {}))
                for k, cfg in configs.items()}
         for rid in ids.values():
-            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+            assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid).error
     finally:
         eng.shutdown()
     return ids

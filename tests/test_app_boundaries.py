@@ -108,7 +108,7 @@ def test_epoch_replay_and_disagreement_map_ride_in_the_figure(stored):
     assert fig["layout"]["xaxis3"]["visible"] is False
     eng = Engine(store=Store(os.environ["KD_RUNS_DIR"]), max_workers=1)
     try:
-        p_t = dequantise(eng.snapshot(stored["bss"])["artifacts"]["grid_teacher"]["probs"])
+        p_t = dequantise(eng.snapshot(stored["bss"]).artifacts["grid_teacher"]["probs"])
     finally:
         eng.shutdown()
     for h, frame in zip(hist, fig["frames"]):
@@ -175,7 +175,7 @@ def test_train_button_starts_a_bss_run_and_selects_it(stored):
     assert rid not in stored.values()
     from ui.engine import get_engine
     eng = get_engine()
-    assert eng.snapshot(rid)["config"]["method"]["name"] == "bss"
+    assert eng.snapshot(rid).config["method"]["name"] == "bss"
     eng.stop(rid)
     end = eng.wait(rid, timeout=60)
     assert end in ("stopped", "done")
@@ -208,7 +208,7 @@ def test_boundary_figure_dict_is_valid_plotly(stored):
         snap = eng.snapshot(stored["bss"])
     finally:
         eng.shutdown()
-    a = snap["artifacts"]
+    a = snap.artifacts
     p_t, p_s = dequantise(a["grid_teacher"]["probs"]), dequantise(a["grid_student"]["probs"])
     pts = np.array([[0.0, 0.0], [1.0, 1.0]])
     for disagree in (False, True):

@@ -64,8 +64,8 @@ def test_a_locked_link_cannot_be_changed_and_its_value_is_what_runs(runs_dir):
     assert not at.exception and not at.error
     rid = at.session_state["lessons_run.why-temperature"]
     eng = engine()
-    assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
-    cfg = eng.snapshot(rid)["config"]
+    assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid).error
+    cfg = eng.snapshot(rid).config
     assert cfg["method"]["params"]["T"] == 7.0 and cfg["train"]["epochs"] == 1
     assert cfg["name"] == "lesson:why-temperature"
     at.run()
@@ -141,7 +141,7 @@ def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir)
     cfg = load_config("text-distilbert", ["data.n_samples=400", "teacher.epochs=2",
                                           "train.epochs=1", "train.baseline=false"])
     rid = eng.submit(cfg, owner="someone")
-    assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid)["error"]
+    assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid).error
     at = app_test("app_pages/soft_targets.py", state={"st_run": rid})
     figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     bars = next(f for f in figs if f["layout"]["title"]["text"].startswith("per-label"))

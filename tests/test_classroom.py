@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kdengine import RunSnapshot
 from kdengine.core.config import RunConfig
 from kdengine.teaching import classroom
 from kdengine.teaching.classroom import (Roster, fold_children, legend_labels, short_names,
@@ -18,11 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(rid: str, owner: str, created: float, acc: float | None = None, parent=None,
-        status: str = "done", **overrides) -> dict:
+        status: str = "done", **overrides) -> RunSnapshot:
     cfg = RunConfig().with_overrides(overrides).to_dict()
-    return {"run_id": rid, "owner": owner, "name": rid, "parent": parent, "status": status,
-            "created": created, "config": cfg, "progress": 1.0,
-            "latest": {} if acc is None else {"test_acc": acc}, "summary": {}}
+    return RunSnapshot(run_id=rid, owner=owner, name=rid, parent=parent, status=status,
+                       created=created, config=cfg, progress=1.0,
+                       latest={} if acc is None else {"test_acc": acc})
 
 
 def test_roster_names_codes_and_recovery(tmp_path):
@@ -49,8 +50,8 @@ def test_children_fold_under_their_sweep_and_the_best_child_stands_for_it():
     groups = fold_children(runs)
     assert [g.key for g in groups] == ["tagap-1", "sweep-1", "r1"]          # newest first
     sweep = groups[1]
-    assert sweep.is_parent and len(sweep.runs) == 3 and sweep.head["run_id"] == "s2"
-    assert not groups[2].is_parent and groups[2].head["run_id"] == "r1"
+    assert sweep.is_parent and len(sweep.runs) == 3 and sweep.head.run_id == "s2"
+    assert not groups[2].is_parent and groups[2].head.run_id == "r1"
 
 
 def test_student_rows_give_latest_run_and_accuracy_with_names():
@@ -60,8 +61,8 @@ def test_student_rows_give_latest_run_and_accuracy_with_names():
     rows = student_rows(runs, {"ann": "Ann"})
     assert [r.student for r in rows] == ["Ann", "session bob"]
     ann, bob = rows
-    assert (ann.runs, ann.latest["run_id"], ann.latest_acc, ann.best_acc) == (2, "r2", 0.6, 0.8)
-    assert (bob.runs, bob.active, bob.latest["run_id"], bob.best_acc) == (1, 1, "s2", 0.7)
+    assert (ann.runs, ann.latest.run_id, ann.latest_acc, ann.best_acc) == (2, "r2", 0.6, 0.8)
+    assert (bob.runs, bob.active, bob.latest.run_id, bob.best_acc) == (1, 1, "s2", 0.7)
 
 
 def test_legends_name_only_the_knobs_that_differ():
@@ -106,7 +107,7 @@ def test_a_new_tab_gets_the_students_runs_back_from_the_code(runs_dir, tiny_cfg)
     tab.text_input(key="kd_code_input").set_value(code.lower()).run()
     assert not tab.exception, tab.exception
     assert tab.session_state["kd_owner"] == owner
-    assert [r["run_id"] for r in get_engine().runs(tab.session_state["kd_owner"])] == [rid]
+    assert [r.run_id for r in get_engine().runs(tab.session_state["kd_owner"])] == [rid]
     assert any("Ann" in c.value for c in tab.sidebar.caption)
     get_engine().stop(rid)
 
@@ -144,7 +145,7 @@ def test_the_lab_draws_a_locked_knob_disabled_at_its_value_and_trains_with_it(ru
     assert not at.exception, at.exception
     from ui.engine import get_engine
     rid = at.session_state["lab_run"]
-    assert get_engine().snapshot(rid)["config"]["method"]["params"]["T"] == 8.0
+    assert get_engine().snapshot(rid).config["method"]["params"]["T"] == 8.0
     get_engine().stop(rid)
 
 

@@ -55,6 +55,7 @@ def test_omit_3_run_end_to_end(runs_dir):
         rid = eng.submit(cfg, owner="t")
         assert eng.wait(rid, timeout=120) == "done", eng.snapshot(rid).error
         snap = eng.snapshot(rid)
+        listed = eng.list_runs()
     finally:
         eng.shutdown()
     metric = snap.series["omitted_class_acc"]
@@ -66,7 +67,7 @@ def test_omit_3_run_end_to_end(runs_dir):
     assert abs(rep["class_acc"] - metric[-1][2]) < 1e-6
     assert abs(rep["acc"] - snap.summary["final_test_acc"]) < 1e-6
     assert omitted_report(d["logits"], d["y"], 3, shift=100.0)["class_acc"] == 1.0
-    assert [r["id"] for r in omitted_runs()] == [rid]
+    assert [r.run_id for r in omitted_runs(listed)] == [rid]
 
     # the Dark knowledge page shows this run; a large shift puts every 3 right
     from streamlit.testing.v1 import AppTest

@@ -130,13 +130,17 @@ def test_live_charts_skip_plotly_validation_and_send_the_same_spec():
 def _figures_script():
     import streamlit as st
 
+    from dataclasses import replace
+
+    from kdengine import RunSnapshot
     from ui import charts
     ss = st.session_state
-    snap = {"run_id": "r", "series": {"test_acc": [(1, 1.0, 0.5)], "loss/kd": [(1, 1.0, 0.2)]},
-            "latest": {"test_acc": 0.5}}
+    snap = RunSnapshot(run_id="r", owner="", name="", config={}, status="running",
+                       series={"test_acc": [(1, 1.0, 0.5)], "loss/kd": [(1, 1.0, 0.2)]},
+                       latest={"test_acc": 0.5})
     first = charts.live_figures(snap, "k")
-    again = charts.live_figures({**snap, "progress": 0.5}, "k")        # no plotted point moved
-    snap["series"]["test_acc"].append((2, 2.0, 0.6))
+    again = charts.live_figures(replace(snap, progress=0.5), "k")      # no plotted point moved
+    snap.series["test_acc"].append((2, 2.0, 0.6))
     moved = charts.live_figures(snap, "k")
     ss["same"] = all(again[n] is first[n] for n in first)
     ss["rebuilt"] = moved["accuracy"] is not first["accuracy"]
@@ -187,7 +191,8 @@ def _ticking_script():
         return real(fn, run_every=run_every)
     st.fragment = keep
     try:
-        live.live_fragment(lambda: st.markdown("drawn"), lambda: ss["active"], key="k")
+        live.live_fragment(lambda: st.markdown("drawn"), lambda: ss["active"], key="k",
+                           stale=lambda: ss.pop("stale", False))   # the rerun reloads it
     finally:
         st.fragment = real
 
@@ -206,3 +211,19 @@ def test_a_view_drawn_active_asks_again_until_a_page_run_draws_it_ended():
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         assert at.session_state["page_runs"] == runs + 2       # the redraw, and the page rerun
+
+
+def test_a_stale_page_reruns_at_the_next_redraw_and_a_fresh_one_does_not():
+    """``stale()`` (Soft targets: the run wrote a newer checkpoint than the page loaded): a redraw
+    of the fragment reruns the whole page, which draws the fragment again from the new state."""
+    at = AppTest.from_function(_ticking_script, default_timeout=30)
+    at.session_state["active"] = True
+    at.run()
+    drawn = at.session_state["body"]
+    for stale, page_runs in ((False, 1), (True, 2)):
+        at.session_state["stale"] = stale
+        runs = at.session_state["page_runs"]
+        at.session_state["tick"], at.session_state["body"] = True, drawn
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert at.session_state["page_runs"] == runs + page_runs, stale

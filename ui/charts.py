@@ -13,6 +13,8 @@ import streamlit as st
 if TYPE_CHECKING:          # plotly.graph_objects is slow to import: only where a Figure is built
     import plotly.graph_objects as go
 
+    from kdengine import RunSnapshot
+
 TEACHER = "#F58518"
 STUDENT = "#4C78A8"
 BASELINE = "#8C8C8C"
@@ -135,7 +137,7 @@ def loss_terms(series: dict) -> list[str]:
     return names + (["loss/total"] if "loss/total" in series else [])
 
 
-def live_panel(snap: dict, key: str = "live") -> None:
+def live_panel(snap: RunSnapshot, key: str = "live") -> None:
     """Every chart for one run snapshot. Containers carry stable keys (``st-key-<key>_acc`` in the
     page's HTML) so browser tests can find the charts."""
     figs = live_figures(snap, key)
@@ -155,16 +157,16 @@ def live_panel(snap: dict, key: str = "live") -> None:
             show(figs["kl_test"])
 
 
-def live_figures(snap: dict, key: str) -> dict[str, go.Figure]:
+def live_figures(snap: RunSnapshot, key: str) -> dict[str, go.Figure]:
     """The live panel's figures by name, rebuilt only when a point they plot has changed: most
     reruns of a live view find the same points (a run paused, queued, in its teacher phase, or
     between epochs), and a rerun must draw its charts again all the same. Kept per ``key`` in the
     session."""
-    series, latest = snap.get("series", {}), snap.get("latest", {})
+    series, latest = snap.series or {}, snap.latest
     terms = loss_terms(series)
     plotted = [*terms, "test_acc", "train_acc", "agreement", "kl_test"]
     # series only grow (a continued run restarts from its own stored points)
-    seen = (snap.get("run_id"), tuple(len(series.get(n, ())) for n in plotted), tuple(terms),
+    seen = (snap.run_id, tuple(len(series.get(n, ())) for n in plotted), tuple(terms),
             latest.get("teacher_test_acc"), latest.get("baseline_test_acc"))
     memo = st.session_state.get(f"live_figures.{key}")
     if memo is not None and memo[0] == seen:

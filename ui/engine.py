@@ -3,14 +3,20 @@
 Every run is submitted with ``owner=owner_id()``, so two tabs (two sessions) never see each other's
 runs. The owner id lives in ``st.session_state`` and is mirrored into the URL (``?sid=...``): a page
 reload starts a new session, reads the id back from the URL and reattaches to that owner's runs.
-Worker threads never call ``st.*``; pages read ``engine.snapshot(run_id)``.
+Worker threads never call ``st.*``; pages read runs as ``RunSnapshot``s, one shape whether the run
+is in the engine's memory or only in the store: ``engine.snapshot(run_id)``, :func:`owner_runs`,
+:func:`stored_runs`.
 """
 from __future__ import annotations
 
 import re
 import uuid
+from typing import TYPE_CHECKING
 
 import streamlit as st
+
+if TYPE_CHECKING:
+    from kdengine import RunSnapshot
 
 
 OWNER_KEY = "kd_owner"
@@ -50,14 +56,22 @@ def owner_id() -> str:
     return ss[OWNER_KEY]
 
 
-def owner_runs(active_only: bool = False) -> list[dict]:
+def owner_runs(active_only: bool = False) -> list[RunSnapshot]:
     """Light snapshots of this owner's runs held by the engine, newest first."""
-    from kdengine import ACTIVE
     runs = get_engine().runs(owner_id())
-    return [r for r in runs if r["status"] in ACTIVE] if active_only else runs
+    return [r for r in runs if r.active] if active_only else runs
 
 
-def stored_runs(limit: int = 300, owner_only: bool = False) -> list[dict]:
-    """Rows of the run store (all sessions' finished runs are shared history), newest first."""
-    store = get_engine().store
-    return store.list_runs(owner=owner_id() if owner_only else None, limit=limit)
+def stored_runs(limit: int = 300, owner_only: bool = False) -> list[RunSnapshot]:
+    """Light snapshots of the stored runs (all sessions' runs are shared history), newest first;
+    a run the engine holds is as it is now."""
+    return get_engine().list_runs(owner=owner_id() if owner_only else None, limit=limit)
+
+
+def find_run(run_id: str) -> RunSnapshot | None:
+    """One run, whoever's and wherever it is (the engine's memory or the store); None when there is
+    no such run (deleted, or stored on another machine)."""
+    try:
+        return get_engine().snapshot(run_id)
+    except KeyError:
+        return None

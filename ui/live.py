@@ -1,5 +1,7 @@
-"""One way for a page to watch something that changes in a background thread (a run, a sweep, a
-TA-gap experiment): a fragment that redraws every ``every`` seconds while it is active.
+"""The one way for a page to watch something that changes in a background thread (a run, a sweep,
+a TA-gap experiment): a fragment that redraws every ``every`` seconds while it is active. Pages never
+call ``st.fragment(run_every=...)`` themselves (tests/test_app_live_views.py checks), so every live
+view is inside the server's redraw budget below and stops polling when what it watches ends.
 
 When the watched thing stops being active, the fragment asks for a full rerun (and asks again at
 each redraw until one has drawn the page): the page then draws its final state (buttons that depend
@@ -80,7 +82,8 @@ def _who(key: str) -> tuple[str, str]:
 def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *args: Any,
                   key: str, every: float = 1.0, hurry: Callable[[], bool] | None = None,
                   slow: Callable[[], bool] | None = None,
-                  expected: Callable[[], int] | None = None) -> None:
+                  expected: Callable[[], int] | None = None,
+                  stale: Callable[[], bool] | None = None) -> None:
     """Draw ``render(*args)`` now and again every ``every`` seconds while ``is_active()``.
 
     ``key`` names the view among the server's pollers. When the activity ends, a redraw of a
@@ -95,6 +98,9 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
     Each redraw costs the server CPU for every watching session, so a class's idle views are cheap.
     ``expected()``: how many views of this kind the server should plan for beyond those polling
     now (the Lab: sessions with an active run), shared out of ``KD_RERUNS_PER_S`` (see the module).
+    ``stale()``: asked at each redraw while active; when it holds, what the page drew around the
+    fragment is out of date (Soft targets: the run wrote a newer checkpoint than the page loaded),
+    so the whole page reruns instead of the fragment alone.
     """
     active = bool(is_active())
     hurried = active and hurry is not None and bool(hurry())
@@ -120,12 +126,27 @@ def live_fragment(render: Callable[..., Any], is_active: Callable[[], bool], *ar
         if active and not is_active():      # drawn active, now ended: the page's final state
             pollers().leave(who)
             st.rerun()
+        elif active and stale is not None and stale():
+            st.rerun()
         elif hurried and not hurry():
             st.rerun()
         elif slowed and not slow():
             st.rerun()
 
     st.fragment(body, run_every=interval if active else None)(*args)
+
+
+def live_run(render: Callable[..., Any], run_id: str, *args: Any, key: str, every: float = 1.0,
+             **more: Any) -> None:
+    """:func:`live_fragment` for one run: draw ``render(run_id, *args)``, again while the run is
+    queued, running or paused (seldom while it waits: queued or paused), whether the run is in this
+    engine's memory or training in another process (its status read from the store). ``more``:
+    ``hurry``, ``expected``, ``stale`` as for :func:`live_fragment`."""
+    from kdengine import ACTIVE
+    from ui.engine import get_engine
+    engine = get_engine()
+    live_fragment(render, lambda: engine.status(run_id) in ACTIVE, run_id, *args, key=key,
+                  every=every, slow=lambda: engine.status(run_id) in ("queued", "paused"), **more)
 
 
 def _off_by_twice(fair: float, drawn: float) -> bool:

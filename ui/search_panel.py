@@ -26,6 +26,10 @@ VAL_NOTE = ("Trials are scored on **validation accuracy**: a share of the traini
             "val_fraction, 20% unless the preset sets one) that neither the teacher nor the student "
             "trains on. The test set is never looked at while searching, so the test figure of the "
             "best config stays honest.")
+# Words for the backends the engine offers (SEARCH_BACKENDS); one it adds later is offered by name.
+BACKEND_HELP = {"local": "trials on the engine's workers",
+                "vectorised": "batches of 8 suggestions trained together as stacked students "
+                              "(method knobs only, no pruning)"}
 PRUNER_HELP = ("median: stop a trial whose epoch-k accuracy is below the median of earlier trials at "
                "epoch k; asha: successive halving, only the best third goes on at epochs 1, 3, 9, ...; "
                "none: every trial trains to the end")
@@ -90,9 +94,8 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
     pareto = c3.checkbox("Also minimise epoch time (Pareto front)", key="se_pareto",
                          help="two objectives: Optuna cannot prune them, so every trial runs to the end")
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
-                       help="local: trials on the engine's workers; vectorised: batches of 8 "
-                            "suggestions trained together as stacked students (method knobs only, "
-                            "no pruning); ray: Ray Tune with its Optuna search and the ASHA scheduler")
+                       help="; ".join(f"{k}: {BACKEND_HELP[k]}" for k in SEARCH_BACKENDS
+                                      if k in BACKEND_HELP))
     if metric == "test_acc":
         st.warning("Choosing knobs on test accuracy makes the test figure optimistic; val_acc keeps "
                    "it honest.", icon=":material/warning:")

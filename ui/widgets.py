@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import streamlit as st
 
-from kdengine import ConfigError, field_specs
+from kdengine import ConfigError, RunSnapshot, field_specs
 from kdengine.core.knobs import _base_type, check_field
 
 
@@ -178,26 +178,25 @@ def clear_keys(prefix: str) -> None:
         del st.session_state[k]
 
 
-def run_label(r: dict) -> str:
+def run_label(r: RunSnapshot) -> str:
     """'20250101-120000-abc123 · hinton · digits · done' for pickers and tables."""
-    cfg = r.get("config", {})
-    acc = (r.get("summary") or {}).get("final_test_acc")
+    acc = r.summary.get("final_test_acc")
     acc_txt = f" · {acc:.1%}" if isinstance(acc, (int, float)) else ""
-    name = f" · {r['name']}" if r.get("name") else ""
-    return (f"{r.get('id') or r.get('run_id')} · {cfg.get('method', {}).get('name', '?')} · "
-            f"{cfg.get('data', {}).get('name', '?')} · {r.get('status', '?')}{acc_txt}{name}")
+    name = f" · {r.name}" if r.name else ""
+    return (f"{r.run_id} · {r.config.get('method', {}).get('name', '?')} · "
+            f"{r.config.get('data', {}).get('name', '?')} · {r.status}{acc_txt}{name}")
 
 
-def run_picker(runs: list[dict], key: str, label: str = "Run", default: str | None = None,
+def run_picker(runs: list[RunSnapshot], key: str, label: str = "Run", default: str | None = None,
                where=None, help: str | None = None,
-               label_fn: Callable[[dict], str] | None = None) -> str | None:
-    """A selectbox over run rows or snapshots (``id`` or ``run_id``); returns the chosen run id."""
+               label_fn: Callable[[RunSnapshot], str] | None = None) -> str | None:
+    """A selectbox over runs (light snapshots); returns the chosen run id."""
     where = where or st
-    ids = [r.get("id") or r.get("run_id") for r in runs]
+    ids = [r.run_id for r in runs]
     if not ids:
         where.info("No runs yet: train one in the Lab.", icon=":material/info:")
         return None
-    labels = {i: (label_fn or run_label)(r) for i, r in zip(ids, runs)}
+    labels = {r.run_id: (label_fn or run_label)(r) for r in runs}
     if key in st.session_state and st.session_state[key] not in ids:
         del st.session_state[key]
     if key not in st.session_state:

@@ -102,10 +102,13 @@ def run_test_logits(run_id: str, store=None) -> dict[str, Any]:
             "config": cfg}
 
 
-def omitted_runs(store=None, limit: int = 200) -> list[dict]:
-    """Finished runs whose config sets ``data.omit_class`` (newest first)."""
-    from kdengine.core.store import Store
-    store = store or Store()
-    return [r for r in store.list_runs(limit=limit)
-            if r["status"] in ("done", "stopped")
-            and (r["config"].get("data") or {}).get("omit_class") is not None]
+def omits_a_class(run) -> bool:
+    """Whether a run's config sets ``data.omit_class``. ``run``: anything with a ``config`` dict
+    (a ``RunSnapshot``; this package sits below the engine's, so it names no run type)."""
+    return (run.config.get("data") or {}).get("omit_class") is not None
+
+
+def omitted_runs(runs: Iterable) -> list:
+    """The finished runs among ``runs`` (``RunSnapshot``s, e.g. ``Engine.list_runs()``) whose
+    config sets ``data.omit_class``, in their order."""
+    return [r for r in runs if r.status in ("done", "stopped") and omits_a_class(r)]

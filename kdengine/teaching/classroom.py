@@ -7,7 +7,8 @@ Typing the code in a new tab gives back the same owner id, so the student's runs
 **Instructor view.** ``student_rows`` groups runs by student (latest run and accuracy each);
 ``fold_children`` folds sweep and TA-gap child runs under their parent; ``legend_labels`` names
 only the knobs that differ between the runs shown (not "name=digits, noise=0.2" on every curve).
-Runs are the light snapshots of ``Engine.runs()`` (or store rows: ``id`` instead of ``run_id``).
+Runs are :class:`~kdengine.run.snapshot.RunSnapshot`s, the light ones of ``Engine.runs()`` or
+``Engine.list_runs()``.
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from kdengine.core.config import flatten
+
+if TYPE_CHECKING:
+    from kdengine.run.snapshot import RunSnapshot
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"     # no 0/O, 1/I: read aloud, typed by hand
 CODE_LENGTH = 6
@@ -102,43 +106,37 @@ def student_label(owner: str, names: dict[str, str]) -> str:
 
 
 # ---- the instructor's view ------------------------------------------------------------------------
-def _rid(run: dict) -> str:
-    return run.get("run_id") or run["id"]
-
-
-def _acc(run: dict) -> float | None:
-    latest = run.get("latest") or {}
-    summary = run.get("summary") or {}
-    return latest.get("test_acc", summary.get("final_test_acc"))
+def _acc(run: RunSnapshot) -> float | None:
+    return run.latest.get("test_acc", run.summary.get("final_test_acc"))
 
 
 @dataclass
 class Group:
     """A top-level run, or a sweep / experiment with its child runs folded under it."""
     key: str                       # the run id, or the parent (sweep / experiment) id
-    runs: list[dict] = field(default_factory=list)
+    runs: list[RunSnapshot] = field(default_factory=list)
     is_parent: bool = False
 
     @property
-    def head(self) -> dict:
+    def head(self) -> RunSnapshot:
         """The run that stands for the group: the best finished child, else the newest."""
         scored = [r for r in self.runs if _acc(r) is not None]
         if self.is_parent and scored:
             return max(scored, key=_acc)
-        return max(self.runs, key=lambda r: r.get("created", 0))
+        return max(self.runs, key=lambda r: r.created)
 
     @property
     def created(self) -> float:
-        return max(r.get("created", 0) for r in self.runs)
+        return max(r.created for r in self.runs)
 
 
-def fold_children(runs: Iterable[dict]) -> list[Group]:
+def fold_children(runs: Iterable[RunSnapshot]) -> list[Group]:
     """Runs with a ``parent`` (sweep or TA-gap children) are folded into one group per parent;
     other runs are groups of one. Newest group first."""
     groups: dict[str, Group] = {}
     for r in runs:
-        parent = r.get("parent")
-        key = parent or _rid(r)
+        parent = r.parent
+        key = parent or r.run_id
         g = groups.setdefault(key, Group(key, is_parent=bool(parent)))
         g.runs.append(r)
     return sorted(groups.values(), key=lambda g: -g.created)
@@ -150,23 +148,22 @@ class StudentRow:
     student: str
     runs: int                      # top-level runs and sweeps (children folded)
     active: int
-    latest: dict                   # the newest run
+    latest: RunSnapshot            # the newest run
     latest_acc: float | None
     best_acc: float | None
 
 
-def student_rows(runs: Iterable[dict], names: dict[str, str]) -> list[StudentRow]:
+def student_rows(runs: Iterable[RunSnapshot], names: dict[str, str]) -> list[StudentRow]:
     """One row per student: how many runs (children folded), the latest run and its accuracy."""
-    from kdengine.core.store import ACTIVE
-    by_owner: dict[str, list[dict]] = {}
+    by_owner: dict[str, list[RunSnapshot]] = {}
     for r in runs:
-        by_owner.setdefault(r.get("owner") or "", []).append(r)
+        by_owner.setdefault(r.owner or "", []).append(r)
     rows = []
     for owner, mine in by_owner.items():
-        latest = max(mine, key=lambda r: r.get("created", 0))
+        latest = max(mine, key=lambda r: r.created)
         accs = [a for a in (_acc(r) for r in mine) if a is not None]
         rows.append(StudentRow(owner, student_label(owner, names), len(fold_children(mine)),
-                               sum(r.get("status") in ACTIVE for r in mine), latest, _acc(latest),
+                               sum(r.active for r in mine), latest, _acc(latest),
                                max(accs) if accs else None))
     return sorted(rows, key=lambda s: s.student.lower())
 
@@ -193,15 +190,15 @@ def short_names(keys: list[str]) -> dict[str, str]:
     return out
 
 
-def legend_labels(runs: list[dict], max_knobs: int = 3) -> dict[str, str]:
+def legend_labels(runs: list[RunSnapshot], max_knobs: int = 3) -> dict[str, str]:
     """run id -> the knobs that differ between these runs, as ``T=4, epochs=10`` (empty when the
     runs are all alike)."""
-    knobs = varying_knobs([r["config"] for r in runs])[:max_knobs]
+    knobs = varying_knobs([r.config for r in runs])[:max_knobs]
     short = short_names(knobs)
     out = {}
     for r in runs:
-        flat = flatten(r["config"])
-        out[_rid(r)] = ", ".join(f"{short[k]}={_fmt(flat.get(k))}" for k in knobs)
+        flat = flatten(r.config)
+        out[r.run_id] = ", ".join(f"{short[k]}={_fmt(flat.get(k))}" for k in knobs)
     return out
 
 
