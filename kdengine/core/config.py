@@ -141,7 +141,7 @@ class TrainConfig:
                                        "teacher added.")
     boundary_metrics: str = param("auto", choices=("auto", "on", "off"), advanced=True,
                                   help="MagSim/AngSim against the teacher each epoch (an attack on "
-                                       "128 probes: ~10x a digits epoch). auto = on for 2-D data "
+                                       "128 probes: several times a digits epoch). auto = on for 2-D data "
                                        "and for bss, off otherwise.")
     checkpoint_every: int = param(1, min=0, max=10_000, advanced=True,
                                   help="Epochs between student checkpoints (0 = only at the end).")

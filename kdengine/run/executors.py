@@ -59,7 +59,7 @@ class ThreadExecutor:
     def _run(self, unit, controls) -> None:
         import torch
         from kdengine.run.units import train_unit
-        torch.set_num_threads(1)   # two runs with more threads each were 5-20x slower on 2 cores
+        torch.set_num_threads(1)   # runs side by side, each with many threads, fight over the cores
         baton = self.baton
         try:
             train_unit(unit, controls, self._on_event,

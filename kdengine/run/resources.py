@@ -53,7 +53,7 @@ def model_footprint(mcfg: ModelConfig, shape: tuple, k: int, batch: int) -> tupl
     params = sum(p.numel() for p in model.parameters())
     if mcfg.arch == "mlp":
         # Layer outputs are known without a forward pass; a meta forward would import torch's
-        # decompositions (~3 s on first use), paid on the first Train click of every process.
+        # decompositions (seconds on first use), paid on the first Train click of every process.
         per = [math.prod(shape)] + [mcfg.width] * (2 + (mcfg.dropout > 0)) * mcfg.depth + [k]
         return params, batch * sum(per), max(per)
     sizes: list[int] = []
