@@ -134,7 +134,7 @@ def test_four_lab_sessions_at_once(runs_dir, gauge, monkeypatch):
         assert not any(f"`{other}`" in page for other in rids if other != rid)
         mine = eng.runs(at.session_state["kd_owner"])
         assert [r.run_id for r in mine] == [rid]
-        assert mine[0]["config"]["student"]["width"] == width
+        assert mine[0].config["student"]["width"] == width
         assert len(eng.snapshot(rid).series["test_acc"]) == 2      # its own two epochs
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdengine.core.events import Metrics, Notice
 from kdengine import RunConfig, Store, get_method_class, method_names, temperature_of
 from kdengine.cli import main as cli_main
 from kdengine.core.knobs import ConfigError, param, temperature_knob, weight_knob
@@ -130,9 +131,9 @@ def test_trainer_zeroes_the_declared_label_knob_without_labels():
     from kdengine.run.trainer import Trainer
     events = []
     Trainer(_digits("dkd", transfer="unlabeled"), emit=events.append).run()
-    notices = [e["message"] for e in events if e["type"] == "notice"]
+    notices = [e.message for e in events if isinstance(e, Notice)]
     assert any("ce_weight forced to 0" in n for n in notices), notices
-    terms = {k for e in events if e["type"] == "metrics" for k in e["values"] if k.startswith("loss/")}
+    terms = {k for e in events if isinstance(e, Metrics) for k in e.values if k.startswith("loss/")}
     assert terms == {"loss/tckd", "loss/nckd", "loss/total"}
 
 
@@ -143,8 +144,8 @@ def test_recorded_terms_are_the_weighted_ones():
     def first_kd(soft):
         events = []
         Trainer(_digits("hinton", {"soft_weight": soft}, log_every=1), emit=events.append).run()
-        return next(e["values"]["loss/kd"] for e in events
-                    if e["type"] == "metrics" and "loss/kd" in e["values"])
+        return next(e.values["loss/kd"] for e in events
+                    if isinstance(e, Metrics) and "loss/kd" in e.values)
     # log_every 1: the first point is step 0's loss, taken before the first optimiser step, so the
     # two runs see the same student and batch
     assert math.isclose(first_kd(0.8), 2 * first_kd(0.4), rel_tol=1e-6)

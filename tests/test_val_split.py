@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdengine.core.events import Metrics
 from kdengine.core.config import DataConfig, RunConfig
 from kdengine.core.knobs import ConfigError
 from kdengine.data.datasets import load_data
@@ -46,7 +47,7 @@ def test_no_val_keeps_hashes_and_bad_fraction_names_the_field():
 def test_training_reports_val_acc_every_epoch(tiny_cfg):
     cfg = tiny_cfg.with_overrides({"data.val_fraction": 0.2})
     seen = []
-    summary = train(cfg, lambda ev: seen.append(ev["values"]) if ev["type"] == "metrics" else None)
+    summary = train(cfg, lambda ev: seen.append(ev.values) if isinstance(ev, Metrics) else None)
     per_epoch = [v for v in seen if "test_acc" in v]
     assert len(per_epoch) == cfg.train.epochs
     assert all(0.0 <= v["val_acc"] <= 1.0 for v in per_epoch)
