@@ -11,11 +11,13 @@ import time
 
 import streamlit as st
 
-from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, RunSnapshot, TOY_DATASETS,
-                      TeacherConfig, TrainConfig, apply_locks, free_knobs, get_method_class, method_names)
+from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, NotAllowed, RunConfig, RunSnapshot,
+                      TOY_DATASETS, TeacherConfig, TrainConfig, apply_locks, free_knobs,
+                      get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
-from ui.classroom import lesson_locks, locks_notice, locks_under, session_params
+from ui.classroom import (caller, lesson_locks, lock_refusals, locks_notice, locks_under, may_change,
+                          session_params, show_refusals)
 from ui.engine import find_run, get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_run
 from ui.words import metric_name
@@ -76,6 +78,7 @@ if CFG not in ss:
     cfg0, more = state.config_from_query(params, base)
     set_config(cfg0)
     ss["lab_url_problems"] = problems + more
+    ss["lab_lock_refusals"] = lock_refusals(params, locks)     # e.g. a hand-edited ?method.params.T
     if base is not None and params["preset"] in state.presets():
         ss["lab_preset"] = params["preset"]
     else:
@@ -151,7 +154,7 @@ def method_section(md: dict) -> dict:
     # A locked method knob fixes the method too: another method would start from its own values.
     why = free_knobs(["method.name"], locks)[1].get("method.name")
     spec = {"name": "method", "type": str, "choices": method_names(), "default": md["name"],
-            "help": (f"Locked by your instructor's lesson link: {why}." if why else
+            "help": (f"Fixed by your instructor for this lesson: {why}." if why else
                      "Distillation method; its knobs below come from the method's Params.")}
     name = widgets.widget(spec, K + "method.name", md["name"], disabled=bool(why),
                           format_func=lambda n: f"{n} — {get_method_class(n).title or n}")
@@ -190,6 +193,7 @@ def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
 
 # -- page ----------------------------------------------------------------------------------------
 state.show_url_notice(ss.get("lab_url_problems", []))
+show_refusals(ss.get("lab_lock_refusals", []))
 locks_notice()
 if ss.get("lab_load_error"):
     st.error(ss.pop("lab_load_error"))
@@ -263,12 +267,12 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
         # any way a config reaches Train around them.
         cfg, forced = apply_locks(cfg, locks)
         try:
-            ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
+            ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name, caller=caller())
         except ConfigError as e:
             st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
         else:
             if forced:              # shown with the run it concerns, in this and later runs
-                ss["lab_lock_notice"] = (ss[RUN], "Your instructor's link fixes " + ", ".join(
+                ss["lab_lock_notice"] = (ss[RUN], "Your instructor has fixed " + ", ".join(
                     f"`{k}` = {locks[k]}" for k in forced) + "; this run uses those values.")
 notice = ss.get("lab_lock_notice")
 if notice and notice[0] == ss.get(RUN):
@@ -305,18 +309,26 @@ def progress_bar(snap: RunSnapshot) -> None:
 
 def controls(snap: RunSnapshot) -> None:
     rid, status = snap.run_id, snap.status
+    if not may_change(snap.owner):      # another student's run, opened from Runs: watch only
+        st.caption("Another student's run: only they or the instructor can pause or stop it.")
+        return
+    who = caller()
     c1, c2, c3, c4 = st.columns([1, 1, 1, 4])
-    if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
-        engine.pause(rid)
-    if c2.button("Resume", key="lab_resume", icon=":material/resume:", disabled=status != "paused"):
-        engine.resume(rid)
-    if c3.button("Stop", key="lab_stop", icon=":material/stop:", disabled=status not in ACTIVE):
-        engine.stop(rid)
-    if status in ("stopped", "interrupted") and engine.store.checkpoint_path(rid).exists():
-        if c4.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
-                     help="Resume this run from its last checkpoint (same run id)."):
-            engine.resume_run(rid)
-            st.rerun()
+    try:
+        if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
+            engine.pause(rid, caller=who)
+        if c2.button("Resume", key="lab_resume", icon=":material/resume:",
+                     disabled=status != "paused"):
+            engine.resume(rid, caller=who)
+        if c3.button("Stop", key="lab_stop", icon=":material/stop:", disabled=status not in ACTIVE):
+            engine.stop(rid, caller=who)
+        if status in ("stopped", "interrupted") and engine.store.checkpoint_path(rid).exists():
+            if c4.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
+                         help="Resume this run from its last checkpoint (same run id)."):
+                engine.resume_run(rid, caller=who)
+                st.rerun()
+    except NotAllowed as e:
+        st.error(str(e), icon=":material/block:")
 
 
 def headline(snap: RunSnapshot) -> None:

@@ -1,20 +1,25 @@
-"""Lessons: guided workshop steps, each with a preset, a live chart, a question and instructor links.
+"""Lessons: guided workshop steps, each with a preset, a live chart, the class's results and a
+question whose answer the instructor reveals.
 
-The lessons are markdown files read by ``kdengine.teaching.lessons``. An instructor link
-(``?lesson=few-labels&lock=method.params.T&method.params.T=4``) opens a lesson with its knobs set;
-locked knobs are drawn disabled and their link values always win when the run is built. Whether a
-lesson can run (preset, page, method built) is checked here, at render time.
+The lessons are markdown files read by ``kdengine.teaching.lessons``. The instructor opens a lesson
+for the class with some knobs locked (here, on the Instructor page, or by opening an instructor link
+``?lesson=few-labels&lock=method.params.T&method.params.T=4``); the server keeps that lock, so
+locked knobs are drawn disabled at its values in every tab and after a reload, and the engine uses
+them for every student's run. Whether a lesson can run (preset, page, method built) is checked here,
+at render time.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from kdengine import ConfigError, knob_spec, lesson_link, load_lessons
+from kdengine import ConfigError, knob_spec, lesson_board, lesson_link, load_lessons
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
-from ui.classroom import is_instructor, lesson_link_state
+from ui.board_charts import board_figure
+from ui.classroom import (caller, class_state, is_instructor, lesson_link_state, lock_panel,
+                          show_refusals)
 from ui.engine import get_engine, owner_id
-from ui.live import live_run
+from ui.live import live_fragment, live_run
 from ui.nav import existing_pages
 
 ss = st.session_state
@@ -33,23 +38,28 @@ def open_page(page: str) -> None:
     except st.errors.StreamlitPageNotFoundError:
         st.markdown(f"Open the **{title}** page from the sidebar.")
 
-# The link is kept for the browser session (whichever page it opened): the locks stay.
+# The class lock is the server's (the same in every tab, after a reload); a link's values start
+# the knobs it leaves free.
 link = lesson_link_state(lessons)
+instructor = is_instructor()
 locked_lesson = link.lesson.id if (link.lesson and link.locked) else None
+fixed = None if instructor else locked_lesson       # the instructor may read every lesson
 
 st.title("Lessons")
 state.show_url_notice(link.problems)
+show_refusals(link.refused)
 if not lessons:
     st.error("No lessons found in assets/lessons.")
     st.stop()
 
 if "lessons_pick" not in ss:
     ss["lessons_pick"] = link.lesson.id if link.lesson else lessons[0].id
-if locked_lesson:
-    ss["lessons_pick"] = locked_lesson
-lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=bool(locked_lesson),
+if fixed:
+    ss["lessons_pick"] = fixed
+lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=bool(fixed),
                             format_func=lambda i: f"{by_id[i].order}. {by_id[i].title}",
-                            help="Locked by the instructor's link." if locked_lesson else None)]
+                            help="Your instructor has opened this lesson for the class."
+                            if fixed else None)]
 mine = link.lesson is not None and link.lesson.id == lesson.id
 locked = link.locked if mine else {}
 st.header(f"{lesson.order}. {lesson.title}")
@@ -99,7 +109,8 @@ if not missing:
     if c1.button("Start this preset", key="lessons_start", type="primary", disabled=cfg is None,
                  icon=":material/play_arrow:"):
         try:
-            ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name)
+            ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name, caller=caller(),
+                                        lesson=lesson.id)
         except ConfigError as e:
             st.error(str(e), icon=":material/error:")
     c2.caption(f"Preset `{lesson.preset()}`; your run is named `{cfg.name if cfg else ''}` and "
@@ -125,10 +136,34 @@ st.markdown(lesson.look_for or "_(no notes)_")
 if lesson.page_exists() and not missing:
     open_page(lesson.page)
 
+def class_view(lesson_id: str) -> None:
+    """The class's runs of this lesson in one picture; this student's own runs apart, the others
+    without names."""
+    from kdengine.teaching.classroom import student_labels
+    runs = [r for r in engine.list_runs(limit=2000, archived=False)]
+    board = lesson_board(by_id[lesson_id], runs, student_labels(runs, {}))
+    if not board.points:
+        st.caption("No one in the class has run this lesson yet.")
+        return
+    with st.container(key="lessons_class"):
+        charts.show(board_figure(board, me=owner, names=instructor), key=f"class_{lesson_id}")
+    if board.mean is not None:
+        sd = f" ± {board.std:.1%}" if board.std is not None else ""
+        st.caption(f"The class so far: mean {board.mean:.1%}{sd} over {board.done} finished run(s).")
+
+
+if not missing:
+    st.subheader("The class so far")
+    live_fragment(class_view, lambda: any(r.active for r in engine.runs()), lesson.id,
+                  key="lessons_class", every=5.0)
+
 st.subheader("Check your understanding")
 st.markdown(lesson.question)
 ans_key = f"lessons_answer.{lesson.id}"
-if ss.get(ans_key):
+revealed = lesson.id in class_state().revealed()
+if not (instructor or revealed):
+    st.caption("Your instructor reveals the answer when the class has tried.")
+elif ss.get(ans_key):
     st.success(lesson.answer, icon=":material/lightbulb:")
     if st.button("Hide the answer", key="lessons_hide"):
         ss[ans_key] = False
@@ -137,13 +172,19 @@ elif st.button("Show the answer", key="lessons_show"):
     ss[ans_key] = True
     st.rerun()
 
-if not missing and is_instructor():      # students never see the link builder
-    with st.expander("Instructor: a link for the class", icon=":material/link:"):
-        st.caption("The link opens this lesson with the values above. Locked knobs cannot be changed "
-                   "by students; the others start at these values.")
-        lock = st.multiselect("Lock these knobs", lesson.knobs, key=f"lessons_lock.{lesson.id}",
-                              default=[k for k in locked])
+if not missing and instructor:      # students never see the lock or the link builder
+    with st.expander("Instructor: open this lesson for the class", icon=":material/lock:"):
+        if st.button("Hide the answer from the class" if revealed else
+                     "Reveal the answer to the class", key="lessons_reveal",
+                     icon=":material/lightbulb:"):
+            class_state().reveal(lesson.id, not revealed, caller())
+            st.rerun()
+        st.caption("Locking fixes knobs at the values above for every student, on every page, "
+                   "until you lift it (here or on the Instructor page).")
+        lock_panel(lesson, values, key=f"lessons_lockp.{lesson.id}")
+        st.caption("A link to this lesson with these values (opened by you, it also sets the lock):")
         preset_values = lesson.knob_values()
+        lock = ss.get(f"lessons_lockp.{lesson.id}.knobs", [])
         shown = {k: v for k, v in values.items() if k in lock or v != preset_values.get(k)}
         query = lesson_link(lesson.id, shown, lock)
         base = str(getattr(st.context, "url", "") or "").split("?")[0]

@@ -12,7 +12,7 @@ from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, DEFAULT_SWEEP_PRESET, SWE
                       SweepSpec, flatten, free_knobs, get_sweep,
                       is_running, parse_values, resume_sweep, shown_status, start_sweep, stored_cells)
 from ui import search_panel, state, widgets
-from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
+from ui.classroom import lesson_locks, locks_notice, may_change, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import ROOT
@@ -39,14 +39,14 @@ preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
                       else 0,
                       format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
 try:
-    base = with_locks(state.load_preset(preset))        # a lesson link's locks hold in every cell
+    base = with_locks(state.load_preset(preset))        # the class lock holds in every cell
 except ConfigError as e:
     st.error(f"Preset {preset}: {e}")
     st.stop()
 flat = flatten(base.to_dict())
 fields, refused = free_knobs([k for k, v in flat.items()  # any scalar field can be a knob...
                               if k != "name" and isinstance(v, (int, float, bool, str))],
-                             lesson_locks())               # ...that a lesson link leaves free
+                             lesson_locks())               # ...that the class lock leaves free
 why = "; ".join(f"`{k}` ({reason})" for k, reason in refused.items())
 locks_notice(f"Not offered as sweep or search knobs: {why}." if refused else "")
 mode = c2.radio("Mode", ("grid", "search"), key="sw_mode", horizontal=True,
@@ -61,7 +61,7 @@ backend = c3.radio("Backend", SWEEP_BACKENDS, key="sw_backend", horizontal=True,
 
 
 def default_axis(key: str) -> str:
-    """The page's default axis or, when a lesson link locks it, the first other free method knob."""
+    """The page's default axis or, when the class lock fixes it, the first other free method knob."""
     if key in fields:
         return key
     return next((f for f in fields if f.startswith("method.params.") and f not in DEFAULT_SWEEP_AXES),
@@ -142,9 +142,11 @@ def view(sweep_id: str) -> None:
     b1.download_button("Download grid (CSV)", df.to_csv(index=False).encode(), f"{sweep_id}.csv",
                        "text/csv", key=f"csv_{sweep_id}")
     active = sw is not None and not sw.done
-    if active and b2.button("Stop sweep", key=f"stop_{sweep_id}"):
+    mine = may_change(row["owner"])         # another student's sweep: read only
+    if mine and active and b2.button("Stop sweep", key=f"stop_{sweep_id}"):
         sw.stop()
-    if not active and status != "done" and b3.button("Resume sweep", key=f"resume_{sweep_id}"):
+    if mine and not active and status != "done" and b3.button("Resume sweep",
+                                                                key=f"resume_{sweep_id}"):
         resume_sweep(engine, sweep_id)
         st.rerun()
     with st.expander("Cells"):

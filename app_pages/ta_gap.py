@@ -14,7 +14,7 @@ import streamlit as st
 from kdengine import (ConfigError, ModelConfig, RunConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running,
                       ladder, model_label, resume_experiment, shown_status, start_experiment, stored_results)
 from ui import widgets
-from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
+from ui.classroom import lesson_locks, locks_notice, may_change, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.sweep_charts import ladder_figure, ta_gap_figure
@@ -28,7 +28,7 @@ SIZE_FIELDS = ("teacher.", "student.")          # the ladder sets these here
 
 
 def locked_base(base: dict) -> dict:
-    """An experiment's base (data, method, training) with the lesson link's locks; a lock on a model
+    """An experiment's base (data, method, training) with the class lock; a lock on a model
     size does not apply, as the ladder is what this experiment varies."""
     locks = {k: v for k, v in lesson_locks().items() if not k.startswith(SIZE_FIELDS)}
     return with_locks(RunConfig.from_dict(base), locks).to_dict() if locks else base
@@ -123,6 +123,8 @@ def view(exp_id: str) -> None:
         st.plotly_chart(ladder_figure(res), key=f"taladder_{exp_id}", config={"displayModeBar": False})
     with st.expander("Curve data"):
         st.dataframe(pd.DataFrame(res["curves"]), hide_index=True)
+    if not may_change((row or {}).get("owner", "")):     # another student's experiment: read only
+        return
     if exp is not None and not exp.done and st.button("Stop", key=f"ta_stop_{exp_id}"):
         exp.stop()
     if status in ("interrupted", "stopped", "failed") and st.button(

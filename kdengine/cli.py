@@ -175,7 +175,13 @@ def cmd_methods(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    n = _store().prune(keep=args.keep)
+    # The command line acts as the instructor on its own machine (caller None): everyone's runs.
+    from kdengine import Engine
+    eng = Engine(store=_store(), max_workers=1)
+    try:
+        n = eng.prune(keep=args.keep)
+    finally:
+        eng.shutdown()
     print(f"deleted {n} finished runs; kept the newest {args.keep}")
     return 0
 

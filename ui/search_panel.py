@@ -16,7 +16,7 @@ from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_MET
                       is_running, knob_meta, resume_search, shown_status, start_search,
                       stored_trials, study_of)
 from ui import widgets
-from ui.classroom import number_knob, with_locks
+from ui.classroom import may_change, number_knob, with_locks
 from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
 from ui.state import config_to_query
@@ -70,7 +70,7 @@ def _range_inputs(base: RunConfig, key: str) -> dict:
 
 def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[str] = ()) -> None:
     """The search form; a started search's id goes to ``st.session_state['search_id']``. ``base``
-    has the lesson link's locks applied; ``refused`` are the knobs they keep out of the space."""
+    has the class lock applied; ``refused`` are the knobs they keep out of the space."""
     st.caption(VAL_NOTE)
     fields = [k for k in searchable(base) if k not in refused]
     default = [k for k in DEFAULT_SEARCH_SPACE if k in fields][:2]
@@ -139,6 +139,8 @@ def view(engine, owner: str, search_id: str) -> None:
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
     st.dataframe(table, hide_index=True, key=f"se_table_{search_id}")
     active = se is not None and not se.done
+    if not may_change(row["owner"]):      # another student's search: read only
+        return
     b1, b2 = st.columns(2)
     if active and b1.button("Stop search", key=f"se_stop_{search_id}"):
         se.stop()

@@ -97,12 +97,12 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
 
 def locked_widget(spec: dict, key: str, value: Any, where=None,
                   format_func: Callable[[Any], str] = str) -> Any:
-    """The widget of a knob an instructor's lesson link locks: drawn disabled at ``value``, under its
+    """The widget of a knob the class lock fixes: drawn disabled at ``value``, under its
     own key (the free widget's state is left alone), with a help text that says why; returns
     ``value``. The state is set on every run, so nothing but the link decides what it shows."""
     kind, optional = _kind(spec)
     st.session_state[f"{key}.locked"] = _seed(kind, value, optional)
-    why = "Locked by your instructor's lesson link: every run started here uses this value."
+    why = "Fixed by your instructor for this lesson: every run started here uses this value."
     widget({**spec, "help": f"{spec.get('help') or ''}\n\n{why}".strip()}, f"{key}.locked", value,
            where, disabled=True, format_func=format_func)
     return value
@@ -148,7 +148,7 @@ def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | Non
     """Widgets for the fields of dataclass ``cls``; returns ``{name: value}`` for those drawn.
 
     ``names`` picks and orders fields; ``advanced`` True/False keeps only advanced / plain ones.
-    ``locked``: field -> value an instructor's link fixes; those are drawn disabled at that value
+    ``locked``: field -> value the class lock fixes; those are drawn disabled at that value
     (:func:`locked_widget`). Nested dataclass fields are skipped (render them with their own call)."""
     specs = {s["name"]: s for s in field_specs(cls)}
     hints = typing.get_type_hints(cls)
