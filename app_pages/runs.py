@@ -109,10 +109,13 @@ if sel:
     if ss.get("runs_metric") not in names:
         ss["runs_metric"] = default
     metric = st.selectbox("Metric", names, key="runs_metric")
-    curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}", *charts.xy(snaps[i].series, metric))
-              for i in sel]
-    with st.container(key="runs_overlay"):
-        charts.show(charts.overlay_figure(curves, metric))
+    if metric:
+        curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}",
+                   *charts.xy(snaps[i].series, metric)) for i in sel]
+        with st.container(key="runs_overlay"):
+            charts.show(charts.overlay_figure(curves, metric))
+    else:        # e.g. runs that failed before their first point
+        st.caption("The selected runs have no points to draw.")
 
     # -- actions ---------------------------------------------------------------------------------
     c1, c2, c3, c4 = st.columns(4)
