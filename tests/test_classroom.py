@@ -113,6 +113,23 @@ def test_a_new_tab_gets_the_students_runs_back_from_the_code(runs_dir, tiny_cfg)
     get_engine().stop(rid)
 
 
+def test_a_second_ana_is_asked_for_her_code_not_made_a_second_identity(runs_dir):
+    from streamlit.testing.v1 import AppTest
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    first.run()
+    first.text_input(key="kd_name_input").set_value("Ana").run()
+    owner = first.session_state["kd_owner"]
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)    # a new tab, no ?sid
+    tab.run()
+    tab.text_input(key="kd_name_input").set_value(" ana ").run()
+    assert not tab.exception
+    assert any("already a student's name" in w.value and "code" in w.value for w in tab.warning)
+    book = Roster(runs_dir)
+    assert list(book.names().values()) == ["Ana"]                 # still one Ana
+    tab.text_input(key="kd_code_input").set_value(book.code_of(owner)).run()
+    assert tab.session_state["kd_owner"] == owner                 # the code: the same Ana
+
+
 # ---- lesson locks beyond the Lessons page --------------------------------------------------------
 def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
     from kdengine.teaching.lessons import apply_locks, get_lesson, locked_note, parse_link
