@@ -85,6 +85,10 @@ def lesson_view(lesson_id: str, runs: list[RunSnapshot], labels: dict[str, str])
                    + (f" Student alone: {board.alone:.1%} (from {board.alone_n} run(s))."
                       if board.alone is not None else
                       " No run trained the student alone, so there is no reference line."))
+    if any(s.n > 1 and s.std == 0 for s in board.spreads):
+        st.caption("A spread of 0: those runs share every setting, the seed included, so they "
+                   "are one result. Ask students to pick different seeds to see the spread "
+                   "over seeds.")
     if board.other_data:
         st.caption(f"{board.other_data} run(s) of this lesson on another data set than "
                    f"{board.data} are not drawn.")

@@ -34,20 +34,7 @@ def board_figure(board: LessonBoard, me: str | None = None, names: bool = True) 
     import plotly.graph_objects as go
     fig = go.Figure()
     label = knob_label(board.knob)
-    groups = [("finished runs", lambda p: p.state == "done", STUDENT, "circle"),
-              ("still training (latest epoch)", lambda p: p.state in ("running", "queued"),
-               STUDENT, "circle-open"),
-              ("your runs", None, TEACHER, "star")]
-    for name, keep, color, symbol in groups:
-        pts = [p for p in board.points if p.acc is not None
-               and ((p.owner == me) if keep is None else (keep(p) and p.owner != me))]
-        if not pts:
-            continue
-        text = [p.student if names or p.owner == me else "" for p in pts]
-        fig.add_trace(go.Scatter(
-            x=[_x(p.x) for p in pts], y=[p.acc for p in pts], mode="markers", name=name,
-            text=text, marker={"color": color, "size": 10, "symbol": symbol, "opacity": 0.75},
-            hovertemplate=f"%{{text}}<br>{label} = %{{x}}<br>test accuracy %{{y:.1%}}<extra></extra>"))
+    # the mean first: the students' dots are drawn over it
     if board.spreads:
         fig.add_trace(go.Scatter(
             x=[_x(s.x) for s in board.spreads], y=[s.mean for s in board.spreads],
@@ -57,6 +44,20 @@ def board_figure(board: LessonBoard, me: str | None = None, names: bool = True) 
             marker={"size": 7, "symbol": "diamond"},
             text=[f"{s.n} run(s)" for s in board.spreads],
             hovertemplate=f"{label} = %{{x}}<br>mean %{{y:.1%}} over %{{text}}<extra></extra>"))
+    groups = [("finished runs", lambda p: p.state == "done", STUDENT, "circle"),
+              ("still training (latest epoch)", lambda p: p.state in ("running", "queued"),
+               STUDENT, "circle-open"),
+              ("your runs", None, TEACHER, "star")]
+    for name, keep, color, symbol in groups:
+        pts = [p for p in board.points if p.acc is not None
+               and ((p.owner == me) if keep is None else (keep(p) and p.owner != me))]
+        if not pts:
+            continue
+        text = ["you" if p.owner == me else p.student if names else "a classmate" for p in pts]
+        fig.add_trace(go.Scatter(
+            x=[_x(p.x) for p in pts], y=[p.acc for p in pts], mode="markers", name=name,
+            text=text, marker={"color": color, "size": 10, "symbol": symbol, "opacity": 0.75},
+            hovertemplate=f"%{{text}}<br>{label} = %{{x}}<br>test accuracy %{{y:.1%}}<extra></extra>"))
     if board.alone is not None:
         fig.add_hline(y=board.alone, line={"color": BASELINE, "dash": "dot", "width": 2},
                       annotation_text=f"student alone {board.alone:.1%}",
