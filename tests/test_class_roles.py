@@ -125,3 +125,25 @@ def test_a_store_made_before_the_class_columns_gets_them(tmp_path):
     assert store.get_run("old")["lesson"] is None and store.get_run("old")["archive"] is None
     rid = store.create_run({}, "h2", lesson="few-labels")
     assert store.get_run(rid)["lesson"] == "few-labels"
+
+
+def test_pages_say_who_asks_whenever_they_start_change_or_remove_a_run():
+    """A page's engine call without ``caller=`` would act as this machine's own code (allowed
+    everything, no class lock): every such call in app_pages/ and ui/ names the caller."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    verbs = {"submit", "stop", "pause", "resume", "resume_run", "delete_run", "prune", "move_runs",
+             "new_class"}
+    missing = []
+    for f in [*root.glob("app_pages/*.py"), *root.glob("ui/*.py")]:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in verbs):
+                continue
+            recv = node.func.value
+            is_engine = (isinstance(recv, ast.Name) and recv.id == "engine") or (
+                isinstance(recv, ast.Call) and getattr(recv.func, "id", "") == "get_engine")
+            if is_engine and not any(k.arg == "caller" for k in node.keywords):
+                missing.append(f"{f.relative_to(root)}:{node.lineno} engine.{node.func.attr}")
+    assert not missing, missing
