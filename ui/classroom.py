@@ -20,9 +20,9 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from kdengine import (Caller, ClassState, NameTaken, RunConfig, apply_locks, class_lock, data_root,
-                      link_for_student, locks_line, parse_link)
-from kdengine.teaching.classroom import Roster, clean_name, token_matches
+from kdengine import (Caller, ClassState, NameTaken, Roster, RunConfig, apply_locks, class_lock,
+                      data_root, link_for_student, locks_line, parse_link)
+from kdengine.teaching.classroom import clean_name, token_matches
 from ui.engine import OWNER_KEY, OWNER_PARAM, owner_id
 
 NAME_PARAM = "student"

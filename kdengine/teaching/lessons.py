@@ -26,6 +26,7 @@ or lifts it. A link's ``lock=`` opened by a student locks nothing (:func:`link_f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,10 +134,16 @@ def parse_lesson(text: str, source: str = "lesson") -> Lesson:
 
 
 def load_lessons() -> list[Lesson]:
-    """All lessons in ``assets/lessons``, in their ``order``."""
-    out = [parse_lesson(p.read_text(encoding="utf-8"), p.name)
-           for p in sorted(lessons_dir().glob("*.md"))]
-    return sorted(out, key=lambda l: (l.order, l.id))
+    """All lessons in ``assets/lessons``, in their ``order``. Parsed again only when a file changes:
+    every page that starts runs reads the class lock's lesson on each rerun."""
+    files = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(lessons_dir().glob("*.md")))
+    return list(_parsed(files))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(files: tuple[tuple[str, int], ...]) -> tuple[Lesson, ...]:
+    out = [parse_lesson(Path(p).read_text(encoding="utf-8"), Path(p).name) for p, _ in files]
+    return tuple(sorted(out, key=lambda l: (l.order, l.id)))
 
 
 def get_lesson(lesson_id: str) -> Lesson:
