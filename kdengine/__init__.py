@@ -54,8 +54,8 @@ if TYPE_CHECKING:
                                      teacher_is_cached)
     from kdengine.teaching.pitfalls import lint
     from kdengine.teaching.lessons import (apply_locks, class_lock, free_knobs, knob_spec,
-                                           lesson_link, link_for_student, load_lessons, lock_state,
-                                           locks_line, parse_link)
+                                           lesson_link, lesson_lock, link_for_student, load_lessons,
+                                           lock_state, locks_line, parse_link)
     from kdengine.teaching.classroom import NameTaken, Roster, merge_students, new_class
     from kdengine.teaching.board import by_lesson, class_csv, lesson_board, who_is_where
     from kdengine.experiments.sweeps import (DEFAULT_AXES as DEFAULT_SWEEP_AXES,

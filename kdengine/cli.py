@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdengine train|list|show|export|presets|methods|prune|resume``.
+"""Command line: ``python -m kdengine train|list|show|export|presets|methods|prune|resume|class``.
 
 The CLI drives the same Engine the web app uses, so what works here works there.
 """
@@ -299,6 +299,50 @@ def _search(eng, args) -> int:
     return 0 if search.status == "done" else 1
 
 
+def cmd_class(args) -> int:
+    """The class on this machine's data folder, as the instructor: the lesson lock, answers, the
+    board's numbers, a CSV, a new class (the same calls as the Instructor page)."""
+    from kdengine import Engine, Roster, by_lesson, class_csv, lesson_lock, new_class
+    from kdengine.teaching.classroom import student_labels
+    eng = Engine(store=_store(), max_workers=1)
+    state, book = eng.classroom, Roster(eng.store.root)
+    try:
+        if args.action == "lock":
+            if not args.lesson:
+                raise ConfigError("lesson", "class lock needs a lesson id, e.g. why-temperature")
+            lock, problems = lesson_lock(args.lesson, _parse_sets(args.knobs))
+            if lock is None:
+                raise ConfigError("lock", "; ".join(problems))
+            state.set_lock(lock)
+        elif args.action == "unlock":
+            state.set_lock(None)
+        elif args.action in ("reveal", "hide"):
+            if not args.lesson:
+                raise ConfigError("lesson", f"class {args.action} needs a lesson id")
+            state.reveal(args.lesson, args.action == "reveal")
+        elif args.action == "new":
+            print(f"{new_class(eng, book)} archived")
+        runs = eng.list_runs(limit=5000, archived=False)
+        labels = student_labels(runs, book.names())
+        if args.action == "csv":
+            text = class_csv(runs, labels)
+            if args.output:
+                Path(args.output).write_text(text)
+            else:
+                sys.stdout.write(text)
+            return 0
+        lock = state.lock()
+        print(f"{state.label()}: {len(runs)} runs, {len(labels)} students")
+        print("lock: " + (f"{lock.lesson} " + ", ".join(f"{k}={v}" for k, v in lock.locked.items())
+                          if lock else "none"))
+        for lid, mine in by_lesson(runs).items():
+            shown = " (answer revealed)" if lid in state.revealed() else ""
+            print(f"  {lid:<20} {len(mine)} runs{shown}")
+    finally:
+        eng.shutdown()
+    return 0
+
+
 def cmd_data(args) -> int:
     from kdengine.data.fetch import fetch, listing
     if args.action == "fetch":
@@ -357,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
+    p = sub.add_parser("class", help="the class: show it, lock a lesson's knobs, reveal an "
+                                     "answer, a CSV of its runs, start a new class")
+    p.add_argument("action", nargs="?", default="show",
+                   choices=("show", "lock", "unlock", "reveal", "hide", "csv", "new"))
+    p.add_argument("lesson", nargs="?", help="lock / reveal / hide: the lesson id")
+    p.add_argument("knobs", nargs="*", metavar="KEY=VALUE",
+                   help="lock: the knobs to fix, e.g. method.params.T=2")
+    p.add_argument("--output", "-o", help="csv: write here instead of printing")
+    p.set_defaults(fn=cmd_class)
     p = sub.add_parser("data", help="class prep: fetch real data sets, list what is present")
     p.add_argument("action", choices=("fetch", "list"))
     p.add_argument("names", nargs="*", help="mnist, fashion_mnist, cifar10 (fetch; default all)")

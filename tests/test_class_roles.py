@@ -147,3 +147,22 @@ def test_pages_say_who_asks_whenever_they_start_change_or_remove_a_run():
             if is_engine and not any(k.arg == "caller" for k in node.keywords):
                 missing.append(f"{f.relative_to(root)}:{node.lineno} engine.{node.func.attr}")
     assert not missing, missing
+
+
+def test_the_command_line_runs_the_class_as_the_instructor(runs_dir, tiny_cfg, capsys):
+    from kdengine.cli import main
+    assert main(["class", "lock", "why-temperature", "method.params.T=2"]) == 0
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 2.0}
+    assert "lock: why-temperature method.params.T=2.0" in capsys.readouterr().out
+    assert main(["class", "lock", "why-temperature", "method.params.T=-1"]) == 2   # refused
+    assert "method.params.T" in capsys.readouterr().err
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 2.0}      # nothing lost
+    assert main(["class", "reveal", "why-temperature"]) == 0
+    assert ClassState(runs_dir).revealed() == {"why-temperature"}
+    store = Store(runs_dir)
+    rid = finished(store, ANA.owner, tiny_cfg)[0]
+    capsys.readouterr()
+    assert main(["class", "csv"]) == 0 and rid in capsys.readouterr().out
+    assert main(["class", "new"]) == 0 and "class 1 archived" in capsys.readouterr().out
+    assert ClassState(runs_dir).lock() is None and store.get_run(rid)["archive"] == "class 1"
+    assert main(["class", "unlock"]) == 0

@@ -216,9 +216,7 @@ def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, ke
 def lock_panel(lesson, values: Mapping[str, Any], key: str) -> None:
     """Instructor: fix some of ``lesson``'s knobs for the whole class at ``values`` (the others
     start there), change them, or lift the lock. The values are checked as a link's would be."""
-    from urllib.parse import parse_qsl
-
-    from kdengine import lesson_link
+    from kdengine import lesson_lock
     state = class_state()
     lock = state.lock()
     held = list(lock.locked) if lock is not None and lock.lesson == lesson.id else []
@@ -231,12 +229,12 @@ def lock_panel(lesson, values: Mapping[str, Any], key: str) -> None:
     c1, c2 = st.columns(2)
     if c1.button("Lock for the class", key=f"{key}.set", icon=":material/lock:",
                  disabled=not pick, type="primary"):
-        query = lesson_link(lesson.id, {k: v for k, v in values.items() if k in lesson.knobs}, pick)
-        link = parse_link(dict(parse_qsl(query)))
-        if link.problems:
-            st.error("Not locked: " + "; ".join(link.problems), icon=":material/error:")
+        lock, problems = lesson_lock(lesson.id, {k: values[k] for k in pick},
+                                     {k: v for k, v in values.items() if k in lesson.knobs})
+        if problems:
+            st.error("Not locked: " + "; ".join(problems), icon=":material/error:")
         else:
-            state.set_lock(class_lock(link), caller())
+            state.set_lock(lock, caller())
             st.rerun()
     if c2.button("Lift the lock", key=f"{key}.lift", icon=":material/lock_open:",
                  disabled=lock is None):

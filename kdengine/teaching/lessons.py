@@ -250,6 +250,19 @@ def class_lock(link: LinkState) -> ClassLock | None:
     return ClassLock(link.lesson.id, dict(link.locked), dict(link.values))
 
 
+def lesson_lock(lesson_id: str, locked: Mapping[str, Any], values: Mapping[str, Any] | None = None,
+                lessons: list[Lesson] | None = None) -> tuple[ClassLock | None, list[str]]:
+    """The class lock that fixes ``locked`` (knob -> value, typed or as text) of a lesson, the
+    others starting at ``values``, each checked as an instructor link's would be; (None, the
+    problems) when anything is refused."""
+    given = {**(values or {}), **locked}
+    link = parse_link({"lesson": lesson_id, "lock": ",".join(locked),
+                       **{k: _fmt(v) for k, v in given.items()}}, lessons)
+    if link.problems or not link.locked:
+        return None, link.problems or ["lock: name at least one knob to lock"]
+    return class_lock(link), []
+
+
 def lock_state(lock: ClassLock | None, lessons: list[Lesson] | None = None) -> LinkState:
     """The class lock as a :class:`LinkState` (what the pages read); an empty one without a lock
     or when its lesson is gone."""
@@ -318,6 +331,6 @@ def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
     return "In this class your instructor has fixed " + "; ".join(parts) + "."
 
 
-__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "class_lock", "free_knobs",
+__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "class_lock", "free_knobs", "lesson_lock",
            "link_for_student", "lock_state", "locked_note", "locks_line", "get_lesson", "knob_spec",
            "lesson_link", "load_lessons", "parse_lesson", "parse_link"]
