@@ -46,6 +46,9 @@ ready = [l.id for l in lessons if not l.missing()]
 held = state.lock()
 with st.expander("Open a lesson for the class, change or lift its lock", icon=":material/lock:",
                  expanded=held is None):
+    if not ready:
+        st.warning("No lesson can run yet (their presets or pages are missing).")
+        st.stop()
     if "ins_lock_lesson" not in ss:
         ss["ins_lock_lesson"] = held.lesson if held is not None and held.lesson in ready else ready[0]
     lesson = by_id[st.selectbox("Lesson", ready, key="ins_lock_lesson",

@@ -204,3 +204,26 @@ def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir)
     at.number_input(key="st_text_layer").set_value(2).run()
     at.radio(key="st_text_who").set_value("student").run()     # 1 layer: the layer is clamped
     assert not at.exception and at.number_input(key="st_text_layer").value == 1
+
+
+def test_the_instructor_locks_changes_and_lifts_the_class_lock_live(runs_dir):
+    from kdengine import ClassState
+    at = page({"tok": TOKEN}, path=INSTRUCTOR)
+    assert any("No lesson is locked" in m.value for m in at.markdown)
+    at.selectbox(key="ins_lock_lesson").set_value("why-temperature").run()
+    at.number_input(key="ins_lock.why-temperature.method.params.T").set_value(3.0)
+    at.multiselect(key="ins_lockp.why-temperature.knobs").set_value(["method.params.T"]).run()
+    at.button(key="ins_lockp.why-temperature.set").click().run()
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 3.0}
+    student = app_test()                                       # a student's Lab, a new session
+    assert student.number_input(key="lab.mp.hinton.T.locked").value == 3.0
+    at.number_input(key="ins_lock.why-temperature.method.params.T").set_value(5.0).run()
+    at.button(key="ins_lockp.why-temperature.set").click().run()       # changed live
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 5.0}
+    student.run()
+    assert student.number_input(key="lab.mp.hinton.T.locked").value == 5.0
+    at.button(key="ins_lockp.why-temperature.lift").click().run()
+    assert ClassState(runs_dir).lock() is None
+    assert any("No lesson is locked" in m.value for m in at.markdown)
+    student.run()
+    assert not student.number_input(key="lab.mp.hinton.T").disabled     # free again
