@@ -44,17 +44,19 @@ st.subheader("Lesson lock")
 st.markdown(lock_line())
 ready = [l.id for l in lessons if not l.missing()]
 held = state.lock()
-with st.expander("Open a lesson for the class, change or lift its lock", icon=":material/lock:",
-                 expanded=held is None):
+
+
+def lock_form() -> None:
+    """Pick a lesson, set its knobs, choose which to fix for the class (ui.classroom.lock_panel)."""
     if not ready:
         st.warning("No lesson can run yet (their presets or pages are missing).")
-        st.stop()
+        return
     if "ins_lock_lesson" not in ss:
         ss["ins_lock_lesson"] = held.lesson if held is not None and held.lesson in ready else ready[0]
     lesson = by_id[st.selectbox("Lesson", ready, key="ins_lock_lesson",
                                 format_func=lambda i: f"{by_id[i].order}. {by_id[i].title}")]
-    start = {**lesson.knob_values(), **(held.values if held and held.lesson == lesson.id else {}),
-             **(held.locked if held and held.lesson == lesson.id else {})}
+    mine = held is not None and held.lesson == lesson.id
+    start = {**lesson.knob_values(), **(held.values if mine else {}), **(held.locked if mine else {})}
     base = lesson.base_config()
     cols = st.columns(min(3, max(1, len(lesson.knobs))))
     values = {}
@@ -62,6 +64,11 @@ with st.expander("Open a lesson for the class, change or lift its lock", icon=":
         spec = knob_spec(base, k)
         values[k] = widgets.widget(spec, f"ins_lock.{lesson.id}.{k}", start[k], cols[i % len(cols)])
     lock_panel(lesson, values, key=f"ins_lockp.{lesson.id}")
+
+
+with st.expander("Open a lesson for the class, change or lift its lock", icon=":material/lock:",
+                 expanded=held is None):
+    lock_form()
 
 
 # -- the class board (live) -------------------------------------------------------------------------
