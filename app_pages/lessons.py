@@ -16,7 +16,7 @@ from kdengine import ConfigError, knob_spec, lesson_board, lesson_link, load_les
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
 from ui.board_charts import board_figure
-from ui.classroom import (caller, class_state, is_instructor, lesson_link_state, lock_panel,
+from ui.classroom import (caller, class_state, is_instructor, lesson_link_state, lock_panel, roster,
                           show_refusals)
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment, live_run
@@ -140,8 +140,9 @@ def class_view(lesson_id: str) -> None:
     """The class's runs of this lesson in one picture; this student's own runs apart, the others
     without names."""
     from kdengine.teaching.classroom import student_labels
-    runs = [r for r in engine.list_runs(limit=2000, archived=False)]
-    board = lesson_board(by_id[lesson_id], runs, student_labels(runs, {}))
+    runs = engine.list_runs(limit=2000, archived=False)
+    names = roster().names() if instructor else {}      # a student sees no one else's name
+    board = lesson_board(by_id[lesson_id], runs, student_labels(runs, names))
     if not board.points:
         st.caption("No one in the class has run this lesson yet.")
         return
