@@ -26,6 +26,7 @@ class Recorder:
         self.subscribers: list[Callable[[Event], None]] = []
         self.pending: list[tuple[int, float, dict]] = []
         self.last_flush = time.monotonic()
+        self.stop_reason = "stopped by the user"      # what a stopped run's row says (Engine.stop)
 
     @property
     def run_id(self) -> str:
@@ -56,7 +57,7 @@ class Recorder:
         if ev.status in ("done", "stopped"):
             self.store.set_summary(self.run_id, ev.summary)
             self.state.apply(ev)
-            self.set_status(ev.status, None if ev.status == "done" else "stopped by the user")
+            self.set_status(ev.status, None if ev.status == "done" else self.stop_reason)
         elif ev.status == "paused":       # it left its group; resuming continues it alone
             self.set_status("paused")
         else:
