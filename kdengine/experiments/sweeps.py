@@ -290,13 +290,6 @@ def fallback_notice(cfgs: list[RunConfig]) -> str:
             + "; ".join(counts))
 
 
-def ray_available() -> bool:
-    """Whether Ray is installed here (checked without importing Ray, which is slow): the engine
-    can then train on a Ray cluster (``KD_RAY_ADDRESS``)."""
-    import importlib.util
-    return importlib.util.find_spec("ray") is not None
-
-
 def parse_values(text: str) -> list:
     """'1, 2, 4.5, adam' -> [1, 2, 4.5, 'adam'] (YAML scalars, so numbers and booleans type)."""
     import yaml
