@@ -93,7 +93,7 @@ if st.button("Run sweep", type="primary", key="sw_launch"):
     cfg = with_locks(cfg)
     spec = SweepSpec(base=cfg.to_dict(), axes=axes, backend=backend, metric=metric,
                      name=f"{preset}")
-    widgets.launch_experiment("sweep_id", backend, lambda: start_sweep(engine, spec, owner=owner))
+    widgets.launch_experiment("sweep_id", lambda: start_sweep(engine, spec, owner=owner))
 
 widgets.stored_sweep_picker(engine.store, "sweep", "sweep_id", "Sweep", limit=50)
 

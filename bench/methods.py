@@ -25,7 +25,7 @@ os.environ.setdefault("KD_RUNS_DIR", tempfile.mkdtemp(prefix="kd_bench_"))
 
 import torch
 
-from kdengine import Metrics, Phase, RunConfig, Trainer
+from kdengine import Metrics, Phase, RunConfig, train
 from kdengine.core.progress import track
 
 # (label, method, params); the student alone first, Hinton KD is the reference row.
@@ -84,7 +84,7 @@ def run_one(cfg: RunConfig) -> dict:
         elif isinstance(ev, Metrics) and "test_acc" in ev.values and last["flush"]:
             train_s[0] += last["flush"] - last["epoch_start"]
             last["epoch_start"] = now
-    summary = Trainer(cfg, emit).run()
+    summary = train(cfg, emit)
     end = time.perf_counter()
     setup = marks["student"] - marks.get("setup", marks["student"])
     n = cfg.train.epochs

@@ -7,7 +7,8 @@ the digits-quick preset, cached before timing starts):
 * (16-cell local-backend sweep time) / (one run time)
 
 Each stage has its own store, so no stage can reuse another's cells. Times are wall clock through the
-Engine / Sweep (what a user waits for), including data, evaluation and store writes.
+Engine / Sweep (what a user waits for), including data, evaluation and store writes; the vectorised
+sweep's groups go through the engine's queue like any run (Engine.submit_group).
 """
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(1)
-    from kdengine import Engine, Store, SweepSpec, Trainer, load_config, start_sweep
+    from kdengine import Engine, Store, SweepSpec, load_config, start_sweep, train
     from kdengine.core.progress import track
 
     base = load_config("digits-quick", [f"train.epochs={args.epochs}"])
     axes = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
             "method.params.soft_weight": [0.25, 0.5, 0.75, 1.0]}
-    Trainer(base).run()                   # warm-up: data, imports, the cached teacher
+    train(base)                           # warm-up: data, imports, the cached teacher
 
     eng = Engine(Store(root / "one"), max_workers=1)
     one: list[float] = []

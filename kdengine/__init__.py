@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from kdengine.experiments.sweeps import (DEFAULT_AXES as DEFAULT_SWEEP_AXES,
                                              DEFAULT_PRESET as DEFAULT_SWEEP_PRESET,
                                              BACKENDS as SWEEP_BACKENDS, Sweep, SweepSpec, get_sweep,
-                                             parse_values, ray_available, resume_sweep, start_sweep,
+                                             parse_values, resume_sweep, start_sweep,
                                              stored_cells)
     from kdengine.experiments.ta_gap import (PRESET as TA_GAP_PRESET, TAGapExperiment, TAGapSpec,
                                              get_experiment, resume_experiment, start_experiment,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,9 +204,10 @@ def cmd_resume(args) -> int:
 
 def cmd_sweep(args) -> int:
     """A grid over two (or more) knobs, e.g. --axis method.params.T=1,2,4 --axis
-    method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done."""
+    method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done.
+    The cells are engine runs: with KD_RAY_ADDRESS set, the engine trains them on that Ray cluster."""
     from kdengine import Engine, parse_values, resume_sweep, start_sweep
-    eng = Engine(max_workers=1)
+    eng = Engine(max_workers=1, ray_address=os.environ.get("KD_RAY_ADDRESS") or None)
     resumed = eng.store.get_sweep(args.resume) if args.resume else None
     if args.mode == "search" or (resumed or {}).get("kind") == "search":
         return _search(eng, args)
@@ -222,8 +224,9 @@ def cmd_sweep(args) -> int:
             key, values = item.split("=", 1)
             axes[key.strip()] = parse_values(values)
         cfg = load_config(args.config, args.set)
-        sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes, "backend": args.backend,
-                                  "metric": args.metric}, owner="cli")
+        sweep = start_sweep(eng, {"base": cfg.to_dict(), "axes": axes,
+                                  "backend": args.backend or "local", "metric": args.metric},
+                            owner="cli")
     print(f"sweep {sweep.id}: {len(sweep.cells)} cells on the {sweep.spec.backend} backend")
     for note in sweep.notices:
         print(f"note: {note}")
@@ -264,11 +267,13 @@ def _search(eng, args) -> int:
             space[key.strip()] = parse_range(cfg, key.strip(), text)
         search = start_search(eng, {"base": cfg.to_dict(), "space": space, "n_trials": args.trials or 16,
                                     "timeout_s": args.timeout, "pruner": args.pruner, "seed": args.seed,
-                                    "metric": metric, "backend": args.backend,
+                                    "metric": metric, "backend": args.backend or "local",
                                     "name": cfg.name or "cli search"}, owner="cli")
     spec = search.spec
     print(f"search {search.id}: {spec.n_trials} trials of {', '.join(spec.space)} on the "
           f"{spec.backend} backend, pruner {spec.pruner}, metric {spec.metric}")
+    for note in search.notices:
+        print(f"note: {note}")
     def progress() -> None:
         rows = search.rows()
         best = best_trial(rows, spec)
@@ -368,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="base config file or preset name")
     p.add_argument("--axis", action="append", metavar="KEY=V1,V2,...")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
-    p.add_argument("--backend", choices=("local", "vectorised", "ray"), default="local")
+    p.add_argument("--backend", choices=("local", "vectorised"), default=None,
+                   help="local (default): one run per cell or trial; vectorised: cells that differ "
+                        "only in method knobs train as stacked students in one pass. Either way "
+                        "the runs go to the engine, on Ray when KD_RAY_ADDRESS is set. --resume "
+                        "keeps the stored backend unless this is given")
     p.add_argument("--metric", default=None,
                    help="grid: a summary key (final_test_acc); search: val_acc (default), test_acc, "
                         "agreement or kl_test")

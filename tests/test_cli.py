@@ -65,3 +65,7 @@ def test_sweep_command_runs_a_grid(runs_dir):
     assert "2 cells" in p.stdout
     assert p.stdout.count("done") == 2 and "T=1" in p.stdout and "T=4" in p.stdout
     assert len(run_cli(["list"], runs_dir).stdout.strip().splitlines()) == 3   # header + 2 runs
+    # Ray is the engine's executor now (KD_RAY_ADDRESS), not a sweep backend
+    ray = run_cli(["sweep", "--config", "digits-quick", "--axis", "method.params.T=1,4",
+                   "--backend", "ray"], runs_dir, check=False)
+    assert ray.returncode == 2 and "invalid choice: 'ray'" in ray.stderr

@@ -1,9 +1,12 @@
 """kdengine/experiments/base.py: what sweeps and the TA gap share: the driver thread, the stored
-row and its final status, stop, resume under the same id, and the registry of live experiments."""
+row and its final status, stop, resume under the same id, and the registry of live experiments;
+and, from the source, that no experiment trains a run or writes a run's row itself."""
 from __future__ import annotations
 
+import ast
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +96,54 @@ def test_a_stored_running_experiment_with_no_driver_shows_as_interrupted(engine)
     exp = Toy.launch(engine, ToySpec())
     assert shown_status("interrupted", exp) == "running"      # the live driver wins
     _finish(exp)
+
+
+# -- experiments only submit, wait and read -----------------------------------------------------------
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "kdengine" / "experiments"
+# What builds or drives a trainer (kdengine/run/units.py is the one place a trainer is built) ...
+TRAINS = {"Trainer", "GroupTrainer", "train_unit", "make_trainer", "train"}
+TRAINING_MODULES = {"kdengine.run.units", "kdengine.run.trainer", "kdengine.run.executors",
+                    "kdengine.run.ray_executor", "kdengine.run.recorder"}
+# ... and what writes a run's row, points, artifacts or checkpoint (the engine's recorder does).
+WRITES = {"create_run", "add_metrics", "add_metrics_many", "set_status", "set_summary",
+          "add_artifact", "truncate_metrics", "save_checkpoint", "write_bytes_atomic"}
+
+
+def experiment_violations(folder: Path) -> list[str]:
+    """Lines of ``folder``'s modules that train or write runs themselves."""
+    bad = []
+    for f in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            where = f"{f.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kdengine."):
+                if node.module in TRAINING_MODULES:
+                    bad.append(f"{where} imports {node.module}")
+                bad += [f"{where} imports {a.name}" for a in node.names
+                        if (a.name in TRAINS and node.module.startswith("kdengine.run"))
+                        or a.name in WRITES]
+            elif isinstance(node, ast.Import):
+                bad += [f"{where} imports {a.name}" for a in node.names if a.name in TRAINING_MODULES]
+            elif isinstance(node, ast.Call):
+                fn = node.func
+                name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+                if name in WRITES:
+                    bad.append(f"{where} calls {name}")
+    return bad
+
+
+def test_experiments_train_nothing_and_write_no_runs_themselves():
+    """Sweeps, searches, the TA gap and the phenomena suite submit runs to the engine, wait and
+    read; the only row they write is their own (``save_sweep``)."""
+    assert experiment_violations(EXPERIMENTS) == []
+
+
+def test_the_source_check_sees_a_module_that_trains_and_writes(tmp_path):
+    (tmp_path / "rogue.py").write_text(
+        "from kdengine.run.trainer import Trainer\n"
+        "from kdengine.core.checkpoints import save_checkpoint\n"
+        "def go(cfg, store, rid):\n"
+        "    Trainer(cfg).run()\n"
+        "    store.set_status(rid, 'done')\n")
+    assert experiment_violations(tmp_path) == [
+        "rogue.py:1 imports kdengine.run.trainer", "rogue.py:1 imports Trainer",
+        "rogue.py:2 imports save_checkpoint", "rogue.py:5 calls set_status"]

@@ -1,4 +1,5 @@
-"""The phenomena suite's machinery: claims cover every lesson, the reproduce rule, one cheap run."""
+"""The phenomena suite's machinery: claims cover every lesson, the reproduce rule, cheap claims run,
+and a claim's runs go through an engine (submitted, waited for, read back; reused by config hash)."""
 from __future__ import annotations
 
 import math
@@ -46,3 +47,21 @@ def test_the_default_bss_attack_crosses_the_teachers_boundary():
     from kdengine.experiments.phenomena import measure_bss_on_boundary
     m = measure_bss_on_boundary(0)
     assert m["moons_crossed"] >= 0.9 and m["digits_crossed"] >= 0.9, m
+
+
+def test_a_claims_runs_go_through_the_engine_and_are_reused_by_hash(runs_dir):
+    from kdengine import Engine, Store
+    from kdengine.experiments import phenomena
+    engine = Engine(Store(runs_dir), max_workers=1)
+    try:
+        claim = claims_by_id()["omitted_class"]
+        (first,) = run_claims([claim], [0], engine=engine)
+        assert first.reproduced, first.details
+        runs = engine.store.list_runs()
+        assert [(r["owner"], r["status"]) for r in runs] == [("phenomena", "done")]
+        assert engine.store.checkpoint_path(runs[0]["id"]).exists()    # the student it measured
+        (again,) = run_claims([claim], [0], engine=engine)             # the same config: reused
+        assert again.details == first.details and len(engine.store.list_runs()) == 1
+    finally:
+        engine.shutdown()
+    assert not phenomena._given                                       # the suite's own engine again

@@ -1,4 +1,5 @@
-"""Search mode: TPE over knob ranges taken from the knob metadata, pruning, resume, bad ranges."""
+"""Search mode: TPE over knob ranges taken from the knob metadata, pruning (of runs alone and of
+stacked members), resume, bad ranges, a search stored with the retired ray backend."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import time
 
 import pytest
 
+from kdengine.core.checkpoints import read_run_checkpoint
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import Store
 from kdengine.experiments.search import (SearchSpec, default_range, distributions, optimise,
@@ -123,7 +125,7 @@ def test_search_of_runs_prunes_and_stores_every_trial(engine, tiny_cfg):
         assert run["config"]["data"]["val_fraction"] == 0.2   # the val split, added for val_acc
         assert len(store.series(r["run_id"])["val_acc"]) == r["epochs"]
         if r["state"] == "pruned":
-            assert run["status"] == "stopped" and "pruned" in run["error"]
+            assert run["status"] == "stopped" and "pruned by search" in run["error"]
             assert r["epochs"] < 4
         else:
             assert run["status"] == "done" and r["value"] == run["summary"]["final_val_acc"]
@@ -163,20 +165,59 @@ def test_resumed_search_continues_without_repeating_a_trial(engine, tiny_cfg):
     assert {r["status"] for r in runs} == {"done"}             # the cut-off run was continued
 
 
+STACK_SPACE = {"method.params.T": {"low": 1.0, "high": 16.0, "log": True},
+               "method.params.soft_weight": {"low": 0.0, "high": 1.0}}
+
+
 def test_vectorised_search_trains_a_batch_of_suggestions_as_stacked_students(engine, tiny_cfg):
-    space = {"method.params.T": {"low": 1.0, "high": 16.0, "log": True},
-             "method.params.soft_weight": {"low": 0.0, "high": 1.0}}
-    spec = SearchSpec(base=tiny_cfg.to_dict(), space=space, n_trials=10, seed=0, backend="vectorised")
+    spec = SearchSpec(base=tiny_cfg.to_dict(), space=dict(STACK_SPACE), n_trials=10, seed=0,
+                      pruner="none", backend="vectorised")
     se = start_search(engine, spec)
     assert se.wait(300) == "done", se.error
     rows = se.rows()
     assert len(rows) == 10 and {r["state"] for r in rows} == {"complete"}
-    stacked = [engine.store.get_run(r["run_id"])["summary"].get("vectorised") for r in rows]
+    stacked = [engine.store.get_run(r["run_id"])["summary"].get("stacked") for r in rows]
     assert stacked == [8] * 8 + [2] * 2                          # a batch of 8, then the last 2
     assert len({(r["method.params.T"], r["method.params.soft_weight"]) for r in rows}) == 10
     for r in rows:
         assert r["value"] == engine.store.get_run(r["run_id"])["summary"]["final_val_acc"]
         assert len(engine.store.series(r["run_id"])["val_acc"]) == tiny_cfg.train.epochs
+
+
+def test_a_stacked_search_prunes_members_while_the_others_train_on(engine, tiny_cfg):
+    """One group of 8 stacked trials under ASHA: a pruned member is stopped and leaves the pass
+    after the epoch it was judged on; the others finish in the same pass."""
+    base = tiny_cfg.with_overrides({"train.epochs": 4})
+    se = start_search(engine, SearchSpec(base=base.to_dict(), space=dict(STACK_SPACE), n_trials=8,
+                                         seed=0, pruner="asha", backend="vectorised", name="t"))
+    assert se.wait(300) == "done", se.error
+    rows, store = se.rows(), engine.store
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert len(pruned) + len(complete) == 8 and pruned and complete
+    assert se.epochs_used() < 8 * 4
+    for r in rows:
+        run = store.get_run(r["run_id"])
+        assert run["parent"] == se.id and run["summary"]["stacked"] == 8     # all in one pass
+        assert len(store.series(r["run_id"])["val_acc"]) == r["epochs"]
+        if r in pruned:
+            assert run["status"] == "stopped" and "pruned by search" in run["error"]
+            assert r["epochs"] < 4 and r["value"] == r["curve"][r["epochs"]]
+            # its checkpoint is the epoch it was measured on: it left before another step
+            assert read_run_checkpoint(store.checkpoint_path(r["run_id"])).epoch == r["epochs"]
+        else:
+            assert run["status"] == "done" and r["epochs"] == 4
+            assert r["value"] == run["summary"]["final_val_acc"]
+
+
+def test_a_search_stored_with_the_ray_backend_resumes_on_local_and_says_so(engine, tiny_cfg):
+    spec = _run_spec(tiny_cfg, n_trials=2, seed=0, pruner="none").__dict__ | {"backend": "ray"}
+    engine.store.save_sweep("se-old-ray", "search", spec, {"trials": []}, "interrupted", name="t")
+    se = resume_search(engine, "se-old-ray")
+    assert se.spec.backend == "local" and "ray backend, which is gone" in se.notices[0]
+    assert se.wait(300) == "done", se.error
+    assert [r["state"] for r in se.rows()] == ["complete", "complete"]
+    assert engine.store.get_sweep(se.id)["state"]["notices"] == se.notices
 
 
 def test_cli_search_prints_progress_trials_and_best(runs_dir):

@@ -1,5 +1,6 @@
-"""Sweeps: a 2 x 2 grid on each backend stores four runs with the right configs; an interrupted
-sweep resumes without training its finished cells again."""
+"""Sweeps: a 2 x 2 grid on each backend stores four runs with the right configs; the cells go
+through the engine's queue and resource check like any run; an interrupted sweep resumes without
+training its finished cells again; a sweep stored with the retired ray backend still resumes."""
 from __future__ import annotations
 
 import time
@@ -7,8 +8,9 @@ import time
 import pytest
 
 from kdengine import ConfigError, Engine, Store
-from kdengine.experiments.sweeps import (SweepSpec, cell_overrides, parse_values, resume_sweep, start_sweep,
-                             stored_cells)
+from kdengine.core.checkpoints import read_run_checkpoint
+from kdengine.experiments.sweeps import (Sweep, SweepSpec, cell_overrides, parse_values, resume_sweep,
+                                         start_sweep, stored_cells)
 
 AXES = {"method.params.T": [2.0, 6.0], "method.params.soft_weight": [0.5, 0.9]}
 
@@ -61,6 +63,8 @@ def test_local_and_vectorised_backends_store_the_same_four_cells(runs_dir, tiny_
         assert sw.wait(240) == "done", sw.error
         assert {c.backend for c in sw.cells} == {backend}
         results[backend] = _check_four_runs(eng.store, sw)
+        stacked = {eng.store.get_run(c.run_id)["summary"].get("stacked") for c in sw.cells}
+        assert stacked == ({4} if backend == "vectorised" else {None})     # one pass of four
         eng.shutdown()
     # same seeds, batches and init: the same result (weights agree to ~1e-7; the margin allows an
     # argmax tie on a few test samples to break differently on another CPU's BLAS)
@@ -89,15 +93,79 @@ def test_resume_after_interruption_skips_finished_cells(engine, tiny_cfg):
     _check_four_runs(engine.store, again)
 
 
-def test_ray_backend_small_sweep(runs_dir, tiny_cfg, monkeypatch):
-    pytest.importorskip("ray", reason="the ray backend is optional (requirements-cluster.txt)")
-    monkeypatch.setenv("KD_RAY_CPUS", "2")     # a local Ray instance limited to two cores
-    eng = Engine(Store(), max_workers=1)
-    try:
-        sw = start_sweep(eng, _spec(tiny_cfg, "ray"))
-        assert sw.wait(600) == "done", sw.error
-        assert {c.backend for c in sw.cells} == {"ray"}
-        _check_four_runs(eng.store, sw)
-        assert "test_acc" in eng.store.series(sw.cells[0].run_id)
-    finally:
-        eng.shutdown()
+def test_vectorised_cells_queue_behind_another_owners_run_as_one_entry(engine, tiny_cfg):
+    """The cells are the engine's runs: they wait in its fair queue while another owner's run holds
+    the only worker, as one queue entry, and train as one stacked pass when it is free."""
+    blocker = engine.submit(tiny_cfg.with_overrides({"train.epochs": 200}), owner="alice")
+    assert engine.wait_for(blocker, "running", 60)
+    engine.pause(blocker)                       # holds the only worker until resumed
+    assert engine.wait_for(blocker, "paused", 60)
+    sw = start_sweep(engine, _spec(tiny_cfg, "vectorised"), owner="bob")
+    end = time.monotonic() + 60
+    while not all(c.run_id for c in sw.cells) and time.monotonic() < end:
+        time.sleep(0.02)
+    rids = [c.run_id for c in sw.cells]
+    mine = {s.run_id: s for s in engine.runs("bob")}
+    assert set(rids) == set(mine) and {s.parent for s in mine.values()} == {sw.id}
+    assert all(mine[r].status == "queued" for r in rids)
+    assert set(engine.queued()) == set(rids)
+    assert {engine.queue_info(r)[0] for r in rids} == {0}            # one entry for the group
+    engine.stop(blocker)
+    assert sw.wait(240) == "done", sw.error
+    assert engine.status(blocker) == "stopped"
+    for r in rids:
+        assert engine.snapshot(r).summary["stacked"] == 4
+
+
+def test_a_stacked_sweep_too_big_for_this_machine_is_refused_naming_the_field(engine, tiny_cfg,
+                                                                               monkeypatch):
+    from kdengine.run.resources import estimate_bytes
+    wide = tiny_cfg.with_overrides({"student.depth": 2, "student.width": 512})
+    one, field = estimate_bytes(wide)
+    four, _ = estimate_bytes(wide, stacked=4)
+    assert field == "student.width" and four > 2 * one
+    monkeypatch.setenv("KD_MAX_RUN_GIB", str((one + four) / 2 / 2**30))   # one fits, four do not
+    Sweep(engine, _spec(wide, "local"))                          # every cell alone fits
+    with pytest.raises(ConfigError, match="these 4 stacked runs need") as e:
+        start_sweep(engine, _spec(wide, "vectorised"))
+    assert e.value.field == "student.width" and "stack fewer runs" in str(e.value)
+    with pytest.raises(ConfigError) as e:                        # the engine's own check says so too
+        engine.submit_group([wide.with_overrides({"method.params.T": t}) for t in (1.0, 2.0, 3.0, 4.0)])
+    assert e.value.field == "student.width"
+    assert engine.store.list_runs() == [] and engine.store.list_sweeps() == []
+
+
+def test_a_stopped_vectorised_sweep_continues_each_cell_from_its_checkpoint(engine, tiny_cfg):
+    sw = start_sweep(engine, _spec(tiny_cfg.with_overrides({"train.epochs": 12}), "vectorised"))
+    end = time.monotonic() + 120
+    while not all("test_acc" in c.live for c in sw.cells) and time.monotonic() < end:
+        time.sleep(0.02)
+    sw.stop()
+    assert sw.wait(60) == "stopped"
+    first = {c.hash: c.run_id for c in sw.cells}
+    assert {c.status for c in sw.cells} == {"stopped"}
+    epochs = {r: read_run_checkpoint(engine.store.checkpoint_path(r)).epoch for r in first.values()}
+    assert all(1 <= e < 12 for e in epochs.values())
+    again = resume_sweep(engine, sw.id)
+    assert again.wait(240) == "done", again.error
+    for c in again.cells:                          # continued under its id, alone, to the end
+        assert c.run_id == first[c.hash] and c.backend == "local"
+        assert len(engine.store.runs_by_hash(c.hash)) == 1
+        series = engine.store.series(c.run_id)["test_acc"]
+        assert [p[1] for p in series] == [float(e) for e in range(1, 13)]
+    _check_four_runs(engine.store, again)
+
+
+def test_a_sweep_stored_with_the_ray_backend_resumes_on_local_and_says_so(engine, tiny_cfg):
+    spec = _spec(tiny_cfg, "local").__dict__ | {"backend": "ray"}       # as an older version stored it
+    engine.store.save_sweep("sw-old-ray", "sweep", spec, {"cells": []}, "interrupted", name="t")
+    sw = resume_sweep(engine, "sw-old-ray")
+    assert sw.spec.backend == "local" and len(sw.notices) == 1
+    assert "ray backend, which is gone" in sw.notices[0] and "KD_RAY_ADDRESS" in sw.notices[0]
+    assert sw.wait(240) == "done", sw.error
+    assert {c.backend for c in sw.cells} == {"local"}
+    _check_four_runs(engine.store, sw)
+    assert engine.store.get_sweep(sw.id)["state"]["notices"] == sw.notices   # the page shows these
+    with pytest.raises(ConfigError, match="local, vectorised") as e:   # a new spec must name one
+        _spec(tiny_cfg, "ray").validate()
+    assert e.value.field == "backend"

@@ -1,20 +1,21 @@
 """Vectorised students: each stacked student's loss terms and gradients, computed by the method's
-own loss_terms on the stack, equal the same student's alone on the same batch, and a vectorised
-cell ends with the weights a local run of it ends with."""
+own loss_terms on the stack, equal the same student's alone on the same batch, and a group of cells
+submitted to the engine ends with the weights and metrics each cell's run alone ends with."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kdengine.core.checkpoints import safe_load
+from kdengine.core.checkpoints import read_run_checkpoint
 from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.core.knobs import ConfigError
 from kdengine.core.store import Store
 from kdengine.data.datasets import load_data
-from kdengine.experiments.vectorised import create_runs, fallback_notice, train_group
+from kdengine.experiments.sweeps import fallback_notice
 from kdengine.run.stacked import StackedMLP, VmapStack, group_key, stack_students, stacked_params
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models.families import build_model
-from kdengine.run.trainer import NonFiniteLoss, Trainer, read_window
+from kdengine.run.trainer import NonFiniteLoss, read_window
 
 KNOBS = [  # (method, params): different T and weights per student
     ("hinton", {"T": 1.0, "soft_weight": 0.9, "hard_weight": 0.1}),
@@ -201,35 +202,46 @@ def _method_cfg(tiny_cfg, method, params):
              {"T": 4.0, "alpha": 0.5, "beta": 8.0, "ce_weight": 0.2, "warmup_epochs": 1.0}]),
     ("noisy_teacher", [{"sigma": 0.5, "hard_weight": 0.3}, {"sigma": 1.5, "mse_weight": 0.5}]),
 ])
-def test_vectorised_cells_end_where_local_runs_end(runs_dir, tiny_cfg, method, cells):
+def test_vectorised_cells_end_where_local_runs_end(engine, tiny_cfg, method, cells):
+    """The same configs through Engine.submit_group (one pass) and Engine.submit (one run each)."""
     cfgs = [_method_cfg(tiny_cfg, method, p) for p in cells]
-    store = Store()
-    rids = create_runs(cfgs, store)
-    summaries = train_group(cfgs, rids, store)
-    terms = {"hinton": "loss/kd", "dkd": "loss/nckd", "noisy_teacher": "loss/mse"}[method]
-    for cfg, rid, summ in zip(cfgs, rids, summaries):
-        row = store.get_run(rid)
-        assert row["status"] == "done" and row["config_hash"] == cfg.hash
-        assert "test_acc" in store.series(rid) and terms in store.series(rid)
-        path = runs_dir / f"alone-{rid}.pt"
-        alone = Trainer(cfg, checkpoint_path=path).run()
-        mine, theirs = safe_load(store.checkpoint_path(rid))["state_dict"], safe_load(path)["state_dict"]
-        assert set(mine) == set(theirs)
-        for k in mine:
-            torch.testing.assert_close(mine[k], theirs[k], rtol=1e-4, atol=1e-5)
-        assert summ["final_test_acc"] == pytest.approx(alone["final_test_acc"], abs=0.01)
-        assert summ["student_params"] == alone["student_params"]
+    grouped = engine.submit_group(cfgs, owner="sweep")
+    alone = [engine.submit(c, owner="solo") for c in cfgs]
+    for rid in grouped + alone:
+        assert engine.wait(rid, 240) == "done", engine.snapshot(rid).error
+    store = engine.store
+    term = {"hinton": "loss/kd", "dkd": "loss/nckd", "noisy_teacher": "loss/mse"}[method]
+    for cfg, rid, solo in zip(cfgs, grouped, alone):
+        mine, theirs = (read_run_checkpoint(store.checkpoint_path(r)) for r in (rid, solo))
+        assert mine.config_hash == theirs.config_hash == cfg.hash
+        assert (mine.epoch, mine.step) == (theirs.epoch, theirs.step)
+        assert set(mine.state_dict) == set(theirs.state_dict)
+        for k in mine.state_dict:
+            torch.testing.assert_close(mine.state_dict[k], theirs.state_dict[k], rtol=1e-4, atol=1e-5)
+        got, want = store.series(rid), store.series(solo)
+        for k in (term, "loss/total", "test_acc", "val_acc", "agreement"):
+            if k not in want:
+                continue
+            assert [p[:2] for p in got[k]] == [p[:2] for p in want[k]]      # same steps, epochs
+            assert [p[2] for p in got[k]] == pytest.approx([p[2] for p in want[k]], rel=1e-4,
+                                                           abs=1e-5 if k.startswith("loss") else 0.01)
+        assert term in got and "test_acc" in got
+        summ, solo_summ = engine.snapshot(rid).summary, engine.snapshot(solo).summary
+        assert summ["stacked"] == 2 and "stacked" not in solo_summ
+        assert summ["final_test_acc"] == pytest.approx(solo_summ["final_test_acc"], abs=0.01)
+        assert summ["student_params"] == solo_summ["student_params"]
 
 
-def test_a_method_that_cannot_stack_is_refused_and_named(runs_dir, tiny_cfg):
+def test_a_method_that_cannot_stack_is_refused_and_named(engine, tiny_cfg):
     cfgs = [_method_cfg(tiny_cfg, "sobolev", {}), _method_cfg(tiny_cfg, "hinton", {"T": 3.0})]
     assert not get_method_class("sobolev").supports_stacking
     note = fallback_notice(cfgs)
     assert note.startswith("1 of 2 cells run on the local backend") and "sobolev" in note
     assert fallback_notice(cfgs[1:]) == ""
-    store = Store()
-    with pytest.raises(ValueError, match="sobolev does not support stacked students"):
-        train_group(cfgs[:1], create_runs(cfgs[:1], store), store)
+    with pytest.raises(ConfigError, match="sobolev trains one student at a time") as e:
+        engine.submit_group([cfgs[0], cfgs[0].with_overrides({"method.params.value_weight": 0.5})])
+    assert e.value.field == "method.name"
+    assert engine.store.list_runs() == []
 
 
 def test_a_vectorised_sweep_trains_what_cannot_stack_locally_and_says_so(runs_dir, tiny_cfg,

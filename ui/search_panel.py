@@ -29,7 +29,7 @@ VAL_NOTE = ("Trials are scored on **validation accuracy**: a share of the traini
 # Words for the backends the engine offers (SEARCH_BACKENDS); one it adds later is offered by name.
 BACKEND_HELP = {"local": "trials on the engine's workers",
                 "vectorised": "batches of 8 suggestions trained together as stacked students "
-                              "(method knobs only, no pruning)"}
+                              "(method knobs only; a pruned trial leaves the pass)"}
 PRUNER_HELP = ("median: stop a trial whose epoch-k accuracy is below the median of earlier trials at "
                "epoch k; asha: successive halving, only the best third goes on at epochs 1, 3, 9, ...; "
                "none: every trial trains to the end")
@@ -107,7 +107,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
                           timeout_s=minutes * 60 or None, pruner=pruner, metric=metric,
                           second="epoch_s" if pareto else "", seed=None if seed < 0 else int(seed),
                           backend=backend, name=preset)
-        widgets.launch_experiment("search_id", backend,
+        widgets.launch_experiment("search_id",
                                   lambda: start_search(engine, spec, owner=owner))
     widgets.stored_sweep_picker(engine.store, "search", "search_id", "Search", limit=50)
 

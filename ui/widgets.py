@@ -233,13 +233,10 @@ def field(cls, name: str, values: dict, key_prefix: str, where=None,
     return widget(spec, f"{key_prefix}{name}", values.get(name, spec["default"]), where, **kw)
 
 
-def launch_experiment(key: str, backend: str, start: Callable[[], Any]) -> None:
+def launch_experiment(key: str, start: Callable[[], Any]) -> None:
     """Start a sweep or a search (``start()`` returns it) and keep its id in
     ``st.session_state[key]``; a refusal is shown in the page, naming the field."""
-    from kdengine import ray_available
     try:
-        if backend == "ray" and not ray_available():
-            raise ConfigError("backend", "ray is not installed")
         st.session_state[key] = start().id
     except ConfigError as e:
         st.error(str(e), icon=":material/error:")

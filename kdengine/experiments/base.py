@@ -1,6 +1,10 @@
-"""What every experiment shares (a sweep, a TA-gap experiment): a spec, a driver thread, stop and
-wait, a row in the store's ``sweeps`` table, and a registry of the experiments this process drives
-so that pages find theirs again after a rerun.
+"""What every experiment shares (a sweep, a search, a TA-gap experiment): a spec, a driver thread,
+stop and wait, a row in the store's ``sweeps`` table, and a registry of the experiments this process
+drives so that pages find theirs again after a rerun.
+
+An experiment trains nothing itself: it submits runs to the engine (``Engine.submit`` or
+``submit_group``), waits for them and reads their snapshots and stored rows. Every run it asks for
+goes through the engine's queue, its resource check and its executor, like a run from the Lab page.
 
 A subclass names its ``kind`` (the store's kind column), its ``spec_cls`` and its id prefix, and
 implements ``_drive`` (the work; returns the final status) and ``_state`` (what is stored besides
@@ -16,6 +20,20 @@ from dataclasses import asdict
 from typing import Any, ClassVar
 
 FINISHED = ("done", "failed", "stopped")
+# Backends of older versions, still found in stored specs: what runs them now.
+RETIRED_BACKENDS = {"ray": "local"}
+
+
+def retired_backend(spec, label: str) -> str:
+    """Move a spec stored with a retired backend onto the one that replaces it; returns the line
+    that says so ("" when the backend is current)."""
+    old = getattr(spec, "backend", None)
+    if old not in RETIRED_BACKENDS:
+        return ""
+    spec.backend = RETIRED_BACKENDS[old]
+    return (f"This {label} asked for the {old} backend, which is gone: Ray is now where the engine "
+            f"itself trains runs (KD_RAY_ADDRESS), so the {label} runs on the "
+            f"{spec.backend} backend, on Ray whenever the engine uses it.")
 
 
 class Spec:
@@ -37,6 +55,8 @@ class Experiment:
 
     def __init__(self, engine, spec, owner: str = "", exp_id: str | None = None):
         self.engine, self.store = engine, engine.store
+        # Lines the pages and the CLI show with the experiment (e.g. a retired backend, moved).
+        self.notices: list[str] = [n for n in [retired_backend(spec, self.label)] if n]
         self.spec = spec.validate()
         self.owner = owner
         self.id = exp_id or time.strftime(f"{self.id_prefix}-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]

@@ -12,7 +12,11 @@ Seeds: a seed is the student's seed (initialisation and batch order); the data s
 teacher stay fixed within a claim (the teacher is trained once and cached), except for the
 temperature claim, whose seed is the data split and so also the teacher.
 
-Lives in ``experiments`` (the top layer) because a teacher-assistant chain trains runs in turn.
+Every training run goes through an engine (:func:`suite_engine`: one worker thread, a store in
+the data folder), as any run of the app does: the suite submits a config, waits, and reads the
+summary from the run's snapshot and the student from the run's checkpoint. A config already trained
+to the end is reused by its hash (kdengine/experiments/chains.py), and the TA of the TA-gap claim is
+a run whose student teaches the next run (``teacher.source = "run"``).
 """
 from __future__ import annotations
 
@@ -21,19 +25,23 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from kdengine.core.checkpoints import save_checkpoint
+from kdengine.core.checkpoints import load_state_into, read_run_checkpoint
 from kdengine.core.config import RunConfig
 from kdengine.core.paths import data_root
 from kdengine.core.presets import load_preset
+from kdengine.core.store import Store
 from kdengine.data import load_data
+from kdengine.experiments.chains import ensure_run, run_teacher
 from kdengine.losses.logits import dkd_per_sample, entropy
-from kdengine.models.families import logits_of
-from kdengine.run.trainer import Trainer
+from kdengine.models.families import build_model, logits_of
+from kdengine.run.engine import Engine
 
 CPU = torch.device("cpu")
 
@@ -43,18 +51,51 @@ HIERARCHY = {"name": "hierarchy", "n_samples": 6000, "noise": 1.0, "hier_classes
 
 
 # ---------------------------------------------------------------------------------------------
-# running one config
+# running one config: submit to the engine, wait, read
 # ---------------------------------------------------------------------------------------------
+_engines: dict[Path, Engine] = {}        # the suite's own engines, one per data folder
+_given: list[Engine] = []                # an engine passed to run_claims, while it runs
+
+
+def suite_engine() -> Engine:
+    """The engine the suite's runs go through: the one passed to :func:`run_claims`, else its own
+    (one worker thread, a store in the data folder), made on first use in each data folder."""
+    if _given:
+        return _given[-1]
+    root = data_root()
+    if root not in _engines:
+        _engines[root] = Engine(Store(root), max_workers=1)
+    return _engines[root]
+
+
+@dataclass
+class Run:
+    """A run of the suite, trained to the end: its summary, and its student on request."""
+    run_id: str
+    cfg: RunConfig
+    summary: dict
+
+    def student(self) -> nn.Module:
+        """The trained student, from the run's checkpoint (written at its last epoch)."""
+        ck = read_run_checkpoint(suite_engine().store.checkpoint_path(self.run_id))
+        data = load_data(self.cfg.data)
+        model = build_model(self.cfg.student, data.input_shape, data.n_classes)
+        load_state_into(model, ck.state_dict, f"the student of run {self.run_id}")
+        return model.eval()
+
+
 def _config(base: RunConfig | str, overrides: dict) -> RunConfig:
     cfg = load_preset(base) if isinstance(base, str) else base
     return cfg.with_overrides({"train.checkpoint_every": 0, "train.baseline": False, **overrides})
 
 
-def train_run(base: RunConfig | str, overrides: dict) -> Trainer:
-    """Train one config to the end (no store, no monitors); the trainer holds summary and student."""
-    trainer = Trainer(_config(base, overrides))
-    trainer.run()
-    return trainer
+def train_run(base: RunConfig | str, overrides: dict) -> Run:
+    """Train one config to the end on the suite's engine (a finished run of the same config is
+    reused) and return it."""
+    cfg = _config(base, overrides)
+    engine = suite_engine()
+    rid, _reused = ensure_run(engine, cfg, owner="phenomena", name=f"phenomena: {cfg.name or 'run'}")
+    return Run(rid, cfg, engine.snapshot(rid).summary)
 
 
 def _acc(base, overrides) -> float:
@@ -101,9 +142,9 @@ def measure_omitted(seed: int) -> dict:
     """digits without any 3 in the transfer set: class-3 test accuracy, then with the bias of class 3
     raised by the best shift (chosen on the test set, as Hinton et al. did)."""
     from kdengine.analysis.dark_knowledge import best_shift, omitted_report
-    trainer = train_run("digits-omit-3", {"train.seed": seed})
-    data = load_data(trainer.cfg.data)
-    z = logits_of(trainer.student, data.test.x, CPU)
+    run = train_run("digits-omit-3", {"train.seed": seed})
+    data = load_data(run.cfg.data)
+    z = logits_of(run.student(), data.test.x, CPU)
     shifts = [i * 0.25 for i in range(41)]
     before = omitted_report(z, data.test.y, 3)
     shift = best_shift(z, data.test.y, 3, shifts)
@@ -186,11 +227,7 @@ def measure_ta_gap(seed: int) -> dict:
     base = _ta_base(seed)
     direct = _acc(base, {})
     ta = train_run(base, {"student": _mlp(1, 64)})
-    path = data_root() / "phenomena" / f"ta-{base.hash}.pt"
-    save_checkpoint(path, {"state_dict": {k: v.cpu() for k, v in ta.student.state_dict().items()}})
-    via = _acc(base, {"teacher": {"source": "checkpoint", "model": _mlp(1, 64),
-                                  "checkpoint": str(path.relative_to(data_root()))}})
-    path.unlink(missing_ok=True)
+    via = _acc(base, {"teacher": vars(run_teacher(ta.run_id, ta.cfg.student))})
     return {"ta_gain_pts": 100 * (via - direct), "direct_acc": direct, "via_ta_acc": via,
             "ta_acc": ta.summary["final_test_acc"],
             "teacher_acc": ta.summary.get("teacher_test_acc", math.nan)}
@@ -355,10 +392,22 @@ def cpu_seconds() -> float:
 
 def run_claims(claims: list[Claim], seeds: list[int],
                on_step: Callable[[str, int], None] | None = None,
-               on_result: Callable[[ClaimResult], None] | None = None) -> list[ClaimResult]:
+               on_result: Callable[[ClaimResult], None] | None = None,
+               engine: Engine | None = None) -> list[ClaimResult]:
     """Measure each claim for each seed. Claims sharing a measurement reuse it (its time is
     charged to the first). ``on_step(claim_id, seed)`` is called after each measurement,
-    ``on_result`` with each claim's result as soon as it is complete."""
+    ``on_result`` with each claim's result as soon as it is complete. The runs go through
+    ``engine`` (default: :func:`suite_engine`'s own)."""
+    if engine is not None:
+        _given.append(engine)
+    try:
+        return _run_claims(claims, seeds, on_step, on_result)
+    finally:
+        if engine is not None:
+            _given.remove(engine)
+
+
+def _run_claims(claims, seeds, on_step, on_result) -> list[ClaimResult]:
     done: dict[tuple, dict] = {}
     results = []
     for claim in claims:

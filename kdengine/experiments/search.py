@@ -20,8 +20,14 @@ budget and a time budget, a pruner and the metric. Each trial is an ordinary run
 * Reproducible: with a seed the sampler is seeded and trials run one at a time; without one, as many
   run at once as the engine has workers.
 * A suggested config already trained to the end (same config hash, any parent) is reused, not trained.
-* ``backend="vectorised"``: batches of suggestions trained as stacked students (no pruning);
-  ``backend="ray"``: the same study on Ray Tune (:mod:`kdengine.experiments.ray_search`).
+* ``backend="vectorised"``: batches of suggestions that differ only in per-student knobs are
+  submitted as one group (``Engine.submit_group``) and train as stacked students in one pass; each
+  member reports its own epochs to its trial, and a pruned member is stopped and leaves the pass
+  while the others train on.
+
+Whatever the backend, the search asks and tells in this process and trains nothing itself: its
+trials are engine runs, so they run wherever the engine runs them (threads, worker processes, a Ray
+cluster through ``KD_RAY_ADDRESS``).
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ PRUNERS = ("median", "asha", "none")
 METRICS = {"val_acc": "maximize", "test_acc": "maximize", "agreement": "maximize",
            "kl_test": "minimize"}
 SECOND = {"": None, "epoch_s": "minimize"}
-SEARCH_BACKENDS = ("local", "vectorised", "ray")
+SEARCH_BACKENDS = ("local", "vectorised")
 VECTOR_BATCH = 8         # suggestions trained together as stacked students (backend vectorised)
 # Ranges a user most often wants, where the knob's own bounds are far too wide (T <= 100).
 DEFAULT_SPACE = {"method.params.T": {"low": 1.0, "high": 20.0, "log": True},
@@ -223,9 +229,6 @@ class SearchSpec(Spec):
             raise ConfigError("timeout_s", f"must be > 0 seconds, got {self.timeout_s}")
         if not 0.0 < self.val_fraction <= 0.5:
             raise ConfigError("val_fraction", f"must be in (0, 0.5], got {self.val_fraction}")
-        if self.backend == "ray" and self.second:
-            raise ConfigError("second", "the Ray backend searches one objective; use local for a "
-                                        "Pareto front")
         cfg = self.base_config()
         if self.metric == "val_acc" and cfg.data.name == "text":
             raise ConfigError("metric", "the text task has no validation split: use test_acc")
@@ -356,22 +359,15 @@ class Search(Experiment):
         self.dists = distributions(self.base, spec.space)
         self.trials: list[TrialRow] = stored_rows(self.store, exp_id) if exp_id else []
         self.started = 0.0
-        self._control = None        # the stacked pass's trainer Control, while one runs
 
     def stop(self) -> None:
         super().stop()
-        if self._control is not None:
-            self._control.stop()
         for t in list(self.trials):
             if t.state == "running" and t.run_id:
                 try:
                     self.engine.stop(t.run_id)
-                except KeyError:         # not an engine run (stacked, Ray): their loops see the stop
+                except KeyError:         # another process's run: not this engine's to stop
                     pass
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
 
     # -- reading ---------------------------------------------------------------------------------
     def rows(self) -> list[dict]:
@@ -390,10 +386,7 @@ class Search(Experiment):
     # -- driver ----------------------------------------------------------------------------------
     def _drive(self) -> str:
         self.started = time.monotonic()
-        if self.spec.backend == "ray":
-            from kdengine.experiments.ray_search import run_on_ray
-            run_on_ray(self)
-        elif self.spec.backend == "vectorised":
+        if self.spec.backend == "vectorised":
             self._run_vectorised()
         else:
             self._run_local()
@@ -424,11 +417,14 @@ class Search(Experiment):
             time.sleep(0.05)
 
     def _run_vectorised(self) -> None:
-        """Batches of suggestions (asked together, TPE's constant liar keeping them apart) trained
-        as stacked students in one pass when they differ only in method knobs; the rest run on the
-        engine one by one. A batch is not pruned: a member cannot leave the stack early, and it
-        costs a fraction of a run (docs/sweeps.md has the figures)."""
-        from kdengine.experiments.vectorised import can_vectorise, group_key
+        """Batches of suggestions (asked together, TPE's constant liar keeping them apart): those
+        that differ only in per-student knobs go to the engine as one group and train as stacked
+        students in one pass, the rest as single runs. Every trial reports its epochs and may be
+        pruned, stacked or not: a pruned member leaves the pass, the others train on. The next
+        batch is asked when this one has ended. Seeded, the units of a batch train one after
+        another, so that pruning sees the same reports in the same order every time."""
+        from kdengine.run.stacked import group_key
+        from kdengine.experiments.sweeps import can_vectorise
         self.study = self.open_study()
         while self.budget_left():
             asked = []
@@ -440,48 +436,25 @@ class Search(Experiment):
             for a in asked:
                 ok = can_vectorise(a[2]) and a[0].user_attrs.get("resume_run") is None
                 groups.setdefault(group_key(a[2]) if ok else None, []).append(a)
-            for key, members in groups.items():
-                if key is not None and len(members) > 1:
-                    self._train_stacked(members)
-                    continue
-                for a in members:                 # one at a time through the engine
-                    started = self._launch(a)
-                    while started is not None and not self._settle(*started):
-                        time.sleep(0.05)
+            units = [m for key, m in groups.items() if key is not None and len(m) > 1]
+            units += [[a] for key, m in groups.items() if key is None or len(m) == 1 for a in m]
+            live: list[tuple[Any, TrialRow]] = []
+            for unit in units:
+                if len(unit) > 1:
+                    live += self._launch_group(unit)
+                else:
+                    started = self._launch(unit[0])
+                    live += [started] if started is not None else []
+                if self.spec.seed is not None:
+                    self._wait(live)
+            self._wait(live)
 
-    def _train_stacked(self, members: list) -> None:
-        from optuna.trial import TrialState
-        from kdengine.experiments.vectorised import create_runs, train_group
-        from kdengine.run.trainer import Control, StopRequested
-        cfgs = [cfg for _, _, cfg in members]
-        rids = create_runs(cfgs, self.store, owner=self.owner, parent=self.id)
-        for (trial, row, _), rid in zip(members, rids):
-            row.run_id = rid
-            trial.set_user_attr("run_id", rid)
-        self._save()
-
-        def on_epoch(epoch: int, evals: list[dict]) -> None:
-            with self._lock:
-                for (_, row, _), ev in zip(members, evals):
-                    row.curve[epoch] = ev.get(self.spec.metric)
-                    row.epochs += 1
-        self._control = Control()
-        if self._stop.is_set():
-            self._control.stop()
-        try:
-            summaries = train_group(cfgs, rids, self.store, control=self._control,
-                                    on_epoch=on_epoch)
-        except (StopRequested, InterruptedError):
-            for _, row, _ in members:
-                row.state = "stopped"     # a resume asks them again
-            self._save()
-            return
-        except (FloatingPointError, ConfigError, RuntimeError, ValueError) as e:
-            for trial, row, _ in members:
-                self._end(trial, row, "failed", state=TrialState.FAIL, error=str(e))
-            return
-        for (trial, row, _), summary in zip(members, summaries):
-            self._finish(trial, row, summary)
+    def _wait(self, live: list) -> None:
+        """Wait until every trial of ``live`` (trial, row) has ended and been told."""
+        while live:
+            live = [(trial, row) for trial, row in live if not self._settle(trial, row)]
+            if live:
+                time.sleep(0.05)
 
     def open_study(self):
         """The study rebuilt from the finished trials; trials cut off by a stop or a crash are
@@ -517,19 +490,48 @@ class Search(Experiment):
         return trial, row, cfg
 
     def _launch(self, asked=None):
-        """Start the next trial's run on the engine (``asked``: one from :meth:`_ask`)."""
+        """Submit the next trial's run to the engine (``asked``: one from :meth:`_ask`); returns
+        (trial, row), or None when nothing was started."""
         asked = asked or self._ask()
         if asked is None:
             return None
         trial, row, cfg = asked
+        if self._stop.is_set():
+            row.state = "stopped"         # asked, never started: a resume asks it again
+            return None
         resume = trial.user_attrs.get("resume_run")
         rid = None
         if resume and (self.store.get_run(resume) or {}).get("status") in FINAL:
             rid = self.engine.resume_run(resume)
             for epoch, v in self._stored_curve(rid).items():   # epochs before the checkpoint
                 self._report(trial, row, epoch, v)
-        if rid is None:
-            rid = self.engine.submit(cfg, owner=self.owner, name=cfg.name, parent=self.id)
+        try:
+            rid = rid or self.engine.submit(cfg, owner=self.owner, name=cfg.name, parent=self.id)
+        except ConfigError as e:          # e.g. a suggested size too big for this machine
+            from optuna.trial import TrialState
+            self._end(trial, row, "failed", state=TrialState.FAIL, error=str(e))
+            return None
+        return self._follow(trial, row, rid)
+
+    def _launch_group(self, asked: list) -> list:
+        """Submit trials that stack as one group: stacked students in one pass, each its own run."""
+        if self._stop.is_set():
+            for _, row, _ in asked:
+                row.state = "stopped"
+            return []
+        cfgs = [cfg for _, _, cfg in asked]
+        try:
+            rids = self.engine.submit_group(cfgs, owner=self.owner, names=[c.name for c in cfgs],
+                                            parent=self.id)
+        except ConfigError as e:          # e.g. too big as a stack for this machine
+            from optuna.trial import TrialState
+            for trial, row, _ in asked:
+                self._end(trial, row, "failed", state=TrialState.FAIL, error=str(e))
+            return []
+        return [self._follow(trial, row, rid) for (trial, row, _), rid in zip(asked, rids)]
+
+    def _follow(self, trial, row: TrialRow, rid: str):
+        """Tie a trial to its run: its per-epoch metric goes to the pruner as the run reports it."""
         row.run_id = rid
         trial.set_user_attr("run_id", rid)
         self.engine.subscribe(rid, lambda ev: self._on_event(trial, row, ev))
@@ -554,7 +556,7 @@ class Search(Experiment):
             row.epochs += 1
         if self._report(trial, row, epoch, ev.values[self.spec.metric]):
             try:
-                self.engine.stop(row.run_id)
+                self.engine.stop(row.run_id, f"pruned by search {self.id} after epoch {epoch}")
             except KeyError:
                 pass
 
@@ -572,38 +574,22 @@ class Search(Experiment):
     def _settle(self, trial, row: TrialRow) -> bool:
         """Tell the study how a trial's run ended; True once it has ended."""
         from optuna.trial import TrialState
-        status = self.engine.status(row.run_id)
-        if status in ACTIVE:
+        if row.state not in ("running", "pruning"):
+            return True                   # told already (e.g. its run could not be submitted)
+        if self.engine.status(row.run_id) in ACTIVE:
             return False
-        run = self.store.get_run(row.run_id) or {}
-        if status == "done":
-            self._finish(trial, row, run.get("summary") or {})
-        elif row.state == "pruning":
-            last = max(row.curve) if row.curve else 0
-            self.store.set_status(row.run_id, "stopped", f"pruned by search {self.id} after epoch "
-                                                         f"{last}")
-            row.value = row.curve.get(last)
+        snap = self.engine.snapshot(row.run_id)
+        if snap.status == "done":
+            self._finish(trial, row, snap.summary)
+        elif row.state == "pruning":      # its run was stopped by the pruner (see _on_event)
+            row.value = row.curve.get(max(row.curve)) if row.curve else None
             self._end(trial, row, "pruned", state=TrialState.PRUNED)
-        elif status == "stopped" and self._stop.is_set():
+        elif snap.status == "stopped" and self._stop.is_set():
             row.state = "stopped"         # a resume asks it again and continues its run
             self._save()
         else:
-            self._end(trial, row, "failed", state=TrialState.FAIL, error=run.get("error"))
+            self._end(trial, row, "failed", state=TrialState.FAIL, error=snap.error)
         return True
-
-    def new_row(self, params: dict, run_id: str) -> TrialRow:
-        """A trial started elsewhere (a Ray trial): its row, appended."""
-        with self._lock:
-            row = TrialRow(len(self.trials), dict(params), run_id=run_id)
-            self.trials.append(row)
-        return row
-
-    def record_done(self, row: TrialRow, summary: dict) -> None:
-        """A trial that ran to the end elsewhere (a Ray trial): value and epoch time from its run."""
-        row.value = summary.get(f"final_{self.spec.metric}")
-        row.epoch_s = epoch_seconds(self.store, row.run_id, summary)
-        row.state = "complete"
-        self._save()
 
     def _finish(self, trial, row: TrialRow, summary: dict, reused: bool = False) -> None:
         from optuna.trial import TrialState
@@ -629,7 +615,7 @@ class Search(Experiment):
     def _state(self) -> dict:
         with self._lock:
             return {"trials": [asdict(t) for t in self.trials], "error": self.error,
-                    "epochs_used": self.epochs_used()}
+                    "epochs_used": self.epochs_used(), "notices": self.notices}
 
 
 def _fmt(v) -> str:

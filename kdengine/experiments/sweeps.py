@@ -1,20 +1,21 @@
 """Sweeps: a grid (or random sample) over named dotted config fields, e.g. ``method.params.T`` x
 ``method.params.soft_weight``, filled in cell by cell while a page watches.
 
-Three backends behind one interface (:class:`Sweep`):
+A sweep trains nothing itself: every cell is a run it submits to the engine, which queues it fairly
+among everyone's runs, checks its resources and trains it on its executor (threads, worker processes
+or a Ray cluster, whichever the engine uses). Two backends say how the cells are submitted:
 
-* ``local`` — every cell is submitted to the Engine's queue and run by its workers;
-* ``vectorised`` — cells that differ only in method knobs train together in one pass
-  (:mod:`kdengine.experiments.vectorised`); cells it cannot take (a method that does not support
-  stacked students) run on ``local``, and ``Sweep.notices`` says so;
-* ``ray`` — Ray Tune trials (:mod:`kdengine.experiments.ray_backend`, optional ``requirements-cluster.txt``).
+* ``local`` — one run per cell (``Engine.submit``);
+* ``vectorised`` — cells that differ only in the method's per-student knobs (T, the loss weights)
+  are submitted as groups (``Engine.submit_group``) and train as stacked students in one pass
+  (kdengine/run/group.py); cells that cannot stack (a method that trains one student at a time)
+  are submitted one by one, and ``Sweep.notices`` says so.
 
-Whatever the backend, each cell is an ordinary run in the store (``parent`` = the sweep id) and a
-cell is identified by its config hash: a sweep that is started again (after a crash, a stop, or by
-another user asking for the same grid) reuses finished runs instead of training them again, and an
-interrupted local run continues from its last checkpoint. The sweep itself (spec and cell state) is
-a row in the store's ``sweeps`` table; starting, stopping, resuming and the registry of live sweeps
-are :class:`kdengine.experiments.base.Experiment`'s.
+Each cell is an ordinary run in the store (``parent`` = the sweep id) and is identified by its config
+hash: a sweep started again (after a crash, a stop, or by another user asking for the same grid)
+reuses finished runs instead of training them again, and an interrupted run continues from its last
+checkpoint. The sweep itself (spec and cell state) is a row in the store's ``sweeps`` table; starting,
+stopping, resuming and the registry of live sweeps are :class:`kdengine.experiments.base.Experiment`'s.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, FINAL
 from kdengine.experiments.base import Experiment, Spec
 
-BACKENDS = ("local", "vectorised", "ray")
+BACKENDS = ("local", "vectorised")
+LIVE_KEYS = ("test_acc", "train_acc", "agreement", "kl_test")    # a training cell's heatmap values
 # The page's default: few labels with the student alone as reference, where T and the soft weight
 # matter (with all labels on digits the student alone wins and the grid teaches "T hurts").
 DEFAULT_PRESET = "digits-50-labels"
@@ -106,20 +108,29 @@ class Sweep(Experiment):
         super().__init__(engine, spec, owner, exp_id)
         self._configs = cell_configs(self.spec)
         self.cells = [Cell(ov, cfg.hash) for ov, cfg in self._configs]
-        # Lines the Sweeps page and the CLI show with the sweep, e.g. cells not vectorised.
-        self.notices: list[str] = self._plan_notices()
-        self._control = None        # the vectorised pass's trainer Control, while one runs
+        if self.spec.backend == "vectorised":
+            note = fallback_notice([cfg for _, cfg in self._configs])
+            self.notices += [note] if note else []
+        self._check_resources()
+
+    def _check_resources(self) -> None:
+        """Refuse a sweep with a cell (or a group of stacked cells) too big for this machine before
+        anything runs, naming the field to make smaller (the engine checks again when it queues)."""
+        from kdengine.run.engine import check_resources
+        for unit in self._units(range(len(self.cells))):
+            check_resources(self._configs[unit[0]][1], stacked=len(unit))
 
     # -- control ---------------------------------------------------------------------------------
     def stop(self) -> None:
         super().stop()
-        if self._control is not None:
-            self._control.stop()
+        self._stop_runs()
+
+    def _stop_runs(self) -> None:
         for c in self.cells:
             if c.run_id and c.status in ACTIVE:
                 try:
                     self.engine.stop(c.run_id)
-                except KeyError:     # not an engine run (vectorised / ray): their loops see _stop
+                except KeyError:     # another process's run: not this engine's to stop
                     pass
 
     # -- reading ---------------------------------------------------------------------------------
@@ -143,14 +154,12 @@ class Sweep(Experiment):
         try:
             pending = self._reuse_finished()
             if pending and not self._stop.is_set():
-                backend = self.spec.backend
-                if backend == "vectorised":
-                    pending = self._run_vectorised(pending)
-                elif backend == "ray":
-                    self._run_ray(pending)
-                    pending = []
-                if pending:
-                    self._run_local(pending)
+                self._submit(pending)
+                while not self._stop.is_set() and any(
+                        self.cells[i].status in ACTIVE + ("pending",) for i in pending):
+                    if self._refresh():
+                        self._save()
+                    time.sleep(0.1)
             self._settle()
             return "done" if all(c.status == "done" for c in self.cells) else "failed"
         finally:                   # the cells' last statuses go into the final save
@@ -188,106 +197,68 @@ class Sweep(Experiment):
                 return row["id"]
         return None
 
-    def _rows_for(self, idx: list[int], backend: str) -> list[str]:
-        """Store rows for cells a non-engine backend fills in: old rows of this sweep or new ones."""
-        from kdengine.run.trainer import versions
-        rids = []
-        for i in idx:
-            c, cfg = self.cells[i], self._configs[i][1]
-            rid = self._resumable(c)
-            if rid:
-                self.store.set_status(rid, "queued")
-            else:
-                rid = self.store.create_run(cfg.to_dict(), cfg.hash, owner=self.owner, name=cfg.name,
-                                            versions=versions(), parent=self.id)
-            c.run_id, c.status, c.backend = rid, "queued", backend
-            rids.append(rid)
-        self._save()
-        return rids
-
-    def _run_local(self, idx: list[int]) -> None:
-        for i in idx:
-            if self._stop.is_set():
-                return
-            c, cfg = self.cells[i], self._configs[i][1]
-            old = self._resumable(c)
-            c.backend = "local"
-            c.run_id = (self.engine.resume_run(old) if old else
-                        self.engine.submit(cfg, owner=self.owner, name=cfg.name, parent=self.id))
-            c.status = "queued"
-        self._save()
-        while not self._stop.is_set() and any(self.cells[i].status in ACTIVE + ("pending",)
-                                              for i in idx):
-            if self._refresh():
-                self._save()
-            time.sleep(0.1)
-
-    def _plan_notices(self) -> list[str]:
-        if self.spec.backend != "vectorised":
-            return []
-        from kdengine.experiments.vectorised import fallback_notice
-        note = fallback_notice([cfg for _, cfg in self._configs])
-        return [note] if note else []
-
-    def _run_vectorised(self, idx: list[int]) -> list[int]:
-        """Train each group of stackable cells in one pass; return the cells left for local."""
-        from kdengine.experiments.vectorised import can_vectorise, group_key, train_group
-        from kdengine.run.trainer import Control, StopRequested
-        self._control = Control()
+    def _units(self, idx, alone=frozenset()) -> list[list[int]]:
+        """The cells as the engine gets them: groups of cells that stack (backend vectorised; up to
+        a group's size limit) first, then single cells. Cells in ``alone`` are single."""
+        from kdengine.run.group import MAX_SIZE
+        from kdengine.run.stacked import group_key
         groups: dict[str, list[int]] = {}
-        rest = []
+        singles = []
         for i in idx:
             cfg = self._configs[i][1]
-            if can_vectorise(cfg):
+            if self.spec.backend == "vectorised" and i not in alone and can_vectorise(cfg):
                 groups.setdefault(group_key(cfg), []).append(i)
             else:
-                rest.append(i)
-        for members in groups.values():
+                singles.append([i])
+        chunks = [m[k:k + MAX_SIZE] for m in groups.values() for k in range(0, len(m), MAX_SIZE)]
+        return chunks + singles
+
+    def _submit(self, idx: list[int]) -> None:
+        """Hand the pending cells to the engine. A cell with an earlier run of this sweep continues
+        that run alone (from its checkpoint); the others go as groups or one by one."""
+        old = {i: rid for i in idx if (rid := self._resumable(self.cells[i]))}
+        for unit in self._units(idx, alone=set(old)):
             if self._stop.is_set():
                 break
-            cfgs = [self._configs[i][1] for i in members]
-            rids = self._rows_for(members, "vectorised")
-            def on_epoch(epoch, evals, members=members):
-                for i, ev in zip(members, evals):
-                    self.cells[i].live = {**ev, "epoch": epoch}
-                self._refresh()
-            try:
-                train_group(cfgs, rids, self.store, control=self._control, on_epoch=on_epoch)
-            except (StopRequested, ConfigError, RuntimeError, ValueError):
-                pass            # the runs carry the status and error; the sweep goes on
-            self._refresh()
+            cfgs = [self._configs[i][1] for i in unit]
+            if len(unit) > 1:
+                rids = self.engine.submit_group(cfgs, owner=self.owner, names=[c.name for c in cfgs],
+                                                parent=self.id)
+            elif unit[0] in old:
+                rids = [self.engine.resume_run(old[unit[0]])]
+            else:
+                rids = [self.engine.submit(cfgs[0], owner=self.owner, name=cfgs[0].name,
+                                           parent=self.id)]
+            with self._lock:
+                for i, rid in zip(unit, rids):
+                    c = self.cells[i]
+                    c.run_id, c.status = rid, "queued"
+                    c.backend = "vectorised" if len(unit) > 1 else "local"
             self._save()
-        return rest
-
-    def _run_ray(self, idx: list[int]) -> None:
-        from kdengine.experiments.ray_backend import run_cells
-        cfgs = [self._configs[i][1] for i in idx]
-        rids = self._rows_for(idx, "ray")
-        run_cells(list(zip(cfgs, rids)), self.store, should_stop=self._stop.is_set,
-                  on_result=self._refresh)
-        self._refresh()
+        if self._stop.is_set():      # a stop that came while the cells were being handed over
+            self._stop_runs()
 
     def _refresh(self) -> bool:
-        """Pull each cell's status (and summary once final) from the engine / store."""
+        """Pull each unfinished cell's status, live values and (once final) summary from its run's
+        snapshot; True when a status changed."""
+        snaps = {s.run_id: s for s in self.engine.runs(self.owner) if s.parent == self.id}
         changed = False
         with self._lock:
             for c in self.cells:
-                if not c.run_id or (c.status in FINAL and c.summary):
+                if not c.run_id or c.status in FINAL:
                     continue
-                try:
-                    st = self.engine.status(c.run_id)
-                except KeyError:
-                    continue
-                if st == "running" and c.backend == "local":
-                    latest = self.engine.snapshot(c.run_id).latest   # in memory: cheap
-                    if "test_acc" in latest:
-                        c.live = {k: latest[k] for k in ("test_acc", "train_acc", "agreement",
-                                                         "kl_test") if k in latest}
-                if st != c.status or (st in FINAL and not c.summary):
-                    c.status, changed = st, True
-                    if st in FINAL:
-                        row = self.store.get_run(c.run_id)
-                        c.summary = (row or {}).get("summary") or {}
+                snap = snaps.get(c.run_id)
+                if snap is None:          # no longer held in memory: read back from the store
+                    try:
+                        snap = self.engine.snapshot(c.run_id)
+                    except KeyError:
+                        continue
+                if snap.status == "running" and "test_acc" in snap.latest:
+                    c.live = {k: snap.latest[k] for k in LIVE_KEYS if k in snap.latest}
+                if snap.status != c.status:
+                    c.status, changed = snap.status, True
+                    if snap.status in FINAL:
+                        c.summary = dict(snap.summary)
         return changed
 
     def _state(self) -> dict:
@@ -295,10 +266,28 @@ class Sweep(Experiment):
                 "notices": self.notices}
 
 
-def ray_available() -> bool:
-    """Whether the ray backend can run here (checked without importing Ray, which is slow)."""
-    import importlib.util
-    return importlib.util.find_spec("ray") is not None
+# ---------------------------------------------------------------------------------------------
+# which cells stack (the rule itself: kdengine.run.stacked)
+# ---------------------------------------------------------------------------------------------
+def can_vectorise(cfg: RunConfig) -> bool:
+    from kdengine.run.stacked import why_not_stacked
+    return not why_not_stacked(cfg)
+
+
+def fallback_notice(cfgs: list[RunConfig]) -> str:
+    """One line for the Sweeps page and the CLI when some cells cannot train stacked ("" when all
+    can)."""
+    from kdengine.run.stacked import why_not_stacked
+    counts: dict[str, int] = {}
+    for cfg in cfgs:
+        reason = why_not_stacked(cfg)
+        if reason:
+            counts[reason] = counts.get(reason, 0) + 1
+    if not counts:
+        return ""
+    n = sum(counts.values())
+    return (f"{n} of {len(cfgs)} cells run on the local backend, one run each, not vectorised: "
+            + "; ".join(counts))
 
 
 def parse_values(text: str) -> list:
@@ -325,7 +314,7 @@ def get_sweep(sweep_id: str) -> Sweep | None:
 
 def resume_sweep(engine, sweep_id: str, backend: str | None = None) -> Sweep:
     """Start a stored sweep again under the same id: finished cells are reused (matched by config
-    hash), interrupted local runs continue from their checkpoints, only the rest are trained."""
+    hash), interrupted runs continue from their checkpoints, only the rest are trained."""
     return Sweep.resume(engine, sweep_id, backend=backend or None)
 
 

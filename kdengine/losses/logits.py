@@ -3,7 +3,7 @@
 All losses reduce by the batch mean of a per-sample sum over classes (``KL(..., 'batchmean')``);
 PyTorch's ``KLDivLoss(reduction='mean')`` would also divide by the class count, a common bug.
 
-Stacked students (:mod:`kdengine.experiments.vectorised`): student logits may carry a leading
+Stacked students (:mod:`kdengine.run.stacked`): student logits may carry a leading
 student axis, ``[S, B, C]``, against teacher logits ``[B, C]``; a knob such as T may then be a
 tensor ``[S, 1, 1]``, one value per student. Every loss here then returns one value per student,
 ``[S]``, each equal to the loss that student would get alone; plain ``[B, C]`` logits keep the

@@ -182,6 +182,7 @@ class Engine:
             knobs = ", ".join(per_student_knobs(get_method_class(cfgs[0].method.name))) or "none"
             raise ConfigError("method.params", f"runs of a group may differ only in {knobs}; "
                                                f"everything else must be the same")
+        check_resources(cfgs[0], stacked=len(cfgs))
         names = names or [c.name for c in cfgs]
         jobs = [self._new_job(c, owner, n, parent) for c, n in zip(cfgs, names)]
         with self._lock:
@@ -298,14 +299,17 @@ class Engine:
         if job.state.status == "paused":
             job.recorder.set_status("running")
 
-    def stop(self, run_id: str, *, caller: Caller | None = None) -> None:
+    def stop(self, run_id: str, why: str = "stopped by the user", *,
+             caller: Caller | None = None) -> None:
+        """Stop a run; ``why`` is what its row says (a search's pruner gives its own reason)."""
         job = self._job(run_id)
         check_owner(caller, job.state.owner, "stop")
+        job.recorder.stop_reason = why
         job.control.stop()
         with self._lock:
             was_queued = self._windows.withdraw(job) or self._queue.remove(run_id)
         if was_queued or self._left_group_paused(job):     # nothing trains it
-            job.recorder.set_status("stopped", "stopped by the user")
+            job.recorder.set_status("stopped", why)
         else:
             self._command(job, "stop")
 
@@ -611,7 +615,7 @@ class Engine:
         try:
             job.recorder.flush()
             if job.control.stopped:       # it was being stopped anyway
-                job.recorder.set_status("stopped", "stopped by the user")
+                job.recorder.set_status("stopped", job.recorder.stop_reason)
                 return
             if job.recoveries >= MAX_RECOVERIES:
                 job.recorder.set_status("failed", f"the worker training this run stopped "
@@ -640,15 +644,18 @@ class Engine:
             del self._jobs[r]
 
 
-def check_resources(cfg: RunConfig) -> None:
-    """Refuse configs that would not fit in memory before they start."""
+def check_resources(cfg: RunConfig, stacked: int = 1) -> None:
+    """Refuse configs that would not fit in memory before they start; ``stacked``: that many runs
+    of this config's group trained as stacked students in one pass."""
     from kdengine.run.resources import estimate_bytes, memory_limit
-    need, what = estimate_bytes(cfg)
+    need, what = estimate_bytes(cfg, stacked)
     limit = memory_limit(cfg)
     if need > limit:
-        raise ConfigError(what, f"this run needs about {need / 2**30:.2f} GiB, more than the "
+        who = f"these {stacked} stacked runs need" if stacked > 1 else "this run needs"
+        fewer = " or stack fewer runs" if stacked > 1 else ""
+        raise ConfigError(what, f"{who} about {need / 2**30:.2f} GiB, more than the "
                                 f"{limit / 2**30:.2f} GiB allowed; most of it comes from {what}, "
-                                f"so make that smaller")
+                                f"so make that smaller{fewer}")
 
 
 def stored_snapshot(store: Store, run_id: str) -> RunSnapshot:

@@ -26,6 +26,7 @@ class Recorder:
         self.subscribers: list[Callable[[Event], None]] = []
         self.pending: list[tuple[int, float, dict]] = []
         self.last_flush = time.monotonic()
+        self.stop_reason = "stopped by the user"      # what a stopped run's row says (Engine.stop)
 
     @property
     def run_id(self) -> str:
@@ -56,7 +57,7 @@ class Recorder:
         self.flush()
         status, error = ev.status, ev.error
         if status == "stopped":
-            error = "stopped by the user"
+            error = self.stop_reason
         if status in ("done", "stopped"):
             self.store.set_summary(self.run_id, ev.summary)
             self.state.apply(ev)

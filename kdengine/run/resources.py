@@ -79,8 +79,10 @@ def model_footprint(mcfg: ModelConfig, shape: tuple, k: int, batch: int) -> tupl
     return params, acts, widest
 
 
-def estimate_parts(cfg: RunConfig) -> dict[str, int]:
-    """Bytes each knob is responsible for at the run's peak, keyed by the field to change."""
+def estimate_parts(cfg: RunConfig, stacked: int = 1) -> dict[str, int]:
+    """Bytes each knob is responsible for at the run's peak, keyed by the field to change.
+    ``stacked`` students (kdengine/run/stacked.py) share the data and the teacher; each has its own
+    weights, optimiser state and activations."""
     shape, k, n = data_shape(cfg)
     bs = max(1, min(cfg.train.batch_size, n))
     chunk, f32 = min(n, EVAL_CHUNK), 4
@@ -93,8 +95,8 @@ def estimate_parts(cfg: RunConfig) -> dict[str, int]:
 
     student: dict[str, int] = {}
     s_p, s_act, s_wide = model_footprint(cfg.student, shape, k, bs)
-    add(student, "student.width", s_p * f32 * OPTIM_COPIES + chunk * s_wide * f32 * 2)
-    add(student, "train.batch_size", s_act * f32 * 2)        # kept for backward, plus its grads
+    add(student, "student.width", stacked * (s_p * f32 * OPTIM_COPIES + chunk * s_wide * f32 * 2))
+    add(student, "train.batch_size", stacked * s_act * f32 * 2)   # kept for backward, and grads
     teacher: dict[str, int] = {}
     if cfg.teacher.source != "none":
         t_p, t_act, t_wide = model_footprint(cfg.teacher.model, shape, k, bs)
@@ -106,9 +108,9 @@ def estimate_parts(cfg: RunConfig) -> dict[str, int]:
     return {**held, **phase}
 
 
-def estimate_bytes(cfg: RunConfig) -> tuple[int, str]:
+def estimate_bytes(cfg: RunConfig, stacked: int = 1) -> tuple[int, str]:
     """(peak bytes, the field most responsible for them)."""
-    parts = estimate_parts(cfg)
+    parts = estimate_parts(cfg, stacked)
     return int(sum(parts.values())), max(parts, key=parts.get)
 
 

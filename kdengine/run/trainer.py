@@ -5,7 +5,7 @@ The trainer knows nothing about threads or UIs: it reports through ``emit(event)
 takes ~0.5 ms a step): loss terms are kept as device tensors and read back once every ``log_every``
 steps, where the NaN check also happens, still naming the exact step and term.
 
-The loop's parts are shared with stacked students (:mod:`kdengine.experiments.vectorised`, a
+The loop's parts are shared with stacked students (:mod:`kdengine.run.group`, a
 subclass): ``train_step`` takes the method's terms whatever their shape (a scalar each, or ``[S]``,
 one per stacked student), ``read_window`` returns one metrics dict per student, ``evaluate_each``
 one evaluation per student, and ``_record`` is where they leave the trainer.
@@ -283,7 +283,7 @@ class Trainer:
         self.summary["elapsed_s"] = time.perf_counter() - t0
         return self.summary
 
-    # -- the parts a stacked run changes (kdengine.experiments.vectorised.StackedTrainer) -------
+    # -- the parts a stacked run changes (kdengine.run.group.GroupTrainer) ----------------------
     def _build_student(self, data: DataBundle) -> nn.Module:
         """The student, seeded so that the same config always starts from the same weights."""
         seed_everything(self.cfg.train.seed)
