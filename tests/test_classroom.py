@@ -235,7 +235,7 @@ def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock(runs
     at.selectbox(key="sw_x").set_value("method.params.soft_weight").run()
     at.text_input(key="sw_xv_method.params.soft_weight").set_value("0.5, 0.9")
     at.selectbox(key="sw_y").set_value("method.params.soft_weight")
-    at.radio(key="sw_backend").set_value("local")
+    at.radio(key="sw_backend").set_value("vectorised")
     at.button(key="sw_launch").click().run()
     assert not at.error, [e.value for e in at.error]
     sweep = get_sweep(at.session_state["sweep_id"])
