@@ -9,7 +9,12 @@ Prints three ratios (medians over interleaved repeats, so machine noise hits bot
 with other jobs, waiting for a core then does not count (the engine's threads do).
 Runs are short (5 epochs) and many (45 repeats): this VM's speed drifts up to 2x within seconds, and
 a pair of short runs side by side is more often measured at one speed than a pair of long ones.
-Usage: python bench/overhead.py [--epochs 5] [--repeats 45] [--blocks 30] [--clock wall|cpu]
+``--student resnet8x4`` times a CIFAR-size student (resnet8x4, a resnetx4 8x8 teacher) on
+``cifar10_synthetic`` (images drawn from a seed, no download; kdengine/data/datasets.py), 640 of
+them: 10 steps an epoch. A step there takes about a second on one CPU thread, so ask for fewer
+epochs, repeats and blocks (e.g. ``--epochs 2 --repeats 4 --blocks 4``).
+Usage: python bench/overhead.py [--student mlp|resnet8x4] [--epochs 5] [--repeats 45] [--blocks 30]
+       [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -36,11 +41,21 @@ from kdengine.run.trainer import CachedRows, train_step
 clock = time.perf_counter          # --clock cpu: time.process_time
 
 
+# The students timed: data, teacher and student config sections.
+STUDENTS = {
+    "mlp": {"data": {"name": "digits"},
+            "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 256}, "epochs": 20},
+            "student": {"arch": "mlp", "depth": 1, "width": 32}},
+    "resnet8x4": {"data": {"name": "cifar10_synthetic", "n_samples": 640},
+                  "teacher": {"model": {"arch": "resnetx4", "depth": 8, "width": 8}, "epochs": 1},
+                  "student": {"arch": "resnetx4", "depth": 8, "width": 32}},
+}
+student = "mlp"                    # --student
+
+
 def config(epochs: int, method: str = "hinton") -> RunConfig:
     return RunConfig.from_dict({
-        "data": {"name": "digits"},
-        "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 256}, "epochs": 20},
-        "student": {"arch": "mlp", "depth": 1, "width": 32},
+        **STUDENTS[student],
         "method": {"name": method, "params": {"T": 4.0, "soft_weight": 0.9, "hard_weight": 0.1}
                    if method == "hinton" else {}},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.003, "seed": 0, "log_every": 20,
@@ -152,8 +167,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=45)
     ap.add_argument("--blocks", type=int, default=30, help="interleaved blocks for the step costs")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--student", choices=tuple(STUDENTS), default="mlp")
     args = ap.parse_args()
-    global clock
+    global clock, student
+    student = args.student
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     eng = Engine(store=Store(), max_workers=1)
@@ -179,7 +196,9 @@ def main() -> None:
         kd_ce.append(e / c)
     eng.shutdown()
     steps = args.epochs * (len(data.transfer) // 64)
-    print(f"digits, MLP 1x32 student, batch 64, {steps} steps + {args.epochs} evaluations, "
+    what = {"mlp": "digits, MLP 1x32 student",
+            "resnet8x4": "cifar10_synthetic (640 images), resnet8x4 student"}[student]
+    print(f"{what}, batch 64, {steps} steps + {args.epochs} evaluations, "
           f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread, {args.clock} clock")
     print(f"engine {statistics.median(e_times):.3f} s, bare loop {statistics.median(b_times):.3f} s "
           f"({1000 * statistics.median(b_times) / steps:.3f} ms/step)")
