@@ -10,8 +10,9 @@ minimises the sum of the terms times their weights (``Method.weighted_sum``, the
 under the stable term names, so a new method needs no page code. (A method whose weighted sum has a
 closed-form gradient may answer ``step_loss`` without a graph and defer its terms' values: see
 there.) On a transfer set without labels the trainer sets the label terms' weights to 0. The linter,
-the vectorised backend and the pages read the same
-declarations (``temperature_of``, ``label_weight_knobs``).
+the vectorised backend and the pages read the same declarations through the contract's own readers
+(:meth:`Method.temperature_of`, :meth:`Method.label_weight_knobs`, ...), on a class they get from
+the registry (``get_method_class``).
 
 Stacked students (``supports_stacking``): the vectorised backend trains a sweep's cells as one
 student whose forward returns logits with a leading student axis, ``[S, B, C]``. The weight knobs and
@@ -28,10 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The declaration readers live with the registry (core) so that analysis, below methods, can use
-# them too; they are re-exported here with the contract.
-from kdengine.core.registry import (get_method_class, knob_value, label_weight_knobs,  # noqa: F401
-                                    method_names, register, soft_weight_knobs, temperature_of)
+from kdengine.core.registry import get_method_class, method_names, register  # noqa: F401
 from kdengine.losses.logits import per_student
 
 if TYPE_CHECKING:
@@ -157,12 +155,38 @@ class Method:
         # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
         self._set_weights(self.weights_of(params))
 
+    # ---- reading the declarations (for the trainer, the linter, the sweeps and the pages) --------
+    @staticmethod
+    def knob_value(params: Any, knob: str, default: Any = None) -> Any:
+        """A knob of a Params dataclass, or of a plain dict of knobs (a stored config)."""
+        if isinstance(params, dict):
+            return params.get(knob, default)
+        return getattr(params, knob, default)
+
+    @classmethod
+    def temperature_of(cls, params: Any) -> float | None:
+        """The temperature these knobs (a Params or a plain dict) train at, or None when the method
+        has no temperature knob."""
+        T = cls.knob_value(params, cls.temperature) if cls.temperature else None
+        return float(T) if isinstance(T, (int, float)) and not isinstance(T, bool) else None
+
+    @classmethod
+    def label_weight_knobs(cls) -> tuple[str, ...]:
+        """The knobs that weight the terms needing labels (e.g. ("hard_weight",))."""
+        return tuple(dict.fromkeys(cls.weight_knobs[t] for t in cls.label_terms
+                                   if t in cls.weight_knobs))
+
+    @classmethod
+    def soft_weight_knobs(cls) -> tuple[str, ...]:
+        """The knobs that weight the terms not needing labels (soft targets, features, ...)."""
+        return tuple(dict.fromkeys(k for t, k in cls.weight_knobs.items() if t not in cls.label_terms))
+
     # ---- the weight vocabulary -----------------------------------------------------------------
     @classmethod
     def weights_of(cls, params: Any) -> dict[str, float | Tensor]:
         """The declared weight of each weighted term for these knobs (``[S]`` tensors, one weight
         per student, when the knobs are stacked)."""
-        return {term: _weight(knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
+        return {term: _weight(cls.knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
 
     def _set_weights(self, weights: dict[str, float | Tensor]) -> None:
         # What wants() and weigh() read every step, worked out once here: no per-step host sync on
@@ -319,6 +343,18 @@ class Method:
     def progress(self, step: int) -> float:
         """Training progress in [0, 1]."""
         return min(1.0, step / max(1, self.ctx.total_steps))
+
+
+def temperature_of(cfg) -> float | None:
+    """The temperature a config's method trains at (its declared knob), or None when it has none
+    or the method is unknown. Takes a RunConfig or its ``to_dict()`` form (a stored run)."""
+    method = cfg["method"] if isinstance(cfg, dict) else cfg.method
+    name, params = (method.get("name"), method.get("params") or {}) if isinstance(method, dict) \
+        else (method.name, method.params)
+    try:
+        return get_method_class(name).temperature_of(params)
+    except KeyError:
+        return None
 
 
 def _weight(value: Any) -> float | Tensor:
