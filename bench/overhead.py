@@ -4,7 +4,7 @@ Prints three ratios (medians over interleaved repeats, so machine noise hits bot
   1. engine / bare loop, same student, same Hinton KD loss, same steps and per-epoch evaluation
   2. KD epoch with cached teacher logits / CE-only epoch (what distillation itself costs)
   3. per training step alone (student forward, the method's weighted terms, backward, Adam; no
-     evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps
+     evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps (at most an epoch)
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
 with other jobs, waiting for a core then does not count (the engine's threads do).
 Runs are short (5 epochs) and many (45 repeats): this VM's speed drifts up to 2x within seconds, and
@@ -205,11 +205,12 @@ def main() -> None:
     print(f"engine / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}  "
           f"(goal <= 1.05; all: {', '.join(f'{r:.3f}' for r in ratios)})")
     print(f"KD epoch (cached teacher logits) / CE-only epoch: {spread(kd_ce)}  (goal <= 1.10)")
-    times = step_costs(kd_cfg, teacher, args.blocks)
+    block = min(20, len(data.transfer) // 64)       # a block's batches come from one permutation
+    times = step_costs(kd_cfg, teacher, args.blocks, block)
     ms = {name: statistics.median(v) for name, v in times.items()}
     kd_ce_step = [k / c for k, c in zip(times["hinton"], times["ce"])]     # block by block
     dkd_kd_step = [d / k for d, k in zip(times["dkd"], times["hinton"])]
-    print(f"per step alone (median of {args.blocks} blocks of 20): CE {ms['ce']:.3f} ms, KD "
+    print(f"per step alone (median of {args.blocks} blocks of {block}): CE {ms['ce']:.3f} ms, KD "
           f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; per block side by side: KD / CE "
           f"{spread(kd_ce_step)} (goal <= 1.10), DKD / KD {spread(dkd_kd_step)} (goal <= 1.3)")
 
