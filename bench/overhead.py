@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from kdengine import (Engine, RunConfig, Store, build_model, evaluate, get_teacher, kd_loss, load_data,
                       logits_of)
 from kdengine.core.progress import track
-from kdengine.losses.fused import TeacherCache
 from kdengine import get_method_class
 from kdengine.methods import Batch, TrainContext
-from kdengine.run.trainer import CachedRows, train_step
+from kdengine.run.trainer import train_step
 
 
 clock = time.perf_counter          # --clock cpu: time.process_time
@@ -114,12 +113,13 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
 
 def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, list[float]]:
     """ms per step of CE, Hinton KD and DKD, one value per block, each method's step as the trainer
-    runs it (batches sliced from tensors and teacher caches put in the block's order, the trainer's
-    ``train_step``), interleaved block by block: the i-th values of the methods ran side by side."""
+    runs it (batches sliced from tensors and the teacher's cached logits put in the block's order,
+    the trainer's ``train_step``), interleaved block by block: the i-th values of the methods ran
+    side by side."""
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
-    caches = [TeacherCache(logits_of(teacher, X, cpu), Y)]     # as the trainer builds them
+    t_logits = logits_of(teacher, X, cpu)                    # as the trainer caches them
     bs, n = cfg.train.batch_size, len(Y)
     ones = torch.ones(bs, dtype=torch.bool)
     runners = {}
@@ -138,11 +138,10 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
         perm = torch.randperm(n, generator=g)
         t0 = clock()
         xs, ys = X[perm], Y[perm]
-        tcs = [c.in_order(perm) for c in caches] if m.needs_teacher else None
+        ts = t_logits[perm] if m.needs_teacher else None
         for i in range(block):
             rows = slice(i * bs, (i + 1) * bs)
-            batch = Batch(xs[rows], ys[rows], ones, perm[rows],
-                          None if tcs is None else CachedRows(tcs, rows), True, tcs, rows)
+            batch = Batch(xs[rows], ys[rows], ones, perm[rows], None if ts is None else [ts[rows]])
             train_step(m, batch, 10_000, opt, None)
         return 1000 * (clock() - t0) / block
 

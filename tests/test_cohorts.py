@@ -14,7 +14,6 @@ from kdengine.core.checkpoints import safe_load
 from kdengine.run.cohort import why_not_cohort
 from kdengine.run.serving import serving_options
 from kdengine.run.trainer import Trainer
-from conftest import on_the_graph
 
 WINDOW = 0.3
 
@@ -230,7 +229,6 @@ def test_a_member_whose_loss_goes_bad_fails_alone(runs_dir, tiny_cfg, monkeypatc
             terms["kd"] = terms["kd"] * torch.tensor([1.0, float("nan")])
         return terms
     monkeypatch.setattr(hinton, "loss_terms", poisoned)
-    on_the_graph(monkeypatch, hinton)
     cfgs = [_cfg(tiny_cfg, 4, **{"method.params.T": t}) for t in (2.0, 4.0)]
     ctls = {f"m{i}": Control() for i in range(2)}
     ends: dict[int, dict] = {}

@@ -9,7 +9,6 @@ import torch
 from kdengine.cli import load_config
 from kdengine import Engine, Store
 from kdengine.run.trainer import Trainer
-from conftest import on_the_graph
 
 
 def test_digits_preset_trains_end_to_end_and_is_stored(engine):
@@ -98,7 +97,6 @@ def test_failing_run_is_recorded_and_engine_keeps_serving(engine, tiny_cfg, monk
     def boom(self, batch, step):
         raise RuntimeError("kaboom in loss")
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", boom)
-    on_the_graph(monkeypatch, hinton.HintonKD)
     bad = engine.submit(tiny_cfg)
     assert engine.wait(bad, 120) == "failed"
     assert "kaboom in loss" in engine.snapshot(bad)["error"]
@@ -120,7 +118,6 @@ def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg, monkeypatch):
             terms["kd"] = terms["kd"] * float("inf")
         return terms
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", explode)
-    on_the_graph(monkeypatch, hinton.HintonKD)
     rid = engine.submit(cfg)
     assert engine.wait(rid, 120) == "failed"
     err = engine.snapshot(rid)["error"]
