@@ -440,13 +440,15 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
     # than the window: a term is averaged over the steps it was present, and the total (the sum of
     # the terms, 0 where absent) over all the window's steps.
     n_steps = max(len(vs) for vs in window.values())
-    per_term = [torch.stack(vs).float().reshape(len(vs), -1) for vs in window.values()]
-    host = torch.cat([v.reshape(-1) for v in per_term]).cpu().split([v.numel() for v in per_term])
-    means, sums = {}, None
-    for (k, vs), arr in zip(window.items(), host):
-        arr = arr.reshape(len(vs), -1)                                   # [steps, students]
+    weighed = []                                                         # [steps, students] each
+    for k, vs in window.items():
         w = weights.get(k, 1.0)
-        arr = arr * (w.detach().float().cpu().reshape(1, -1) if isinstance(w, torch.Tensor) else w)
+        w = w.detach().float().reshape(1, -1) if isinstance(w, torch.Tensor) else w
+        weighed.append(torch.stack(vs).float().reshape(len(vs), -1) * w)
+    host = torch.cat([a.reshape(-1) for a in weighed]).cpu()            # the window's one sync
+    means, sums = {}, None
+    for (k, vs), a, arr in zip(window.items(), weighed, host.split([a.numel() for a in weighed])):
+        arr = arr.view(a.shape)
         bad = ~torch.isfinite(arr)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])
