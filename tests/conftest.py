@@ -61,14 +61,6 @@ def tiny_cfg():
     })
 
 
-def on_the_graph(monkeypatch, method_cls) -> None:
-    """Make ``method_cls`` take the graph path every step (``loss_terms``, then ``weighted_sum``), not
-    its closed form (kdengine/losses/closed_form.py): for tests that patch ``loss_terms`` to inject
-    a fault."""
-    from kdengine.methods.base import Method
-    monkeypatch.setattr(method_cls, "step_loss", Method.step_loss)
-
-
 # -- stored runs for page tests ---------------------------------------------------------------------
 @contextmanager
 def data_folder(root):

@@ -16,7 +16,6 @@ from kdengine.run.control import Control
 from kdengine.run.serving import serving_options
 from kdengine.run.stacked import why_not_cohort
 from kdengine.run.units import RunTicket, Unit, make_trainer, train_unit
-from conftest import on_the_graph
 
 WINDOW = 0.3
 
@@ -233,7 +232,6 @@ def test_a_member_whose_loss_goes_bad_fails_alone(tiny_cfg, monkeypatch):
             terms["kd"] = terms["kd"] * torch.tensor([1.0, float("nan")])
         return terms
     monkeypatch.setattr(hinton, "loss_terms", poisoned)
-    on_the_graph(monkeypatch, hinton)
     cfgs = [_cfg(tiny_cfg, 4, **{"method.params.T": t}) for t in (2.0, 4.0)]
     unit = Unit("g", [RunTicket(f"m{i}", cfg.to_dict()) for i, cfg in enumerate(cfgs)])
     events: dict[str, list] = {"m0": [], "m1": []}
