@@ -59,7 +59,7 @@ def test_a_locked_link_cannot_be_changed_and_its_value_is_what_runs(runs_dir):
     at.session_state[key] = 9.0                               # ...and forged state is overwritten
     at.run()
     assert at.number_input(key=key).value == 7.0
-    assert any("teacher.epochs" in w.value for w in at.warning)   # not a knob: refused, visibly
+    assert any("teacher epochs" in w.value for w in at.warning)   # not a knob: refused, visibly
     at.button(key="lessons_start").click().run()
     assert not at.exception and not at.error
     rid = at.session_state["lessons_run.why-temperature"]
@@ -95,7 +95,7 @@ def test_a_lesson_whose_parts_are_missing_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(lessons_mod, "lessons_dir", lambda: folder)
     at = page({"lesson": "future"})
     text = " ".join(w.value for w in at.warning)
-    assert "not ready" in text and "no-such-preset" in text and "no_such_page" in text
+    assert "not ready" in text and "no-such-preset" in text and "no such page" in text
     assert not any(b.key == "lessons_start" for b in at.button)
     assert not at.get("plotly_chart")
 

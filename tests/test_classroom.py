@@ -166,7 +166,7 @@ def test_a_locked_knob_and_the_method_it_belongs_to_are_not_free_to_vary():
 def test_a_lesson_link_that_opens_on_the_lab_locks_it_and_says_so():
     at = app_test(query=LOCK_T8)
     assert not at.warning, [w.value for w in at.warning]          # lesson and lock are no fields
-    assert any("`method.params.T` = 8.0, `train.epochs` = 1" in i.value for i in at.info)
+    assert any("temperature T = 8.0, epochs = 1" in i.value for i in at.info)     # by their labels
     assert at.session_state["lessons_link"].locked == {"method.params.T": 8.0, "train.epochs": 1}
 
 
@@ -178,7 +178,7 @@ def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock():
     for key in ("sw_x", "sw_y"):
         assert not {"method.params.T", "method.name"} & set(at.selectbox(key=key).options)
     note = next(i.value for i in at.info if "lesson link locks" in i.value)
-    assert "`method.params.T` = 8.0" in note and "`method.params.T` (locked at 8.0)" in note
+    assert "temperature T = 8.0" in note and "temperature T (locked at 8.0)" in note
     assert at.number_input(key="sw_epochs.locked").disabled
     at.radio(key="sw_mode").set_value("search").run()              # nor can a search range over it
     assert "method.params.T" not in at.multiselect(key="se_knobs").options
@@ -200,7 +200,7 @@ def test_the_ta_gap_runs_carry_the_lock():
     from kdengine import get_experiment
     from ui.engine import get_engine
     at = app_test("app_pages/ta_gap.py", query=LOCK_T8)
-    assert any("`method.params.T` = 8.0" in i.value for i in at.info)
+    assert any("temperature T = 8.0" in i.value for i in at.info)
     at.multiselect(key="ta_sizes_mlp").set_value(["MLP 1x8", "MLP 1x16", "MLP 1x32"]).run()
     at.number_input(key="ta_seeds").set_value(1)
     at.selectbox(key="ta_choice").set_value(1)                      # a fixed TA: no rule to wait for

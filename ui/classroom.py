@@ -126,7 +126,8 @@ def locks_notice(*more: str) -> None:
     """Say which knobs the lesson link locks, at which values (and ``more`` about this page)."""
     locks = lesson_locks()
     if locks:
-        st.info(" ".join([locks_line(locks), *more]), icon=":material/lock:")
+        from ui.words import knob_label
+        st.info(" ".join([locks_line(locks, knob_label), *more]), icon=":material/lock:")
 
 
 def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, key: str) -> int:
@@ -135,6 +136,6 @@ def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, ke
     locks = lesson_locks()
     if path in locks:
         where.number_input(label, value=locks[path], disabled=True, key=f"{key}.locked",
-                           help=f"Locked by your instructor's lesson link ({path}).")
+                           help="Locked by your instructor's lesson link.")
         return locks[path]
     return where.number_input(label, lo, hi, default, key=key)
