@@ -41,7 +41,7 @@ preset = c1.selectbox("Base config (preset)", list(presets), key="sw_preset",
                       format_func=lambda p: f"{p} — {presets[p]}" if presets[p] else p)
 if preset == DEFAULT_SWEEP_PRESET:
     st.caption("The default grid: temperature T against the soft weight, with 50 labels on digits "
-               "and plain SGD. Under SGD the soft weight sets how hard the teacher pulls and a "
+               "and SGD (with momentum). Under SGD the soft weight sets how hard the teacher pulls and a "
                "higher T shows more of its ranking of the wrong classes, and the grid shows both. "
                "Under Adam (most other presets) each step is divided by the gradient's running "
                "size, so the soft weight barely matters and the same grid comes out one colour.")

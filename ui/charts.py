@@ -24,14 +24,13 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
            "#9D755D", "#EECA3B", "#BAB0AC"]
 PLOT_CONFIG = {"displayModeBar": False, "responsive": True}
 HEIGHT = 260
-ROW_HEIGHT = HEIGHT + 40     # accuracy, agreement and KL: room for the accuracy chart's legend
+# Accuracy, agreement and KL: room for the accuracy chart's legend, an entry a row in a narrow
+# column (fixed-width entries, two a row, cut the names short there).
+ROW_HEIGHT = HEIGHT + 80
 # The legend sits under the whole figure (its container), below the x axis title: placed in the
 # plot's own coordinates it overlapped the axis title whenever a narrow column wrapped it.
 LEGEND = {"orientation": "h", "xref": "container", "x": 0, "yref": "container", "y": 0,
           "yanchor": "bottom"}
-# The live charts sit three to a row: two entries a row (natural widths put each on a row of its
-# own there, and squeezed the plot flat).
-LIVE_LEGEND = {**LEGEND, "entrywidth": 0.5, "entrywidthmode": "fraction"}
 
 
 def term_color(term: str) -> str:
@@ -70,7 +69,7 @@ def _fig(traces: list[dict], title: str, x_title: str, y_title: str, y_percent: 
     return {"data": traces, "layout": {
         "title": {"text": title, "font": {"size": 14}}, "height": height,
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "hovermode": "x unified",
-        "legend": LIVE_LEGEND,
+        "legend": LEGEND,
         "xaxis": {"title": {"text": x_title}}, "yaxis": yaxis}}
 
 

@@ -32,7 +32,7 @@ from kdengine.experiments.base import Experiment, Spec
 
 BACKENDS = ("local", "vectorised")
 LIVE_KEYS = ("test_acc", "train_acc", "agreement", "kl_test")    # a training cell's heatmap values
-# The page's default: few labels with the student alone as reference, trained with plain SGD, where
+# The page's default: few labels with the student alone as reference, trained with SGD, where
 # T and the soft weight both show (under Adam every cell was +13 to +14 points: one flat colour).
 DEFAULT_PRESET = "digits-50-labels-sgd"
 DEFAULT_AXES = {"method.params.T": [1.0, 2.0, 4.0, 8.0],
