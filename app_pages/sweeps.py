@@ -24,9 +24,9 @@ engine = get_engine()
 owner = owner_id()
 METRICS = ("final_test_acc", "final_train_acc", "final_agreement", "final_kl_test", "elapsed_s")
 # Words for the backends the engine offers (SWEEP_BACKENDS); one it adds later is offered by name.
-BACKEND_HELP = {"local": "each cell is a run in the engine's queue",
-                "vectorised": "cells that differ only in method knobs train together in one pass "
-                              "(one batch, one teacher forward)"}
+BACKEND_HELP = {"local": "each cell is a run of its own, queued like any other",
+                "vectorised": "cells that differ only in the method's knobs train together in one "
+                              "pass: the same batches, the teacher's outputs computed once"}
 
 st.title("Sweeps")
 st.caption("Pick two knobs and their values; every cell is a full distillation run. Cells already "

@@ -28,7 +28,7 @@ VAL_NOTE = ("Trials are scored on **validation accuracy**: a share of the traini
             "set is never looked at while searching, so the test figure of the best config stays "
             "honest.")
 # Words for the backends the engine offers (SEARCH_BACKENDS); one it adds later is offered by name.
-BACKEND_HELP = {"local": "trials on the engine's workers",
+BACKEND_HELP = {"local": "each trial is a run of its own, queued like any other",
                 "vectorised": "batches of 8 suggestions trained together as stacked students "
                               "(method knobs only; a pruned trial leaves the pass)"}
 PRUNER_HELP = ("median: stop a trial whose epoch-k accuracy is below the median of earlier trials at "

@@ -85,6 +85,8 @@ PATH_LABELS = {
     "teacher.source": "teacher",
     "teacher.checkpoint": "teacher checkpoint",
     "method.name": "method",
+    "i": "sample",              # the Soft targets page's link parameters
+    "run": "run",
 }
 
 # A dotted config path in running text (``method.params.T``, ``teacher.model.width``).
