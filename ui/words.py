@@ -89,6 +89,7 @@ PATH_LABELS = {
     "run": "run",
 }
 
+SECTIONS = ("method", "train", "data", "teacher", "student")
 # A dotted config path in running text (``method.params.T``, ``teacher.model.width``).
 CONFIG_KEY = re.compile(r"\b(?:method\.params|method|train|data|teacher\.model|teacher|student)"
                         r"\.[A-Za-z_]\w*")
@@ -118,6 +119,8 @@ def knob_label(path: str, spec: dict | None = None) -> str:
     if path in PATH_LABELS:
         return PATH_LABELS[path]
     parts = path.split(".")
+    if len(parts) > 1 and parts[0] not in SECTIONS:
+        return path             # not a config field (a link's own typo): as it was written
     label = field_label(parts[-1], (spec or {}).get("label"))
     if parts[0] in ("teacher", "student") and len(parts) > 1 and not label.startswith(parts[0]):
         return f"{parts[0]} {label}"
