@@ -187,8 +187,8 @@ def view_images(run_id: str) -> None:
     status_line(snap)
     bss = snap.artifacts.get("bss")
     if not bss:
-        st.info("Boundary samples come from BSS runs (method `bss`); this run's method is "
-                f"`{snap.config['method']['name']}`.", icon=":material/info:")
+        st.info("Boundary samples come from BSS runs (the method bss); this run's method is "
+                f"{snap.config['method']['name']}.", icon=":material/info:")
     else:
         names = bss["class_names"]
         st.subheader("Boundary-supporting samples")

@@ -20,7 +20,7 @@ from ui.classroom import (caller, lesson_locks, lock_refusals, locks_notice, loc
                           session_params, show_refusals)
 from ui.engine import find_run, get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_run
-from ui.words import metric_name
+from ui.words import error_text, knob_label, metric_name, plain
 
 ss = st.session_state
 K = "lab."                 # prefix of every config widget key
@@ -55,7 +55,7 @@ def load_preset() -> None:
         set_config(state.load_preset(ss["lab_preset"]))
         ss["lab_url_problems"] = []
     except ConfigError as e:
-        ss["lab_load_error"] = str(e)
+        ss["lab_load_error"] = error_text(e)
 
 
 def use_digits() -> None:
@@ -91,7 +91,7 @@ if "lab_load" in ss:                         # set by the Runs page ("Open in La
         ss["lab_opened_run"] = ss.pop("lab_load_run", None)
         ss[RUN] = ss["lab_opened_run"] or ss.get(RUN)
     except ConfigError as e:
-        ss["lab_load_error"] = f"the stored config could not be loaded: {e}"
+        ss["lab_load_error"] = f"The stored setup could not be loaded: {error_text(e)}"
 
 
 # -- setup sections ------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def teacher_section(td: dict, data_name: str) -> dict:
         out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["epochs", "lr"], locked=lk))
     elif src == "checkpoint":
         out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["checkpoint"], locked=lk))
-        st.caption("A path inside the data folder, loaded with `weights_only=True`.")
+        st.caption("A checkpoint file inside the data folder.")
     elif src == "shipped":
         from kdengine import shipped_teachers
         names = [n for n, m in shipped_teachers().items() if m.get("data") == data_name]
@@ -204,7 +204,7 @@ if "lab_preset" not in ss and preset_names:
 pc1, pc2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
 pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
               format_func=lambda n: n if n == CUSTOM else f"{n} — {state.presets().get(n, '')}",
-              help="Shipped setups (assets/presets). Load one, then change anything.")
+              help="Ready-made setups that come with the app. Load one, then change anything.")
 pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
            disabled=ss.get("lab_preset") == CUSTOM)
 
@@ -239,14 +239,14 @@ if cfg is not None and ss.get("lab_preset") not in (None, CUSTOM) and \
         preset_hash(ss["lab_preset"]) != cfg.hash:
     st.caption(f"Changed from the preset **{ss['lab_preset']}**.")
 if cfg_error is not None:
-    st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
+    st.error(error_text(cfg_error), icon=":material/error:")
 else:
     want = {**session_params(), **state.config_to_query(cfg)}
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
     from kdengine import lint
     for w in lint(cfg):
-        st.warning(w, icon=":material/lightbulb:")
+        st.warning(plain(w), icon=":material/lightbulb:")
     if cfg.teacher.source == "train" and get_method_class(cfg.method.name).needs_teacher:
         from kdengine import teacher_is_cached
         st.caption(":material/check_circle: This teacher is cached: it loads instantly."
@@ -259,9 +259,10 @@ b1, b2, _ = st.columns([1, 3, 3], vertical_alignment="bottom")
 run_name = b2.text_input("Run label (optional)", key="lab_run_name", max_chars=80)
 if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arrow:",
              width="stretch", disabled=cfg is None,
-             help=f"Fix {cfg_error.field or 'the setup'} first." if cfg_error else None):
+             help=f"Fix {knob_label(cfg_error.field) if cfg_error.field else 'the setup'} first."
+             if cfg_error else None):
     if cfg is None:
-        st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
+        st.error(f"Cannot train: {error_text(cfg_error)}")
     else:
         # The locked widgets above already show the link's values: this is the safety net, for
         # any way a config reaches Train around them.
@@ -269,11 +270,11 @@ if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arro
         try:
             ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name, caller=caller())
         except ConfigError as e:
-            st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
+            st.error(f"Cannot train: {error_text(e)}")
         else:
             if forced:              # shown with the run it concerns, in this and later runs
                 ss["lab_lock_notice"] = (ss[RUN], "Your instructor has fixed " + ", ".join(
-                    f"`{k}` = {locks[k]}" for k in forced) + "; this run uses those values.")
+                    f"{knob_label(k)} = {locks[k]}" for k in forced) + "; this run uses those values.")
 notice = ss.get("lab_lock_notice")
 if notice and notice[0] == ss.get(RUN):
     st.info(notice[1], icon=":material/lock:")
@@ -367,7 +368,7 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
                 "to queue one (this run keeps going), or **Stop** this run first.",
                 icon=":material/restart_alt:")
     for note in dict.fromkeys(snap.notices):
-        st.info(note, icon=":material/info:")
+        st.info(plain(note), icon=":material/info:")
     if snap.error and snap.status == "failed":
         st.error(f"The run failed: {snap.error}", icon=":material/error:")
         if snap.error.startswith("DataUnavailable"):

@@ -10,6 +10,8 @@ at render time.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from kdengine import ConfigError, knob_spec, lesson_board, lesson_link, load_lessons
@@ -21,6 +23,7 @@ from ui.classroom import (caller, class_state, is_instructor, lesson_link_state,
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment, live_run
 from ui.nav import existing_pages
+from ui.words import error_text, knob_label, plain
 
 ss = st.session_state
 engine = get_engine()
@@ -64,12 +67,15 @@ mine = link.lesson is not None and link.lesson.id == lesson.id
 locked = link.locked if mine else {}
 st.header(f"{lesson.order}. {lesson.title}")
 if locked:     # next to the text, which was written for the preset's values
-    st.info(locked_note(lesson, locked), icon=":material/lock:")
+    st.info(locked_note(lesson, locked, knob_label), icon=":material/lock:")
 missing = lesson.missing()
 st.markdown(lesson.body)
 if missing:
     others = [f"**{PAGE_TITLES[f]}**" for f in PAGE_TITLES if f != "app_pages/lessons.py"]
-    st.warning(f"This lesson is not ready yet: {', '.join(missing)} is not built. Until it is, "
+    # a missing page by its title, not its file
+    what = [f"the {PAGE_TITLES.get(m[5:]) or Path(m[5:]).stem.replace('_', ' ')} page"
+            if m.startswith("page ") else m for m in missing]
+    st.warning(f"This lesson is not ready yet: {', '.join(what)} is not built. Until it is, "
                f"nothing here is run and no result is shown. Pages that exist: "
                f"{', '.join(others) or 'none'}.", icon=":material/construction:")
     if lesson.page_exists():
@@ -84,7 +90,8 @@ def knob_widgets() -> tuple[dict, dict]:
     cols = st.columns(min(3, max(1, len(lesson.knobs))))
     for i, k in enumerate(lesson.knobs):
         spec = knob_spec(base, k)
-        spec["label"] = f"{widgets.label_of(spec)}  ({k})"
+        # the section too where a name alone is ambiguous (teacher width, student width)
+        spec["label"] = knob_label(k, spec)
         key = f"lessons.{lesson.id}.{k}"
         if k in locked:
             ss.pop(key, None)          # re-seeded from the link below: the URL value wins
@@ -104,7 +111,7 @@ if not missing:
     except ConfigError as e:
         cfg, err = None, e
     if err:
-        st.error(f"{err.field}: {err.message}" if err.field else str(err), icon=":material/error:")
+        st.error(error_text(err), icon=":material/error:")
     c1, c2 = st.columns([1, 3])
     if c1.button("Start this preset", key="lessons_start", type="primary", disabled=cfg is None,
                  icon=":material/play_arrow:"):
@@ -112,9 +119,9 @@ if not missing:
             ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name, caller=caller(),
                                         lesson=lesson.id)
         except ConfigError as e:
-            st.error(str(e), icon=":material/error:")
-    c2.caption(f"Preset `{lesson.preset()}`; your run is named `{cfg.name if cfg else ''}` and "
-               f"appears on the Instructor page.")
+            st.error(error_text(e), icon=":material/error:")
+    c2.caption("Trains the lesson's setup with the values above; your instructor sees your run "
+               "next to the class's.")
 
     def live(run_id: str) -> None:
         snap = engine.snapshot(run_id)
@@ -123,7 +130,7 @@ if not missing:
         st.progress(frac, text=snap.phase_message if snap.phase != "student" else
                     f"student: epoch {snap.epoch:.1f} of {snap.config['train']['epochs']}")
         for note in dict.fromkeys(snap.notices):
-            st.caption(note)
+            st.caption(plain(note))
         if snap.error and snap.status == "failed":
             st.error(f"The run failed: {snap.error}", icon=":material/error:")
         charts.live_panel(snap, key="lesson")
@@ -135,6 +142,7 @@ st.subheader("What to look for")
 st.markdown(lesson.look_for or "_(no notes)_")
 if lesson.page_exists() and not missing:
     open_page(lesson.page)
+
 
 def class_view(lesson_id: str) -> None:
     """The class's runs of this lesson in one picture; this student's own runs apart, the others

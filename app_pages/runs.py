@@ -108,7 +108,7 @@ if sel:
     default = "test_acc" if "test_acc" in names else (names or [""])[0]
     if ss.get("runs_metric") not in names:
         ss["runs_metric"] = default
-    metric = st.selectbox("Metric", names, key="runs_metric")
+    metric = st.selectbox("Metric", names, key="runs_metric", format_func=metric_name)
     if metric:
         curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}",
                    *charts.xy(snaps[i].series, metric)) for i in sel]

@@ -4,12 +4,17 @@ Prints three ratios (medians over interleaved repeats, so machine noise hits bot
   1. engine / bare loop, same student, same Hinton KD loss, same steps and per-epoch evaluation
   2. KD epoch with cached teacher logits / CE-only epoch (what distillation itself costs)
   3. per training step alone (student forward, the method's weighted terms, backward, Adam; no
-     evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps
+     evaluation): KD / CE and DKD / KD, methods interleaved in blocks of 20 steps (at most an epoch)
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine shared
 with other jobs, waiting for a core then does not count (the engine's threads do).
 Runs are short (5 epochs) and many (45 repeats): this VM's speed drifts up to 2x within seconds, and
 a pair of short runs side by side is more often measured at one speed than a pair of long ones.
-Usage: python bench/overhead.py [--epochs 5] [--repeats 45] [--blocks 30] [--clock wall|cpu]
+``--student resnet8x4`` times a CIFAR-size student (resnet8x4, a resnetx4 8x8 teacher) on
+``cifar10_synthetic`` (images drawn from a seed, no download; kdengine/data/datasets.py), 640 of
+them: 10 steps an epoch. A step there takes about a second on one CPU thread, so ask for fewer
+epochs, repeats and blocks (e.g. ``--epochs 2 --repeats 4 --blocks 4``).
+Usage: python bench/overhead.py [--student mlp|resnet8x4] [--epochs 5] [--repeats 45] [--blocks 30]
+       [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -27,21 +32,30 @@ import torch.nn.functional as F
 from kdengine import (Engine, RunConfig, Store, build_model, evaluate, get_teacher, kd_loss, load_data,
                       logits_of)
 from kdengine.core.progress import track
-from kdengine.losses.fused import TeacherCache
 from kdengine import get_method_class
 from kdengine import Metrics, Phase
 from kdengine.methods import Batch, TrainContext
-from kdengine.run.trainer import CachedRows, train_step
+from kdengine.run.trainer import train_step
 
 
 clock = time.perf_counter          # --clock cpu: time.process_time
 
 
+# The students timed: data, teacher and student config sections.
+STUDENTS = {
+    "mlp": {"data": {"name": "digits"},
+            "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 256}, "epochs": 20},
+            "student": {"arch": "mlp", "depth": 1, "width": 32}},
+    "resnet8x4": {"data": {"name": "cifar10_synthetic", "n_samples": 640},
+                  "teacher": {"model": {"arch": "resnetx4", "depth": 8, "width": 8}, "epochs": 1},
+                  "student": {"arch": "resnetx4", "depth": 8, "width": 32}},
+}
+student = "mlp"                    # --student
+
+
 def config(epochs: int, method: str = "hinton") -> RunConfig:
     return RunConfig.from_dict({
-        "data": {"name": "digits"},
-        "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 256}, "epochs": 20},
-        "student": {"arch": "mlp", "depth": 1, "width": 32},
+        **STUDENTS[student],
         "method": {"name": method, "params": {"T": 4.0, "soft_weight": 0.9, "hard_weight": 0.1}
                    if method == "hinton" else {}},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.003, "seed": 0, "log_every": 20,
@@ -100,12 +114,13 @@ def bare_time(cfg: RunConfig, teacher, hinton: bool = True) -> float:
 
 def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[str, list[float]]:
     """ms per step of CE, Hinton KD and DKD, one value per block, each method's step as the trainer
-    runs it (batches sliced from tensors and teacher caches put in the block's order, the trainer's
-    ``train_step``), interleaved block by block: the i-th values of the methods ran side by side."""
+    runs it (batches sliced from tensors and the teacher's cached logits put in the block's order,
+    the trainer's ``train_step``), interleaved block by block: the i-th values of the methods ran
+    side by side."""
     data = load_data(cfg.data)
     cpu = torch.device("cpu")
     X, Y = data.transfer.x, data.transfer.y
-    caches = [TeacherCache(logits_of(teacher, X, cpu), Y)]     # as the trainer builds them
+    t_logits = logits_of(teacher, X, cpu)                    # as the trainer caches them
     bs, n = cfg.train.batch_size, len(Y)
     ones = torch.ones(bs, dtype=torch.bool)
     runners = {}
@@ -124,11 +139,10 @@ def step_costs(cfg: RunConfig, teacher, blocks: int, block: int = 20) -> dict[st
         perm = torch.randperm(n, generator=g)
         t0 = clock()
         xs, ys = X[perm], Y[perm]
-        tcs = [c.in_order(perm) for c in caches] if m.needs_teacher else None
+        ts = t_logits[perm] if m.needs_teacher else None
         for i in range(block):
             rows = slice(i * bs, (i + 1) * bs)
-            batch = Batch(xs[rows], ys[rows], ones, perm[rows],
-                          None if tcs is None else CachedRows(tcs, rows), True, tcs, rows)
+            batch = Batch(xs[rows], ys[rows], ones, perm[rows], None if ts is None else [ts[rows]])
             train_step(m, batch, 10_000, opt, None)
         return 1000 * (clock() - t0) / block
 
@@ -153,8 +167,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=45)
     ap.add_argument("--blocks", type=int, default=30, help="interleaved blocks for the step costs")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--student", choices=tuple(STUDENTS), default="mlp")
     args = ap.parse_args()
-    global clock
+    global clock, student
+    student = args.student
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     eng = Engine(store=Store(), max_workers=1)
@@ -180,18 +196,21 @@ def main() -> None:
         kd_ce.append(e / c)
     eng.shutdown()
     steps = args.epochs * (len(data.transfer) // 64)
-    print(f"digits, MLP 1x32 student, batch 64, {steps} steps + {args.epochs} evaluations, "
+    what = {"mlp": "digits, MLP 1x32 student",
+            "resnet8x4": "cifar10_synthetic (640 images), resnet8x4 student"}[student]
+    print(f"{what}, batch 64, {steps} steps + {args.epochs} evaluations, "
           f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread, {args.clock} clock")
     print(f"engine {statistics.median(e_times):.3f} s, bare loop {statistics.median(b_times):.3f} s "
           f"({1000 * statistics.median(b_times) / steps:.3f} ms/step)")
     print(f"engine / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}  "
           f"(goal <= 1.05; all: {', '.join(f'{r:.3f}' for r in ratios)})")
     print(f"KD epoch (cached teacher logits) / CE-only epoch: {spread(kd_ce)}  (goal <= 1.10)")
-    times = step_costs(kd_cfg, teacher, args.blocks)
+    block = min(20, len(data.transfer) // 64)       # a block's batches come from one permutation
+    times = step_costs(kd_cfg, teacher, args.blocks, block)
     ms = {name: statistics.median(v) for name, v in times.items()}
     kd_ce_step = [k / c for k, c in zip(times["hinton"], times["ce"])]     # block by block
     dkd_kd_step = [d / k for d, k in zip(times["dkd"], times["hinton"])]
-    print(f"per step alone (median of {args.blocks} blocks of 20): CE {ms['ce']:.3f} ms, KD "
+    print(f"per step alone (median of {args.blocks} blocks of {block}): CE {ms['ce']:.3f} ms, KD "
           f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; per block side by side: KD / CE "
           f"{spread(kd_ce_step)} (goal <= 1.10), DKD / KD {spread(dkd_kd_step)} (goal <= 1.3)")
 

@@ -61,14 +61,6 @@ def tiny_cfg():
     })
 
 
-def on_the_graph(monkeypatch, method_cls) -> None:
-    """Make ``method_cls`` take the graph path every step (``loss_terms``, then ``weighted_sum``), not
-    its closed form (kdengine/losses/closed_form.py): for tests that patch ``loss_terms`` to inject
-    a fault."""
-    from kdengine.methods.base import Method
-    monkeypatch.setattr(method_cls, "step_loss", Method.step_loss)
-
-
 # -- stored runs for page tests ---------------------------------------------------------------------
 @contextmanager
 def data_folder(root):
@@ -183,3 +175,13 @@ def app_server(log_path: Path, env: dict, start_timeout: float = 90.0):
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def until(cond, timeout: float = 30.0, every: float = 0.05) -> bool:
+    """Wait until ``cond()`` holds; False when ``timeout`` seconds pass first."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(every)
+    return True

@@ -55,7 +55,7 @@ def test_runs_table_overlay_and_export(runs):
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len(fig["data"]) == 3 and fig["layout"]["xaxis"]["title"]["text"] == "epoch"
     at.selectbox(key="runs_metric").set_value("loss/kd").run()
-    assert "loss/kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    assert "loss term: kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"Export CSV", "Export JSON"}
 

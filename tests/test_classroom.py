@@ -195,9 +195,9 @@ def test_an_instructor_link_locks_the_class_and_a_student_link_locks_nothing(run
     assert any("only your instructor can fix" in w.value for w in student.warning)
     at = app_test(query={**LOCK_T8, "tok": "tok-1"})   # the instructor opens it: the class is locked
     assert ClassState(runs_dir).lock().locked == T8
-    assert any("`method.params.T` = 8.0, `train.epochs` = 1" in i.value for i in at.info)
+    assert any("temperature T = 8.0, epochs = 1" in i.value for i in at.info)
     other = app_test()                                 # any student, any tab, no link at all
-    assert any("`method.params.T` = 8.0, `train.epochs` = 1" in i.value for i in other.info)
+    assert any("temperature T = 8.0, epochs = 1" in i.value for i in other.info)
     assert other.number_input(key="lab.mp.hinton.T.locked").value == 8.0
 
 
@@ -208,14 +208,14 @@ def test_the_lock_survives_a_new_session_and_a_hand_edited_url_until_lifted(runs
     t = at.number_input(key="lab.mp.hinton.T.locked")
     assert t.disabled and t.value == 2.0
     refused = " ".join(w.value for w in at.warning)
-    assert "method.params.T: your instructor has fixed it at 2.0; the link's 9.0 is not used" in refused
+    assert "temperature T: your instructor has fixed it at 2.0; the link's 9.0 is not used" in refused
     sweeps = app_test("app_pages/sweeps.py")             # another page: T is no sweep axis
-    assert "method.params.T" not in sweeps.selectbox(key="sw_x").options
+    assert "temperature T" not in sweeps.selectbox(key="sw_x").options     # options by label
     ClassState(runs_dir).set_lock(None, Caller("teacher", instructor=True))
     free = app_test(query={"method.params.T": "9.0"})
     t = free.number_input(key="lab.mp.hinton.T")
     assert not t.disabled and t.value == 9.0 and not free.warning
-    assert "method.params.T" in app_test("app_pages/sweeps.py").selectbox(key="sw_x").options
+    assert "temperature T" in app_test("app_pages/sweeps.py").selectbox(key="sw_x").options
 
 
 def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock(runs_dir):
@@ -225,12 +225,14 @@ def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock(runs
     at = app_test("app_pages/sweeps.py")
     at.selectbox(key="sw_preset").set_value("digits-quick").run()
     for key in ("sw_x", "sw_y"):
-        assert not {"method.params.T", "method.name"} & set(at.selectbox(key=key).options)
+        options = at.selectbox(key=key).options                   # by label
+        assert not {"temperature T", "method"} & set(options) and "soft weight" in options
     note = next(i.value for i in at.info if "instructor has fixed" in i.value)
-    assert "`method.params.T` = 8.0" in note and "`method.params.T` (locked at 8.0)" in note
+    assert "temperature T = 8.0" in note and "temperature T (locked at 8.0)" in note
     assert at.number_input(key="sw_epochs.locked").disabled
     at.radio(key="sw_mode").set_value("search").run()              # nor can a search range over it
-    assert "method.params.T" not in at.multiselect(key="se_knobs").options
+    knobs = at.multiselect(key="se_knobs").options                   # by label
+    assert "temperature T" not in knobs and "soft weight" in knobs
     at.radio(key="sw_mode").set_value("grid").run()
     at.selectbox(key="sw_x").set_value("method.params.soft_weight").run()
     at.text_input(key="sw_xv_method.params.soft_weight").set_value("0.5, 0.9")
@@ -250,7 +252,7 @@ def test_the_ta_gap_runs_carry_the_lock(runs_dir):
     from ui.engine import get_engine
     lock_class(runs_dir, T8)
     at = app_test("app_pages/ta_gap.py")
-    assert any("`method.params.T` = 8.0" in i.value for i in at.info)
+    assert any("temperature T = 8.0" in i.value for i in at.info)
     at.multiselect(key="ta_sizes_mlp").set_value(["MLP 1x8", "MLP 1x16", "MLP 1x32"]).run()
     at.number_input(key="ta_seeds").set_value(1)
     at.selectbox(key="ta_choice").set_value(1)                      # a fixed TA: no rule to wait for

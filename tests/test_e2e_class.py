@@ -14,7 +14,7 @@ from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is missing")
 TOKEN = "e2e-class-token"
 ANA, BEA = "a" * 12, "b" * 12
-LOCKED = "Your instructor has fixed method.params.T = 2.0"
+LOCKED = "Your instructor has fixed temperature T = 2.0"
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from kdengine.core.events import Ended, Metrics, Phase
 from kdengine.cli import load_config
 from kdengine import Engine, Store
 from kdengine.run.trainer import Trainer
-from conftest import on_the_graph
 
 
 def test_digits_preset_trains_end_to_end_and_is_stored(engine):
@@ -99,7 +98,6 @@ def test_failing_run_is_recorded_and_engine_keeps_serving(engine, tiny_cfg, monk
     def boom(self, batch, step):
         raise RuntimeError("kaboom in loss")
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", boom)
-    on_the_graph(monkeypatch, hinton.HintonKD)
     bad = engine.submit(tiny_cfg)
     assert engine.wait(bad, 120) == "failed"
     assert "kaboom in loss" in engine.snapshot(bad).error
@@ -121,7 +119,6 @@ def test_nan_loss_stops_with_step_and_term(engine, tiny_cfg, monkeypatch):
             terms["kd"] = terms["kd"] * float("inf")
         return terms
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", explode)
-    on_the_graph(monkeypatch, hinton.HintonKD)
     rid = engine.submit(cfg)
     assert engine.wait(rid, 120) == "failed"
     err = engine.snapshot(rid).error
@@ -201,7 +198,6 @@ def test_a_run_whose_thread_dies_continues_from_its_checkpoint_once(engine, tiny
             raise SystemExit("the worker went away")
         return orig(self, batch, step)
     monkeypatch.setattr(hinton.HintonKD, "loss_terms", dies_in_epoch_3)
-    on_the_graph(monkeypatch, hinton.HintonKD)
     cfg = tiny_cfg.with_overrides({"train.epochs": 4})
     rid = engine.submit(cfg)
     assert engine.wait(rid, 120) == "done", engine.snapshot(rid).error

@@ -17,7 +17,6 @@ from kdengine.methods.hinton import HintonKD
 from kdengine.models.families import build_model
 from kdengine.core.checkpoints import CheckpointError, safe_load, save_checkpoint
 from kdengine.teachers.sources import get_teacher
-from conftest import on_the_graph
 
 TEACHER = {"source": "train", "model": {"arch": "mlp", "depth": 1, "width": 32}, "epochs": 2}
 
@@ -59,7 +58,6 @@ def test_nan_at_a_known_step_is_reported_at_that_step(engine, monkeypatch):
             terms["kd"] = terms["kd"] * float("nan")
         return terms
     monkeypatch.setattr(HintonKD, "loss_terms", poisoned)
-    on_the_graph(monkeypatch, HintonKD)
     rid = engine.submit(cfg("nan7", log_every=5), owner="t")
     assert engine.wait(rid, timeout=60) == "failed"
     err = engine.snapshot(rid).error
@@ -124,7 +122,6 @@ def _boom_at_step_3(monkeypatch):
             raise RuntimeError("injected fault at step 3")
         return orig(self, batch, step)
     monkeypatch.setattr(HintonKD, "loss_terms", faulty)
-    on_the_graph(monkeypatch, HintonKD)
 
 
 def test_exception_in_training_thread_is_recorded_and_engine_keeps_serving(engine, monkeypatch):

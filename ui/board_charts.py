@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ui.charts import BASELINE, STUDENT, TEACHER, style
-from ui.words import field_label
+from ui.words import knob_label as _label
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -16,8 +16,8 @@ MEAN = "#444444"
 
 
 def knob_label(knob: str | None) -> str:
-    """'method.params.T' -> 'temperature T' (the words students see)."""
-    return field_label(knob.rsplit(".", 1)[-1]) if knob else "run"
+    """'method.params.T' -> 'temperature T' (the words students see); "run" without a knob."""
+    return _label(knob) if knob else "run"
 
 
 def _x(v: Any) -> Any:

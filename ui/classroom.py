@@ -178,8 +178,10 @@ def _same(raw: Any, value: Any) -> bool:
 def show_refusals(problems: list[str]) -> None:
     """The link values the class lock overrules, in a visible notice."""
     if problems:
+        from ui.words import problem_text
         st.warning("Your instructor has fixed some values for this lesson; the link's are not "
-                   "used:\n\n" + "\n".join(f"- `{p}`" for p in problems), icon=":material/lock:")
+                   "used:\n\n" + "\n".join(f"- {problem_text(p)}" for p in problems),
+                   icon=":material/lock:")
 
 
 def locks_under(prefix: str, locks: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -199,7 +201,8 @@ def locks_notice(*more: str) -> None:
     """Say which knobs the class lock fixes, at which values (and ``more`` about this page)."""
     locks = lesson_locks()
     if locks:
-        st.info(" ".join([locks_line(locks), *more]), icon=":material/lock:")
+        from ui.words import knob_label
+        st.info(" ".join([locks_line(locks, knob_label), *more]), icon=":material/lock:")
 
 
 def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, key: str) -> int:
@@ -208,7 +211,7 @@ def number_knob(where, label: str, path: str, lo: int, hi: int, default: int, ke
     locks = lesson_locks()
     if path in locks:
         where.number_input(label, value=locks[path], disabled=True, key=f"{key}.locked",
-                           help=f"Fixed by your instructor for this lesson ({path}).")
+                           help="Fixed by your instructor for this lesson.")
         return locks[path]
     return where.number_input(label, lo, hi, default, key=key)
 
@@ -223,7 +226,9 @@ def lock_panel(lesson, values: Mapping[str, Any], key: str) -> None:
     pick_key = f"{key}.knobs"
     if pick_key not in st.session_state:
         st.session_state[pick_key] = held
+    from ui.words import knob_label
     pick = st.multiselect("Lock these knobs for the class", lesson.knobs, key=pick_key,
+                          format_func=knob_label,
                           help="Students see them fixed at the values above, on every page, in "
                                "every tab, after a reload; their runs use them.")
     c1, c2 = st.columns(2)
@@ -248,5 +253,6 @@ def lock_line() -> str:
     lock = class_state().lock()
     if lock is None:
         return "No lesson is locked: students choose every knob themselves."
+    from ui.words import knob_label
     return (f"Lesson **{lock.lesson}** is locked for the class: "
-            + ", ".join(f"`{k}` = {v}" for k, v in lock.locked.items()) + ".")
+            + ", ".join(f"{knob_label(k)} = {v}" for k, v in lock.locked.items()) + ".")

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from kdengine.core.config import RunConfig
-from kdengine.core.registry import temperature_of
+from kdengine.core.registry import get_method_class
 from kdengine.data import DataBundle
 from kdengine.losses.logits import dkd_per_sample, entropy, kl_div, soften
 
@@ -151,7 +151,11 @@ def sample_indices(models, which: str = "all", limit: int = 48) -> list[int]:
 
 def run_T(cfg: RunConfig) -> float | None:
     """The T the run trained with, if its method has one (the slider starts there)."""
-    return temperature_of(cfg)
+    try:
+        cls = get_method_class(cfg.method.name)
+    except KeyError:            # a stored run of a method no longer registered
+        return None
+    return cls.temperature_of(cfg.method.params)
 
 
 __all__ = ["dkd_identity", "entropy_curve", "run_T", "sample_image", "sample_indices", "sample_view", "sample_views",

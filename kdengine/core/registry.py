@@ -2,8 +2,9 @@
 by importing every module of the ``kdengine.methods`` package once (plugin discovery, by name, so
 the config layer can validate a method's knobs without depending on the methods package).
 
-Below it, the readers of a method's declarations (which knob weights which term, which terms need
-labels, which knob is the temperature), so code under the methods package (analysis) reads them too."""
+The readers of a method's declarations (its temperature, the knobs that weight its label terms, ...)
+belong to the contract (:class:`kdengine.methods.base.Method`): ``get_method_class(name)`` gives the
+class, whose classmethods read them."""
 from __future__ import annotations
 
 import importlib
@@ -57,36 +58,3 @@ def get_method_class(name: str):
 def method_names() -> list[str]:
     _load_all()
     return sorted(_REGISTRY)
-
-
-# ---- readers of a method's declarations (weight_knobs, label_terms, temperature; methods/base.py),
-# shared by the trainer, the linter, the vectorised backend and the pages ----------------------------
-def knob_value(params: Any, knob: str, default: Any = None) -> Any:
-    """A knob of a Params dataclass, or of a plain dict of knobs (a stored config)."""
-    if isinstance(params, dict):
-        return params.get(knob, default)
-    return getattr(params, knob, default)
-
-
-def label_weight_knobs(cls) -> tuple[str, ...]:
-    """The knobs that weight the terms needing labels (e.g. ("hard_weight",))."""
-    return tuple(dict.fromkeys(cls.weight_knobs[t] for t in cls.label_terms if t in cls.weight_knobs))
-
-
-def soft_weight_knobs(cls) -> tuple[str, ...]:
-    """The knobs that weight the terms not needing labels (soft targets, features, ...)."""
-    return tuple(dict.fromkeys(k for t, k in cls.weight_knobs.items() if t not in cls.label_terms))
-
-
-def temperature_of(cfg) -> float | None:
-    """The temperature a config's method trains at (its declared knob), or None when it has none
-    or the method is unknown. Takes a RunConfig or its ``to_dict()`` form (a stored run)."""
-    method = cfg["method"] if isinstance(cfg, dict) else cfg.method
-    name, params = (method.get("name"), method.get("params") or {}) if isinstance(method, dict) \
-        else (method.name, method.params)
-    try:
-        knob = get_method_class(name).temperature
-    except KeyError:
-        return None
-    T = knob_value(params, knob) if knob else None
-    return float(T) if isinstance(T, (int, float)) and not isinstance(T, bool) else None

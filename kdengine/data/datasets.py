@@ -287,8 +287,8 @@ def _build(cfg: DataConfig) -> DataBundle:
     notes: list[str] = []
     xtr, ytr, xva, yva = _carve_val(cfg, kind, xtr, ytr)
     if xva is not None:
-        notes.append(f"{len(yva)} training samples are held out for validation (val_acc); neither "
-                     f"teacher nor student trains on them.")
+        notes.append(f"{len(yva)} training samples are held out for validation (validation "
+                     f"accuracy); neither teacher nor student trains on them.")
     if cfg.name in SYNTHETIC_DATASETS:
         notes.append(f"{cfg.name}: synthetic CIFAR-shaped images drawn from a seed, for timing "
                      f"only; accuracies on it say nothing about distillation.")

@@ -3,7 +3,6 @@
 ``kd_loss``, ``dkd_loss`` and ``dkd_terms`` are the public names outside checks call."""
 from kdengine.losses.logits import (dkd_loss, dkd_per_sample, dkd_terms, entropy, kd_loss,
                                     kd_loss_unscaled, kl_div, logit_mse, soften)
-from kdengine.losses.fused import TeacherCache, dkd_fused_terms, kd_ce_terms
 
-__all__ = ["TeacherCache", "dkd_fused_terms", "kd_ce_terms", "dkd_loss", "dkd_per_sample", "dkd_terms", "entropy", "kd_loss", "kd_loss_unscaled",
+__all__ = ["dkd_loss", "dkd_per_sample", "dkd_terms", "entropy", "kd_loss", "kd_loss_unscaled",
            "kl_div", "logit_mse", "soften"]

@@ -4,8 +4,7 @@ Every module in this package that defines a class decorated with ``@register`` b
 name; adding a method is adding a file.
 """
 from kdengine.core.registry import get_method_class, method_names, register
-from kdengine.methods.base import (Batch, Method, NoParams, TrainContext, label_weight_knobs,
-                                   temperature_of)
+from kdengine.methods.base import Batch, Method, NoParams, TrainContext, temperature_of
 
-__all__ = ["Batch", "Method", "NoParams", "TrainContext", "get_method_class", "label_weight_knobs",
-           "method_names", "register", "temperature_of"]
+__all__ = ["Batch", "Method", "NoParams", "TrainContext", "get_method_class", "method_names",
+           "register", "temperature_of"]

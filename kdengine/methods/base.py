@@ -1,17 +1,16 @@
 """The method contract: what a distillation method declares and what the trainer does with it.
 
 A method owns one student (plus any helper modules it trains: regressors, a cohort, a discriminator)
-and sees the teachers read-only. The trainer calls ``step_loss(batch, step)`` each step, which by
-default calls ``loss_terms(batch, step)``; that returns UNWEIGHTED named terms ("ce", "kd", "tckd",
-...). The class declares which of its ``Params`` knobs weights each term (``weight_knobs``), which
-terms need labels (``label_terms``) and which knob is the temperature (``temperature``). The trainer
-minimises the sum of the terms times their weights (``Method.weighted_sum``, the sum of
-``Method.weigh``'s terms) and records the weighted terms: the charts plot what the optimiser sees,
-under the stable term names, so a new method needs no page code. (A method whose weighted sum has a
-closed-form gradient may answer ``step_loss`` without a graph and defer its terms' values: see
-there.) On a transfer set without labels the trainer sets the label terms' weights to 0. The linter,
-the vectorised backend and the pages read the same
-declarations (``temperature_of``, ``label_weight_knobs``).
+and sees the teachers read-only. Each step the trainer calls ``loss_terms(batch, step)``, which
+returns the UNWEIGHTED named terms of the method's paper ("ce", "kd", "tckd", ...). The class
+declares which of its ``Params`` knobs weights each term (``weight_knobs``), which terms need labels
+(``label_terms``) and which knob is the temperature (``temperature``). The trainer minimises the sum
+of the terms times their weights (:meth:`Method.weigh`) and records the weighted terms: the charts
+plot what the optimiser sees, under the stable term names, so a new method needs no page code. On a
+transfer set without labels the trainer sets the label terms' weights to 0. The linter, the
+vectorised backend and the pages read the same declarations through the contract's own readers
+(:meth:`Method.temperature_of`, :meth:`Method.label_weight_knobs`, ...), on a class they get from
+the registry (``get_method_class``).
 
 Stacked students (``supports_stacking``): the vectorised backend trains a sweep's cells as one
 student whose forward returns logits with a leading student axis, ``[S, B, C]``. The weight knobs and
@@ -28,11 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The declaration readers live with the registry (core) so that analysis, below methods, can use
-# them too; they are re-exported here with the contract.
-from kdengine.core.registry import (get_method_class, knob_value, label_weight_knobs,  # noqa: F401
-                                    method_names, register, soft_weight_knobs, temperature_of)
 from kdengine.core.events import Emit, Notice, Phase, no_emit
+from kdengine.core.registry import get_method_class, method_names, register  # noqa: F401
 from kdengine.losses.logits import per_student
 
 if TYPE_CHECKING:
@@ -50,24 +46,12 @@ class Batch:
     x: Tensor
     y: Tensor
     labeled: Tensor
+    # The samples' rows in the transfer set: for methods that precompute something per sample in
+    # setup() (sobolev's teacher Jacobians, specialists' combined targets).
     idx: Tensor
     # Teacher logits for this batch, one tensor per teacher, when the trainer could cache them
     # (fixed, un-augmented transfer set); otherwise None and the method runs the teachers itself.
     teacher_logits: list[Tensor] | None = None
-    # True when every sample of the transfer set is labelled: lets hard_ce skip the mask (and the
-    # host sync that testing the mask would cost every step).
-    all_labeled: bool = False
-    # The teachers' cached outputs over the transfer set (kdengine/losses/fused.py), when
-    # teacher_logits are cached: teacher_log_probs reads its log-probabilities at T by ``rows``.
-    teacher_cache: list[Any] | None = None
-    # Where the batch sits in teacher_cache's tables: None for ``idx`` (whole-set tables), or a
-    # slice when the trainer put the tables in the epoch's order (OrderedTeacherCache).
-    rows: slice | None = None
-
-    @property
-    def cache_rows(self) -> Tensor | slice:
-        """The index that reads this batch's rows from ``teacher_cache``'s tables."""
-        return self.idx if self.rows is None else self.rows
 
 
 def _never() -> bool:
@@ -154,20 +138,43 @@ class Method:
         # Term -> weight, from the declared knobs; the trainer may zero the label terms' weights.
         self._set_weights(self.weights_of(params))
 
-    # ---- the weight vocabulary -----------------------------------------------------------------
+    # ---- reading the declarations (for the trainer, the linter, the sweeps and the pages) --------
+    @staticmethod
+    def knob_value(params: Any, knob: str, default: Any = None) -> Any:
+        """A knob of a Params dataclass, or of a plain dict of knobs (a stored config)."""
+        if isinstance(params, dict):
+            return params.get(knob, default)
+        return getattr(params, knob, default)
+
+    @classmethod
+    def temperature_of(cls, params: Any) -> float | None:
+        """The temperature these knobs (a Params or a plain dict) train at, or None when the method
+        has no temperature knob."""
+        T = cls.knob_value(params, cls.temperature) if cls.temperature else None
+        return float(T) if isinstance(T, (int, float)) and not isinstance(T, bool) else None
+
+    @classmethod
+    def label_weight_knobs(cls) -> tuple[str, ...]:
+        """The knobs that weight the terms needing labels (e.g. ("hard_weight",))."""
+        return tuple(dict.fromkeys(cls.weight_knobs[t] for t in cls.label_terms
+                                   if t in cls.weight_knobs))
+
+    @classmethod
+    def soft_weight_knobs(cls) -> tuple[str, ...]:
+        """The knobs that weight the terms not needing labels (soft targets, features, ...)."""
+        return tuple(dict.fromkeys(k for t, k in cls.weight_knobs.items() if t not in cls.label_terms))
+
     @classmethod
     def weights_of(cls, params: Any) -> dict[str, float | Tensor]:
         """The declared weight of each weighted term for these knobs (``[S]`` tensors, one weight
         per student, when the knobs are stacked)."""
-        return {term: _weight(knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
+        return {term: _weight(cls.knob_value(params, knob)) for term, knob in cls.weight_knobs.items()}
 
+    # ---- the weights of this run -----------------------------------------------------------------
     def _set_weights(self, weights: dict[str, float | Tensor]) -> None:
-        # What wants() and weigh() read every step, worked out once here: no per-step host sync on
-        # stacked weights, and no multiplication by a weight of 1.
         self.term_weights = weights
-        self._plain: dict[tuple, tuple | None] = {}
+        # wants() is asked every step: decided here, so stacked weights cost no host sync per step
         self._wanted = {t: _positive(w) for t, w in weights.items()}
-        self._factors = {t: w for t, w in weights.items() if isinstance(w, Tensor) or w != 1.0}
 
     def wants(self, term: str) -> bool:
         """False when the term's weight is 0 (for every stacked student): the method may skip
@@ -189,28 +196,10 @@ class Method:
         return list(dict.fromkeys(was))
 
     def weigh(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The terms times their weights: what the optimiser sums and the charts show."""
-        f = self._factors
-        return {k: v * f[k] if k in f else v for k, v in terms.items()}
-
-    def weighted_sum(self, terms: dict[str, Tensor]) -> Tensor:
-        """The sum of :meth:`weigh`'s terms, in fewer operations: a weight of 1 multiplies nothing,
-        and a term after the first is one add with its weight as alpha (one autograd node where a
-        multiply and an add take two). The trainer backpropagates this and logs the terms
-        unweighted, weighing them when it reads a log window back."""
-        f = self._factors
-        total = None
-        for k, v in terms.items():
-            w = f.get(k)                               # None: a weight of 1
-            if total is None:
-                total = v if w is None else v * w
-            elif w is None:
-                total = total + v
-            elif isinstance(w, Tensor):                # stacked students: one weight each
-                total = total + v * w
-            else:
-                total = torch.add(total, v, alpha=w)
-        return total
+        """The terms times their weights (a term not declared has weight 1): what the optimiser
+        sums and the charts show."""
+        w = self.term_weights
+        return {k: v * w[k] if k in w else v for k, v in terms.items()}
 
     # ---- hooks the trainer calls ---------------------------------------------------------------
     def setup(self, data: Any) -> None:
@@ -230,37 +219,10 @@ class Method:
         """Restore ``extra_state`` from a checkpoint (after ``setup``)."""
 
     def loss_terms(self, batch: Batch, step: int) -> dict[str, Tensor]:
-        """The step's loss terms by name, UNWEIGHTED (scalar tensors; schedules such as a warm-up
-        are the method's own). The trainer applies ``weight_knobs`` with ``weighted_sum``."""
+        """The step's loss terms by name, UNWEIGHTED (scalar tensors, or ``[S]`` for stacked
+        students; schedules such as a warm-up are the method's own). The trainer applies
+        ``weight_knobs`` (:meth:`weigh`) and backpropagates the sum."""
         raise NotImplementedError
-
-    def step_loss(self, batch: Batch, step: int) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
-        """What one optimiser step backpropagates: ``(terms, root, grad)``, for
-        ``torch.autograd.backward(root, grad)``. By default the terms are :meth:`loss_terms`'s and the
-        root is their :meth:`weighted_sum` (summed over stacked students; grad None).
-
-        A method whose weighted sum has a closed-form gradient with respect to the student's logits
-        may instead return the terms' values (no graph), the logits and that gradient: the same
-        parameter gradients without an autograd graph for the loss, which on a small student is a
-        good part of a step (Hinton KD and DKD do, kdengine/losses/closed_form.py). The weights it folds
-        in are ``term_weights``; tests/test_fused_losses.py checks such overrides against this."""
-        return self.backprop(self.loss_terms(batch, step))
-
-    def backprop(self, terms: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor, None]:
-        """:meth:`step_loss`'s default answer for these terms: their weighted sum, to backpropagate."""
-        total = self.weighted_sum(terms)
-        return terms, (total.sum() if total.dim() else total), None
-
-    def plain_weights(self, *terms: str) -> tuple[float, ...] | None:
-        """The weights of ``terms`` as numbers (1 where not declared), or None when any is a tensor:
-        what a closed-form :meth:`step_loss` folds into its gradient. Stacked students' weights are
-        always tensors, so None also says "stacked": take the default path."""
-        hit = self._plain.get(terms, False)
-        if hit is False:                        # asked every step: worked out once per weights
-            ws = tuple(self.term_weights.get(t, 1.0) for t in terms)
-            hit = self._plain[terms] = (None if any(isinstance(w, Tensor) for w in ws)
-                                        else tuple(float(w) for w in ws))
-        return hit
 
     def epoch_metrics(self, epoch: int) -> dict[str, float]:
         """Extra scalar metrics recorded at the end of each epoch (e.g. MagSim)."""
@@ -285,13 +247,6 @@ class Method:
             return batch.teacher_logits[i]
         return self.run_teacher(self.teachers[i], batch.x)
 
-    def teacher_log_probs(self, batch: Batch, T: float, i: int = 0) -> Tensor:
-        """Teacher i's log-probabilities at temperature T for the batch: from the run's cache
-        (computed once per T) when there is one, else from its logits."""
-        if batch.teacher_cache is not None:
-            return batch.teacher_cache[i].log_probs(T)[batch.cache_rows]
-        return F.log_softmax(self.teacher_logits(batch, i).float() / T, dim=-1)
-
     @staticmethod
     def run_teacher(teacher: nn.Module, x: Tensor) -> Tensor:
         teacher.eval()
@@ -299,23 +254,33 @@ class Method:
             return teacher(x).float()
 
     def hard_ce(self, logits: Tensor, batch: Batch) -> Tensor:
-        """Cross-entropy on the labelled part of the batch (0 when the batch has no labels)."""
+        """Cross-entropy with the true labels, averaged over the batch's labelled samples (0 when
+        it has none). Logits ``[B, C]``, or ``[S, B, C]`` for stacked students (then ``[S]``)."""
         if batch.y.dim() == 2:   # multi-hot targets (text data): per-label BCE, multilabel.py
             from kdengine.losses.multilabel import hard_loss
             return hard_loss(logits, batch.y, batch.labeled)
-        if logits.dim() == 3:    # stacked students [S, B, C]: one cross-entropy per student
-            return _stacked_hard_ce(logits, batch)
-        if batch.all_labeled:
-            return F.cross_entropy(logits, batch.y)
-        lab = batch.labeled
-        # Sum over labelled samples / batch size: keeps the per-step scale independent of how many
-        # labels happen to fall in this batch, and avoids a host sync on lab.any().
-        ce = F.cross_entropy(logits, batch.y.clamp_min(0), reduction="none")
-        return (ce * lab).sum() / lab.sum().clamp_min(1)
+        y = batch.y.clamp_min(0).expand(logits.shape[:-1])     # an unlabelled sample's y is -1
+        # -log p_y per sample (a stack's [S, B, C] logits as S * B rows)
+        ce = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+        # a masked mean, not ce[labeled]: no host sync to learn how many samples are labelled
+        lab = batch.labeled.to(ce.dtype)
+        return (ce * lab).sum(-1) / lab.sum().clamp_min(1)
 
     def progress(self, step: int) -> float:
         """Training progress in [0, 1]."""
         return min(1.0, step / max(1, self.ctx.total_steps))
+
+
+def temperature_of(cfg) -> float | None:
+    """The temperature a config's method trains at (its declared knob), or None when it has none
+    or the method is unknown. Takes a RunConfig or its ``to_dict()`` form (a stored run)."""
+    method = cfg["method"] if isinstance(cfg, dict) else cfg.method
+    name, params = (method.get("name"), method.get("params") or {}) if isinstance(method, dict) \
+        else (method.name, method.params)
+    try:
+        return get_method_class(name).temperature_of(params)
+    except KeyError:
+        return None
 
 
 def _weight(value: Any) -> float | Tensor:
@@ -326,14 +291,3 @@ def _weight(value: Any) -> float | Tensor:
 def _positive(value: Any) -> bool:
     """Whether a knob is above 0 (for any stacked student)."""
     return bool((value > 0).any()) if isinstance(value, Tensor) else value > 0
-
-
-def _stacked_hard_ce(logits: Tensor, batch: Batch) -> Tensor:
-    """``Method.hard_ce`` for each of S stacked students: ``[S]``, normalised the same way."""
-    n, b, c = logits.shape
-    ce = F.cross_entropy(logits.reshape(n * b, c), batch.y.clamp_min(0).repeat(n),
-                         reduction="none").view(n, b)
-    if batch.all_labeled:
-        return ce.mean(-1)
-    lab = batch.labeled.to(ce.dtype)
-    return (ce * lab).sum(-1) / lab.sum().clamp_min(1)

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from kdengine.data import DataBundle
-from kdengine.losses.fused import log_softmax_rows
 from kdengine.models import logits_of
 
 
@@ -30,7 +29,7 @@ class EvalSet:
         """``(argmax, p, sum p log p)`` of the teacher's test logits, computed once per run (a run
         has one teacher tensor; another one replaces it)."""
         if self._teacher is None or self._teacher[0] is not t_test_logits:
-            log_pt = log_softmax_rows(t_test_logits.float())
+            log_pt = t_test_logits.float().log_softmax(-1)
             p = log_pt.exp()
             self._teacher = (t_test_logits, t_test_logits.argmax(-1), p, (p * log_pt).sum(-1))
         return self._teacher[1:]
@@ -77,7 +76,7 @@ def evaluate_each(student: nn.Module, data: DataBundle | EvalSet, device: torch.
     if t_test_logits is not None:
         t_top, p, p_log_p = ev.teacher_side(t_test_logits)
         out["agreement"] = (s_test.argmax(-1) == t_top).float().mean(-1)
-        out["kl_test"] = (p_log_p - (p * log_softmax_rows(s_test)).sum(-1)).mean(-1)
+        out["kl_test"] = (p_log_p - (p * s_test.log_softmax(-1)).sum(-1)).mean(-1)
     # one host sync and one read for all the metrics: [metrics, students] -> a dict per student
     rows = torch.stack([v.float().reshape(-1) for v in out.values()]).t().tolist()
     return [dict(zip(out, row)) for row in rows]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from kdengine.run.trainer import Control
+from kdengine.run.control import Control
 
 SLICE_SECONDS = 0.05     # short enough that 4 runs in a process each show a point within ~0.5 s
 

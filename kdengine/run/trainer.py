@@ -1,9 +1,10 @@
 """One training run: data -> teacher (trained, cached or loaded) -> optional baseline -> student.
 
 The trainer knows nothing about threads or UIs: it reports through ``emit(event)`` and asks a
-``Control`` whether to pause or stop. Per-step Python work is kept tiny (the KD loop on a small MLP
-takes ~0.5 ms a step): loss terms are kept as device tensors and read back once every ``log_every``
-steps, where the NaN check also happens, still naming the exact step and term.
+``Control`` whether to pause or stop. A step is the textbook one (the method's terms, their weighted
+sum, backward, optimiser step); its loss terms stay on the device and are read back once every
+``log_every`` steps (one host sync per window, not per step), where the NaN check also happens, still
+naming the exact step and term.
 
 The loop's parts are shared with stacked students (:mod:`kdengine.run.group`, a
 subclass): ``train_step`` takes the method's terms whatever their shape (a scalar each, or ``[S]``,
@@ -12,9 +13,9 @@ one evaluation per student, and ``_record`` is where they leave the trainer.
 """
 from __future__ import annotations
 
-import collections.abc
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,8 +24,7 @@ import torch
 from torch import nn
 
 from kdengine.core.config import CONV_ARCHS, RunConfig
-from kdengine.losses.deferred import window_values
-from kdengine.losses.fused import TeacherCache
+from kdengine.core.knobs import field_specs
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
@@ -35,6 +35,11 @@ from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import RunCheckpoint
 from kdengine.core.events import Artifacts, Checkpoint, Emit, Metrics, Notice, Phase, no_emit
 from kdengine.run.control import Control
+
+# Where a teacher came from, in a run's notice ("Teacher MLP 2x128 (trained now): ...").
+SOURCE_WORDS = {"train": "trained now", "checkpoint": "from a checkpoint",
+                "run": "a stored run's student", "shipped": "shipped with the app"}
+
 
 class NonFiniteLoss(RuntimeError):
     """A loss term became NaN or inf."""
@@ -139,8 +144,8 @@ class Trainer:
                                         should_stop=lambda: self.control.stopped)
             self.summary.update(teacher_label=info["label"], teacher_test_acc=info["test_acc"],
                                 teacher_params=count_params(teacher), teacher_cached=info["cached"])
-            self._notice(f"Teacher {info['label']} ({'cached' if info['cached'] else info['source']})"
-                         f": test accuracy {info['test_acc']:.2%}")
+            how = "cached" if info["cached"] else SOURCE_WORDS.get(info["source"], info["source"])
+            self._notice(f"Teacher {info['label']} ({how}): test accuracy {info['test_acc']:.2%}")
             if info.get("warning"):
                 self._notice(info["warning"])
             teachers = [teacher]
@@ -188,8 +193,11 @@ class Trainer:
         self.method = method
         if data.n_labeled == 0:     # no labels: the terms that need them get weight 0
             zeroed = method.zero_label_terms()
-            if zeroed:
-                self._notice("No labels in the transfer set: " + ", ".join(zeroed) + " forced to 0.")
+            if zeroed:      # by the knobs' labels, as the Lab shows them
+                labels = {f["name"]: f.get("label") or f["name"].replace("_", " ")
+                          for f in field_specs(method_cls.Params)}
+                self._notice("No labels in the transfer set: "
+                             + ", ".join(labels.get(z, z) for z in zeroed) + " forced to 0.")
         self._phase("setup", f"preparing {method_cls.name}")
         method.setup(data)
         extra = [m.to(dev) for m in method.extra_modules()]
@@ -204,16 +212,11 @@ class Trainer:
         X, Y = data.transfer.x.to(dev, memory_format=layout), data.transfer.y.to(dev)
         L = data.labeled.to(dev)
         per_epoch = X.nbytes <= EPOCH_COPY_BYTES
-        all_labeled = bool(data.labeled.all())
-        ones = torch.ones(bs, dtype=torch.bool, device=dev)   # the mask of a fully labelled batch
-        caches = None
+        t_logits = None
         if teachers and method.cache_teacher_logits:
-            # method.teachers: a method may add teachers in setup() (multi_teacher). On the device,
-            # with their log-probabilities at T computed once per T (TeacherCache).
-            # The labels let a cache hold DKD's teacher side too (its target class per sample).
-            labels = Y if Y.dim() == 1 else None
-            caches = [TeacherCache(logits_of(t, X, dev), labels, None if all_labeled else L)
-                      for t in method.teachers]
+            # The transfer set is fixed and not augmented: the teachers' logits on it, once per run.
+            # method.teachers: a method may add teachers in setup() (multi_teacher).
+            t_logits = [logits_of(t, X, dev) for t in method.teachers]
         if tc.compile:
             student.compile()       # in place: the state_dict keys (checkpoints) stay the same
         gen = torch.Generator().manual_seed(tc.seed)
@@ -242,11 +245,10 @@ class Trainer:
                 # index_select: X[perm]'s rows, faster (advanced indexing takes a general path),
                 # but its result is contiguous: channels_last images keep X[perm]
                 xs = X[perm] if layout is torch.channels_last else X.index_select(0, perm)
-                ys = Y.index_select(0, perm)
-                ls = None if all_labeled else L.index_select(0, perm)
-                tcs = None if caches is None else [c.in_order(perm) for c in caches]
+                ys, ls = Y.index_select(0, perm), L.index_select(0, perm)
+                ts = None if t_logits is None else [t.index_select(0, perm) for t in t_logits]
             else:
-                xs, ys, ls, tcs = X, Y, L, caches
+                xs, ys, ls, ts = X, Y, L, t_logits
             # A point every log_every steps and one at the epoch's end; a tail shorter than half a
             # window joins the window before it, so that no point is one batch's loss alone (with
             # the defaults on digits, 21 steps an epoch, points were 20 steps and 1 step apart).
@@ -255,9 +257,8 @@ class Trainer:
                     ctl.checkpoint()
                 idx = perm[i * bs:(i + 1) * bs]
                 rows = slice(i * bs, (i + 1) * bs) if per_epoch else idx
-                batch = Batch(xs[rows], ys[rows], ones if all_labeled else ls[rows], idx,
-                              None if tcs is None else CachedRows(tcs, rows), all_labeled, tcs,
-                              rows if per_epoch else None)
+                batch = Batch(xs[rows], ys[rows], ls[rows], idx,
+                              None if ts is None else [t[rows] for t in ts])
                 terms = train_step(method, batch, step, opt, sched, amp)
                 for k, v in terms.items():
                     window.setdefault(k, []).append(v.detach())
@@ -357,28 +358,9 @@ class Trainer:
 
 
 # Largest transfer set (its inputs, in bytes) that the trainer copies into each epoch's order: a
-# step then slices its batch (about 1 us) instead of indexing it (about 10 us), which matters on a
-# tiny model where a whole step is ~1 ms. An image set (CIFAR: 600 MB) is indexed per step instead of
-# being held twice.
+# step then slices its batch instead of indexing it. An image set (CIFAR: 600 MB) is indexed per
+# step instead of being held twice.
 EPOCH_COPY_BYTES = 32 * 2**20
-
-
-class CachedRows(collections.abc.Sequence):
-    """A batch's rows of the cached teacher logits, gathered only when a method reads them (methods
-    that use the cached log-probabilities never pay for the gather). ``rows``: an index into whole-set
-    caches, or a slice of caches in the epoch's order."""
-    __slots__ = ("caches", "rows")
-
-    def __init__(self, caches: list, rows: torch.Tensor | slice):
-        self.caches, self.rows = caches, rows
-
-    def __len__(self) -> int:
-        return len(self.caches)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [c.logits[self.rows] for c in self.caches[i]]
-        return self.caches[i].logits[self.rows]
 
 
 def memory_format(choice: str, arch: str, input_shape: tuple,
@@ -395,38 +377,16 @@ def train_step(method, batch: Batch, step: int, opt, sched, amp=None) -> dict[st
     on the device (``read_window`` weighs them, once per log window).
 
     Each term is a scalar, or ``[S]`` for S stacked students: their sum is one backward for all
-    (a student's loss depends only on its own weights, so each gets the gradient it would alone).
-    ``Method.step_loss`` says what to backpropagate: the weighted sum, or the logits with the sum's
-    gradient in closed form."""
-    if amp is not None:
-        with amp:
-            terms, root, grad = method.step_loss(batch, step)
-    else:
-        terms, root, grad = method.step_loss(batch, step)
+    (a student's loss depends only on its own weights, so each gets the gradient it would alone)."""
+    with amp if amp is not None else nullcontext():
+        terms = method.loss_terms(batch, step)
+    loss = sum(method.weigh(terms).values())
     opt.zero_grad(set_to_none=True)
-    backprop(root, grad)
+    loss.sum().backward()            # summed over stacked students; a scalar is its own sum
     opt.step()
     if sched is not None:
         sched.step()
     return terms
-
-
-# The autograd engine's entry, as torch.autograd.backward calls it once it has checked the gradients it
-# was given (shape, dtype, device, nesting): those checks are Python, about 20 us a step, 5% of a
-# small student's closed-form step. Private in PyTorch: where a version lacks it, the public call.
-_engine_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
-
-
-def backprop(root: torch.Tensor, grad: torch.Tensor | None) -> None:
-    """``root.backward(grad)``. A closed-form step's gradient (``Method.step_loss``) is built as the
-    logits' own shape, dtype and device; checked here in a few attribute reads, it goes straight to
-    the engine. Anything else takes the public call, with its checks and errors."""
-    if (grad is None or _engine_run_backward is None or grad.shape != root.shape
-            or grad.dtype != root.dtype or grad.device != root.device):
-        root.backward(grad)
-        return
-    _engine_run_backward((root,), (grad,), False, False, (), allow_unreachable=True,
-                         accumulate_grad=True)
 
 
 def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
@@ -443,19 +403,15 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
     # than the window: a term is averaged over the steps it was present, and the total (the sum of
     # the terms, 0 where absent) over all the window's steps.
     n_steps = max(len(vs) for vs in window.values())
-    values = window_values(window)      # deferred terms (closed-form steps) computed here, at once
-    if all(len(vs) == n_steps for vs in window.values()):
-        full = _read_full_window(values, n_steps, weights)
-        if full is not None:
-            return full
-    means, sums = {}, None
+    weighed = []                                                         # [steps, students] each
     for k, vs in window.items():
-        arr = values[k].float().cpu().reshape(len(vs), -1)           # [steps, students]
         w = weights.get(k, 1.0)
-        if isinstance(w, torch.Tensor):
-            arr = arr * w.detach().float().cpu().reshape(1, -1)
-        elif w != 1.0:
-            arr = arr * w
+        w = w.detach().float().reshape(1, -1) if isinstance(w, torch.Tensor) else w
+        weighed.append(torch.stack(vs).float().reshape(len(vs), -1) * w)
+    host = torch.cat([a.reshape(-1) for a in weighed]).cpu()            # the window's one sync
+    means, sums = {}, None
+    for (k, vs), a, arr in zip(window.items(), weighed, host.split([a.numel() for a in weighed])):
+        arr = arr.view(a.shape)
         bad = ~torch.isfinite(arr)
         if bad.any():
             row, col = (int(i) for i in bad.nonzero()[0])
@@ -473,28 +429,6 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
     n = sums.shape[0]
     cols = {k: m.expand(n).tolist() for k, m in means.items()}
     return [{k: col[j] for k, col in cols.items()} for j in range(n)]
-
-
-def _read_full_window(values: dict[str, torch.Tensor], n_steps: int, weights: dict[str, Any]
-                      ) -> list[dict[str, float]] | None:
-    """:func:`read_window` of the usual window, every term at every step, in a few operations on
-    all its terms at once (one stack, one sync, one check, one read), not a dozen per term. None
-    when a value is not finite: the term-by-term pass then finds and names it."""
-    cols = [v.float().reshape(n_steps, -1) for v in values.values()]
-    ws = [weights.get(k, 1.0) for k in values]
-    width = max(c.shape[1] if not isinstance(w, torch.Tensor) else max(c.shape[1], w.numel())
-                for c, w in zip(cols, ws))                  # students: a term's or its weights'
-    arr = torch.stack([c.expand(n_steps, width) for c in cols]).cpu()   # [terms, steps, students]
-    if any(isinstance(w, torch.Tensor) for w in ws):
-        arr = arr * torch.stack([torch.as_tensor(w).detach().float().cpu().reshape(-1).expand(width)
-                                 for w in ws]).unsqueeze(1)
-    elif any(w != 1.0 for w in ws):
-        arr = arr * torch.tensor(ws, dtype=arr.dtype).view(-1, 1, 1)
-    if not bool(torch.isfinite(arr).all()):
-        return None
-    rows = torch.cat((arr.mean(1), arr.sum(0).mean(0, keepdim=True))).t().tolist()  # [students]
-    names = [f"loss/{k}" for k in values] + ["loss/total"]
-    return [dict(zip(names, row)) for row in rows]
 
 
 def make_optimizer(tc, params):

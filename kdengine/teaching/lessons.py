@@ -30,7 +30,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlencode
 
 import yaml
@@ -310,13 +310,18 @@ def free_knobs(fields: list[str], locked: Mapping[str, Any]) -> tuple[list[str],
     return [k for k in fields if k not in why], why
 
 
-def locks_line(locked: Mapping[str, Any]) -> str:
-    """One sentence naming every locked knob and its value, for the pages that start runs."""
-    return ("Your instructor has fixed " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in locked.items())
+def _short(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def locks_line(locked: Mapping[str, Any], label: Callable[[str], str] = _short) -> str:
+    """One sentence naming every locked knob and its value, for the pages that start runs; ``label``
+    names a knob (its dotted path) in words (the pages pass theirs; the default is the field name)."""
+    return ("Your instructor has fixed " + ", ".join(f"{label(k)} = {_fmt(v)}" for k, v in locked.items())
             + " for this lesson: every run started here uses those values.")
 
 
-def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
+def locked_note(lesson: Lesson, locked: Mapping[str, Any], label: Callable[[str], str] = _short) -> str:
     """Markdown shown above a lesson's text: the values the class lock fixes, next to the
     preset's values the text was written for."""
     if not locked:
@@ -325,9 +330,9 @@ def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
     parts = []
     for k, v in locked.items():
         was = preset.get(k)
-        short = k.rsplit(".", 1)[-1]
-        parts.append(f"**{short} = {_fmt(v)}**" + (f" (the text below uses {short} = {_fmt(was)})"
-                                                  if was is not None and was != v else ""))
+        name = label(k)
+        parts.append(f"**{name} = {_fmt(v)}**" + (f" (the text below uses {name} = {_fmt(was)})"
+                                                 if was is not None and was != v else ""))
     return "In this class your instructor has fixed " + "; ".join(parts) + "."
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 
 from kdengine.core.config import RunConfig
 from kdengine.methods import get_method_class
-from kdengine.methods.base import knob_value, label_weight_knobs, soft_weight_knobs, temperature_of
+from kdengine.methods.base import Method
 from kdengine.teachers.student_alone import teacher_gap_warning  # noqa: F401  (re-exported: part of the linter)
 
 # A check returns None, one warning, or a list of warnings.
@@ -45,15 +45,15 @@ def check(fn):
 
 
 def _any_above_zero(params, knobs) -> bool:
-    return any(knob_value(params, k, 0) > 0 for k in knobs)
+    return any(Method.knob_value(params, k, 0) > 0 for k in knobs)
 
 
 @check
 def _t_squared_off(cfg: RunConfig):
     cls, p = get_method_class(cfg.method.name), cfg.method.params
-    T = temperature_of(cfg)
-    if T is not None and knob_value(p, "t_squared") is False \
-            and _any_above_zero(p, soft_weight_knobs(cls)) and _any_above_zero(p, label_weight_knobs(cls)):
+    T = cls.temperature_of(p)
+    if T is not None and cls.knob_value(p, "t_squared") is False \
+            and _any_above_zero(p, cls.soft_weight_knobs()) and _any_above_zero(p, cls.label_weight_knobs()):
         return ("T² scaling is off while both soft and hard terms are on: the soft gradients shrink "
                 f"by 1/T² = {1 / T ** 2:.3g}, so the hard term dominates.")
     return None
@@ -62,7 +62,7 @@ def _t_squared_off(cfg: RunConfig):
 @check
 def _unlabeled_hard(cfg: RunConfig):
     cls = get_method_class(cfg.method.name)
-    if cfg.data.transfer == "unlabeled" and _any_above_zero(cfg.method.params, label_weight_knobs(cls)):
+    if cfg.data.transfer == "unlabeled" and _any_above_zero(cfg.method.params, cls.label_weight_knobs()):
         return "The transfer set is unlabelled: the hard (label) weight will be forced to 0."
     return None
 
@@ -88,7 +88,7 @@ def _dkd_warmup_eats_the_run(cfg: RunConfig):
     if span >= 0.5 * cfg.train.epochs:
         return (f"DKD's warm-up lasts {span:g} of {cfg.train.epochs} epochs: the KD part is below "
                 f"full weight for {span / cfg.train.epochs:.0%} of the run, which biases a "
-                f"comparison against DKD. Lower warmup_epochs or the warm-up cap.")
+                f"comparison against DKD. Lower the warm-up epochs or the warm-up cap.")
     return None
 
 
