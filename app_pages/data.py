@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from kdengine.data.archives import TITLES, ArchiveRefused, expected_files, import_files
+from kdengine import ArchiveRefused, import_files
+from kdengine.data.archives import TITLES, expected_files
 from kdengine.data.fetch import data_dir, listing
 from ui.classroom import instructor_gate
 

@@ -304,7 +304,7 @@ def cmd_data(args) -> int:
         fetch(args.names or ["mnist", "fashion_mnist", "cifar10"])
         return 0
     if args.action == "import":
-        from kdengine.data.archives import import_paths
+        from kdengine.data.archives import import_paths    # import_files on paths
         if len(args.names) < 2:
             raise ConfigError("data import", "takes a data set and its files, e.g. data import "
                                              "cifar10 cifar-10-python.tar.gz")

@@ -5,6 +5,7 @@ in the data folder across restarts and not printed again unless asked; the app's
 the public URL."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kdengine import cli
 from kdengine.teaching import classroom
@@ -164,3 +166,34 @@ def test_lesson_links_are_built_under_the_public_url(monkeypatch):
     assert at.code and at.code[0].value.startswith(f"{PUBLIC}/lessons?lesson=why-temperature")
     at = app_test("app_pages/instructor.py", query={"tok": "instructor-token"})
     assert any(f"{PUBLIC}/" in c.value for c in at.caption)
+
+
+# ---- the container recipe ------------------------------------------------------------------------------
+def dockerfile() -> dict[str, list[str]]:
+    """Instruction -> its arguments, for each instruction of the Dockerfile (continuations joined)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            out.setdefault(word.upper(), []).append(" ".join(rest.split()))
+    return out
+
+
+def test_the_container_runs_the_serve_command_with_the_documented_flags(clean_env, capsys):
+    d = dockerfile()
+    assert d["FROM"] == ["python:3.11-slim"] and d["EXPOSE"] == ["8501"] and d["VOLUME"] == ["/data"]
+    assert any("pip install" in r and "-r requirements.txt" in r for r in d["RUN"])
+    assert any("KD_RUNS_DIR=/data" in e for e in d["ENV"])
+    cmd = json.loads(d["CMD"][0])
+    assert cmd[:4] == ["python", "-m", "kdengine", "serve"]
+    health = json.loads(d["HEALTHCHECK"][0].split("CMD ", 1)[1])
+    assert health[:4] == ["python", "-m", "kdengine", "health"]
+    app = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["app"]
+    assert app["command"] == cmd and app["environment"]["KD_RUNS_DIR"] == "/data"
+    assert any(v.endswith(":/data") for v in app["volumes"])
+    assert any(p.endswith(":8501") for p in app["ports"])
+    # the flags are this command line's: it resolves them as it would in the container
+    assert cli.main([*cmd[3:], "--dry-run"]) == 0
+    assert "listens on       0.0.0.0:8501" in capsys.readouterr().out
+    assert cli.build_parser().parse_args(health[3:]).port == 8501

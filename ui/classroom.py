@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from kdengine import ConfigError, RunConfig, apply_locks, data_root, locks_line, parse_link
-from kdengine.teaching.class_server import public_url
+from kdengine import (ConfigError, RunConfig, apply_locks, data_root, locks_line, parse_link,
+                      public_url)
 from kdengine.teaching.classroom import Roster, clean_name, token_matches
 from ui.engine import OWNER_KEY, OWNER_PARAM, owner_id
 
