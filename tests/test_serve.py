@@ -1,6 +1,6 @@
 """A server students can reach: ``python -m kdengine serve`` resolves its flags into Streamlit's
 settings and the links it prints (under the public URL, its path served as Streamlit's base path),
-really starts and answers its health check there; the instructor token is made once, kept private
+really starts and answers its health check and a page's WebSocket there; the instructor token is made once, kept private
 in the data folder across restarts and not printed again unless asked; the app's lesson links use
 the public URL."""
 from __future__ import annotations
@@ -25,6 +25,7 @@ from kdengine.teaching.class_server import ServeSettings, check_public_url
 from kdengine.teaching.lessons import lesson_link
 
 from conftest import app_test, free_port
+from tests.test_e2e_ws import ws_session
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = "https://kd.example.org/workshop"
@@ -141,6 +142,9 @@ def test_serve_starts_answers_under_the_public_path_and_prints_the_links(tmp_pat
         assert f"Students open      {PUBLIC}/" in text and "path /workshop" in text
         with pytest.raises(urllib.error.HTTPError):                 # served under the path only
             urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=5)
+        # a page's WebSocket under the path (/workshop/_stcore/stream) draws the Lab
+        with ws_session().WsClass(f"http://127.0.0.1:{port}/workshop") as c:
+            assert "Train" in c.add("", ready=None, timeout=120).buttons
     finally:
         proc.terminate()
         proc.wait(timeout=30)
