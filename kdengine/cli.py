@@ -320,36 +320,28 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _public_url(args) -> str | None:
+    """``--public-url``, else ``KD_PUBLIC_URL`` (a bad one is refused naming where it came from)."""
+    import os
+    from kdengine.teaching.class_server import PUBLIC_URL_ENV, check_public_url
+    if args.public_url:
+        return check_public_url(args.public_url, "--public-url")
+    env = os.environ.get(PUBLIC_URL_ENV, "").strip()
+    return check_public_url(env, PUBLIC_URL_ENV) if env else None
+
+
 def cmd_serve(args) -> int:
     """Start the web app for a class: print where it listens and the student and instructor links,
     then become the Streamlit server (exec: signals and the exit status are the server's own)."""
     import os
     from kdengine import data_root
     from kdengine.teaching import class_server as cs
-    from kdengine.teaching.classroom import (TOKEN_ENV, check_token, ensure_token, save_token,
-                                             stored_token, token_path)
-    public = args.public_url or os.environ.get(cs.PUBLIC_URL_ENV, "").strip() or None
-    field = "--public-url" if args.public_url else cs.PUBLIC_URL_ENV
-    settings = cs.ServeSettings(address=args.address, port=args.port,
-                                public_url=public and cs.check_public_url(public, field),
+    settings = cs.ServeSettings(address=args.address, port=args.port, public_url=_public_url(args),
                                 workers=args.workers, slots=args.slots, threads=args.threads,
                                 ray_address=args.ray)
     root, app = data_root(), cs.app_file()
     env = {**os.environ, **settings.env(root)}
-    new = False                    # the token: --token (kept from now on), the variable, the kept one
-    if args.token:
-        token = env[TOKEN_ENV] = check_token(args.token, "--token")
-        if not args.dry_run:
-            save_token(token, root)
-        where = f"set now, kept in {token_path(root)}"
-    elif env.get(TOKEN_ENV, "").strip():
-        token, where = env[TOKEN_ENV].strip(), f"from {TOKEN_ENV}"
-    elif args.dry_run:
-        token = stored_token(root)
-        where = f"kept in {token_path(root)}" if token else "made at the first start"
-    else:
-        token, new = ensure_token(root)
-        where = f"kept in {token_path(root)}"
+    token, where, new = cs.resolve_token(args.token, env, root, keep=not args.dry_run)
     links = settings.links(token if (new or args.show_token) else None)
     where_path = f", path /{settings.base_path}" if settings.base_path else ""
     print(f"KD Playground class server\n"
@@ -380,11 +372,10 @@ def cmd_serve(args) -> int:
 
 def cmd_health(args) -> int:
     """Exit 0 when the server on this machine answers its health check (the container's probe)."""
-    import os
     import urllib.request
     from kdengine.teaching import class_server as cs
-    public = args.public_url or os.environ.get(cs.PUBLIC_URL_ENV, "").strip() or None
-    url = cs.ServeSettings(address=args.address, port=args.port, public_url=public).health_url()
+    url = cs.ServeSettings(address=args.address, port=args.port,
+                           public_url=_public_url(args)).health_url()
     try:
         with urllib.request.urlopen(url, timeout=args.timeout) as r:
             ok = r.read().strip() == b"ok"

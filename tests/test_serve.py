@@ -21,7 +21,7 @@ import yaml
 
 from kdengine import cli
 from kdengine.teaching import classroom
-from kdengine.teaching.class_server import ServeSettings, check_public_url
+from kdengine.teaching.class_server import ServeSettings, check_public_url, resolve_token
 from kdengine.teaching.lessons import lesson_link
 
 from conftest import app_test, free_port
@@ -119,6 +119,13 @@ def test_a_set_token_replaces_the_kept_one_and_loose_permissions_are_tightened(c
     os.chmod(path, 0o644)
     assert classroom.stored_token() == "chosen-by-hand"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # the serve command's order: --token (kept, and over the variable), the variable, the kept one
+    env = {"KD_INSTRUCTOR_TOKEN": "from-the-env"}
+    assert resolve_token(None, env, clean_env)[:2] == ("from-the-env", "from KD_INSTRUCTOR_TOKEN")
+    assert resolve_token(None, {}, clean_env)[0] == "chosen-by-hand"
+    assert resolve_token("given-at-start", env, clean_env)[0] == "given-at-start"
+    assert env["KD_INSTRUCTOR_TOKEN"] == "given-at-start"          # what the server sees
+    assert classroom.stored_token() == "given-at-start"
 
 
 # ---- a real start --------------------------------------------------------------------------------------

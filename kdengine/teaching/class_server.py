@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from kdengine.core.knobs import ConfigError
 from kdengine.run import serving
+from kdengine.teaching.classroom import (TOKEN_ENV, check_token, ensure_token, save_token,
+                                         stored_token, token_path)
 
 PUBLIC_URL_ENV = "KD_PUBLIC_URL"
 DEFAULT_PORT = 8501
@@ -149,6 +151,28 @@ def describe_executor(env: Mapping[str, str]) -> str:
     return f"in {workers} worker process{'es' if workers > 1 else ''}, {slots} runs each"
 
 
+def resolve_token(given: str | None, env: dict[str, str], root: Path,
+                  keep: bool = True) -> tuple[str | None, str, bool]:
+    """The instructor token a server starts with, where it comes from (in words), and whether it was
+    made just now: ``given`` (kept from now on), else ``KD_INSTRUCTOR_TOKEN`` in ``env``, else the
+    one kept in the data folder, else a new one, kept. With ``keep`` off (a dry run) nothing is
+    written, and the token may be None (made at the first start). ``given`` goes into ``env``, so
+    it wins over the variable in the server too."""
+    if given:
+        token = env[TOKEN_ENV] = check_token(given, "--token")
+        if keep:
+            save_token(token, root)
+            return token, f"set now, kept in {token_path(root)}", False
+        return token, "given (a start keeps it in the data folder)", False
+    if env.get(TOKEN_ENV, "").strip():
+        return env[TOKEN_ENV].strip(), f"from {TOKEN_ENV}", False
+    if not keep:
+        token = stored_token(root)
+        return token, f"kept in {token_path(root)}" if token else "made at the first start", False
+    token, new = ensure_token(root)
+    return token, f"kept in {token_path(root)}", new
+
+
 def app_file() -> Path:
     """``app.py`` of this checkout (the engine is installed editable, next to the app)."""
     app = Path(__file__).resolve().parents[2] / "app.py"
@@ -159,4 +183,4 @@ def app_file() -> Path:
 
 
 __all__ = ["DEFAULT_PORT", "PUBLIC_URL_ENV", "ServeSettings", "app_file", "base_url_path",
-           "check_public_url", "describe_executor", "page_url", "public_url"]
+           "check_public_url", "describe_executor", "page_url", "public_url", "resolve_token"]
