@@ -275,11 +275,16 @@ def ensure_token(root: Path | str | None = None) -> tuple[str, bool]:
     tmp = _write_private(path, secrets.token_urlsafe(12))
     try:
         os.link(tmp, path)
-        return stored_token(root) or "", True
     except FileExistsError:
-        return stored_token(root) or "", False
+        token = stored_token(root)
+        if token:
+            return token, False
+        os.replace(tmp, path)        # an empty or unreadable file: replaced
+    except OSError:    # a disk without hard links (some shared folders): a plain rename instead
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return stored_token(root) or "", True
 
 
 def instructor_token(announce=print) -> str:
