@@ -14,12 +14,13 @@ from kdengine import RunSnapshot, flatten
 from kdengine.teaching.classroom import fold_children, legend_labels, student_label, student_rows
 from kdengine.teaching.classroom import varying_knobs
 from ui import charts
-from ui.classroom import instructor_gate, roster
+from ui.classroom import instructor_gate, roster, student_link_notice
 from ui.engine import get_engine
 from ui.live import live_fragment
 
 st.title("Instructor")
 instructor_gate()
+student_link_notice()
 engine = get_engine()
 st.caption("All runs of this server, from every browser session. Students' runs from the Lessons "
            "page are named `lesson:<id>`; sweep and TA-gap runs are folded under their sweep.")

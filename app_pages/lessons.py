@@ -14,7 +14,7 @@ import streamlit as st
 from kdengine import ConfigError, knob_spec, lesson_link, load_lessons
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
-from ui.classroom import is_instructor, lesson_link_state
+from ui.classroom import is_instructor, lesson_link_state, server_url
 from ui.engine import get_engine, owner_id
 from ui.live import live_run
 from ui.nav import existing_pages
@@ -152,6 +152,10 @@ if not missing and is_instructor():      # students never see the link builder
                               default=[k for k in locked], format_func=knob_label)
         preset_values = lesson.knob_values()
         shown = {k: v for k, v in values.items() if k in lock or v != preset_values.get(k)}
-        query = lesson_link(lesson.id, shown, lock)
-        base = str(getattr(st.context, "url", "") or "").split("?")[0]
-        st.code(f"{base}?{query}" if base else f"?{query}", language=None)
+        public = server_url()
+        if public:
+            st.code(lesson_link(lesson.id, shown, lock, base=public), language=None)
+        else:
+            query = lesson_link(lesson.id, shown, lock)
+            base = str(getattr(st.context, "url", "") or "").split("?")[0]
+            st.code(f"{base}?{query}" if base else f"?{query}", language=None)
