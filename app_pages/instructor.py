@@ -19,12 +19,14 @@ from kdengine.teaching.classroom import (CLI_OWNERS, fold_children, student_labe
                                          varying_knobs)
 from ui import charts, widgets
 from ui.board_charts import board_figure, knob_label
-from ui.classroom import caller, class_state, instructor_gate, lock_line, lock_panel, roster
+from ui.classroom import (caller, class_state, instructor_gate, lock_line, lock_panel, roster,
+                          student_link_notice)
 from ui.engine import get_engine
 from ui.live import live_fragment
 
 st.title("Instructor")
 instructor_gate()
+student_link_notice()
 ss = st.session_state
 engine = get_engine()
 book, state, who = roster(), class_state(), caller()

@@ -19,7 +19,7 @@ from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
 from ui.board_charts import board_figure
 from ui.classroom import (caller, class_state, is_instructor, lesson_link_state, lock_panel, roster,
-                          show_refusals)
+                          server_url, show_refusals)
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment, live_run
 from ui.nav import existing_pages
@@ -195,6 +195,10 @@ if not missing and instructor:      # students never see the lock or the link bu
         preset_values = lesson.knob_values()
         lock = ss.get(f"lessons_lockp.{lesson.id}.knobs", [])
         shown = {k: v for k, v in values.items() if k in lock or v != preset_values.get(k)}
-        query = lesson_link(lesson.id, shown, lock)
-        base = str(getattr(st.context, "url", "") or "").split("?")[0]
-        st.code(f"{base}?{query}" if base else f"?{query}", language=None)
+        public = server_url()
+        if public:
+            st.code(lesson_link(lesson.id, shown, lock, base=public), language=None)
+        else:
+            query = lesson_link(lesson.id, shown, lock)
+            base = str(getattr(st.context, "url", "") or "").split("?")[0]
+            st.code(f"{base}?{query}" if base else f"?{query}", language=None)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from kdengine.core.events import Artifacts, Checkpoint, Ended, Metrics, Notice, Phase, Status
     from kdengine.losses import dkd_loss, dkd_terms, kd_loss
     from kdengine.data import DataBundle, DataUnavailable, fallback_config, load_data
+    from kdengine.data.archives import ArchiveRefused, import_files
     from kdengine.models import build_model, count_params, ladder, logits_of, model_label
     from kdengine.teachers.sources import get_teacher, shipped_teachers
     from kdengine.core.registry import get_method_class, method_names, register
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from kdengine.run.stored import (RunModels, TeacherNotCached, checkpoint_state, load_run_models,
                                      teacher_is_cached)
     from kdengine.teaching.pitfalls import lint
+    from kdengine.teaching.class_server import public_url
     from kdengine.teaching.lessons import (apply_locks, class_lock, free_knobs, knob_spec,
                                            lesson_link, lesson_lock, link_for_student, load_lessons,
                                            lock_state, locks_line, parse_link)

@@ -78,12 +78,11 @@ def test_legends_name_only_the_knobs_that_differ():
         "method.params.T": "T"}
 
 
-def test_instructor_token_from_env_or_generated_once(monkeypatch):
+def test_instructor_token_from_env_or_generated_once(monkeypatch, runs_dir):
     monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", "s3cret")
     assert classroom.token_matches("s3cret") and not classroom.token_matches("guess")
     assert not classroom.token_matches(None) and not classroom.token_matches("")
     monkeypatch.delenv("KD_INSTRUCTOR_TOKEN")
-    monkeypatch.setattr(classroom, "_token", None)
     said: list[str] = []
     tok = classroom.instructor_token(said.append)
     assert classroom.instructor_token(said.append) == tok and len(said) == 1 and tok in said[0]

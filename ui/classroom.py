@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import streamlit as st
 
-from kdengine import (Caller, ClassState, NameTaken, Roster, RunConfig, apply_locks, class_lock,
-                      data_root, link_for_student, locks_line, parse_link)
+from kdengine import (Caller, ClassState, ConfigError, NameTaken, Roster, RunConfig, apply_locks,
+                      class_lock, data_root, link_for_student, locks_line, parse_link, public_url)
 from kdengine.teaching.classroom import clean_name, token_matches
 from ui.engine import OWNER_KEY, OWNER_PARAM, owner_id
 
@@ -66,8 +66,8 @@ def instructor_gate() -> None:
     """Stop the page here unless this session has given the instructor token."""
     if is_instructor():
         return
-    st.info("This page is for the instructor. The token is printed in the server's console "
-            "when it starts (or set with KD_INSTRUCTOR_TOKEN).", icon=":material/lock:")
+    st.info("This page is for the instructor: open it with the instructor link, or type the "
+            "instructor token.", icon=":material/lock:")
     given = st.text_input("Instructor token", type="password", key="instructor_token_input")
     if given:
         if token_matches(given):
@@ -75,6 +75,24 @@ def instructor_gate() -> None:
             st.rerun()
         st.error("That is not the instructor token.")
     st.stop()
+
+
+def server_url() -> str | None:
+    """The address students open, when the server was started with one (``python -m kdengine
+    serve --public-url``); links for others are built under it. None: links use the address this
+    browser used, as before. A bad value is shown, and links fall back."""
+    try:
+        return public_url()
+    except ConfigError as e:
+        st.warning(f"The server's public address is not valid ({e}); links use this browser's.")
+        return None
+
+
+def student_link_notice() -> None:
+    """Tell the instructor the link students open (only known with a public URL)."""
+    url = server_url()
+    if url:
+        st.caption(f"Students open **{url}/**")
 
 
 def session_params() -> dict[str, str]:

@@ -13,11 +13,16 @@ a browser still on the other is sent to it). Students who never typed a name are
 only the knobs that differ between the runs shown (not "name=digits, noise=0.2" on every curve).
 Runs are :class:`~kdengine.run.snapshot.RunSnapshot`s, the light ones of ``Engine.runs()`` or
 ``Engine.list_runs()``.
+
+**Instructor token.** Set once: ``KD_INSTRUCTOR_TOKEN``, else the one kept in the data folder
+(``instructor_token``, readable by the server's user only), made and printed at the first start and
+kept across restarts.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -25,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from kdengine.core.config import flatten
+from kdengine.core.knobs import ConfigError
+from kdengine.core.paths import data_root
 from kdengine.core.roles import Caller, NotAllowed, check_instructor
 
 if TYPE_CHECKING:
@@ -319,23 +326,91 @@ def _fmt(v: Any) -> str:
 
 
 # ---- the instructor token -------------------------------------------------------------------------
-_token: str | None = None
+TOKEN_ENV = "KD_INSTRUCTOR_TOKEN"
+TOKEN_FILE = "instructor_token"
+# What a token chosen by hand may hold: it travels in a URL (?tok=), so URL-safe characters only.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
+
+
+def check_token(token: str, field_path: str = "token") -> str:
+    token = str(token).strip()
+    if not _TOKEN_RE.match(token):
+        raise ConfigError(field_path, "an instructor token is 8 to 128 letters, digits or . _ ~ - "
+                                      "(it travels in a link)")
+    return token
+
+
+def token_path(root: Path | str | None = None) -> Path:
+    """Where the server's token is kept: ``instructor_token`` in the data folder."""
+    return Path(root or data_root()) / TOKEN_FILE
+
+
+def stored_token(root: Path | str | None = None) -> str | None:
+    """The token kept in the data folder, or None. A file others may read is made private first
+    (a copied data folder can arrive with loose permissions)."""
+    path = token_path(root)
+    try:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def _write_private(path: Path, token: str) -> Path:
+    """``token`` in a new file next to ``path`` that only this user can read; returns that file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return tmp
+
+
+def save_token(token: str, root: Path | str | None = None) -> None:
+    """Keep ``token`` as the server's token from now on (replacing the one kept before)."""
+    path = token_path(root)
+    os.replace(_write_private(path, check_token(token)), path)
+
+
+def ensure_token(root: Path | str | None = None) -> tuple[str, bool]:
+    """The kept token, made at the first start: (token, True when it was made just now). Two
+    processes starting at once agree: the file appears whole (a hard link, which fails when it
+    exists), and the one that loses reads the winner's."""
+    token = stored_token(root)
+    if token:
+        return token, False
+    path = token_path(root)
+    tmp = _write_private(path, secrets.token_urlsafe(12))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        token = stored_token(root)
+        if token:
+            return token, False
+        os.replace(tmp, path)        # an empty or unreadable file: replaced
+    except OSError:    # a disk without hard links (some shared folders): a plain rename instead
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return stored_token(root) or "", True
 
 
 def instructor_token(announce=print) -> str:
-    """The token that opens the Instructor page and the link builder: ``KD_INSTRUCTOR_TOKEN``, or
-    one generated for this server process and announced once (printed to the server's console,
-    which students do not see)."""
-    global _token
-    env = os.environ.get("KD_INSTRUCTOR_TOKEN", "").strip()
+    """The token that opens the Instructor page, the Data page and the link builder:
+    ``KD_INSTRUCTOR_TOKEN`` when set, else the one kept in the data folder, made and announced
+    (on the server's console, which students do not see) at the first start only."""
+    env = os.environ.get(TOKEN_ENV, "").strip()
     if env:
         return env
     with _lock:
-        if _token is None:
-            _token = secrets.token_urlsafe(9)
-            announce(f"KD Playground instructor token: {_token}  (open the Instructor page with "
-                     f"?tok={_token}, or set KD_INSTRUCTOR_TOKEN to choose one)")
-        return _token
+        token, new = ensure_token()
+    if new:
+        announce(f"KD Playground instructor token: {token}  (kept in {token_path()}; open the "
+                 f"Instructor page with ?tok={token}. It is not printed again: "
+                 f"python -m kdengine serve --dry-run --show-token shows it.)")
+    return token
 
 
 def token_matches(given: str | None) -> bool:

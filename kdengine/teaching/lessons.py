@@ -40,6 +40,7 @@ from kdengine.core.config import RunConfig, flatten
 from kdengine.core.knobs import ConfigError, check_field, coerce_value, field_specs
 from kdengine.core.paths import assets_dir
 from kdengine.core.presets import list_presets, load_preset
+from kdengine.teaching.class_server import page_url
 
 LOOK_FOR = re.compile(r"^##\s+What to look for\s*$", re.I | re.M)
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -184,15 +185,19 @@ def check_knob(cfg: RunConfig, path: str, raw: Any) -> Any:
 
 
 # ---- instructor links -----------------------------------------------------------------------------
-def lesson_link(lesson_id: str, values: Mapping[str, Any], locked: list[str]) -> str:
-    """The query string of an instructor link: the lesson, which knobs are locked, and knob values
-    (every locked knob's, plus any other given in ``values`` as a starting value)."""
+def lesson_link(lesson_id: str, values: Mapping[str, Any], locked: list[str],
+                base: str | None = None) -> str:
+    """An instructor link: the lesson, which knobs are locked, and knob values (every locked knob's,
+    plus any other given in ``values`` as a starting value). The query string alone, or with
+    ``base`` (the server's public URL, :func:`~kdengine.teaching.class_server.public_url`) the
+    whole link to the Lessons page."""
     q: dict[str, str] = {"lesson": lesson_id}
     if locked:
         q["lock"] = ",".join(locked)
     for k in list(locked) + [k for k in values if k not in locked]:
         q[k] = _fmt(values[k])
-    return urlencode(q, safe=",")
+    query = urlencode(q, safe=",")
+    return page_url(base, "lessons", query) if base else query
 
 
 def _fmt(v: Any) -> str:
