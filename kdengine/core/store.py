@@ -231,7 +231,8 @@ class Store:
         if owner is not None:
             sql, args = sql + " AND owner = ?", args + [owner]
         rows = self._tx(sql + " ORDER BY created DESC LIMIT -1 OFFSET ?", (*args, keep)).fetchall()
-        gone = [r["id"] for r in rows if r["id"] not in set(spare)]
+        spare = set(spare)
+        gone = [r["id"] for r in rows if r["id"] not in spare]
         for rid in gone:
             self.delete_run(rid)
         return len(gone)
