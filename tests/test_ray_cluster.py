@@ -32,7 +32,7 @@ def test_a_class_and_a_search_on_two_nodes_survive_a_lost_node(runs_dir, tiny_cf
     eng = Engine(store=Store(runs_dir), ray_address=cluster.address)
     try:
         assert eng.slots == 3                                   # the cluster's CPUs
-        cfg = tiny_cfg.with_overrides({"train.epochs": 6})
+        cfg = tiny_cfg.with_overrides({"train.epochs": 20})
         ids = [eng.submit(cfg.with_overrides({"method.params.T": 1.0 + i}), owner=f"student-{i}")
                for i in range(8)]
         epochs_seen: dict[str, int] = {}
@@ -50,9 +50,9 @@ def test_a_class_and_a_search_on_two_nodes_survive_a_lost_node(runs_dir, tiny_cf
         moved = [s for s in snaps if any("stopped unexpectedly" in n for n in s.notices)]
         assert moved, "no run was on the lost node"
         for s in snaps:                                         # nothing lost, nothing twice
-            assert [p[1] for p in s.series["test_acc"]] == [float(e) for e in range(1, 7)]
+            assert [p[1] for p in s.series["test_acc"]] == [float(e) for e in range(1, 21)]
             assert [p[1] for p in eng.store.series(s.run_id)["test_acc"]] == \
-                [float(e) for e in range(1, 7)]
+                [float(e) for e in range(1, 21)]
             assert eng.store.checkpoint_path(s.run_id).exists()
 
         from kdengine.experiments.search import SearchSpec, start_search
