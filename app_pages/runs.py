@@ -9,6 +9,7 @@ import streamlit as st
 from kdengine import ACTIVE, RunSnapshot, export_run, temperature_of
 from ui import charts, widgets
 from ui.engine import find_run, get_engine, owner_id, stored_runs
+from ui.take_home import notebook_button
 from ui.words import metric_name
 
 ss = st.session_state
@@ -132,6 +133,9 @@ if sel:
             if i not in busy:
                 store.delete_run(i)
         ss["runs_deleted"] = (len(sel) - len(busy), busy)
+
+    notebook_button(store, sel[0], by_id[sel[0]].config, key="runs_notebook",
+                    label=f"Notebook of {sel[0][-6:]} to take home")
 
     widgets.confirm("runs_confirm_delete", f"Delete {len(sel)} run(s) with their metrics and "
                     f"checkpoints? This cannot be undone.", delete_selected, "Yes, delete")

@@ -19,6 +19,7 @@ import io
 import json
 import pprint
 import zipfile
+from pathlib import Path
 
 from kdengine.core.config import TOY_DATASETS, SYNTHETIC_DATASETS, ModelConfig, RunConfig
 from kdengine.core.registry import get_method_class
@@ -136,7 +137,7 @@ def _loader_group(name: str) -> str:
     return name
 
 
-def problem(cfg: RunConfig | dict) -> str | None:
+def notebook_problem(cfg: RunConfig | dict) -> str | None:
     """Why a run cannot be exported as a notebook, in words; None when it can."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     cls = get_method_class(cfg.method.name)
@@ -219,7 +220,7 @@ def _teacher_weights(cfg: RunConfig) -> bytes | None:
 def build_notebook(row: dict, store=None) -> dict:
     """The notebook (nbformat 4, as a dict) for a stored run's row (``store.get_run``)."""
     cfg = RunConfig.from_dict(row["config"])
-    why = problem(cfg)
+    why = notebook_problem(cfg)
     if why:
         raise NotExportable(why)
     b, cls = _bundle(cfg)
@@ -404,6 +405,24 @@ def export_notebook(store, run_id: str) -> tuple[str, bytes]:
             if weights is not None:
                 z.writestr(TEACHER_FILE, weights)
     return f"kd_{run_id}.zip", buf.getvalue()
+
+
+def write_notebook(store, run_id: str, path: str | Path) -> list[Path]:
+    """Write a run's export: a .zip at ``path``, or, when ``path`` ends in .ipynb, the notebook
+    there and its teacher file beside it. Returns the files written."""
+    name, blob = export_notebook(store, run_id)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix != ".ipynb":
+        path.write_bytes(blob)
+        return [path]
+    out = []
+    with zipfile.ZipFile(io.BytesIO(blob)) as z:
+        for member in z.namelist():
+            target = path if member.endswith(".ipynb") else path.parent / member
+            target.write_bytes(z.read(member))
+            out.append(target)
+    return out
 
 
 def code_cells(nb: dict) -> list[str]:
