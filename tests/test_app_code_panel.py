@@ -9,7 +9,6 @@ import os
 import sys
 import textwrap
 
-import pytest
 
 from kdengine import get_method_class, method_names, method_source, term_names
 
