@@ -48,6 +48,7 @@ class Piece:
     now: set[str] = field(default_factory=set)     # names needed when the statement runs
     later: set[str] = field(default_factory=set)   # names needed when what it defines is called
     section: int = 0
+    members: dict = field(default_factory=dict)     # a namespace's attributes -> notebook names
 
 
 def _is_module(name: str) -> bool:
@@ -290,7 +291,7 @@ class Bundle:
         elif self._origin[bound] != ("namespace", module):
             raise NotExportable(f"two definitions named {bound}")
         piece.now |= set(members.values())
-        piece.members = {**getattr(piece, "members", {}), **members}
+        piece.members.update(members)
         inner = ", ".join(f"{a}={n}" for a, n in sorted(piece.members.items()))
         piece.source = (f"# the parts of {module} used above, under its short name\n"
                         f"{bound} = SimpleNamespace({inner})\n")

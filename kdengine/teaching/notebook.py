@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from kdengine.core.config import TOY_DATASETS, SYNTHETIC_DATASETS, ModelConfig, RunConfig
+from kdengine.core.knobs import ConfigError
 from kdengine.core.registry import get_method_class
 from kdengine.teaching.bundle import Bundle, NotExportable
 
@@ -69,11 +70,12 @@ def as_config(d):
                      for k, v in d.items()})
 '''
 _TEACHER = '''
-def get_teacher(cfg, data, device, progress=None, should_stop=None, file=None):
-    """The teacher ``cfg.teacher`` names: the weights the export saved beside this notebook when
-    the file is there (loaded with weights_only=True), else trained here as KD Playground trains
-    it (seeded with the data seed; cross-entropy for the teacher's epochs at its learning rate)."""
-    t, m = cfg.teacher, cfg.teacher.model
+def get_teacher(cfg, data, device, progress=None, should_stop=None, file=None, arch=None):
+    """The teacher ``cfg.teacher`` names (of architecture ``arch``, by default the config's):
+    the weights the export saved beside this notebook when the file is there (loaded with
+    weights_only=True), else trained here as KD Playground trains it (seeded with the data seed;
+    cross-entropy for the teacher's epochs at its learning rate)."""
+    t, m = cfg.teacher, arch or cfg.teacher.model
     file = Path(file or f"teacher_{m.arch}-{m.depth}-{m.width}.pt")
     if file.exists():
         model = build_model(m, data.input_shape, data.n_classes)
@@ -139,7 +141,10 @@ def _loader_group(name: str) -> str:
 
 def notebook_problem(cfg: RunConfig | dict) -> str | None:
     """Why a run cannot be exported as a notebook, in words; None when it can."""
-    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    try:
+        cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    except ConfigError as e:              # a run stored by an older version, say
+        return f"its stored settings are no longer valid here ({e})"
     cls = get_method_class(cfg.method.name)
     if cfg.data.name == "text" or cls.requires_arch:
         return (f"{cfg.method.name} on {cfg.data.name}: the text task (its tokens and transformer) "
@@ -153,7 +158,7 @@ def notebook_problem(cfg: RunConfig | dict) -> str | None:
     return None
 
 
-def _bundle(cfg: RunConfig) -> tuple[Bundle, type]:
+def _bundle(cfg: RunConfig, store=None) -> tuple[Bundle, type]:
     from kdengine.models.families import BUILDERS
     cls = get_method_class(cfg.method.name)
     group = _loader_group(cfg.data.name)
@@ -161,6 +166,8 @@ def _bundle(cfg: RunConfig) -> tuple[Bundle, type]:
     b = Bundle(SHIMS, SHIM_OF, omit, _section)
     b.add("kdengine.data.datasets", "_build")
     archs = {cfg.student.arch, cfg.teacher.model.arch}
+    if cls.needs_teacher and cfg.teacher.source != "train":
+        archs.add(_teacher_model(cfg, store).arch)
     # a model named in a knob ("mlp-1-128": an extra teacher) needs its family's builder too
     for v in cfg.to_dict()["method"]["params"].values():
         for s in (v if isinstance(v, list) else [v]):
@@ -191,14 +198,22 @@ def _code(text: str) -> dict:
             "source": text.strip() + "\n"}
 
 
-def _teacher_model(cfg: RunConfig, store) -> ModelConfig:
-    """The architecture of the run's teacher, whatever its source."""
+def _teacher_model(cfg: RunConfig, store=None) -> ModelConfig:
+    """The architecture of the run's teacher, whatever its source (``store``: where a teaching run
+    is stored; the data folder's by default)."""
     t = cfg.teacher
     if t.source == "shipped":
         from kdengine.teachers.sources import shipped_teachers
-        return ModelConfig(**shipped_teachers()[t.checkpoint]["model"])
+        meta = shipped_teachers().get(t.checkpoint)
+        if meta is None:
+            raise NotExportable(f"the shipped teacher {t.checkpoint} is not here")
+        return ModelConfig(**meta["model"])
     if t.source == "run":
-        return ModelConfig(**store.get_run(t.checkpoint)["config"]["student"])
+        from kdengine.core.store import Store
+        row = (store or Store()).get_run(t.checkpoint)
+        if row is None:
+            raise NotExportable(f"the run {t.checkpoint} whose student teaches is not stored here")
+        return ModelConfig(**row["config"]["student"])
     return t.model
 
 
@@ -223,11 +238,12 @@ def build_notebook(row: dict, store=None) -> dict:
     why = notebook_problem(cfg)
     if why:
         raise NotExportable(why)
-    b, cls = _bundle(cfg)
+    b, cls = _bundle(cfg, store)
     sections = b.sections(len(SECTIONS))
     d = cfg.to_dict()
-    if cls.needs_teacher and cfg.teacher.source != "train":
-        d["teacher"]["model"] = _teacher_model(cfg, store).__dict__
+    # a shipped teacher, a checkpoint or a stored run's student: its own architecture
+    arch = "" if cfg.teacher.source == "train" else \
+        f", arch=as_config({_teacher_model(cfg, store).__dict__!r})"
     params_cls = cls.Params.__name__
     acc = (row.get("summary") or {}).get("final_test_acc")
     run_id = row.get("id", "")
@@ -287,7 +303,7 @@ for the notebook, and it calls them exactly as the app does. Run the cells from 
         cells.append(_md("## The teacher"))
         body = "\n\n".join(sections[3])
         if cls.needs_teacher:
-            body += (f'\n\n\nteacher, info = get_teacher(CONFIG, data, device, file="{TEACHER_FILE}")\n'
+            body += (f'\n\n\nteacher, info = get_teacher(CONFIG, data, device, file="{TEACHER_FILE}"{arch})\n'
                      "print(f\"teacher {info['label']} ({info['source']}): test accuracy "
                      "{info['test_acc']:.2%}\")")
         cells.append(_code(body))
