@@ -118,6 +118,18 @@ def test_text_runs_and_engine_machinery_are_refused():
         b.add("kdengine.analysis.dark_knowledge", "run_test_logits")
 
 
+def test_a_shipped_teacher_keeps_its_own_architecture():
+    """A shipped CNN teacher for an MLP config: the notebook builds a CNN for it, while the config
+    that methods read (specialists build from it) stays as stored."""
+    cfg = RunConfig.from_dict({"data": {"name": "digits"}, "method": {"name": "specialists"},
+                               "teacher": {"source": "shipped", "checkpoint": "digits-cnn-3x32"}})
+    cells = code_cells(build_notebook({"id": "r", "config": cfg.to_dict(), "summary": {}}))
+    code = "\n".join(cells)
+    assert "def _cnn(" in code and "def _mlp(" in code
+    assert "arch=as_config({'arch': 'cnn', 'depth': 3, 'width': 32" in code
+    assert "'model': {'arch': 'mlp', 'depth': 2, 'width': 256" in code
+
+
 # -- executing the exported notebooks ---------------------------------------------------------------
 def execute(folder: Path, timeout: int = 300) -> tuple[list[str], float]:
     """Run ``folder``/nb.ipynb top to bottom in a fresh kernel where ``import kdengine`` fails;

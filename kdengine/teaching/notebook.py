@@ -145,7 +145,10 @@ def notebook_problem(cfg: RunConfig | dict) -> str | None:
         cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     except ConfigError as e:              # a run stored by an older version, say
         return f"its stored settings are no longer valid here ({e})"
-    cls = get_method_class(cfg.method.name)
+    try:
+        cls = get_method_class(cfg.method.name)
+    except KeyError as e:
+        return str(e.args[0])
     if cfg.data.name == "text" or cls.requires_arch:
         return (f"{cfg.method.name} on {cfg.data.name}: the text task (its tokens and transformer) "
                 f"is not part of the notebook export")
