@@ -38,8 +38,8 @@ class FitNetParams:
                                help="Module name in the student; empty = the family's default.")
     hint_weight: float = weight_knob(1.0, "hint weight", step=0.1, max=1000.0)
     schedule: str = param("joint", choices=("joint", "stagewise"),
-                          help="joint: hint + KD throughout; stagewise: hint only for hint_epochs, "
-                               "then KD only (the paper's two stages).")
+                          help="joint: hint + KD throughout; stagewise: hint only for the "
+                               "hint-stage epochs, then KD only (the paper's two stages).")
     hint_epochs: float = param(2.0, min=0.0, max=10_000.0, label="hint-stage epochs",
                                help="Length of the hint-only stage (stagewise).")
     regressor: str = param("linear", choices=("linear", "conv_bn_relu"),

@@ -35,7 +35,12 @@ TEXT_ONLY = ("kdengine.losses.multilabel", "kdengine.data.text", "kdengine.model
 
 
 class NotExportable(RuntimeError):
-    """The run cannot be written as a plain-PyTorch notebook (the message says what and why)."""
+    """The run cannot be written as a plain-PyTorch notebook (the message says what and why;
+    ``name``: the engine definition that could not be copied, when that is the reason)."""
+
+    def __init__(self, message: str, name: str = ""):
+        super().__init__(message)
+        self.name = name
 
 
 @dataclass
@@ -215,7 +220,8 @@ class Bundle:
         if (module, name) in self.shim_of:
             return self._add_shim(self.shim_of[(module, name)])
         if not module.startswith(COPYABLE):
-            raise NotExportable(f"{name} (in {module}) is engine machinery the notebook cannot copy")
+            raise NotExportable(f"{name} (in {module}) is engine machinery the notebook cannot copy",
+                                name)
         if name in self.pieces:
             if self._origin[name] != (module, name):
                 raise NotExportable(f"two definitions named {name}: in {self._origin[name][0]} "

@@ -157,7 +157,10 @@ def notebook_problem(cfg: RunConfig | dict) -> str | None:
     try:
         _bundle(cfg)
     except NotExportable as e:
-        return f"{cfg.method.name} cannot be exported yet: {e}"
+        if e.name:
+            return (f"{cfg.method.name} cannot be exported yet: its code uses {e.name}, a part of "
+                    f"the app that is not plain PyTorch")
+        return str(e)
     return None
 
 
