@@ -299,7 +299,8 @@ class Bundle:
         piece.now |= set(members.values())
         piece.members.update(members)
         inner = ", ".join(f"{a}={n}" for a, n in sorted(piece.members.items()))
-        piece.source = (f"# the parts of {module} used above, under its short name\n"
+        piece.source = (f"# the parts of the app's module {module.rsplit('.', 1)[-1]} that the code "
+                        f"above uses, under the name it uses\n"
                         f"{bound} = SimpleNamespace({inner})\n")
         piece.order = (9, module, 10**9)
         return bound
