@@ -18,8 +18,10 @@ from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
 from ui.classroom import (caller, lesson_locks, lock_refusals, locks_notice, locks_under, may_change,
                           session_params, show_refusals)
+from ui.code_panel import code_panel, focused_term
 from ui.engine import find_run, get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_run
+from ui.take_home import notebook_button
 from ui.words import error_text, knob_label, metric_name, plain
 
 ss = st.session_state
@@ -314,7 +316,7 @@ def controls(snap: RunSnapshot) -> None:
         st.caption("Another student's run: only they or the instructor can pause or stop it.")
         return
     who = caller()
-    c1, c2, c3, c4 = st.columns([1, 1, 1, 4])
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 2, 3])
     try:
         if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
             engine.pause(rid, caller=who)
@@ -323,8 +325,9 @@ def controls(snap: RunSnapshot) -> None:
             engine.resume(rid, caller=who)
         if c3.button("Stop", key="lab_stop", icon=":material/stop:", disabled=status not in ACTIVE):
             engine.stop(rid, caller=who)
+        notebook_button(engine.store, rid, snap.config, key="lab_notebook", where=c4)
         if status in ("stopped", "interrupted") and engine.store.checkpoint_path(rid).exists():
-            if c4.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
+            if c5.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
                          help="Resume this run from its last checkpoint (same run id)."):
                 engine.resume_run(rid, caller=who)
                 st.rerun()
@@ -379,7 +382,7 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
             with st.expander("traceback"):
                 st.code(snap.traceback)
     headline(snap)
-    charts.live_panel(snap, key="lab")
+    charts.live_panel(snap, key="lab", focus=focused_term("lab"))
 
 
 def starting(run_id: str) -> bool:
@@ -389,6 +392,17 @@ def starting(run_id: str) -> bool:
     snap = engine.snapshot(run_id)
     return (snap.active and time.time() - snap.created < STARTING_S
             and snap.phase not in ("teacher", "baseline") and not charts.loss_terms(snap.series))
+
+
+def loss_code(method: str, watched: str | None) -> None:
+    """The chosen method's loss as a formula and as the code that trains it; its term names select
+    the charts of the run shown when that run trains with this method."""
+    shown = engine.snapshot(watched).config["method"]["name"] if watched else None
+    with st.expander(f"The loss in code: {method}", icon=":material/code:"):
+        code_panel(method, "lab", charted=shown == method,
+                   note="Each term has a chart of its own once a run trains with this method."
+                   if shown is None else f"The run shown trains with {shown}: train with {method} "
+                                         f"to see the charts of these terms.")
 
 
 runs = shown_runs()
@@ -409,9 +423,11 @@ if runs:
                                               f"{r.config['data']['name']}"
                                               + (f" · {r.name}" if r.name else ""))
     watched = ss[RUN]
+    loss_code(d["method"]["name"], watched)
     live_run(live_body, watched, cfg.hash if cfg else None, key="lab",
              hurry=lambda: starting(watched), expected=engine.active_owners)
 else:
+    loss_code(d["method"]["name"], None)
     st.info("No runs yet. Load the **digits-quick** preset and press **Train**: it finishes in "
             "seconds on a laptop CPU, and its curves appear here.", icon=":material/rocket_launch:")
     # Empty, where the first run's curves will be. It also has the browser load its chart code

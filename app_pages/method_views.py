@@ -7,6 +7,7 @@ import streamlit as st
 
 from ui import charts, widgets
 from ui.engine import get_engine, stored_runs
+from ui.code_panel import code_panel
 from ui.live import live_run
 from ui.method_figs import sobolev_field_figure, specialists_figure
 
@@ -56,3 +57,6 @@ def view(run_id: str) -> None:
 
 
 live_run(view, run_id, key="method_views")
+method = next(r.config["method"]["name"] for r in runs if r.run_id == run_id)
+with st.expander(f"The loss in code: {method}", icon=":material/code:"):
+    code_panel(method, "mv")

@@ -13,6 +13,7 @@ from kdengine import NotAllowed, RunSnapshot, export_run, temperature_of
 from ui import charts, widgets
 from ui.classroom import caller
 from ui.engine import find_run, get_engine, owner_id, stored_runs
+from ui.take_home import notebook_button
 from ui.words import metric_name
 
 ss = st.session_state
@@ -146,6 +147,9 @@ if sel:
             except (NotAllowed, ValueError) as e:    # another's run, or one still training
                 kept.append(str(e))
         ss["runs_deleted"] = (len(mine) - len(kept), kept)
+
+    notebook_button(store, sel[0], by_id[sel[0]].config, key="runs_notebook",
+                    label=f"Notebook of {sel[0][-6:]} to take home")
 
     widgets.confirm("runs_confirm_delete", f"Delete {len(mine)} run(s) with their metrics and "
                     f"checkpoints? This cannot be undone.", delete_selected, "Yes, delete")

@@ -16,7 +16,7 @@ The packages, from the bottom up (each imports only those before it):
     analysis    soft targets, dark knowledge, decision boundaries
     methods     one module per distillation method behind one contract (methods/base.py)
     run         the engine: queue, executors, trainer, recorder, snapshots, stored runs
-    teaching    lessons, pitfall linter, the class (roster, board)
+    teaching    lessons, pitfall linter, the class (roster, board), a run as a notebook to take home
     experiments sweeps, search, teacher-assistant chains and the TA gap, the phenomena suite
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from kdengine.core.checkpoints import CheckpointError, safe_load
     from kdengine.core.presets import list_presets, load_preset, preset_path
     from kdengine.core.export import export_run
+    from kdengine.core.code import method_source, term_names
     from kdengine.core.events import Artifacts, Checkpoint, Ended, Metrics, Notice, Phase, Status
     from kdengine.losses import dkd_loss, dkd_terms, kd_loss
     from kdengine.data import DataBundle, DataUnavailable, fallback_config, load_data
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from kdengine.run.stored import (RunModels, TeacherNotCached, checkpoint_state, load_run_models,
                                      teacher_is_cached)
     from kdengine.teaching.pitfalls import lint
+    from kdengine.teaching.bundle import NotExportable
+    from kdengine.teaching.notebook import (build_notebook, export_notebook, notebook_problem,
+                                            write_notebook)
     from kdengine.teaching.class_server import public_url
     from kdengine.teaching.lessons import (apply_locks, class_lock, free_knobs, knob_spec,
                                            lesson_link, lesson_lock, link_for_student, load_lessons,

@@ -152,6 +152,15 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     store = _store()
     row = _get(store, args.run)
+    if args.format == "ipynb":      # a notebook to take home: a .zip with the teacher's weights
+        from kdengine import get_method_class, teacher_is_cached, write_notebook
+        for path in write_notebook(store, row["id"], args.output or f"kd_{row['id']}.zip"):
+            print(f"wrote {path}")
+        cfg = RunConfig.from_dict(row["config"])
+        if get_method_class(cfg.method.name).needs_teacher and not teacher_is_cached(cfg):
+            print("the run's teacher is no longer cached: the notebook trains it first "
+                  f"({cfg.teacher.epochs} epochs)")
+        return 0
     text = export_run(store, row["id"], args.format)
     if args.output:
         Path(args.output).write_text(text)
@@ -470,9 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
     p.set_defaults(fn=cmd_show)
-    p = sub.add_parser("export", help="export a run's metrics")
+    p = sub.add_parser("export", help="export a run's metrics, or a notebook that trains it again")
     p.add_argument("run")
-    p.add_argument("--format", choices=("csv", "json"), default="json")
+    p.add_argument("--format", choices=("csv", "json", "ipynb"), default="json",
+                   help="ipynb: a plain-PyTorch Jupyter notebook of the run, in a .zip with the "
+                        "teacher's weights (or, with -o NAME.ipynb, the two files side by side)")
     p.add_argument("--output", "-o")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("presets", help="list shipped presets")
@@ -539,8 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # DataUnavailable, CheckpointError: one clear line, not a traceback
-        from kdengine import CheckpointError, DataUnavailable
-        if isinstance(e, (DataUnavailable, CheckpointError)):
+        from kdengine import CheckpointError, DataUnavailable, NotExportable
+        if isinstance(e, (DataUnavailable, CheckpointError, NotExportable)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

@@ -47,6 +47,9 @@ def test_sobolev_field_and_specialist_clusters_are_drawn(runs):
     assert len(arrows["x"]) == 3 * 21 * 21                                 # a segment per grid point
     at.selectbox(key="mv_class").set_value(1).run()
     assert "class 1" in figure(at, "sobolev")["layout"]["title"]["text"]
+    # the method's loss as formula and code (ui/code_panel.py)
+    assert any(c.value.startswith("def loss_terms") for c in at.code)
+    assert at.get("latex")
 
     at.selectbox(key="mv_run").set_value(runs["specialists"]).run()
     assert not at.exception, [e.value for e in at.exception]

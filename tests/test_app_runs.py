@@ -57,7 +57,8 @@ def test_runs_table_overlay_and_export(runs):
     at.selectbox(key="runs_metric").set_value("loss/kd").run()
     assert "loss term: kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
     labels = {b.label for b in at.get("download_button")}
-    assert labels == {"Export CSV", "Export JSON"}
+    first = at.multiselect(key="runs_sel").value[0]
+    assert labels == {"Export CSV", "Export JSON", f"Notebook of {first[-6:]} to take home"}
 
 
 def test_open_in_lab_loads_the_stored_config(runs):

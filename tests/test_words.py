@@ -109,12 +109,22 @@ def figure_text(fig: dict) -> list[str]:
     return [s for s in out if s]
 
 
+def _method_code() -> set[str]:
+    """The code panel's code (ui/code_panel.py): a method's loss_terms, shown as code on purpose;
+    the words around it are checked like any others."""
+    from kdengine import get_method_class, method_names, method_source
+    return {method_source(get_method_class(m)).strip() for m in method_names()}
+
+
 def visible_text(at) -> list[str]:
     """Everything a page run shows in words (main area and sidebar)."""
     out = []
+    code = _method_code()
     for node in at._tree:
         proto = getattr(node, "proto", None)
         if proto is None:
+            continue
+        if type(node).__name__ == "Code" and node.value.strip() in code:
             continue
         d = MessageToDict(proto)
         if "spec" in d:                                   # a plotly chart

@@ -143,11 +143,21 @@ def loss_terms(series: dict) -> list[str]:
     return names + (["loss/total"] if "loss/total" in series else [])
 
 
-def live_panel(snap: RunSnapshot, key: str = "live") -> None:
+def live_panel(snap: RunSnapshot, key: str = "live", focus: str | None = None) -> None:
     """Every chart for one run snapshot. Containers carry stable keys (``st-key-<key>_acc`` in the
-    page's HTML) so browser tests can find the charts."""
+    page's HTML) so browser tests can find the charts. ``focus``: a loss term picked in the code
+    panel (``ui/code_panel.py``), whose chart is drawn first, full width and framed."""
     figs = live_figures(snap, key)
     terms = [n for n in figs if n.startswith("loss/")]
+    if focus and f"loss/{focus}" in figs:
+        terms.remove(f"loss/{focus}")
+        with st.container(key=f"{key}_loss_{focus}", border=True):
+            st.caption(f"The term **{focus}** from the code above, as the optimiser sees it "
+                       f"(times its weight).")
+            show(figs[f"loss/{focus}"])
+    elif focus:
+        st.caption(f"No chart of **{focus}** for this run (yet): a term with weight 0 is not "
+                   f"computed, and the first point comes after a few steps.")
     if terms:
         cols = st.columns(min(3, len(terms)))
         for i, name in enumerate(terms):

@@ -48,6 +48,8 @@ class AdversarialKD(Method):
     Params = AdversarialParams
     title = "Adversarial KD (a discriminator tells teacher from student)"
     paper = "Xu, Hsu, Huang 2017, arXiv:1709.00513"
+    formula = (r"w_{hard}\,CE(y, s) + w_{soft}\,T^2\,KL(\sigma(t/T)\,\|\,\sigma(s/T)) + "
+               r"w_{adv}\,BCE\big(D(s), 1\big)")
     weight_knobs = {"kd": "soft_weight", "adv": "adv_weight", "ce": "hard_weight"}
     temperature = "T"
     lint_probe = "full"

@@ -101,6 +101,8 @@ class Method:
     """One-line description shown in the method picker and ``python -m kdengine methods``."""
     paper: ClassVar[str] = ""
     """Where the method comes from (authors, year, arXiv id)."""
+    formula: ClassVar[str] = ""
+    """The loss as LaTeX, in the weight knobs' names (the Lab's code panel, the exported notebook)."""
     needs_teacher: ClassVar[bool] = True
     """False for methods that train without a pre-trained teacher (ce, dml)."""
     supports_multilabel: ClassVar[bool] = False

@@ -75,6 +75,8 @@ class BSS(Method):
     Params = BSSParams
     title = "BSS: boundary-supporting samples (adversarial samples near the teacher's boundary)"
     paper = "Heo, Lee, Yun, Choi, AAAI 2019, arXiv:1805.05532"
+    formula = (r"w_{hard}\,CE(y, s) + w_{kd}(e)\,KL_T\big(t(x)\,\|\,s(x)\big) + "
+               r"w_{bss}(e)\,KL_T\big(t(x_{bss})\,\|\,s(x_{bss})\big)")
     # kd and bss follow the schedule in weights() (no single knob); ce has a constant weight.
     weight_knobs = {"ce": "hard_weight"}
     temperature = "T"

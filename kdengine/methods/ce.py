@@ -10,6 +10,7 @@ class CrossEntropy(Method):
     supports_multilabel = True
     title = "Student alone (cross-entropy)"
     paper = "baseline"
+    formula = r"CE(y,\, s)"
     needs_teacher = False
     supports_stacking = True
 

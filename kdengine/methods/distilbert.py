@@ -86,6 +86,8 @@ class DistilBert(TransformerMethod):
     Params = DistilBertParams
     title = "DistilBERT (soft targets + hard loss + hidden-state cosine)"
     paper = "Sanh et al. 2019, arXiv:1910.01108"
+    formula = (r"w_{soft}\,T^2\,KL(\sigma(t/T)\,\|\,\sigma(s/T)) + w_{hard}\,CE(y, s) + "
+               r"w_{cos}\,\big(1 - \cos(h_s, h_t)\big)")
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight", "cos": "cos_weight"}
     temperature = "T"
 

@@ -41,6 +41,8 @@ class DKD(Method):
     Params = DKDParams
     title = "Decoupled KD (TCKD + NCKD)"
     paper = "Zhao et al. 2022, arXiv:2203.08679"
+    formula = (r"w_{ce}\,CE(y, s) + \lambda(e)\,T^2\,\big(\alpha\,TCKD + "
+               r"\beta\,NCKD\big),\quad \lambda(e) = \min(1,\ e / e_{warm})")
     weight_knobs = {"tckd": "alpha", "nckd": "beta", "ce": "ce_weight"}
     temperature = "T"
     supports_stacking = True      # dkd_terms broadcasts over stacked students' logits [S, B, C]

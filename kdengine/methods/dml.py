@@ -50,6 +50,8 @@ class DeepMutualLearning(Method):
     Params = DMLParams
     title = "Deep mutual learning / online KD (students learn together)"
     paper = "Zhang et al. 2018, arXiv:1706.00384"
+    formula = (r"w_{hard}\,CE(y, z_i) + "
+               r"w_{kl}\,T^2\,\tfrac{1}{K-1}\textstyle\sum_{j \ne i} KL(p_j\,\|\,p_i) \quad \text{for each model } i")
     needs_teacher = False
     weight_knobs = {"ce": "hard_weight", "peer_ce": "hard_weight", "kl": "kl_weight",
                     "peer_kl": "kl_weight"}

@@ -104,6 +104,8 @@ class FitNet(Method):
     Params = FitNetParams
     title = "FitNets (feature hints through a regressor)"
     paper = "Romero et al. 2015, arXiv:1412.6550"
+    formula = (r"w_{hint}\,\lVert r(h_s) - h_t \rVert^2 + "
+               r"w_{soft}\,T^2\,KL(\sigma(t/T)\,\|\,\sigma(s/T)) + w_{hard}\,CE(y, s)")
     weight_knobs = {"hint": "hint_weight", "kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"
     cache_teacher_logits = False      # the teacher runs every step anyway, for its hint features

@@ -28,6 +28,7 @@ class HintonKD(Method):
     Params = HintonParams
     title = "Hinton KD (soft targets at temperature T)"
     paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531"
+    formula = r"w_{hard}\,CE(y, s) + w_{soft}\,T^2\,KL(\sigma(t/T)\,\|\,\sigma(s/T))"
     supports_multilabel = True
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"

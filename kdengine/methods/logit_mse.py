@@ -21,6 +21,7 @@ class LogitMSE(Method):
     Params = LogitMSEParams
     title = "Logit regression (MSE)"
     paper = "Ba & Caruana 2014, arXiv:1312.6184"
+    formula = r"w_{mse}\,\tfrac{1}{C}\lVert s - t \rVert^2 + w_{hard}\,CE(y, s)"
     weight_knobs = {"mse": "mse_weight", "ce": "hard_weight"}
     supports_stacking = True
 

@@ -78,6 +78,8 @@ class MultiTeacher(Method):
     Params = MultiTeacherParams
     title = "Several teachers (averaged or confidence-weighted)"
     paper = "Hinton et al. 2015; You et al. 2017 (KDD)"
+    formula = (r"w_{hard}\,CE(y, s) + "
+               r"w_{soft}\,T^2\,KL\big(\bar p_T\,\|\,\sigma(s/T)\big),\quad \bar p_T = \tfrac{1}{M}\textstyle\sum_m \sigma(t_m/T)")
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"
     lint_probe = "no_setup"      # setup trains teachers: the lint probe checks the main one only

@@ -60,6 +60,8 @@ class NoisyTeacher(Method):
     Params = NoisyTeacherParams
     title = "Noisy teacher (logit perturbation)"
     paper = "Sau & Balasubramanian 2016, arXiv:1610.09650"
+    formula = (r"w_{mse}\,\tfrac{1}{C}\lVert s - (1 + \xi) \odot t \rVert^2 + "
+               r"w_{hard}\,CE(y, s),\quad \xi \sim \mathcal{N}(0, \sigma^2) \text{ on a share } \alpha \text{ of the batch}")
     weight_knobs = {"mse": "mse_weight", "ce": "hard_weight"}
     supports_stacking = True
     stack_knobs = ("sigma",)    # not alpha: it sets a whole number of noisy rows, shared

@@ -98,6 +98,9 @@ class Sobolev(Method):
     Params = SobolevParams
     title = "Sobolev training (match outputs and input-gradients)"
     paper = "Czarnecki et al. 2017, arXiv:1706.04859"
+    formula = (r"w_{value}\,\tfrac{1}{C}\lVert s - t \rVert^2 + "
+               r"w_{deriv}\,\tfrac{1}{C}\lVert J_s v - J_t v \rVert^2 + "
+               r"w_{hard}\,CE(y, s),\quad v \text{ random unit vectors}")
     weight_knobs = {"mse": "value_weight", "kd": "value_weight", "sobolev": "deriv_weight",
                     "ce": "hard_weight"}
     temperature = "T"

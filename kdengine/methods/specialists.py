@@ -172,6 +172,9 @@ class Specialists(Method):
     Params = SpecialistsParams
     title = "Generalist + specialists (Hinton 2015 s.5)"
     paper = "Hinton, Vinyals, Dean 2015, arXiv:1503.02531, section 5"
+    formula = (r"w_{hard}\,CE(y, s) + "
+               r"w_{soft}\,T^2\,KL\big(q^{1/T}\,\|\,\sigma(s/T)\big),\quad q = \arg\min_q KL(p_{gen}\,\|\,q) + "
+               r"\textstyle\sum_m KL(p_m\,\|\,C_m q)")
     weight_knobs = {"kd": "soft_weight", "ce": "hard_weight"}
     temperature = "T"
     cache_teacher_logits = False

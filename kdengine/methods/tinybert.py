@@ -78,6 +78,8 @@ class TinyBert(TransformerMethod):
     Params = TinyBertParams
     title = "TinyBERT (attention, hidden-state and prediction-layer distillation)"
     paper = "Jiao et al. 2020, arXiv:1909.10351"
+    formula = (r"w_{emb}\,MSE(E_s W_e, E_t) + w_{hidden}\textstyle\sum_m MSE(H_s^m W_h, H_t^{g(m)}) + "
+               r"w_{attn}\textstyle\sum_m MSE(A_s^m, A_t^{g(m)}) + w_{pred}\,KD_T + w_{hard}\,CE")
     weight_knobs = {"emb": "embed_weight", "hidden": "hidden_weight", "attn": "attn_weight",
                     "kd": "pred_weight", "ce": "hard_weight"}
     temperature = "T"

@@ -1,0 +1,220 @@
+"""The notebook a student takes home: ``export RUN --format ipynb`` writes a plain-PyTorch notebook
+of a stored run (kdengine/teaching/notebook.py), copied from the engine's own sources.
+
+Every method that trains on the built-in data sets gets a short run here; its exported notebook is
+executed headless (one Jupyter kernel per notebook, two at a time, with ``kdengine`` made
+unimportable in the kernel) and must print a test accuracy within 2 points of the run's. The
+notebooks reproduce the run's seeds, split and batch order, so on a CPU they land on the same figure.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kdengine import (NotExportable, RunConfig, Store, build_notebook, export_notebook,
+                      get_method_class, method_names, notebook_problem)
+from kdengine.teaching.notebook import code_cells
+
+from conftest import data_folder, train_stored
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT_METHODS = {"distilbert", "tinybert"}          # the text task: refused, with the reason
+EXPORTED = [m for m in method_names() if m not in TEXT_METHODS]
+
+# A short run per method; together they cover the built-in data sets and model families.
+DATA = {"digits": {"name": "digits", "transfer": "labels", "n_labels": 50},
+        "moons": {"name": "moons", "n_samples": 300},
+        "circles": {"name": "circles", "n_samples": 300},
+        "blobs": {"name": "blobs", "n_samples": 300, "n_classes": 3},
+        "spirals": {"name": "spirals", "n_samples": 300, "n_classes": 3},
+        "hierarchy": {"name": "hierarchy", "n_samples": 400, "hier_classes": 12,
+                      "hier_superclasses": 4}}
+RUNS = {   # method -> (data, method knobs, student)
+    "hinton": ("digits", {}, None), "dkd": ("digits", {}, None), "fitnet": ("digits", {}, None),
+    "bss": ("digits", {"probe_size": 32}, None), "ce": ("digits", {}, {"arch": "cnn", "depth": 1,
+                                                                        "width": 8}),
+    "multi_teacher": ("digits", {"teachers": ["mlp-1-64"]}, None),
+    "specialists": ("digits", {"specialist_epochs": 2, "combine_steps": 10}, None),
+    "sobolev": ("moons", {}, None), "noisy_teacher": ("circles", {}, None),
+    "logit_mse": ("blobs", {}, None), "adversarial": ("spirals", {}, None),
+    "dml": ("hierarchy", {}, None),
+}
+ACC = re.compile(r"test accuracy: (\d+\.\d+)%")
+NO_TEACHER_FILE = "logit_mse"     # its notebook runs without the teacher file, and trains one
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def config(method: str, data: str = "digits", params: dict | None = None,
+           student: dict | None = None) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": DATA.get(data, {"name": data}),
+        "teacher": {"model": {"arch": "mlp", "depth": 2, "width": 64}, "epochs": 5},
+        "student": student or {"arch": "mlp", "depth": 1, "width": 16},
+        "method": {"name": method, "params": params or {}},
+        "train": {"epochs": 2, "lr": 0.003, "log_every": 10}})
+
+
+def test_every_built_in_method_is_exported_or_refused_with_its_reason():
+    assert set(RUNS) == set(EXPORTED), "a new method needs a short run here"
+    for name in method_names():
+        why = notebook_problem(config(name, *RUNS[name][:2]) if name in RUNS else
+                               RunConfig.from_dict({"data": {"name": "text"},
+                                                    "teacher": {"model": {"arch": "transformer"}},
+                                                    "student": {"arch": "transformer"},
+                                                    "method": {"name": name}}))
+        assert (why is None) == (name in RUNS), (name, why)
+        if why:
+            assert name in why and "text task" in why
+
+
+def _imports_of(src: str) -> list[str]:
+    tree = ast.parse(src)
+    out = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    out += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    return out
+
+
+@pytest.mark.parametrize("method", EXPORTED)
+@pytest.mark.parametrize("data", ["digits", "moons", "hierarchy", "mnist"])
+def test_no_cell_imports_kdengine(method, data):
+    """Every code cell of every method's notebook, on every kind of data set: no import of the
+    engine in any form, and only the libraries a Colab runtime has."""
+    # writing a notebook reads the config only: MNIST need not be on disk
+    student = {"arch": "cnn", "depth": 2, "width": 8} if data in ("digits", "mnist") else None
+    cfg = config(method, data, RUNS[method][1], student)
+    nb = build_notebook({"id": "r", "config": cfg.to_dict(), "summary": {}})
+    cells = code_cells(nb)
+    assert cells and json.loads(json.dumps(nb))["nbformat"] == 4
+    for src in cells:
+        assert "from kdengine" not in src and "import kdengine" not in src
+        assert "__import__" not in src and "importlib" not in src
+        tops = {m.split(".")[0] for m in _imports_of(src)} - set(sys.stdlib_module_names)
+        assert tops <= {"torch", "torchvision", "numpy", "sklearn", "matplotlib"}, tops
+    assert "def loss_terms" in "\n".join(cells)
+    assert ACC.pattern.split("(")[0].rstrip() in cells[-1]
+
+
+def test_text_runs_and_engine_machinery_are_refused():
+    from kdengine.teaching.bundle import Bundle
+    with pytest.raises(NotExportable, match="distilbert"):
+        build_notebook({"id": "r", "summary": {}, "config": {
+            "data": {"name": "text"}, "teacher": {"model": {"arch": "transformer"}},
+            "student": {"arch": "transformer"}, "method": {"name": "distilbert"}}})
+    # code that reaches the store is not plain PyTorch: refused, naming what it reached
+    b = Bundle({}, {}, set(), lambda m: (0, 0))
+    with pytest.raises(NotExportable, match="in kdengine.core.(store|checkpoints).* engine machinery"):
+        b.add("kdengine.analysis.dark_knowledge", "run_test_logits")
+
+
+def test_a_shipped_teacher_keeps_its_own_architecture():
+    """A shipped CNN teacher for an MLP config: the notebook builds a CNN for it, while the config
+    that methods read (specialists build from it) stays as stored."""
+    cfg = RunConfig.from_dict({"data": {"name": "digits"}, "method": {"name": "specialists"},
+                               "teacher": {"source": "shipped", "checkpoint": "digits-cnn-3x32"}})
+    cells = code_cells(build_notebook({"id": "r", "config": cfg.to_dict(), "summary": {}}))
+    code = "\n".join(cells)
+    assert "def _cnn(" in code and "def _mlp(" in code
+    assert "arch=as_config({'arch': 'cnn', 'depth': 3, 'width': 32" in code
+    assert "'model': {'arch': 'mlp', 'depth': 2, 'width': 256" in code
+
+
+# -- executing the exported notebooks ---------------------------------------------------------------
+def execute(folder: Path, timeout: int = 300) -> tuple[list[str], float]:
+    """Run ``folder``/nb.ipynb top to bottom in a fresh kernel where ``import kdengine`` fails;
+    returns each cell's printed text and the seconds it took."""
+    import nbformat
+    from nbclient import NotebookClient
+    block = folder / "_block" / "kdengine"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('the notebook must not import kdengine')")
+    nb = nbformat.read(folder / "nb.ipynb", as_version=4)
+    t0 = time.perf_counter()
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(folder)}})
+    client.execute(env={**os.environ, "PYTHONPATH": str(block.parent), "MPLBACKEND": "agg"})
+    took = time.perf_counter() - t0
+    texts = ["".join(o.get("text", "") for o in c.get("outputs", []) if o.get("output_type") == "stream")
+             for c in nb.cells if c.cell_type == "code"]
+    return texts, took
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Train every method's short run, export each as a notebook and execute them all (two kernels
+    at a time); method -> (run's accuracy, notebook's accuracy, printed text, seconds)."""
+    root = tmp_path_factory.mktemp("nb_runs")
+    ids = train_stored(root, {m: config(m, d, p, s) for m, (d, p, s) in RUNS.items()})
+    store = Store(root)
+    jobs = {}
+    for m, rid in ids.items():
+        _, blob = export_notebook(store, rid)
+        folder = tmp_path_factory.mktemp(f"nb_{m}")
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            z.extractall(folder)
+        (folder / f"kd_{rid}.ipynb").rename(folder / "nb.ipynb")
+        if m == NO_TEACHER_FILE:     # the notebook then trains the teacher, the way the app does
+            (folder / "teacher.pt").unlink()
+        jobs[m] = (folder, store.get_run(rid)["summary"]["final_test_acc"])
+
+    def run(item):
+        name, (folder, acc) = item
+        try:
+            texts, took = execute(folder)
+        except Exception as e:           # reported by the test of that method, not here
+            return name, (acc, None, f"{type(e).__name__}: {e}", 0.0)
+        found = ACC.findall(texts[-1])
+        return name, (acc, float(found[-1]) / 100 if found else None, "\n".join(texts), took)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        out = dict(pool.map(run, jobs.items()))
+    total = time.perf_counter() - t0
+    # for docs/perf.md: how long the notebooks took, next to the machine's load
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "notebook_timings.json").write_text(json.dumps({
+        "total_s": round(total, 1), "load_average": os.getloadavg(),
+        "per_notebook_s": {k: round(v[3], 1) for k, v in out.items()},
+        "accuracy": {k: [v[0], v[1]] for k, v in out.items()}}, indent=1))
+    return out
+
+
+@pytest.mark.parametrize("method", list(RUNS))
+def test_exported_notebook_runs_and_lands_within_2_points_of_its_run(executed, method):
+    run_acc, nb_acc, text, _ = executed[method]
+    assert nb_acc is not None, text[-3000:]
+    assert abs(nb_acc - run_acc) <= 0.02, (method, run_acc, nb_acc)
+    if method == NO_TEACHER_FILE:
+        assert "trained here" in text
+    elif get_method_class(method).needs_teacher:
+        assert "loaded from teacher.pt" in text
+
+
+def test_cli_writes_the_notebook_and_its_teacher(tmp_path, tiny_cfg):
+    with data_folder(tmp_path):              # the teacher is cached in the folder the CLI reads
+        ids = train_stored(tmp_path, {"kd": tiny_cfg})
+    env = {**os.environ, "KD_RUNS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "kdengine", "export", ids["kd"], "--format", "ipynb",
+                          "-o", str(tmp_path / "take_home" / "kd.ipynb")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    nb = json.loads((tmp_path / "take_home" / "kd.ipynb").read_text())
+    assert nb["metadata"]["kd_playground"]["run"] == ids["kd"]
+    import torch
+    state = torch.load(tmp_path / "take_home" / "teacher.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # without -o: a .zip holding both (written by the same function)
+    from kdengine import write_notebook
+    with data_folder(tmp_path):
+        [zipped] = write_notebook(Store(tmp_path), ids["kd"], tmp_path / f"kd_{ids['kd']}.zip")
+    with zipfile.ZipFile(zipped) as z:
+        assert sorted(z.namelist()) == sorted([f"kd_{ids['kd']}.ipynb", "teacher.pt"])
