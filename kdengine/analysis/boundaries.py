@@ -23,6 +23,8 @@ there in 10 steps (eta 0.3 leaves about 3% of the margin: it stops near the boun
 method's default, eta 1 with eps 0.02, aims just past it and crosses. The ``authors`` rule runs
 without the safeguard (below), as the official code does. Authors' defaults: eta 0.3, 10 steps,
 eps 1e-4, attack on logits (not probabilities), inputs clamped to [-2.5, 2.5] (normalised CIFAR).
+Each rule comes with its own eta and eps (``RULE_SETTINGS``): choosing the authors' rule gives their
+0.3 and 1e-4 unless a value is set by hand (``rule_settings``).
 
 Their code relies on APIs PyTorch has since removed or changed, re-expressed here:
 ``torch.autograd.gradcheck.zero_gradients`` (removed in 1.9; we use ``torch.autograd.grad``),
@@ -31,11 +33,13 @@ Their code relies on APIs PyTorch has since removed or changed, re-expressed her
 revisions (now ``.item()``), ``dataset_name is 'CIFAR-10'`` string identity, and ``torch.load`` of
 whole pickled networks (we only load state dicts with ``weights_only=True``).
 
-Base samples and targets (``train_BSS_distillation.py``): only samples the teacher classifies
-correctly are attacked; when there are more than ``attack_size`` (64), those with the largest
-``sum_{c != y} (p_t,c - p_s,c)^2`` (teacher/student disagreement outside the true class) are kept. The
-target class is drawn from the teacher's non-top classes with probability proportional to the
-teacher's softmax, so the runner-up is the most likely target.
+Base samples and targets (``train_BSS_distillation.py``): the authors' final code attacks only
+samples that the teacher AND the student classify correctly (``rule="both_correct"``; an earlier
+revision asked only the teacher, ``rule="teacher_correct"``); when there are more than
+``attack_size`` (64), those with the largest ``sum_{c != y} (p_t,c - p_s,c)^2`` (teacher/student
+disagreement outside the true class) are kept. The target class is drawn from the teacher's non-top
+classes with probability proportional to the teacher's softmax, so the runner-up is the most likely
+target.
 
 Boundary similarity (MagSim, AngSim; the project's reading of the paper's description, not verified
 against its text, which was not at hand offline; the exact normalisation is ours): for a probe sample x_n of base class b_n
@@ -60,6 +64,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RULES = ("deepfool", "authors")
+# Each rule's own step size eta and margin eps. The authors' are their code's (step_alpha 0.3 and
+# the 1e-4 in attack_BSS.py); DeepFool's aim just past the boundary (module docstring).
+RULE_SETTINGS = {"deepfool": {"step": 1.0, "eps": 0.02}, "authors": {"step": 0.3, "eps": 1e-4}}
+# Which samples may be attacked: both models right (the authors' final code), or the teacher alone.
+BASE_RULES = ("both_correct", "teacher_correct")
+
+
+def rule_settings(rule: str, step: float | None = None, eps: float | None = None
+                  ) -> tuple[float, float]:
+    """(eta, eps) for an attack rule: the values given, else the rule's own."""
+    own = RULE_SETTINGS[rule]
+    return (own["step"] if step is None else step, own["eps"] if eps is None else eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,12 +180,21 @@ def runner_up(logits: Tensor, base: Tensor) -> Tensor:
     return logits.float().scatter(1, base[:, None], float("-inf")).argmax(1)
 
 
-def select_base(t_logits: Tensor, s_logits: Tensor, y: Tensor, labeled: Tensor, k: int) -> Tensor:
-    """Indices of at most ``k`` base samples: the teacher must classify them correctly (or, without a
-    label, they keep the teacher's class); among those, the largest teacher/student disagreement
-    outside the base class comes first (authors' "base sample selection")."""
+def select_base(t_logits: Tensor, s_logits: Tensor, y: Tensor, labeled: Tensor, k: int,
+                rule: str = "both_correct") -> Tensor:
+    """Indices of at most ``k`` base samples; among the allowed ones, the largest teacher/student
+    disagreement outside the base class comes first (authors' "base sample selection").
+
+    Allowed (``rule``): ``both_correct``, the teacher and the student both classify the sample
+    correctly (the authors' final code: ``condition1 & condition2``); ``teacher_correct``, the
+    teacher alone. A sample without a label keeps the teacher's class, and under ``both_correct``
+    the student must predict that class too."""
+    if rule not in BASE_RULES:
+        raise ValueError(f"rule must be one of {BASE_RULES}, got {rule!r}")
     pred = t_logits.argmax(1)
     ok = (pred == y) | ~labeled
+    if rule == "both_correct":
+        ok = ok & (s_logits.argmax(1) == pred)     # pred == y wherever the teacher had to be right
     d = (F.softmax(t_logits.float(), 1) - F.softmax(s_logits.detach().float(), 1)) ** 2
     score = d.sum(1) - d.gather(1, pred[:, None])[:, 0]
     score = torch.where(ok, score, torch.full_like(score, float("-inf")))

@@ -183,8 +183,9 @@ def _bss_attack(preset: str, overrides: dict, seed: int, n: int = 256) -> dict:
     base = t.argmax(1)
     x, t, base = x[:n], t[:n], base[:n]
     target = adv.sample_targets(t, base, g)
-    res = adv.boundary_attack(teacher, x, base, target, step=p.attack_step, steps=p.attack_steps,
-                              eps=p.attack_eps, rule=p.attack_rule, clamp=adv.input_range(data))
+    eta, eps = adv.rule_settings(p.attack_rule, p.attack_step, p.attack_eps)
+    res = adv.boundary_attack(teacher, x, base, target, step=eta, steps=p.attack_steps, eps=eps,
+                              rule=p.attack_rule, clamp=adv.input_range(data))
     m0, m1 = res.margins[0], res.margins[-1]
     near = (m1.abs() < 0.1 * m0.abs()) | res.flipped
     probs = F.softmax(res.logits_after, 1)
