@@ -246,7 +246,7 @@ def test_fitnet_nonlinear_regressor_is_conv_bn_relu_on_maps_and_linear_bn_relu_o
 
 # ---- DML ---------------------------------------------------------------------------------------
 def test_dml_terms_are_ce_plus_kl_to_each_peer():
-    m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5})
+    m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5, "update": "joint"})
     assert m.needs_teacher is False and len(m.peers) == 2
     b = _batch(data)
     zs = [m.student(b.x)] + [p(b.x) for p in m.peers]
@@ -547,4 +547,49 @@ def test_fitnet_mdistiller_variant_is_ce_plus_100_hint_mse_in_one_stage_without_
     torch.testing.assert_close(terms["ce"], F.cross_entropy(z, b.y))
     torch.testing.assert_close(terms["hint"], F.mse_loss(m.regressor(m.s_hook.out), m.t_hook.out),
                                rtol=1e-5, atol=1e-6)
+
+
+# ---- DML: every model in turn (Zhang et al. 2018, Algorithm 1 and s.3.3) ------------------------
+def test_dml_updates_each_peer_in_turn_against_the_latest_predictions_of_the_others():
+    """Three models: peer 1 steps against the student and peer 2; peer 2 then steps against the
+    student and peer 1 AS UPDATED; the student learns from both updated peers. Replayed by hand
+    with plain SGD."""
+    import copy
+    m, data = _method("dml", {"cohort_size": 3, "T": 2.0})
+    tc = m.ctx.config.train
+    tc.optimizer, tc.momentum, tc.lr = "sgd", 0.0, 0.5   # a big step: peer 1's update shows
+    m.setup(data)                                  # the peers' optimiser from the changed config
+    assert m.extra_modules() == []                 # the default: in turn, the paper's Algorithm 1
+    b = _batch(data)
+    lr = m.ctx.config.train.lr
+    p1, p2 = copy.deepcopy(m.peers[0]), copy.deepcopy(m.peers[1])
+    with torch.no_grad():
+        z_s = m.student(b.x)
+    for peer, other in ((p1, p2), (p2, p1)):
+        with torch.no_grad():
+            z_o = other(b.x)
+        z = peer(b.x)
+        loss = F.cross_entropy(z, b.y) + (kd_loss(z, z_s, 2.0) + kd_loss(z, z_o, 2.0)) / 2
+        grads = torch.autograd.grad(loss, list(peer.parameters()))
+        with torch.no_grad():
+            for p, g in zip(peer.parameters(), grads):
+                p -= lr * g
+    terms = m.loss_terms(b, 0)
+    for mine, want in zip(m.peers.parameters(), [*p1.parameters(), *p2.parameters()]):
+        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-6)
+    z = m.student(b.x)
+    with torch.no_grad():
+        kl = (kd_loss(z, p1(b.x), 2.0) + kd_loss(z, p2(b.x), 2.0)) / 2
+    torch.testing.assert_close(terms["kl"], kl, rtol=1e-5, atol=1e-6)
+
+
+def test_dml_peers_follow_the_runs_learning_rate_schedule(runs_dir):
+    """The peers' own optimiser (models in turn) decays with the run's schedule, as the student's
+    does: after a cosine run both end at the same learning rate."""
+    from kdengine.run.units import make_trainer
+    cfg = _cfg("dml", {"cohort_size": 3}, epochs=2, scheduler="cosine")
+    trainer = make_trainer(cfg, lambda e: None)
+    trainer.run()
+    peer_lr = trainer.method.peer_opt.param_groups[0]["lr"]
+    assert peer_lr < 1e-6 * cfg.train.lr + 1e-12
 
