@@ -432,7 +432,7 @@ def test_specialists_setup_reports_progress_and_exposes_clusters():
     assert phases and phases[-1].progress == 1.0
     arts = m.artifacts()["specialists"]
     flat = [c for cl in arts["clusters"] for c in cl]
-    assert len(flat) == len(set(flat)) == 6
+    assert len(flat) == len(set(flat)) == 10          # K-means puts every class in one group
     assert m.artifacts() == {}          # sent once
     q = m.log_q.exp()
     assert q.shape == (len(data.transfer), 10) and torch.allclose(q.sum(-1), torch.ones(len(q)),
@@ -593,3 +593,41 @@ def test_dml_peers_follow_the_runs_learning_rate_schedule(runs_dir):
     peer_lr = trainer.method.peer_opt.param_groups[0]["lr"]
     assert peer_lr < 1e-6 * cfg.train.lr + 1e-12
 
+
+# ---- specialists as in Hinton, Vinyals & Dean 2015, s.5 ------------------------------------------
+def test_specialist_classes_come_from_kmeans_on_the_covariance_of_the_generalists_predictions():
+    """Classes predicted together (positive covariance of the generalist's probabilities) share a
+    specialist; no labels are involved."""
+    from kdengine.methods.specialists import covariance_groups
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    u = torch.rand(n, generator=g)
+    a = torch.zeros(n, 5)
+    a[:, 0], a[:, 1] = u, 1 - u                                       # mass shared by 0 and 1
+    d = torch.distributions.Dirichlet(torch.ones(3)).sample((n,))
+    b = torch.zeros(n, 5)
+    b[:, 2:] = d                                                      # ... and by 2, 3, 4
+    probs = torch.cat([a, b])[torch.randperm(2 * n, generator=g)]
+    assert covariance_groups(probs, 2, seed=0) == [[0, 1], [2, 3, 4]]
+    assert covariance_groups(probs, 2, seed=5) == [[0, 1], [2, 3, 4]]
+
+
+def test_specialists_default_is_the_papers_unlabelled_grouping_with_n_1():
+    """setup() groups the classes without looking at the labels (shuffling them changes nothing),
+    and with the paper's n = 1 a specialist is active where the generalist's top class is one of
+    its classes."""
+    from kdengine.methods.specialists import active_specialists
+    m, data = _method("specialists", {"specialist_epochs": 1})
+    clusters = m.subsets
+    assert m.params.top_n == 1
+    shuffled = dataclasses.replace(data, teacher_train=dataclasses.replace(
+        data.teacher_train, y=data.teacher_train.y[torch.randperm(len(data.teacher_train.y),
+                                                   generator=torch.Generator().manual_seed(0))]))
+    again, _ = _method("specialists", {"specialist_epochs": 1}, teacher=m.teachers[0],
+                       data=shuffled)
+    assert again.subsets == clusters
+    p = F.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(1)) * 3, -1)
+    act = active_specialists(p, clusters, m.params.top_n)
+    top = p.argmax(1)
+    for i in range(64):
+        assert act[i].tolist() == [int(top[i]) in c for c in clusters]
