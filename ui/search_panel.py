@@ -13,8 +13,8 @@ from streamlit.errors import StreamlitAPIException
 
 from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
                       RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
-                      is_running, knob_meta, resume_search, shown_status, start_search,
-                      stored_trials, study_of)
+                      is_running, knob_meta, resume_search, search_warnings, shown_status,
+                      start_search, stored_trials, study_of)
 from ui import widgets
 from ui.classroom import number_knob, with_locks
 from ui.live import live_fragment
@@ -96,9 +96,9 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
                        help="; ".join(f"{k}: {BACKEND_HELP[k]}" for k in SEARCH_BACKENDS
                                       if k in BACKEND_HELP))
-    if metric == "test_acc":
-        st.warning("Choosing knobs on test accuracy makes the test figure optimistic; val_acc keeps "
-                   "it honest.", icon=":material/warning:")
+    for note in search_warnings(SearchSpec(base=base.to_dict(), space={}, metric=metric),
+                                engine.store):
+        st.warning(note, icon=":material/warning:")
     if st.button("Run search", type="primary", key="se_launch"):
         cfg = base.copy()
         cfg.train.epochs = int(epochs)
@@ -125,6 +125,8 @@ def view(engine, owner: str, search_id: str) -> None:
     st.progress(min(1.0, len(finished) / max(1, spec.n_trials)),
                 text=f"{status} · {len(finished)}/{spec.n_trials} trials · {pruned} pruned · "
                      f"{epochs} epochs trained · backend {spec.backend}")
+    for note in (se.notices if se else row["state"].get("notices", [])):
+        st.warning(note, icon=":material/warning:")
     err = se.error if se else row["state"].get("error")
     if err:
         st.error(err, icon=":material/error:")
