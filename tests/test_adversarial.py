@@ -386,3 +386,14 @@ def test_each_attack_rule_brings_its_own_step_and_eps(rule, step, eps):
     want2 = r2.traj[0] - (0.5 * r2.margins[0] / norm)[:, None] * g
     torch.testing.assert_close(r2.traj[1], want2, rtol=0, atol=1e-6)
 
+
+def test_the_similarity_note_states_the_probe_it_measures_with_and_the_papers_measure():
+    """What the Boundaries page says about MagSim / AngSim comes from the probe's own settings, so
+    the words cannot drift from the code; it names how the probe differs from training's attack."""
+    note = adv.similarity_note()
+    p = adv.PROBE_ATTACK
+    assert f"{p['steps']} steps" in note and f"{p['step']:g}" in note
+    assert "Heo" in note and "second most likely" in note
+    for word in ("training", "paper", "distance", "direction"):
+        assert word in note
+    assert "`" not in note and "." in note              # plain words: no code or config keys

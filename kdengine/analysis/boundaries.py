@@ -42,7 +42,8 @@ classes with probability proportional to the teacher's softmax, so the runner-up
 target.
 
 Boundary similarity (MagSim, AngSim; the project's reading of the paper's description, not verified
-against its text, which was not at hand offline; the exact normalisation is ours): for a probe sample x_n of base class b_n
+against its text, which was not at hand offline; the exact normalisation and the probe are ours, and
+``similarity_note`` says so on the Boundaries page): for a probe sample x_n of base class b_n
 and a fixed target class k_n, run the same boundary search on the teacher and on the student and take
 the perturbation vectors ``v_t = x_adv^t - x``, ``v_s = x_adv^s - x`` (distance and direction from the
 sample to each model's b/k boundary). Over the N probes where both models predict b_n and both
@@ -224,6 +225,33 @@ def boundary_similarity(v_t: Tensor, v_s: Tensor, valid: Tensor | None = None) -
 # Settings for measuring the distance to a boundary (not for training): bigger steps and more of
 # them than the BSS defaults so most probes actually reach the boundary.
 PROBE_ATTACK = dict(step=0.5, steps=25, eps=1e-3, rule="deepfool")
+PROBE_SIZE = 128
+
+
+def similarity_note() -> str:
+    """How MagSim and AngSim are measured here, beside the paper's, in plain words (the Boundaries
+    page shows it). Built from the probe's settings, so the words follow the code."""
+    p = PROBE_ATTACK
+    return (
+        f"**How MagSim and AngSim are measured here.** From each of up to {PROBE_SIZE} test samples "
+        f"the teacher gets right, a boundary search pushes the sample towards the teacher's second "
+        f"most likely class, once on the teacher and once on the student, and keeps how far the "
+        f"sample had to move (the distance to that model's boundary) and in which direction. "
+        f"MagSim is the average of the shorter distance divided by the longer one; AngSim is the "
+        f"average agreement of the two directions (the cosine of the angle between them, counted "
+        f"as 0 when they point apart). Both are 1 when the student's boundary sits where the "
+        f"teacher's does. Samples where either search does not cross its boundary, or that the "
+        f"student gets wrong, are left out.\n\n"
+        f"The search is not quite the attack BSS uses in training: it always aims at the "
+        f"teacher's second most likely class (training draws the class in proportion to the "
+        f"teacher's probabilities), and it takes up to {p['steps']} steps, each covering "
+        f"{p['step']:g} of the estimated distance that is left (training: 10 steps by default, "
+        f"each aimed just past the boundary), so that most samples reach the boundary and the "
+        f"distances can be compared. "
+        f"The paper (Heo et al., AAAI 2019) introduced MagSim and AngSim to compare the two "
+        f"boundaries in the same two ways. These formulas are this app's reading of the paper's "
+        f"description, and the paper's own probe (which samples, which classes, which search) "
+        f"could not be checked here: compare these numbers with each other, not with the paper's.")
 
 
 class SimilarityProbe:
@@ -231,7 +259,7 @@ class SimilarityProbe:
     teacher never changes), the student's at each call."""
 
     def __init__(self, teacher: nn.Module, x: Tensor, y: Tensor, device: torch.device,
-                 size: int = 128, seed: int = 0, clamp: tuple[float, float] | None = None):
+                 size: int = PROBE_SIZE, seed: int = 0, clamp: tuple[float, float] | None = None):
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=gen)
         x, y = x[idx].to(device), y[idx].to(device)
@@ -321,7 +349,7 @@ class BoundaryMonitor:
     GRID_N = 60          # stored snapshots; the page can ask for finer grids from live models
 
     def __init__(self, teacher: nn.Module | None, data, device: torch.device, seed: int = 0,
-                 probe_size: int = 128):
+                 probe_size: int = PROBE_SIZE):
         self.teacher, self.data, self.device = teacher, data, device
         self.kind = data.kind
         self.bounds = grid_bounds(data.transfer.x) if self.kind == "2d" else None
