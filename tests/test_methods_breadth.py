@@ -494,6 +494,8 @@ def test_fitnet_default_is_stagewise_from_the_middle_stage_through_a_regressor_s
     assert isinstance(relu, torch.nn.ReLU)
     after = m.loss_terms(b, int(m.params.hint_epochs * m.ctx.steps_per_epoch))
     assert set(after) == {"kd", "ce"}                       # stage 2: KD on the whole student
+    # 2 hint epochs, capped at half of this 2-epoch run: the classifier trains in the second
+    assert m.hint_stage() == 1.0 and set(m.loss_terms(b, m.ctx.steps_per_epoch)) == {"kd", "ce"}
     # a one-block student's middle stage is its only block (4 channels at 4x4): the paper's
     # regressor is a valid convolution whose kernel brings 4x4 down to the hint's 2x2
     small, _ = _cnn_fitnet(student_depth=1)

@@ -12,8 +12,8 @@ The paper trains the student in two stages:
 2. **KD.** The whole student, started from stage 1's weights, learns the teacher's soft targets
    (Hinton KD: ``kd`` + ``ce``).
 
-``schedule = "stagewise"`` (the default) is that: the first ``hint_epochs`` are stage 1, the rest
-stage 2. The ``hint`` term is the mean squared error over the hint's elements (the paper's sum of
+``schedule = "stagewise"`` (the default) is that: the first ``hint_epochs`` are stage 1 (at most
+``hint_cap`` of the run, so a short run still trains the student's classifier), the rest stage 2. The ``hint`` term is the mean squared error over the hint's elements (the paper's sum of
 squares up to a constant factor; alone in its stage, only the optimiser's step size sees it).
 
 Layers are named by their module path (``named_modules()``) and read with forward hooks, no model
@@ -91,7 +91,10 @@ class FitNetParams(HintParams):
                                "the student up to the guided layer), then KD on the whole student. "
                                "joint: hint + KD from the first step (a common simplification).")
     hint_epochs: float = param(2.0, min=0.0, max=10_000.0, label="hint-stage epochs",
-                               help="Length of the hint stage (stagewise).")
+                               help="Length of the hint stage (stagewise), at most the hint cap.")
+    hint_cap: float = param(0.5, min=0.0, max=1.0, step=0.05, label="hint-stage cap",
+                            help="Longest hint stage as a share of the run: the student's "
+                                 "classifier only trains after it, in the KD stage.")
     hint_weight: float = weight_knob(1.0, "hint weight", step=0.1, max=1000.0)
     T: float = temperature_knob(4.0)
     soft_weight: float = weight_knob(0.9, "soft weight")
@@ -225,9 +228,14 @@ class FitNet(Method):
         with torch.no_grad():
             return forward_to(teacher, self.t_hook, x)
 
+    def hint_stage(self) -> float:
+        """Epochs of the hint stage (stagewise): ``hint_epochs``, at most ``hint_cap`` of the run."""
+        p = self.params
+        return min(p.hint_epochs, p.hint_cap * self.ctx.epochs) if p.schedule == "stagewise" else 0.0
+
     def loss_terms(self, batch, step):
         p = self.params
-        if p.schedule == "stagewise" and self.ctx.epoch_of(step) < p.hint_epochs:
+        if self.ctx.epoch_of(step) < self.hint_stage():
             # Stage 1: only the student up to the guided layer (and the regressor) trains.
             h_s = forward_to(self.student, self.s_hook, batch.x)
             return {"hint": self.hint(h_s, self.teacher_hint(batch.x))}
