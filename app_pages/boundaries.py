@@ -16,7 +16,7 @@ from kdengine.analysis.boundaries import (dequantise, epoch_history, similarity_
                                           similarity_note)
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
-from ui.classroom import locks_notice, with_locks
+from ui.classroom import caller, locks_notice, with_locks
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_run
 
@@ -35,7 +35,8 @@ locks_notice()
 
 def start_preset() -> None:
     try:
-        rid = engine.submit(with_locks(state.load_preset(PRESET)), owner=owner, name="moons · BSS")
+        rid = engine.submit(with_locks(state.load_preset(PRESET)), owner=owner, name="moons · BSS",
+                            caller=caller())
     except ConfigError as e:
         ss["bd_error"] = str(e)
         return
@@ -189,8 +190,8 @@ def view_images(run_id: str) -> None:
     status_line(snap)
     bss = snap.artifacts.get("bss")
     if not bss:
-        st.info("Boundary samples come from BSS runs (method `bss`); this run's method is "
-                f"`{snap.config['method']['name']}`.", icon=":material/info:")
+        st.info("Boundary samples come from BSS runs (the method bss); this run's method is "
+                f"{snap.config['method']['name']}.", icon=":material/info:")
     else:
         names = bss["class_names"]
         st.subheader("Boundary-supporting samples")

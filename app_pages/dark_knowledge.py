@@ -13,7 +13,7 @@ from kdengine.analysis import dark_knowledge as omitted
 from kdengine import data_root
 from ui import charts, widgets
 from ui.boundary_figs import PrebuiltFigure
-from ui.classroom import locks_notice, with_locks
+from ui.classroom import caller, locks_notice, with_locks
 from ui.engine import get_engine, owner_id, owner_runs, stored_runs
 from ui.omitted_charts import shift_explorer_figure
 
@@ -44,7 +44,8 @@ with c2:
     if st.button(f"Train the {PRESET} preset", icon=":material/play_arrow:",
                  help="Hinton KD on digits with every 3 removed from the transfer set (~1 min)."):
         from ui.state import load_preset
-        get_engine().submit(with_locks(load_preset(PRESET)), owner=owner_id(), name=PRESET)
+        get_engine().submit(with_locks(load_preset(PRESET)), owner=owner_id(), name=PRESET,
+                            caller=caller())
         st.rerun()
 for r in active:
     st.info(f"Run {r.run_id} is {r.status} ({r.progress:.0%}); it appears below when it "

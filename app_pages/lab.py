@@ -11,14 +11,16 @@ import time
 
 import streamlit as st
 
-from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, RunConfig, RunSnapshot, TOY_DATASETS,
-                      TeacherConfig, TrainConfig, apply_locks, free_knobs, get_method_class, method_names)
+from kdengine import (ACTIVE, ConfigError, DataConfig, ModelConfig, NotAllowed, RunConfig, RunSnapshot,
+                      TOY_DATASETS, TeacherConfig, TrainConfig, apply_locks, free_knobs,
+                      get_method_class, method_names)
 from kdengine.core.config import SYNTHETIC_DATASETS
 from ui import charts, state, widgets
-from ui.classroom import lesson_locks, locks_notice, locks_under, session_params
+from ui.classroom import (caller, lesson_locks, lock_refusals, locks_notice, locks_under, may_change,
+                          session_params, show_refusals)
 from ui.engine import find_run, get_engine, owner_id, owner_runs, stored_runs
 from ui.live import live_run
-from ui.words import metric_name
+from ui.words import error_text, knob_label, metric_name, plain
 
 ss = st.session_state
 K = "lab."                 # prefix of every config widget key
@@ -53,7 +55,7 @@ def load_preset() -> None:
         set_config(state.load_preset(ss["lab_preset"]))
         ss["lab_url_problems"] = []
     except ConfigError as e:
-        ss["lab_load_error"] = str(e)
+        ss["lab_load_error"] = error_text(e)
 
 
 def use_digits() -> None:
@@ -76,6 +78,7 @@ if CFG not in ss:
     cfg0, more = state.config_from_query(params, base)
     set_config(cfg0)
     ss["lab_url_problems"] = problems + more
+    ss["lab_lock_refusals"] = lock_refusals(params, locks)     # e.g. a hand-edited ?method.params.T
     if base is not None and params["preset"] in state.presets():
         ss["lab_preset"] = params["preset"]
     else:
@@ -88,7 +91,7 @@ if "lab_load" in ss:                         # set by the Runs page ("Open in La
         ss["lab_opened_run"] = ss.pop("lab_load_run", None)
         ss[RUN] = ss["lab_opened_run"] or ss.get(RUN)
     except ConfigError as e:
-        ss["lab_load_error"] = f"the stored config could not be loaded: {e}"
+        ss["lab_load_error"] = f"The stored setup could not be loaded: {error_text(e)}"
 
 
 # -- setup sections ------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def teacher_section(td: dict, data_name: str) -> dict:
         out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["epochs", "lr"], locked=lk))
     elif src == "checkpoint":
         out.update(widgets.render_fields(TeacherConfig, td, K + "teacher.", ["checkpoint"], locked=lk))
-        st.caption("A path inside the data folder, loaded with `weights_only=True`.")
+        st.caption("A checkpoint file inside the data folder.")
     elif src == "shipped":
         from kdengine import shipped_teachers
         names = [n for n, m in shipped_teachers().items() if m.get("data") == data_name]
@@ -151,7 +154,7 @@ def method_section(md: dict) -> dict:
     # A locked method knob fixes the method too: another method would start from its own values.
     why = free_knobs(["method.name"], locks)[1].get("method.name")
     spec = {"name": "method", "type": str, "choices": method_names(), "default": md["name"],
-            "help": (f"Locked by your instructor's lesson link: {why}." if why else
+            "help": (f"Fixed by your instructor for this lesson: {why}." if why else
                      "Distillation method; its knobs below come from the method's Params.")}
     name = widgets.widget(spec, K + "method.name", md["name"], disabled=bool(why),
                           format_func=lambda n: f"{n} — {get_method_class(n).title or n}")
@@ -190,6 +193,7 @@ def build(d: dict) -> tuple[RunConfig | None, ConfigError | None]:
 
 # -- page ----------------------------------------------------------------------------------------
 state.show_url_notice(ss.get("lab_url_problems", []))
+show_refusals(ss.get("lab_lock_refusals", []))
 locks_notice()
 if ss.get("lab_load_error"):
     st.error(ss.pop("lab_load_error"))
@@ -200,7 +204,7 @@ if "lab_preset" not in ss and preset_names:
 pc1, pc2, _ = st.columns([3, 1, 3], vertical_alignment="bottom")
 pc1.selectbox("Preset", preset_names + [CUSTOM], key="lab_preset",
               format_func=lambda n: n if n == CUSTOM else f"{n} — {state.presets().get(n, '')}",
-              help="Shipped setups (assets/presets). Load one, then change anything.")
+              help="Ready-made setups that come with the app. Load one, then change anything.")
 pc2.button("Load preset", key="lab_load_preset", on_click=load_preset, width="stretch",
            disabled=ss.get("lab_preset") == CUSTOM)
 
@@ -235,14 +239,14 @@ if cfg is not None and ss.get("lab_preset") not in (None, CUSTOM) and \
         preset_hash(ss["lab_preset"]) != cfg.hash:
     st.caption(f"Changed from the preset **{ss['lab_preset']}**.")
 if cfg_error is not None:
-    st.error(f"**{cfg_error.field or 'config'}**: {cfg_error.message}", icon=":material/error:")
+    st.error(error_text(cfg_error), icon=":material/error:")
 else:
     want = {**session_params(), **state.config_to_query(cfg)}
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
     from kdengine import lint
     for w in lint(cfg):
-        st.warning(w, icon=":material/lightbulb:")
+        st.warning(plain(w), icon=":material/lightbulb:")
     if cfg.teacher.source == "train" and get_method_class(cfg.method.name).needs_teacher:
         from kdengine import teacher_is_cached
         st.caption(":material/check_circle: This teacher is cached: it loads instantly."
@@ -255,21 +259,22 @@ b1, b2, _ = st.columns([1, 3, 3], vertical_alignment="bottom")
 run_name = b2.text_input("Run label (optional)", key="lab_run_name", max_chars=80)
 if b1.button("Train", type="primary", key="lab_train", icon=":material/play_arrow:",
              width="stretch", disabled=cfg is None,
-             help=f"Fix {cfg_error.field or 'the setup'} first." if cfg_error else None):
+             help=f"Fix {knob_label(cfg_error.field) if cfg_error.field else 'the setup'} first."
+             if cfg_error else None):
     if cfg is None:
-        st.error(f"Cannot train: **{cfg_error.field or 'config'}**: {cfg_error.message}")
+        st.error(f"Cannot train: {error_text(cfg_error)}")
     else:
         # The locked widgets above already show the link's values: this is the safety net, for
         # any way a config reaches Train around them.
         cfg, forced = apply_locks(cfg, locks)
         try:
-            ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name)
+            ss[RUN] = engine.submit(cfg, owner=owner, name=run_name or cfg.name, caller=caller())
         except ConfigError as e:
-            st.error(f"Cannot train: **{e.field or 'config'}**: {e.message}")
+            st.error(f"Cannot train: {error_text(e)}")
         else:
             if forced:              # shown with the run it concerns, in this and later runs
-                ss["lab_lock_notice"] = (ss[RUN], "Your instructor's link fixes " + ", ".join(
-                    f"`{k}` = {locks[k]}" for k in forced) + "; this run uses those values.")
+                ss["lab_lock_notice"] = (ss[RUN], "Your instructor has fixed " + ", ".join(
+                    f"{knob_label(k)} = {locks[k]}" for k in forced) + "; this run uses those values.")
 notice = ss.get("lab_lock_notice")
 if notice and notice[0] == ss.get(RUN):
     st.info(notice[1], icon=":material/lock:")
@@ -305,18 +310,26 @@ def progress_bar(snap: RunSnapshot) -> None:
 
 def controls(snap: RunSnapshot) -> None:
     rid, status = snap.run_id, snap.status
+    if not may_change(snap.owner):      # another student's run, opened from Runs: watch only
+        st.caption("Another student's run: only they or the instructor can pause or stop it.")
+        return
+    who = caller()
     c1, c2, c3, c4 = st.columns([1, 1, 1, 4])
-    if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
-        engine.pause(rid)
-    if c2.button("Resume", key="lab_resume", icon=":material/resume:", disabled=status != "paused"):
-        engine.resume(rid)
-    if c3.button("Stop", key="lab_stop", icon=":material/stop:", disabled=status not in ACTIVE):
-        engine.stop(rid)
-    if status in ("stopped", "interrupted") and engine.store.checkpoint_path(rid).exists():
-        if c4.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
-                     help="Resume this run from its last checkpoint (same run id)."):
-            engine.resume_run(rid)
-            st.rerun()
+    try:
+        if c1.button("Pause", key="lab_pause", icon=":material/pause:", disabled=status != "running"):
+            engine.pause(rid, caller=who)
+        if c2.button("Resume", key="lab_resume", icon=":material/resume:",
+                     disabled=status != "paused"):
+            engine.resume(rid, caller=who)
+        if c3.button("Stop", key="lab_stop", icon=":material/stop:", disabled=status not in ACTIVE):
+            engine.stop(rid, caller=who)
+        if status in ("stopped", "interrupted") and engine.store.checkpoint_path(rid).exists():
+            if c4.button("Continue from last epoch", key="lab_continue", icon=":material/replay:",
+                         help="Resume this run from its last checkpoint (same run id)."):
+                engine.resume_run(rid, caller=who)
+                st.rerun()
+    except NotAllowed as e:
+        st.error(str(e), icon=":material/block:")
 
 
 def headline(snap: RunSnapshot) -> None:
@@ -355,7 +368,7 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
                 "to queue one (this run keeps going), or **Stop** this run first.",
                 icon=":material/restart_alt:")
     for note in dict.fromkeys(snap.notices):
-        st.info(note, icon=":material/info:")
+        st.info(plain(note), icon=":material/info:")
     if snap.error and snap.status == "failed":
         st.error(f"The run failed: {snap.error}", icon=":material/error:")
         if snap.error.startswith("DataUnavailable"):

@@ -1,21 +1,29 @@
-"""Lessons: guided workshop steps, each with a preset, a live chart, a question and instructor links.
+"""Lessons: guided workshop steps, each with a preset, a live chart, the class's results and a
+question whose answer the instructor reveals.
 
-The lessons are markdown files read by ``kdengine.teaching.lessons``. An instructor link
-(``?lesson=few-labels&lock=method.params.T&method.params.T=4``) opens a lesson with its knobs set;
-locked knobs are drawn disabled and their link values always win when the run is built. Whether a
-lesson can run (preset, page, method built) is checked here, at render time.
+The lessons are markdown files read by ``kdengine.teaching.lessons``. The instructor opens a lesson
+for the class with some knobs locked (here, on the Instructor page, or by opening an instructor link
+``?lesson=few-labels&lock=method.params.T&method.params.T=4``); the server keeps that lock, so
+locked knobs are drawn disabled at its values in every tab and after a reload, and the engine uses
+them for every student's run. Whether a lesson can run (preset, page, method built) is checked here,
+at render time.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from kdengine import ConfigError, knob_spec, lesson_link, load_lessons
+from kdengine import ConfigError, knob_spec, lesson_board, lesson_link, load_lessons
 from kdengine.teaching.lessons import locked_note
 from ui import charts, state, widgets
-from ui.classroom import is_instructor, lesson_link_state
+from ui.board_charts import board_figure
+from ui.classroom import (caller, class_state, is_instructor, lesson_link_state, lock_panel, roster,
+                          server_url, show_refusals)
 from ui.engine import get_engine, owner_id
-from ui.live import live_run
+from ui.live import live_fragment, live_run
 from ui.nav import existing_pages
+from ui.words import error_text, knob_label, plain
 
 ss = st.session_state
 engine = get_engine()
@@ -33,33 +41,41 @@ def open_page(page: str) -> None:
     except st.errors.StreamlitPageNotFoundError:
         st.markdown(f"Open the **{title}** page from the sidebar.")
 
-# The link is kept for the browser session (whichever page it opened): the locks stay.
+# The class lock is the server's (the same in every tab, after a reload); a link's values start
+# the knobs it leaves free.
 link = lesson_link_state(lessons)
+instructor = is_instructor()
 locked_lesson = link.lesson.id if (link.lesson and link.locked) else None
+fixed = None if instructor else locked_lesson       # the instructor may read every lesson
 
 st.title("Lessons")
 state.show_url_notice(link.problems)
+show_refusals(link.refused)
 if not lessons:
     st.error("No lessons found in assets/lessons.")
     st.stop()
 
 if "lessons_pick" not in ss:
     ss["lessons_pick"] = link.lesson.id if link.lesson else lessons[0].id
-if locked_lesson:
-    ss["lessons_pick"] = locked_lesson
-lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=bool(locked_lesson),
+if fixed:
+    ss["lessons_pick"] = fixed
+lesson = by_id[st.selectbox("Lesson", list(by_id), key="lessons_pick", disabled=bool(fixed),
                             format_func=lambda i: f"{by_id[i].order}. {by_id[i].title}",
-                            help="Locked by the instructor's link." if locked_lesson else None)]
+                            help="Your instructor has opened this lesson for the class."
+                            if fixed else None)]
 mine = link.lesson is not None and link.lesson.id == lesson.id
 locked = link.locked if mine else {}
 st.header(f"{lesson.order}. {lesson.title}")
 if locked:     # next to the text, which was written for the preset's values
-    st.info(locked_note(lesson, locked), icon=":material/lock:")
+    st.info(locked_note(lesson, locked, knob_label), icon=":material/lock:")
 missing = lesson.missing()
 st.markdown(lesson.body)
 if missing:
     others = [f"**{PAGE_TITLES[f]}**" for f in PAGE_TITLES if f != "app_pages/lessons.py"]
-    st.warning(f"This lesson is not ready yet: {', '.join(missing)} is not built. Until it is, "
+    # a missing page by its title, not its file
+    what = [f"the {PAGE_TITLES.get(m[5:]) or Path(m[5:]).stem.replace('_', ' ')} page"
+            if m.startswith("page ") else m for m in missing]
+    st.warning(f"This lesson is not ready yet: {', '.join(what)} is not built. Until it is, "
                f"nothing here is run and no result is shown. Pages that exist: "
                f"{', '.join(others) or 'none'}.", icon=":material/construction:")
     if lesson.page_exists():
@@ -74,7 +90,8 @@ def knob_widgets() -> tuple[dict, dict]:
     cols = st.columns(min(3, max(1, len(lesson.knobs))))
     for i, k in enumerate(lesson.knobs):
         spec = knob_spec(base, k)
-        spec["label"] = f"{widgets.label_of(spec)}  ({k})"
+        # the section too where a name alone is ambiguous (teacher width, student width)
+        spec["label"] = knob_label(k, spec)
         key = f"lessons.{lesson.id}.{k}"
         if k in locked:
             ss.pop(key, None)          # re-seeded from the link below: the URL value wins
@@ -94,16 +111,17 @@ if not missing:
     except ConfigError as e:
         cfg, err = None, e
     if err:
-        st.error(f"{err.field}: {err.message}" if err.field else str(err), icon=":material/error:")
+        st.error(error_text(err), icon=":material/error:")
     c1, c2 = st.columns([1, 3])
     if c1.button("Start this preset", key="lessons_start", type="primary", disabled=cfg is None,
                  icon=":material/play_arrow:"):
         try:
-            ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name)
+            ss[run_key] = engine.submit(cfg, owner=owner, name=cfg.name, caller=caller(),
+                                        lesson=lesson.id)
         except ConfigError as e:
-            st.error(str(e), icon=":material/error:")
-    c2.caption(f"Preset `{lesson.preset()}`; your run is named `{cfg.name if cfg else ''}` and "
-               f"appears on the Instructor page.")
+            st.error(error_text(e), icon=":material/error:")
+    c2.caption("Trains the lesson's setup with the values above; your instructor sees your run "
+               "next to the class's.")
 
     def live(run_id: str) -> None:
         snap = engine.snapshot(run_id)
@@ -112,7 +130,7 @@ if not missing:
         st.progress(frac, text=snap.phase_message if snap.phase != "student" else
                     f"student: epoch {snap.epoch:.1f} of {snap.config['train']['epochs']}")
         for note in dict.fromkeys(snap.notices):
-            st.caption(note)
+            st.caption(plain(note))
         if snap.error and snap.status == "failed":
             st.error(f"The run failed: {snap.error}", icon=":material/error:")
         charts.live_panel(snap, key="lesson")
@@ -125,10 +143,36 @@ st.markdown(lesson.look_for or "_(no notes)_")
 if lesson.page_exists() and not missing:
     open_page(lesson.page)
 
+
+def class_view(lesson_id: str) -> None:
+    """The class's runs of this lesson in one picture; this student's own runs apart, the others
+    without names."""
+    from kdengine.teaching.classroom import student_labels
+    runs = engine.list_runs(limit=2000, archived=False)
+    names = roster().names() if instructor else {}      # a student sees no one else's name
+    board = lesson_board(by_id[lesson_id], runs, student_labels(runs, names))
+    if not board.points:
+        st.caption("No one in the class has run this lesson yet.")
+        return
+    with st.container(key="lessons_class"):
+        charts.show(board_figure(board, me=owner, names=instructor), key=f"class_{lesson_id}")
+    if board.mean is not None:
+        sd = f" ± {board.std:.1%}" if board.std is not None else ""
+        st.caption(f"The class so far: mean {board.mean:.1%}{sd} over {board.done} finished run(s).")
+
+
+if not missing:
+    st.subheader("The class so far")
+    live_fragment(class_view, lambda: any(r.active for r in engine.runs()), lesson.id,
+                  key="lessons_class", every=5.0)
+
 st.subheader("Check your understanding")
 st.markdown(lesson.question)
 ans_key = f"lessons_answer.{lesson.id}"
-if ss.get(ans_key):
+revealed = lesson.id in class_state().revealed()
+if not (instructor or revealed):
+    st.caption("Your instructor reveals the answer when the class has tried.")
+elif ss.get(ans_key):
     st.success(lesson.answer, icon=":material/lightbulb:")
     if st.button("Hide the answer", key="lessons_hide"):
         ss[ans_key] = False
@@ -137,14 +181,24 @@ elif st.button("Show the answer", key="lessons_show"):
     ss[ans_key] = True
     st.rerun()
 
-if not missing and is_instructor():      # students never see the link builder
-    with st.expander("Instructor: a link for the class", icon=":material/link:"):
-        st.caption("The link opens this lesson with the values above. Locked knobs cannot be changed "
-                   "by students; the others start at these values.")
-        lock = st.multiselect("Lock these knobs", lesson.knobs, key=f"lessons_lock.{lesson.id}",
-                              default=[k for k in locked])
+if not missing and instructor:      # students never see the lock or the link builder
+    with st.expander("Instructor: open this lesson for the class", icon=":material/lock:"):
+        if st.button("Hide the answer from the class" if revealed else
+                     "Reveal the answer to the class", key="lessons_reveal",
+                     icon=":material/lightbulb:"):
+            class_state().reveal(lesson.id, not revealed, caller())
+            st.rerun()
+        st.caption("Locking fixes knobs at the values above for every student, on every page, "
+                   "until you lift it (here or on the Instructor page).")
+        lock_panel(lesson, values, key=f"lessons_lockp.{lesson.id}")
+        st.caption("A link to this lesson with these values (opened by you, it also sets the lock):")
         preset_values = lesson.knob_values()
+        lock = ss.get(f"lessons_lockp.{lesson.id}.knobs", [])
         shown = {k: v for k, v in values.items() if k in lock or v != preset_values.get(k)}
-        query = lesson_link(lesson.id, shown, lock)
-        base = str(getattr(st.context, "url", "") or "").split("?")[0]
-        st.code(f"{base}?{query}" if base else f"?{query}", language=None)
+        public = server_url()
+        if public:
+            st.code(lesson_link(lesson.id, shown, lock, base=public), language=None)
+        else:
+            query = lesson_link(lesson.id, shown, lock)
+            base = str(getattr(st.context, "url", "") or "").split("?")[0]
+            st.code(f"{base}?{query}" if base else f"?{query}", language=None)

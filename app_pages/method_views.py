@@ -21,8 +21,8 @@ st.caption("Sobolev training matches the teacher's input gradients, not only its
 runs = [r for r in stored_runs() if r.config["method"]["name"] in VIEWS]
 run_id = widgets.run_picker(runs, key="mv_run")
 if run_id is None:
-    st.info("Train a `sobolev` run on 2-D data (preset `moons-sobolev`) or a `specialists` run on digits in the "
-            "Lab; its view appears here.", icon=":material/info:")
+    st.info("Train a Sobolev run on 2-D data (the moons-sobolev preset in the Lab) or a specialists "
+            "run on digits; its view appears here.", icon=":material/info:")
     st.stop()
 
 

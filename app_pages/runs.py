@@ -1,4 +1,7 @@
-"""Runs: every stored run in one table; overlay curves, export, delete, prune, reopen in the Lab."""
+"""Runs: every stored run in one table; overlay curves, export, delete, prune, reopen in the Lab.
+
+A student deletes and prunes only their own runs (the engine refuses the others'); the instructor
+may delete or prune any."""
 from __future__ import annotations
 
 import json
@@ -6,13 +9,15 @@ import json
 import pandas as pd
 import streamlit as st
 
-from kdengine import ACTIVE, RunSnapshot, export_run, temperature_of
+from kdengine import NotAllowed, RunSnapshot, export_run, temperature_of
 from ui import charts, widgets
+from ui.classroom import caller
 from ui.engine import find_run, get_engine, owner_id, stored_runs
 from ui.words import metric_name
 
 ss = st.session_state
 owner = owner_id()
+who = caller()
 engine = get_engine()
 store = engine.store
 
@@ -103,11 +108,14 @@ if sel:
     default = "test_acc" if "test_acc" in names else (names or [""])[0]
     if ss.get("runs_metric") not in names:
         ss["runs_metric"] = default
-    metric = st.selectbox("Metric", names, key="runs_metric")
-    curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}", *charts.xy(snaps[i].series, metric))
-              for i in sel]
-    with st.container(key="runs_overlay"):
-        charts.show(charts.overlay_figure(curves, metric))
+    metric = st.selectbox("Metric", names, key="runs_metric", format_func=metric_name)
+    if metric:
+        curves = [(f"{i[-6:]} {snaps[i].config['method']['name']}",
+                   *charts.xy(snaps[i].series, metric)) for i in sel]
+        with st.container(key="runs_overlay"):
+            charts.show(charts.overlay_figure(curves, metric))
+    else:        # e.g. runs that failed before their first point
+        st.caption("The selected runs have no points to draw.")
 
     # -- actions ---------------------------------------------------------------------------------
     c1, c2, c3, c4 = st.columns(4)
@@ -123,33 +131,43 @@ if sel:
         ss["lab_load"] = by_id[sel[0]].config
         ss["lab_load_run"] = sel[0]            # the Lab shows this run under its setup
         st.switch_page("app_pages/lab.py")
-    if c4.button(f"Delete {len(sel)} run(s)", key="runs_delete", icon=":material/delete:"):
+    mine = [i for i in sel if who.may_change(by_id[i].owner)]     # what this session may delete
+    if mine and c4.button(f"Delete {len(mine)} run(s)", key="runs_delete", icon=":material/delete:"):
         ss["runs_confirm_delete"] = True
+    if len(mine) < len(sel):
+        st.caption(f"{len(sel) - len(mine)} of the selected runs belong to other students: only "
+                   f"they or the instructor can delete them.")
 
     def delete_selected() -> None:
-        busy = [i for i in sel if engine.status(i) in ACTIVE]
-        for i in sel:
-            if i not in busy:
-                store.delete_run(i)
-        ss["runs_deleted"] = (len(sel) - len(busy), busy)
+        kept = []
+        for i in mine:
+            try:
+                engine.delete_run(i, caller=who)
+            except (NotAllowed, ValueError) as e:    # another's run, or one still training
+                kept.append(str(e))
+        ss["runs_deleted"] = (len(mine) - len(kept), kept)
 
-    widgets.confirm("runs_confirm_delete", f"Delete {len(sel)} run(s) with their metrics and "
+    widgets.confirm("runs_confirm_delete", f"Delete {len(mine)} run(s) with their metrics and "
                     f"checkpoints? This cannot be undone.", delete_selected, "Yes, delete")
 
 if "runs_deleted" in ss:
-    n, busy = ss.pop("runs_deleted")
-    st.success(f"Deleted {n} run(s)." + (f" Still active, not deleted (stop them first): "
-                                         f"{', '.join(busy)}" if busy else ""))
+    n, kept = ss.pop("runs_deleted")
+    st.success(f"Deleted {n} run(s).")
+    for why in kept:
+        st.warning(why, icon=":material/info:")
 
-with st.expander("Prune old runs"):
-    keep = st.number_input("Keep the newest finished runs", 0, 100_000, 100, key="runs_keep")
+with st.expander("Prune old runs" if who.instructor else "Prune my old runs"):
+    whose = "finished runs (everyone's)" if who.instructor else "of your finished runs"
+    keep = st.number_input(f"Keep the newest {whose}", 0, 100_000, 100, key="runs_keep")
     if st.button("Prune", key="runs_prune"):
         ss["runs_confirm_prune"] = True
 
     def prune() -> None:
-        ss["runs_pruned"] = store.prune(keep=int(keep))
+        ss["runs_pruned"] = engine.prune(keep=int(keep), caller=who)
 
-    widgets.confirm("runs_confirm_prune", f"Delete every finished run except the newest {keep}?",
+    widgets.confirm("runs_confirm_prune",
+                    f"Delete every finished run except the newest {keep}"
+                    + (", whoever started it?" if who.instructor else " of yours?"),
                     prune, "Yes, prune")
     if "runs_pruned" in ss:
         st.success(f"Deleted {ss.pop('runs_pruned')} old run(s).")

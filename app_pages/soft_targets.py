@@ -124,7 +124,7 @@ if ss.get("st_loaded_run") != run_id:                    # a new run: start from
     url_T, url_i = ss.pop("st_T_url", None), ss.pop("st_i_url", None)
     ss["st_T"] = explore.snap_T(url_T or explore.run_T(models.cfg) or 4.0)
     if url_i is not None and url_i >= n_test:
-        ss["st_problems"] = ss.get("st_problems", []) + [f"i: sample {url_i} does not exist; using 0"]
+        ss["st_problems"] = ss.get("st_problems", []) + [f"sample {url_i} does not exist; showing sample 0"]
         url_i = None
     ss["st_i"] = url_i or 0
 ss.setdefault("st_T", explore.snap_T(explore.run_T(models.cfg) or 4.0))

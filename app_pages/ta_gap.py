@@ -14,10 +14,11 @@ import streamlit as st
 from kdengine import (ConfigError, ModelConfig, RunConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running,
                       ladder, model_label, resume_experiment, shown_status, start_experiment, stored_results)
 from ui import widgets
-from ui.classroom import lesson_locks, locks_notice, number_knob, with_locks
+from ui.classroom import lesson_locks, locks_notice, may_change, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.sweep_charts import ladder_figure, ta_gap_figure
+from ui.words import error_text, knob_label, plain
 
 ss = st.session_state
 engine = get_engine()
@@ -25,10 +26,14 @@ owner = owner_id()
 FAMILIES = {"mlp": "MLP (width ladder)", "cnn": "CNN (depth ladder)", "resnet": "ResNet (depth ladder)"}
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 SIZE_FIELDS = ("teacher.", "student.")          # the ladder sets these here
+CURVE_COLUMNS = {"teacher_params": "teacher parameters", "teacher_acc": "teacher accuracy",
+                 "direct": "direct KD", "direct_sd": "direct KD sd", "direct_n": "direct KD runs",
+                 "via_ta": "via TA", "via_ta_sd": "via TA sd", "via_ta_n": "via TA runs",
+                 "ta": "TA", "alone": "student alone", "alone_sd": "student alone sd"}
 
 
 def locked_base(base: dict) -> dict:
-    """An experiment's base (data, method, training) with the lesson link's locks; a lock on a model
+    """An experiment's base (data, method, training) with the class lock; a lock on a model
     size does not apply, as the ladder is what this experiment varies."""
     locks = {k: v for k, v in lesson_locks().items() if not k.startswith(SIZE_FIELDS)}
     return with_locks(RunConfig.from_dict(base), locks).to_dict() if locks else base
@@ -40,7 +45,7 @@ st.caption("Train a ladder of sizes from scratch, distil the smallest from each 
            "whose own accuracy is nearest the mean of teacher and student accuracy. At CPU sizes the "
            "paper's ordering (TA > direct) may or may not show: the chart shows what happens.")
 
-sized = [f"`{k}`" for k in lesson_locks() if k.startswith(SIZE_FIELDS)]
+sized = [knob_label(k) for k in lesson_locks() if k.startswith(SIZE_FIELDS)]
 locks_notice(f"The ladder sets the model sizes here, so {', '.join(sized)} "
              f"{'does' if len(sized) == 1 else 'do'} not apply to this experiment." if sized else "")
 
@@ -74,7 +79,7 @@ def launch(spec: TAGapSpec) -> None:
     try:
         ss["ta_exp"] = start_experiment(engine, spec, owner=owner).id
     except ConfigError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(error_text(e), icon=":material/error:")
 
 
 b1, b2 = st.columns(2)
@@ -103,7 +108,7 @@ def view(exp_id: str) -> None:
     st.progress(res["progress"], text=f"{status} · {res['progress']:.0%} of the runs")
     err = exp.error if exp else (row or {}).get("state", {}).get("error")
     if err:
-        st.error(err, icon=":material/error:")
+        st.error(plain(err), icon=":material/error:")
     with st.container(key="ta_curve"):
         st.plotly_chart(ta_gap_figure(res), key=f"tacurve_{exp_id}", config={"displayModeBar": False})
     left, right = st.columns([3, 2])
@@ -122,7 +127,9 @@ def view(exp_id: str) -> None:
     with right:
         st.plotly_chart(ladder_figure(res), key=f"taladder_{exp_id}", config={"displayModeBar": False})
     with st.expander("Curve data"):
-        st.dataframe(pd.DataFrame(res["curves"]), hide_index=True)
+        st.dataframe(pd.DataFrame(res["curves"]).rename(columns=CURVE_COLUMNS), hide_index=True)
+    if not may_change((row or {}).get("owner", "")):     # another student's experiment: read only
+        return
     if exp is not None and not exp.done and st.button("Stop", key=f"ta_stop_{exp_id}"):
         exp.stop()
     if status in ("interrupted", "stopped", "failed") and st.button(

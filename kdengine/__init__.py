@@ -7,7 +7,8 @@ time each loads on first use (the imports are read from this file's ``if TYPE_CH
 
 The packages, from the bottom up (each imports only those before it):
 
-    core        config and knobs, events, paths, store, checkpoints, presets, export
+    core        config and knobs, events, paths, store, checkpoints, presets, export, roles
+                (who may change a run) and the class state (the lesson lock)
     losses      pure functional losses (kd_loss, dkd_loss, dkd_terms, ...)
     data        data sets, transfer sets, the generated text task
     models      model families with a size knob, the transformer, Hugging Face wrappers
@@ -15,7 +16,7 @@ The packages, from the bottom up (each imports only those before it):
     analysis    soft targets, dark knowledge, decision boundaries
     methods     one module per distillation method behind one contract (methods/base.py)
     run         the engine: queue, executors, trainer, recorder, snapshots, stored runs
-    teaching    lessons, pitfall linter
+    teaching    lessons, pitfall linter, the class (roster, board)
     experiments sweeps, search, teacher-assistant chains and the TA gap, the phenomena suite
 """
 from __future__ import annotations
@@ -33,12 +34,15 @@ if TYPE_CHECKING:
     from kdengine.core.knobs import ConfigError, field_specs, param
     from kdengine.core.paths import assets_dir, data_root
     from kdengine.core.store import ACTIVE, Store
+    from kdengine.core.roles import Caller, NotAllowed
+    from kdengine.core.class_state import ClassLock, ClassState
     from kdengine.core.checkpoints import CheckpointError, safe_load
     from kdengine.core.presets import list_presets, load_preset, preset_path
     from kdengine.core.export import export_run
     from kdengine.core.events import Artifacts, Checkpoint, Ended, Metrics, Notice, Phase, Status
     from kdengine.losses import dkd_loss, dkd_terms, kd_loss
     from kdengine.data import DataBundle, DataUnavailable, fallback_config, load_data
+    from kdengine.data.archives import ArchiveRefused, import_files
     from kdengine.models import build_model, count_params, ladder, logits_of, model_label
     from kdengine.teachers.sources import get_teacher, shipped_teachers
     from kdengine.core.registry import get_method_class, method_names, register
@@ -50,8 +54,12 @@ if TYPE_CHECKING:
     from kdengine.run.stored import (RunModels, TeacherNotCached, checkpoint_state, load_run_models,
                                      teacher_is_cached)
     from kdengine.teaching.pitfalls import lint
-    from kdengine.teaching.lessons import (apply_locks, free_knobs, knob_spec, lesson_link,
-                                           load_lessons, locks_line, parse_link)
+    from kdengine.teaching.class_server import public_url
+    from kdengine.teaching.lessons import (apply_locks, class_lock, free_knobs, knob_spec,
+                                           lesson_link, lesson_lock, link_for_student, load_lessons,
+                                           lock_state, locks_line, parse_link)
+    from kdengine.teaching.classroom import NameTaken, Roster, merge_students, new_class
+    from kdengine.teaching.board import by_lesson, class_csv, lesson_board, who_is_where
     from kdengine.experiments.sweeps import (DEFAULT_AXES as DEFAULT_SWEEP_AXES,
                                              DEFAULT_PRESET as DEFAULT_SWEEP_PRESET,
                                              BACKENDS as SWEEP_BACKENDS, Sweep, SweepSpec, get_sweep,

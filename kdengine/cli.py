@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdengine train|list|show|export|presets|methods|prune|resume``.
+"""Command line: ``python -m kdengine train|sweep|list|show|export|presets|methods|prune|resume|data|serve|class``.
 
 The CLI drives the same Engine the web app uses, so what works here works there.
 """
@@ -176,7 +176,13 @@ def cmd_methods(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    n = _store().prune(keep=args.keep)
+    # The command line acts as the instructor on its own machine (caller None): everyone's runs.
+    from kdengine import Engine
+    eng = Engine(store=_store(), max_workers=1)
+    try:
+        n = eng.prune(keep=args.keep)
+    finally:
+        eng.shutdown()
     print(f"deleted {n} finished runs; kept the newest {args.keep}")
     return 0
 
@@ -298,10 +304,63 @@ def _search(eng, args) -> int:
     return 0 if search.status == "done" else 1
 
 
+def cmd_class(args) -> int:
+    """The class on this machine's data folder, as the instructor: the lesson lock, answers, the
+    board's numbers, a CSV, a new class (the same calls as the Instructor page)."""
+    from kdengine import Engine, Roster, by_lesson, class_csv, lesson_lock, new_class
+    from kdengine.teaching.classroom import student_labels
+    eng = Engine(store=_store(), max_workers=1)
+    state, book = eng.classroom, Roster(eng.store.root)
+    try:
+        if args.action == "lock":
+            if not args.lesson:
+                raise ConfigError("lesson", "class lock needs a lesson id, e.g. why-temperature")
+            lock, problems = lesson_lock(args.lesson, _parse_sets(args.knobs))
+            if lock is None:
+                raise ConfigError("lock", "; ".join(problems))
+            state.set_lock(lock)
+        elif args.action == "unlock":
+            state.set_lock(None)
+        elif args.action in ("reveal", "hide"):
+            if not args.lesson:
+                raise ConfigError("lesson", f"class {args.action} needs a lesson id")
+            state.reveal(args.lesson, args.action == "reveal")
+        elif args.action == "new":
+            print(f"{new_class(eng, book)} archived")
+        runs = eng.list_runs(limit=5000, archived=False)
+        labels = student_labels(runs, book.names())
+        if args.action == "csv":
+            text = class_csv(runs, labels)
+            if args.output:
+                Path(args.output).write_text(text)
+            else:
+                sys.stdout.write(text)
+            return 0
+        lock = state.lock()
+        print(f"{state.label()}: {len(runs)} runs, {len(labels)} students")
+        print("lock: " + (f"{lock.lesson} " + ", ".join(f"{k}={v}" for k, v in lock.locked.items())
+                          if lock else "none"))
+        for lid, mine in by_lesson(runs).items():
+            shown = " (answer revealed)" if lid in state.revealed() else ""
+            print(f"  {lid:<20} {len(mine)} runs{shown}")
+    finally:
+        eng.shutdown()
+    return 0
+
+
 def cmd_data(args) -> int:
     from kdengine.data.fetch import fetch, listing
     if args.action == "fetch":
         fetch(args.names or ["mnist", "fashion_mnist", "cifar10"])
+        return 0
+    if args.action == "import":
+        from kdengine.data.archives import import_paths    # import_files on paths
+        if len(args.names) < 2:
+            raise ConfigError("data import", "takes a data set and its files, e.g. data import "
+                                             "cifar10 cifar-10-python.tar.gz")
+        for line in import_paths(args.names[0], args.names[1:],
+                                 progress=lambda fraction, text: print(f"  {text}")):
+            print(line)
         return 0
     for r in listing():
         check = {None: "no checksums recorded", True: "checksums ok",
@@ -309,6 +368,72 @@ def cmd_data(args) -> int:
         state = f"present, {r['bytes'] / 2**20:.0f} MiB, {check}" if r["present"] else "missing"
         print(f"{r['name']:<14} {state}")
     return 0
+
+
+def _public_url(args) -> str | None:
+    """``--public-url``, else ``KD_PUBLIC_URL`` (a bad one is refused naming where it came from)."""
+    import os
+    from kdengine.teaching.class_server import PUBLIC_URL_ENV, check_public_url
+    if args.public_url:
+        return check_public_url(args.public_url, "--public-url")
+    env = os.environ.get(PUBLIC_URL_ENV, "").strip()
+    return check_public_url(env, PUBLIC_URL_ENV) if env else None
+
+
+def cmd_serve(args) -> int:
+    """Start the web app for a class: print where it listens and the student and instructor links,
+    then become the Streamlit server (exec: signals and the exit status are the server's own)."""
+    import os
+    from kdengine import data_root
+    from kdengine.teaching import class_server as cs
+    settings = cs.ServeSettings(address=args.address, port=args.port, public_url=_public_url(args),
+                                workers=args.workers, slots=args.slots, threads=args.threads,
+                                ray_address=args.ray)
+    root, app = data_root(), cs.app_file()
+    env = {**os.environ, **settings.env(root)}
+    token, where, new = cs.resolve_token(args.token, env, root, keep=not args.dry_run)
+    links = settings.links(token if (new or args.show_token) else None)
+    where_path = f", path /{settings.base_path}" if settings.base_path else ""
+    print(f"KD Playground class server\n"
+          f"  data folder      {root}\n"
+          f"  listens on       {settings.address}:{settings.port}{where_path}\n"
+          f"  runs train       {cs.describe_executor(env)}\n"
+          f"  instructor token {where}\n"
+          f"Students open      {links['student']}\n"
+          f"Instructor link    {links['instructor']}")
+    if new:
+        print("  (a new instructor token: it is kept in the data folder and not printed again; "
+              "python -m kdengine serve --dry-run --show-token shows it)")
+    elif token and not args.show_token:
+        print("  (add ?tok= and the instructor token; --show-token prints the whole link)")
+    if settings.address in ("0.0.0.0", "::") and not settings.public_url:
+        print(f"  (students on other machines open this machine's address, port {settings.port}; "
+              f"--public-url prints the links they use)")
+    cmd = settings.streamlit_command(app)
+    if args.dry_run:
+        print("would run: " + " ".join(cmd))
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(app.parent)           # Streamlit reads .streamlit/config.toml from where it starts
+    os.execve(sys.executable, cmd, env)
+    return 0                       # not reached
+
+
+def cmd_health(args) -> int:
+    """Exit 0 when the server on this machine answers its health check (the container's probe)."""
+    import urllib.request
+    from kdengine.teaching import class_server as cs
+    url = cs.ServeSettings(address=args.address, port=args.port,
+                           public_url=_public_url(args)).health_url()
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as r:
+            ok = r.read().strip() == b"ok"
+    except OSError as e:
+        print(f"error: {url}: {e}", file=sys.stderr)
+        return 1
+    print(f"{'ok' if ok else 'not ok'}: {url}")
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -360,10 +485,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
-    p = sub.add_parser("data", help="class prep: fetch real data sets, list what is present")
-    p.add_argument("action", choices=("fetch", "list"))
-    p.add_argument("names", nargs="*", help="mnist, fashion_mnist, cifar10 (fetch; default all)")
+    p = sub.add_parser("class", help="the class: show it, lock a lesson's knobs, reveal an "
+                                     "answer, a CSV of its runs, start a new class")
+    p.add_argument("action", nargs="?", default="show",
+                   choices=("show", "lock", "unlock", "reveal", "hide", "csv", "new"))
+    p.add_argument("lesson", nargs="?", help="lock / reveal / hide: the lesson id")
+    p.add_argument("knobs", nargs="*", metavar="KEY=VALUE",
+                   help="lock: the knobs to fix, e.g. method.params.T=2")
+    p.add_argument("--output", "-o", help="csv: write here instead of printing")
+    p.set_defaults(fn=cmd_class)
+    p = sub.add_parser("data", help="class prep: fetch real data sets, load them from archives, "
+                                    "list what is present")
+    p.add_argument("action", choices=("fetch", "import", "list"))
+    p.add_argument("names", nargs="*",
+                   help="fetch: mnist, fashion_mnist, cifar10 (default all); import: a set and its "
+                        "files, e.g. mnist train-images-idx3-ubyte.gz ... (the four .gz files) or "
+                        "cifar10 cifar-10-python.tar.gz")
     p.set_defaults(fn=cmd_data)
+    p = sub.add_parser("serve", help="start the web app for a class and print its links",
+                       description="Start the web app for a class (docs/serving.md).")
+    p.add_argument("--address", default="localhost",
+                   help="address to listen on (default localhost; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--public-url", metavar="URL",
+                   help="the address students open, e.g. https://kd.example.org/workshop: links are "
+                        "built under it and its path is served (default: KD_PUBLIC_URL, else "
+                        "http://localhost:PORT)")
+    p.add_argument("--token", help="set the instructor token (kept in the data folder from now on; "
+                                   "default: KD_INSTRUCTOR_TOKEN, else the kept one, else a new one)")
+    p.add_argument("--show-token", action="store_true",
+                   help="print the instructor link with its token")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--slots", type=int, help="runs each worker process time-slices (default 4)")
+    p.add_argument("--threads", action="store_true", help="train on threads in the server process")
+    p.add_argument("--ray", metavar="ADDRESS", help="train on Ray: auto, ray://HEAD:10001 or local")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the settings, the links and the command; start nothing")
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("health", help="check that the server on this machine answers")
+    p.add_argument("--address", default="localhost")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--public-url", metavar="URL", help="default: KD_PUBLIC_URL (its path is served)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(fn=cmd_health)
     return ap
 
 

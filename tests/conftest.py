@@ -175,3 +175,13 @@ def app_server(log_path: Path, env: dict, start_timeout: float = 90.0):
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def until(cond, timeout: float = 30.0, every: float = 0.05) -> bool:
+    """Wait until ``cond()`` holds; False when ``timeout`` seconds pass first."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(every)
+    return True

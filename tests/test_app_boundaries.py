@@ -192,7 +192,8 @@ def test_missing_similarity_names_the_real_reason():
     from kdengine.analysis.boundaries import similarity_absent_reason as why
     hinton_digits = {"data": {"name": "digits"}, "method": {"name": "hinton"}, "train": {}}
     msg = why(hinton_digits, has_teacher=True)
-    assert "boundary_metrics = auto" in msg and "2-D data and for BSS only" in msg
+    assert "unless switched on" in msg and "2-D data and for BSS only" in msg
+    assert "measure boundary similarity" in msg          # the switch by its name in the Lab
     assert "teacher" not in msg.split("(")[0]            # not "for runs with a teacher"
     off = dict(hinton_digits, train={"boundary_metrics": "off"})
     assert "switched off" in why(off, has_teacher=True)

@@ -1,4 +1,5 @@
-"""AppTest of the Lessons and Instructor pages: every lesson renders, locks hold, runs show up."""
+"""AppTest of the Lessons and Instructor pages: every lesson renders, the class lock holds for
+students, answers wait for the instructor, the class board draws each lesson's runs."""
 from __future__ import annotations
 
 import shutil
@@ -34,22 +35,37 @@ def engine():
 
 
 @pytest.mark.parametrize("lesson", load_lessons(), ids=lambda l: l.id)
-def test_every_lesson_renders_with_text_knobs_and_a_hidden_answer(lesson):
+def test_every_lesson_renders_with_text_knobs_and_an_answer_the_instructor_reveals(lesson):
     at = page({"lesson": lesson.id})
     assert at.selectbox(key="lessons_pick").value == lesson.id
     shown = " ".join(m.value for m in at.markdown)
     assert lesson.body[:40] in shown and lesson.question[:40] in shown
-    assert not at.success                                   # the answer waits to be asked for
     assert any(b.key == "lessons_start" for b in at.button) == (not lesson.missing())
     knob_keys = {w.key for w in [*at.number_input, *at.toggle, *at.selectbox]}
     assert {f"lessons.{lesson.id}.{k}" for k in lesson.knobs} <= knob_keys
-    at.button(key="lessons_show").click().run()
-    assert not at.exception and lesson.answer[:40] in at.success[0].value
+    assert not at.success and not any(b.key == "lessons_show" for b in at.button)
+    assert any("reveals the answer" in c.value for c in at.caption)   # a student waits for it
+    teacher = page({"lesson": lesson.id, "tok": TOKEN})
+    assert lesson.answer[:40] not in " ".join(c.value for c in at.caption)
+    if not lesson.missing():                          # the instructor reveals it to the class
+        teacher.button(key="lessons_reveal").click().run()
+        at.run()
+        at.button(key="lessons_show").click().run()
+        assert not at.exception and lesson.answer[:40] in at.success[0].value
+        teacher.button(key="lessons_reveal").click().run()        # and may hide it again
+        assert not any(b.key == "lessons_show" for b in page({"lesson": lesson.id}).button)
 
 
 def test_a_locked_link_cannot_be_changed_and_its_value_is_what_runs(runs_dir):
-    at = page({"lesson": "why-temperature", "lock": "method.params.T,train.epochs",
-               "method.params.T": "7", "train.epochs": "1", "teacher.epochs": "3", "tok": TOKEN})
+    teacher = page({"lesson": "why-temperature", "lock": "method.params.T,train.epochs",
+                    "method.params.T": "7", "train.epochs": "1", "teacher.epochs": "3",
+                    "tok": TOKEN})                            # the instructor opens the link
+    assert any("teacher epochs" in w.value for w in teacher.warning)   # not a knob: refused
+    # the instructor's link generator reproduces the lock
+    code = teacher.code[0].value
+    assert "lesson=why-temperature" in code and "lock=method.params.T,train.epochs" in code
+    assert "method.params.T=7.0" in code
+    at = page()                                               # a student, without any link
     key = "lessons.why-temperature.method.params.T"
     w = at.number_input(key=key)
     assert w.value == 7.0 and w.disabled
@@ -59,21 +75,16 @@ def test_a_locked_link_cannot_be_changed_and_its_value_is_what_runs(runs_dir):
     at.session_state[key] = 9.0                               # ...and forged state is overwritten
     at.run()
     assert at.number_input(key=key).value == 7.0
-    assert any("teacher.epochs" in w.value for w in at.warning)   # not a knob: refused, visibly
     at.button(key="lessons_start").click().run()
     assert not at.exception and not at.error
     rid = at.session_state["lessons_run.why-temperature"]
     eng = engine()
     assert eng.wait(rid, timeout=300) == "done", eng.snapshot(rid).error
-    cfg = eng.snapshot(rid).config
-    assert cfg["method"]["params"]["T"] == 7.0 and cfg["train"]["epochs"] == 1
-    assert cfg["name"] == "lesson:why-temperature"
+    snap = eng.snapshot(rid)
+    assert snap.config["method"]["params"]["T"] == 7.0 and snap.config["train"]["epochs"] == 1
+    assert snap.config["name"] == "lesson:why-temperature" and snap.lesson == "why-temperature"
     at.run()
     assert not at.exception and at.get("plotly_chart")       # the live chart of the run
-    # the instructor link generator reproduces the lock
-    code = at.code[0].value
-    assert "lesson=why-temperature" in code and "lock=method.params.T,train.epochs" in code
-    assert "method.params.T=7.0" in code
 
 
 def test_unlocked_link_values_are_starting_points():
@@ -95,18 +106,23 @@ def test_a_lesson_whose_parts_are_missing_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(lessons_mod, "lessons_dir", lambda: folder)
     at = page({"lesson": "future"})
     text = " ".join(w.value for w in at.warning)
-    assert "not ready" in text and "no-such-preset" in text and "no_such_page" in text
+    assert "not ready" in text and "no-such-preset" in text and "no such page" in text
     assert not any(b.key == "lessons_start" for b in at.button)
     assert not at.get("plotly_chart")
 
 
-def test_instructor_view_lists_every_sessions_runs(runs_dir):
+def test_the_instructor_board_draws_each_lessons_class_with_mean_spread_and_csv(runs_dir):
+    import json
+    from kdengine import Caller, Roster
     from kdengine.teaching.lessons import get_lesson
     eng = engine()
     lesson = get_lesson("why-temperature")
-    ids = [eng.submit(lesson.config({"method.params.T": T}, fast=True), owner=o, name="lesson:x")
-           for T, o in ((2.0, "aaaaaa111111"), (8.0, "bbbbbb222222"))]
-    for rid in ids:
+    Roster(runs_dir).register("aaaaaa111111", "Ana")
+    ids = [eng.submit(lesson.config({"method.params.T": T}, fast=True), owner=o,
+                      caller=Caller(o), lesson=lesson.id)
+           for T, o in ((2.0, "aaaaaa111111"), (8.0, "bbbbbb222222"), (8.0, "cccccc333333"))]
+    sweep_cell = eng.submit(lesson.config({}, fast=True), owner="bbbbbb222222", parent="sweep-x")
+    for rid in ids + [sweep_cell]:
         assert eng.wait(rid, timeout=300) == "done"
     at = page(path=INSTRUCTOR)
     assert not at.dataframe                                   # no token: nothing shown
@@ -114,17 +130,50 @@ def test_instructor_view_lists_every_sessions_runs(runs_dir):
     assert not at.dataframe and at.error
     at = page({"tok": TOKEN}, path=INSTRUCTOR)
     assert "tok" not in at.query_params                       # the token leaves the URL
-    df = at.dataframe[1].value
-    assert set(ids) <= set(df["run"])
-    assert {"session aaaaaa", "session bbbbbb"} <= set(df["student (session)"])   # side by side
-    students = at.dataframe[0].value
-    assert set(students["student"]) == {"session aaaaaa", "session bbbbbb"}
-    assert "method.params.T" in df.columns                    # the knob that differs is a column
-    fig = at.get("plotly_chart")[0]
-    import json
-    names = [t["name"] for t in json.loads(fig.proto.spec)["data"]]
-    assert sum(any(r[-6:] in n for n in names) for r in ids) == 2
-    assert all("T=" in n and "noise" not in n for n in names)   # only the knob that differs
+    assert at.selectbox(key="ins_board_lesson").value == "why-temperature"
+    assert "(runs of no lesson)" in at.selectbox(key="ins_board_lesson").options   # the sweep
+    assert len(at.selectbox(key="ins_board_lesson").options) == 2     # ...folded, not 1 per cell
+    done = next(m for m in at.metric if m.label == "done")
+    assert done.value == "3"                                  # three students done
+    assert any("2 unnamed" in m.value for m in at.markdown)   # counted, not "session 1c051a"
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    dots = next(t for t in fig["data"] if t["name"] == "finished runs")
+    assert sorted(dots["x"]) == [2.0, 8.0, 8.0] and {"Ana", "unnamed 1", "unnamed 2"} == set(dots["text"])
+    mean = next(t for t in fig["data"] if t["name"].startswith("class mean"))
+    assert mean["x"] == [2.0, 8.0]
+    assert fig["layout"]["xaxis"]["title"]["text"] == "temperature T"
+    table = at.dataframe[0].value                             # per T: runs, mean, sd
+    assert list(table["runs"]) == [1, 2] and table["sd"].isna().tolist() == [True, False]
+    csv_button = next(b for b in at.get("download_button") if "CSV" in b.proto.label)
+    assert not csv_button.proto.disabled                      # the class as a CSV
+    students = next(d.value for d in at.dataframe if "code" in d.value.columns)
+    assert set(students["student"]) == {"Ana", "unnamed 1", "unnamed 2"}
+
+
+def test_a_new_class_archives_the_board_and_merging_moves_runs(runs_dir):
+    from kdengine import Roster
+    from kdengine.teaching.lessons import get_lesson
+    eng = engine()
+    lesson = get_lesson("why-temperature")
+    book = Roster(runs_dir)
+    book.register("aaaaaa111111", "Ana")
+    a = eng.submit(lesson.config({}, fast=True), owner="aaaaaa111111", lesson=lesson.id)
+    b = eng.submit(lesson.config({}, fast=True), owner="dddddd444444", lesson=lesson.id)
+    for rid in (a, b):
+        assert eng.wait(rid, timeout=300) == "done"
+    at = page({"tok": TOKEN}, path=INSTRUCTOR)
+    at.selectbox(key="ins_merge_old").set_value("dddddd444444")
+    at.selectbox(key="ins_merge_new").set_value("aaaaaa111111").run()
+    at.button(key="ins_merge").click().run()
+    at.button(key="ins_confirm_merge_yes").click().run()
+    assert not at.exception and eng.store.get_run(b)["owner"] == "aaaaaa111111"
+    assert book.merged_into("dddddd444444") == "aaaaaa111111"
+    at.button(key="ins_new_class").click().run()
+    at.button(key="ins_confirm_new_yes").click().run()
+    assert not at.exception
+    assert any("class 1 is archived" in s.value for s in at.success)
+    assert any("No runs in this class yet" in i.value for i in at.info)
+    assert eng.store.get_run(a)["archive"] == "class 1" and Roster(runs_dir).names() == {}
 
 
 def test_students_without_the_token_see_no_link_builder():
@@ -155,3 +204,26 @@ def test_soft_targets_page_shows_per_label_probabilities_of_a_text_run(runs_dir)
     at.number_input(key="st_text_layer").set_value(2).run()
     at.radio(key="st_text_who").set_value("student").run()     # 1 layer: the layer is clamped
     assert not at.exception and at.number_input(key="st_text_layer").value == 1
+
+
+def test_the_instructor_locks_changes_and_lifts_the_class_lock_live(runs_dir):
+    from kdengine import ClassState
+    at = page({"tok": TOKEN}, path=INSTRUCTOR)
+    assert any("No lesson is locked" in m.value for m in at.markdown)
+    at.selectbox(key="ins_lock_lesson").set_value("why-temperature").run()
+    at.number_input(key="ins_lock.why-temperature.method.params.T").set_value(3.0)
+    at.multiselect(key="ins_lockp.why-temperature.knobs").set_value(["method.params.T"]).run()
+    at.button(key="ins_lockp.why-temperature.set").click().run()
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 3.0}
+    student = app_test()                                       # a student's Lab, a new session
+    assert student.number_input(key="lab.mp.hinton.T.locked").value == 3.0
+    at.number_input(key="ins_lock.why-temperature.method.params.T").set_value(5.0).run()
+    at.button(key="ins_lockp.why-temperature.set").click().run()       # changed live
+    assert ClassState(runs_dir).lock().locked == {"method.params.T": 5.0}
+    student.run()
+    assert student.number_input(key="lab.mp.hinton.T.locked").value == 5.0
+    at.button(key="ins_lockp.why-temperature.lift").click().run()
+    assert ClassState(runs_dir).lock() is None
+    assert any("No lesson is locked" in m.value for m in at.markdown)
+    student.run()
+    assert not student.number_input(key="lab.mp.hinton.T").disabled     # free again

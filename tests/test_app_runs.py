@@ -1,5 +1,6 @@
 """AppTest of the Runs page: table, overlay, export buttons, open in Lab, delete and prune (each
-with its confirmation). Uses its own data folder, since deleting and pruning are the point."""
+with its confirmation; a student only their own runs, the instructor any). Uses its own data
+folder, since deleting and pruning are the point."""
 from __future__ import annotations
 
 import json
@@ -28,8 +29,16 @@ def runs(tmp_path_factory):
         yield list(ids.values()), Store(root)
 
 
-def page() -> AppTest:
-    at = app_test(page="app_pages/runs.py")
+TOKEN = "runs-page-token"
+
+
+@pytest.fixture(autouse=True)
+def _instructor_token(monkeypatch):
+    monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", TOKEN)
+
+
+def page(query: dict | None = None) -> AppTest:
+    at = app_test(page="app_pages/runs.py", query=query)
     assert not at.dataframe                     # by default only this session's runs: none yet
     at.toggle(key="runs_everyone").set_value(True).run()      # the runs of "someone"
     return at
@@ -46,7 +55,7 @@ def test_runs_table_overlay_and_export(runs):
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len(fig["data"]) == 3 and fig["layout"]["xaxis"]["title"]["text"] == "epoch"
     at.selectbox(key="runs_metric").set_value("loss/kd").run()
-    assert "loss/kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
+    assert "loss term: kd" in json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["title"]["text"]
     labels = {b.label for b in at.get("download_button")}
     assert labels == {"Export CSV", "Export JSON"}
 
@@ -75,9 +84,24 @@ def test_a_run_link_selects_that_run(runs):
     assert any("no-such-run" in w.value for w in at.warning)
 
 
+def test_a_student_sees_the_class_runs_but_deletes_and_prunes_only_her_own(runs):
+    ids, store = runs
+    at = page()                                  # a student: the runs are "someone"'s
+    at.multiselect(key="runs_sel").set_value([ids[0], ids[1]]).run()
+    assert not any(b.key == "runs_delete" for b in at.button)      # nothing of hers to delete
+    assert any("2 of the selected runs belong to other students" in c.value for c in at.caption)
+    assert any(e.label == "Prune my old runs" for e in at.expander)
+    at.number_input(key="runs_keep").set_value(0).run()
+    at.button(key="runs_prune").click().run()
+    assert any("of yours" in w.value for w in at.warning)
+    at.button(key="runs_confirm_prune_yes").click().run()
+    assert any("Deleted 0" in s.value for s in at.success)
+    assert all(store.get_run(i) is not None for i in ids)          # nothing of the others' lost
+
+
 def test_delete_asks_first_then_deletes(runs):
     ids, store = runs
-    at = page()
+    at = page({"tok": TOKEN})                    # the instructor may delete anyone's run
     at.multiselect(key="runs_sel").set_value([ids[0]]).run()
     at.button(key="runs_delete").click().run()
     assert any("cannot be undone" in w.value for w in at.warning)
@@ -92,7 +116,7 @@ def test_delete_asks_first_then_deletes(runs):
 
 def test_prune_keeps_the_newest(runs):
     ids, store = runs
-    at = page()
+    at = page({"tok": TOKEN})
     at.number_input(key="runs_keep").set_value(1).run()
     at.button(key="runs_prune").click().run()
     at.button(key="runs_confirm_prune_yes").click().run()

@@ -111,7 +111,7 @@ def test_soft_targets_figure_carries_every_T_for_the_browser_slider(finished):
 def test_soft_targets_bad_url_values_get_a_notice(finished):
     at = page({"run": "no-such-run", "T": "99", "i": "x"}, everyone=True)
     notice = " ".join(w.value for w in at.warning)
-    assert "run" in notice and "T" in notice and "i:" in notice
+    assert "run" in notice and "temperature T" in notice and "sample:" in notice   # in words
     assert at.session_state["st_T"] == 4.0                     # the run's own T
     fig = figure(at)
     assert explore.slider_temperatures()[fig["layout"]["sliders"][0]["active"]] == 4.0

@@ -46,7 +46,7 @@ def test_sweeps_page_fills_a_heatmap_and_exports_csv():
     # a bad value is reported on the page, not raised
     at.text_input(key="sw_xv_method.params.T").set_value("-3")
     at.button(key="sw_launch").click().run()
-    assert any("method.params.T" in e.value for e in at.error)
+    assert any("temperature T" in e.value for e in at.error)            # the knob by its label
     assert at.session_state["sweep_id"] == sweep_id
 
 
@@ -91,7 +91,7 @@ def test_sweeps_page_search_mode_marks_pruned_trials_and_links_the_best(monkeypa
     # a bad range names the knob, on the page
     at.number_input(key="se_lo_method.params.T").set_value(0.0)
     at.button(key="se_launch").click().run()
-    assert any("method.params.T" in e.value for e in at.error)
+    assert any("temperature T" in e.value for e in at.error)            # the knob by its label
     assert "search_id" not in at.session_state
     at.number_input(key="se_lo_method.params.T").set_value(1.0)
     at.number_input(key="se_epochs").set_value(3)

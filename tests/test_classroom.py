@@ -1,6 +1,7 @@
 """The roster (names, recovery codes), the instructor's grouping and legends,
-the instructor token, a new tab getting a student's runs back from their code, and lesson locks
-holding on every page that starts runs (Lab, Sweeps, TA gap)."""
+the instructor token, a new tab getting a student's runs back from their code, and the class's
+lesson lock (kept by the server) holding on every page that starts runs (Lab, Sweeps, TA gap), in a
+new session, against a hand-edited URL, until the instructor lifts it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_student_rows_give_latest_run_and_accuracy_with_names():
             run("s1", "bob", 3.0, 0.7, parent="sweep-1"),
             run("s2", "bob", 4.0, None, parent="sweep-1", status="running")]
     rows = student_rows(runs, {"ann": "Ann"})
-    assert [r.student for r in rows] == ["Ann", "session bob"]
+    assert [r.student for r in rows] == ["Ann", "unnamed 1"]
     ann, bob = rows
     assert (ann.runs, ann.latest.run_id, ann.latest_acc, ann.best_acc) == (2, "r2", 0.6, 0.8)
     assert (bob.runs, bob.active, bob.latest.run_id, bob.best_acc) == (1, 1, "s2", 0.7)
@@ -77,12 +78,11 @@ def test_legends_name_only_the_knobs_that_differ():
         "method.params.T": "T"}
 
 
-def test_instructor_token_from_env_or_generated_once(monkeypatch):
+def test_instructor_token_from_env_or_generated_once(monkeypatch, runs_dir):
     monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", "s3cret")
     assert classroom.token_matches("s3cret") and not classroom.token_matches("guess")
     assert not classroom.token_matches(None) and not classroom.token_matches("")
     monkeypatch.delenv("KD_INSTRUCTOR_TOKEN")
-    monkeypatch.setattr(classroom, "_token", None)
     said: list[str] = []
     tok = classroom.instructor_token(said.append)
     assert classroom.instructor_token(said.append) == tok and len(said) == 1 and tok in said[0]
@@ -112,6 +112,23 @@ def test_a_new_tab_gets_the_students_runs_back_from_the_code(runs_dir, tiny_cfg)
     get_engine().stop(rid)
 
 
+def test_a_second_ana_is_asked_for_her_code_not_made_a_second_identity(runs_dir):
+    from streamlit.testing.v1 import AppTest
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    first.run()
+    first.text_input(key="kd_name_input").set_value("Ana").run()
+    owner = first.session_state["kd_owner"]
+    tab = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)    # a new tab, no ?sid
+    tab.run()
+    tab.text_input(key="kd_name_input").set_value(" ana ").run()
+    assert not tab.exception
+    assert any("already a student's name" in w.value and "code" in w.value for w in tab.warning)
+    book = Roster(runs_dir)
+    assert list(book.names().values()) == ["Ana"]                 # still one Ana
+    tab.text_input(key="kd_code_input").set_value(book.code_of(owner)).run()
+    assert tab.session_state["kd_owner"] == owner                 # the code: the same Ana
+
+
 # ---- lesson locks beyond the Lessons page --------------------------------------------------------
 def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
     from kdengine.teaching.lessons import apply_locks, get_lesson, locked_note, parse_link
@@ -126,16 +143,19 @@ def test_locks_are_applied_to_any_config_and_named_next_to_the_text():
     assert "**T = 8.0**" in note and "the text below uses T = 4.0" in note
 
 
+def lock_class(root, locked: dict, lesson: str = "why-temperature") -> None:
+    """The instructor opens ``lesson`` for the class with ``locked`` (as the Instructor page does)."""
+    from kdengine import Caller, ClassLock, ClassState
+    ClassState(root).set_lock(ClassLock(lesson, locked), Caller("teacher", instructor=True))
+
+
 def test_the_lab_draws_a_locked_knob_disabled_at_its_value_and_trains_with_it(runs_dir):
     from streamlit.testing.v1 import AppTest
-    from kdengine.teaching.lessons import parse_link
+    lock_class(runs_dir, {"method.params.T": 8.0})
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["lessons_link"] = parse_link({"lesson": "why-temperature",
-                                                   "lock": "method.params.T",
-                                                   "method.params.T": "8"})
     at.run()
     t = at.number_input(key="lab.mp.hinton.T.locked")
-    assert t.disabled and t.value == 8.0 and "instructor's lesson link" in t.help
+    assert t.disabled and t.value == 8.0 and "Fixed by your instructor" in t.help
     assert not at.number_input(key="lab.train.epochs").disabled       # unlocked knobs stay free
     method = at.selectbox(key="lab.method.name")        # another method would escape the lock
     assert method.disabled and method.value == "hinton" and "its own T" in method.help
@@ -151,6 +171,7 @@ def test_the_lab_draws_a_locked_knob_disabled_at_its_value_and_trains_with_it(ru
 
 LOCK_T8 = {"lesson": "why-temperature", "lock": "method.params.T,train.epochs",
            "method.params.T": "8", "train.epochs": "1"}
+T8 = {"method.params.T": 8.0, "train.epochs": 1}
 
 
 def test_a_locked_knob_and_the_method_it_belongs_to_are_not_free_to_vary():
@@ -163,25 +184,54 @@ def test_a_locked_knob_and_the_method_it_belongs_to_are_not_free_to_vary():
     assert free_knobs(["method.name", "train.lr"], {"train.lr": 0.1})[0] == ["method.name"]
 
 
-def test_a_lesson_link_that_opens_on_the_lab_locks_it_and_says_so():
-    at = app_test(query=LOCK_T8)
-    assert not at.warning, [w.value for w in at.warning]          # lesson and lock are no fields
-    assert any("`method.params.T` = 8.0, `train.epochs` = 1" in i.value for i in at.info)
-    assert at.session_state["lessons_link"].locked == {"method.params.T": 8.0, "train.epochs": 1}
+def test_an_instructor_link_locks_the_class_and_a_student_link_locks_nothing(runs_dir,
+                                                                            monkeypatch):
+    from kdengine import ClassState
+    monkeypatch.setenv("KD_INSTRUCTOR_TOKEN", "tok-1")
+    student = app_test(query=LOCK_T8)                  # a student's copy of the link: no lock
+    assert ClassState(runs_dir).lock() is None and not student.number_input(
+        key="lab.mp.hinton.T").disabled
+    assert any("only your instructor can fix" in w.value for w in student.warning)
+    at = app_test(query={**LOCK_T8, "tok": "tok-1"})   # the instructor opens it: the class is locked
+    assert ClassState(runs_dir).lock().locked == T8
+    assert any("temperature T = 8.0, epochs = 1" in i.value for i in at.info)
+    other = app_test()                                 # any student, any tab, no link at all
+    assert any("temperature T = 8.0, epochs = 1" in i.value for i in other.info)
+    assert other.number_input(key="lab.mp.hinton.T.locked").value == 8.0
 
 
-def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock():
+def test_the_lock_survives_a_new_session_and_a_hand_edited_url_until_lifted(runs_dir):
+    from kdengine import Caller, ClassState
+    lock_class(runs_dir, {"method.params.T": 2.0})
+    at = app_test(query={"method.params.T": "9.0"})     # F5 / a new tab / an edited URL
+    t = at.number_input(key="lab.mp.hinton.T.locked")
+    assert t.disabled and t.value == 2.0
+    refused = " ".join(w.value for w in at.warning)
+    assert "temperature T: your instructor has fixed it at 2.0; the link's 9.0 is not used" in refused
+    sweeps = app_test("app_pages/sweeps.py")             # another page: T is no sweep axis
+    assert "temperature T" not in sweeps.selectbox(key="sw_x").options     # options by label
+    ClassState(runs_dir).set_lock(None, Caller("teacher", instructor=True))
+    free = app_test(query={"method.params.T": "9.0"})
+    t = free.number_input(key="lab.mp.hinton.T")
+    assert not t.disabled and t.value == 9.0 and not free.warning
+    assert "temperature T" in app_test("app_pages/sweeps.py").selectbox(key="sw_x").options
+
+
+def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock(runs_dir):
     from kdengine import get_sweep
     from ui.engine import get_engine
-    at = app_test("app_pages/sweeps.py", query=LOCK_T8)
+    lock_class(runs_dir, T8)
+    at = app_test("app_pages/sweeps.py")
     at.selectbox(key="sw_preset").set_value("digits-quick").run()
     for key in ("sw_x", "sw_y"):
-        assert not {"method.params.T", "method.name"} & set(at.selectbox(key=key).options)
-    note = next(i.value for i in at.info if "lesson link locks" in i.value)
-    assert "`method.params.T` = 8.0" in note and "`method.params.T` (locked at 8.0)" in note
+        options = at.selectbox(key=key).options                   # by label
+        assert not {"temperature T", "method"} & set(options) and "soft weight" in options
+    note = next(i.value for i in at.info if "instructor has fixed" in i.value)
+    assert "temperature T = 8.0" in note and "temperature T (locked at 8.0)" in note
     assert at.number_input(key="sw_epochs.locked").disabled
     at.radio(key="sw_mode").set_value("search").run()              # nor can a search range over it
-    assert "method.params.T" not in at.multiselect(key="se_knobs").options
+    knobs = at.multiselect(key="se_knobs").options                   # by label
+    assert "temperature T" not in knobs and "soft weight" in knobs
     at.radio(key="sw_mode").set_value("grid").run()
     at.selectbox(key="sw_x").set_value("method.params.soft_weight").run()
     at.text_input(key="sw_xv_method.params.soft_weight").set_value("0.5, 0.9")
@@ -196,11 +246,12 @@ def test_the_sweeps_page_refuses_a_locked_axis_and_its_cells_carry_the_lock():
     assert all(c["method"]["params"]["T"] == 8.0 and c["train"]["epochs"] == 1 for c in cells)
 
 
-def test_the_ta_gap_runs_carry_the_lock():
+def test_the_ta_gap_runs_carry_the_lock(runs_dir):
     from kdengine import get_experiment
     from ui.engine import get_engine
-    at = app_test("app_pages/ta_gap.py", query=LOCK_T8)
-    assert any("`method.params.T` = 8.0" in i.value for i in at.info)
+    lock_class(runs_dir, T8)
+    at = app_test("app_pages/ta_gap.py")
+    assert any("temperature T = 8.0" in i.value for i in at.info)
     at.multiselect(key="ta_sizes_mlp").set_value(["MLP 1x8", "MLP 1x16", "MLP 1x32"]).run()
     at.number_input(key="ta_seeds").set_value(1)
     at.selectbox(key="ta_choice").set_value(1)                      # a fixed TA: no rule to wait for

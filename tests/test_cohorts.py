@@ -4,11 +4,11 @@ its own checkpoint (what a run alone saves), its own stop / pause / resume, one 
 slot for the whole cohort."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
 
+from conftest import until
 from kdengine.core.events import Checkpoint, Ended, Metrics
 from kdengine import Engine, RunConfig, Store
 from kdengine.core.checkpoints import RunCheckpoint, read_run_checkpoint
@@ -18,13 +18,6 @@ from kdengine.run.stacked import why_not_cohort
 from kdengine.run.units import RunTicket, Unit, make_trainer, train_unit
 
 WINDOW = 0.3
-
-
-def _until(cond, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
 
 
 def _cfg(tiny_cfg: RunConfig, epochs: int = 3, **overrides) -> RunConfig:
@@ -130,7 +123,7 @@ def test_sessions_runs_train_as_one_cohort_each_as_it_would_alone(runs_dir, tiny
         pair = [eng.submit(_cfg(tiny_cfg, **{"train.seed": 2}), owner=o) for o in ("eve", "fay")]
         assert all(eng.queue_info(r)[0] == 0 for r in ids)          # in the window
         assert len(eng.queued()) == 6
-        _until(lambda: eng.queue_info(pair[1])[0] == 2)             # the windows close by themselves
+        assert until(lambda: eng.queue_info(pair[1])[0] == 2)  # the windows close by themselves
         positions = {r: eng.queue_info(r)[0] for r in ids + [other] + pair}
         assert len({positions[r] for r in ids}) == 1                 # one entry for the cohort
         assert sorted(positions.values()) == [0, 0, 0, 1, 2, 2]

@@ -4,13 +4,13 @@ engine, and when the worker node is killed mid-run no run is lost: each run it h
 from its last checkpoint on the node left, with a notice."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
+from conftest import until  # noqa: E402
 from kdengine.core.events import Metrics  # noqa: E402
 from kdengine.core.store import Store  # noqa: E402
 from kdengine.run.engine import Engine  # noqa: E402
@@ -27,15 +27,6 @@ def two_nodes():
     cluster.shutdown()
 
 
-def _until(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_a_class_and_a_search_on_two_nodes_survive_a_lost_node(runs_dir, tiny_cfg, two_nodes):
     cluster, worker = two_nodes
     eng = Engine(store=Store(runs_dir), ray_address=cluster.address)
@@ -50,7 +41,7 @@ def test_a_class_and_a_search_on_two_nodes_survive_a_lost_node(runs_dir, tiny_cf
                           if isinstance(e, Metrics) and "test_acc" in e.values else None)
         # three runs train (one per CPU), at least one has checkpointed an epoch: kill the node
         # that hosts two of them
-        assert _until(lambda: len([r for r in ids if eng.status(r) == "running"]) == 3
+        assert until(lambda: len([r for r in ids if eng.status(r) == "running"]) == 3
                       and any(eng.store.checkpoint_path(r).exists() for r in ids), 300)
         cluster.remove_node(worker, allow_graceful=False)
         for rid in ids:

@@ -555,6 +555,8 @@ def test_every_page_survives_a_hostile_link(runs_dir, page):
         at.run()
     assert not at.exception, [e.value for e in at.exception]
     notice = " ".join(w.value for w in at.warning) + " ".join(e.value for e in at.error)
-    for field in NAMED.get(page, []):
-        assert f"`{field}:" in notice or f"**{field}**" in notice, (field, notice[:500])
+    from ui.words import knob_label
+    for field in NAMED.get(page, []):       # named as the page names it: by its label
+        name = knob_label(field)
+        assert f"{name}:" in notice or f"{name} must" in notice, (field, notice[:500])
     assert not (runs_dir.parent / "etc").exists()

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import until
 from kdengine.core.events import Metrics
 from kdengine.core.store import Store
 from kdengine.run.engine import Engine
@@ -100,15 +101,6 @@ def test_newcomer_gets_points_while_a_long_run_trains(runs_dir, tiny_cfg):
 
 
 # ---- worker processes --------------------------------------------------------------------------
-def _until(cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_worker_processes_stream_pause_stop_and_survive_a_killed_worker(runs_dir, tiny_cfg):
     eng = Engine(store=Store(runs_dir), max_workers=1, slots=2, processes=True)
@@ -137,10 +129,10 @@ def test_worker_processes_stream_pause_stop_and_survive_a_killed_worker(runs_dir
         worker = eng._executors[0].process
         os.kill(worker.pid, signal.SIGKILL)
         # the run goes on by itself, in a new worker, from its last checkpoint
-        assert _until(lambda: any("stopped unexpectedly" in n
+        assert until(lambda: any("stopped unexpectedly" in n
                                   for n in eng.snapshot(long_id).notices), 60)
         assert eng._executors[0].process.pid != worker.pid           # a new worker took over
-        assert _until(lambda: any("Resumed from the checkpoint" in n
+        assert until(lambda: any("Resumed from the checkpoint" in n
                                   for n in eng.snapshot(long_id).notices), 60)
         notices = eng.snapshot(long_id).notices
         assert any("continues from its last checkpoint (epoch" in n for n in notices), notices

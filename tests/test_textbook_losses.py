@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdengine.methods import Batch, TrainContext, get_method_class
-from kdengine.run.stacking import stacked_params
+from kdengine.run.stacked import stacked_params
 from kdengine.run.trainer import train_step
 
 K, D, B = 10, 8, 32

@@ -24,6 +24,13 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
            "#9D755D", "#EECA3B", "#BAB0AC"]
 PLOT_CONFIG = {"displayModeBar": False, "responsive": True}
 HEIGHT = 260
+# Accuracy, agreement and KL: room for the accuracy chart's legend, an entry a row in a narrow
+# column (fixed-width entries, two a row, cut the names short there).
+ROW_HEIGHT = HEIGHT + 80
+# The legend sits under the whole figure (its container), below the x axis title: placed in the
+# plot's own coordinates it overlapped the axis title whenever a narrow column wrapped it.
+LEGEND = {"orientation": "h", "xref": "container", "x": 0, "yref": "container", "y": 0,
+          "yanchor": "bottom"}
 
 
 def term_color(term: str) -> str:
@@ -34,8 +41,7 @@ def term_color(term: str) -> str:
 def style(fig: go.Figure, title: str, x_title: str, y_title: str, height: int = HEIGHT,
             y_percent: bool = False) -> go.Figure:
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=height,
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"orientation": "h", "y": -0.3, "x": 0},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend=LEGEND,
                       xaxis_title=x_title, yaxis_title=y_title, hovermode="x unified")
     if y_percent:
         fig.update_yaxes(tickformat=".0%")
@@ -63,22 +69,20 @@ def _fig(traces: list[dict], title: str, x_title: str, y_title: str, y_percent: 
     return {"data": traces, "layout": {
         "title": {"text": title, "font": {"size": 14}}, "height": height,
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "hovermode": "x unified",
-        "legend": {"orientation": "h", "y": -0.3, "x": 0},
+        "legend": LEGEND,
         "xaxis": {"title": {"text": x_title}}, "yaxis": yaxis}}
 
 
 def _ref_line(fig: dict, y: float, label: str, color: str) -> None:
-    """A dotted horizontal reference line across the plot, labelled at its right end."""
-    layout = fig["layout"]
-    layout.setdefault("shapes", []).append({
+    """A dotted horizontal reference line across the plot, named in the legend (under the plot):
+    a label on the plot itself covered the student's curve where it ends, next to these levels,
+    and that end is what the lessons ask to read."""
+    fig["layout"].setdefault("shapes", []).append({
         "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": y, "y1": y,
         "line": {"color": color, "dash": "dot", "width": 2}})
-    # On a white backing: the student's curve runs close to these levels and used to overdraw the
-    # label.
-    layout.setdefault("annotations", []).append({
-        "xref": "paper", "x": 1, "yref": "y", "y": y, "text": f"{label} {y:.1%}",
-        "showarrow": False, "xanchor": "right", "yanchor": "top",
-        "bgcolor": "rgba(255,255,255,0.85)", "font": {"color": color}})
+    fig["data"].append({"type": "scatter", "x": [None], "y": [None], "mode": "lines",
+                        "name": f"{label} {y:.1%}", "hoverinfo": "skip",
+                        "line": {"color": color, "dash": "dot", "width": 2}})
 
 
 def loss_figure(series: dict, name: str) -> dict:
@@ -94,7 +98,7 @@ def accuracy_figure(series: dict, latest: dict | None = None) -> dict:
     latest = latest or {}
     traces = [_line(*xy(series, "test_acc"), "student test", STUDENT),
               _line(*xy(series, "train_acc"), "student train", STUDENT, "dash")]
-    fig = _fig(traces, "accuracy", "epoch", "accuracy (%)", y_percent=True)
+    fig = _fig(traces, "accuracy", "epoch", "accuracy (%)", y_percent=True, height=ROW_HEIGHT)
     t, b = latest.get("teacher_test_acc"), latest.get("baseline_test_acc")
     if t is not None and t == t:
         _ref_line(fig, t, "teacher", TEACHER)
@@ -104,8 +108,10 @@ def accuracy_figure(series: dict, latest: dict | None = None) -> dict:
 
 
 def metric_figure(series: dict, name: str, title: str, y_title: str, color: str = STUDENT,
-                  y_percent: bool = False) -> dict:
-    return _fig([_line(*xy(series, name), name, color)], title, "epoch", y_title, y_percent)
+                  y_percent: bool = False, height: int = HEIGHT) -> dict:
+    from ui.words import metric_name
+    return _fig([_line(*xy(series, name), metric_name(name), color)], title, "epoch", y_title,
+                y_percent, height)
 
 
 def show(fig: go.Figure | dict, key: str | None = None, where=None) -> None:
@@ -175,9 +181,10 @@ def live_figures(snap: RunSnapshot, key: str) -> dict[str, go.Figure]:
     figs["accuracy"] = accuracy_figure(series, latest)
     if "agreement" in series:
         figs["agreement"] = metric_figure(series, "agreement", "student–teacher agreement",
-                                          "same top-1 on test (%)", TEACHER, y_percent=True)
+                                          "same top-1 on test (%)", TEACHER, y_percent=True,
+                                          height=ROW_HEIGHT)
         figs["kl_test"] = metric_figure(series, "kl_test", "KL(teacher ‖ student) on test",
-                                        "KL (nats, T = 1)", TEACHER)
+                                        "KL (nats, T = 1)", TEACHER, height=ROW_HEIGHT)
     built = {name: checked(fig) for name, fig in figs.items()}
     st.session_state[f"live_figures.{key}"] = (seen, built)
     return built
@@ -213,7 +220,9 @@ def overlay_figure(curves: Iterable[tuple[str, list, list]], metric: str) -> go.
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label,
                                  line={"color": PALETTE[i % len(PALETTE)], "width": 2},
                                  marker={"size": 4}))
+    from ui.words import metric_name
     pct = metric.endswith("_acc") or metric == "agreement"
     unit = "(%)" if pct else ("(nats)" if metric.startswith(("loss/", "kl")) else "")
-    return style(fig, f"{metric} by run", "epoch", f"{metric} {unit}".strip(), height=380,
-                   y_percent=pct)
+    name = metric_name(metric)
+    return style(fig, f"{name} by run", "epoch", f"{name} {unit}".strip(), height=380,
+                 y_percent=pct)

@@ -17,6 +17,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("app_pages/sweeps.py", "Sweeps", ":material/grid_on:"),
     ("app_pages/lessons.py", "Lessons", ":material/school:"),
     ("app_pages/instructor.py", "Instructor", ":material/co_present:"),
+    ("app_pages/data.py", "Data", ":material/dataset:"),
     ("app_pages/runs.py", "Runs", ":material/table_rows:"),
 ]
 

@@ -34,7 +34,8 @@ def history_figure(rows: list[dict], metric: str, maximise: bool = True) -> go.F
             ys.append(best)
     if xs:
         fig.add_scatter(x=xs, y=ys, mode="lines", name="best so far", line=dict(shape="hv"))
-    return style(fig, "Optimisation history", "trial", metric)
+    from ui.words import metric_name
+    return style(fig, "Optimisation history", "trial", metric_name(metric))
 
 
 def optuna_figures(study, knobs: list[str], pareto: bool) -> dict[str, go.Figure]:
@@ -61,4 +62,20 @@ def optuna_figures(study, knobs: list[str], pareto: bool) -> dict[str, go.Figure
         out["contour"] = ov.plot_contour(study, params=numeric[:2])
     elif complete:
         out["slice"] = ov.plot_slice(study, params=knobs[:2])
+    for fig in out.values():
+        _name_knobs(fig, knobs)
     return out
+
+
+def _name_knobs(fig: go.Figure, knobs: list[str]) -> None:
+    """Optuna names the knobs by their config paths (axis titles, the importance bars): say their
+    names instead."""
+    from ui.words import knob_label
+    names = {k: knob_label(k) for k in knobs}
+    fig.for_each_xaxis(lambda a: a.update(title_text=names.get(a.title.text, a.title.text)))
+    fig.for_each_yaxis(lambda a: a.update(title_text=names.get(a.title.text, a.title.text)))
+    for t in fig.data:
+        for axis in ("x", "y"):
+            vals = getattr(t, axis, None)
+            if vals is not None and len(vals) and all(isinstance(v, str) for v in vals):
+                t.update({axis: [names.get(v, v) for v in vals]})

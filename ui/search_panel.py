@@ -4,6 +4,7 @@ arrive; open the best config in the Lab. Logic lives in :mod:`kdengine.experimen
 ``setup`` and ``view`` are separate so the page's polling (a fragment) can wrap ``view`` alone."""
 from __future__ import annotations
 
+import re
 from typing import Container
 from urllib.parse import urlencode
 
@@ -16,18 +17,19 @@ from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_MET
                       is_running, knob_meta, resume_search, search_warnings, shown_status,
                       start_search, stored_trials, study_of)
 from ui import widgets
-from ui.classroom import number_knob, with_locks
+from ui.classroom import may_change, number_knob, with_locks
 from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
 from ui.state import config_to_query
+from ui.words import error_text, knob_label, metric_name, plain
 
 ss = st.session_state
-VAL_NOTE = ("Trials are scored on **validation accuracy**: a share of the training set (data."
-            "val_fraction, 20% unless the preset sets one) that neither the teacher nor the student "
-            "trains on. The test set is never looked at while searching, so the test figure of the "
-            "best config stays honest.")
+VAL_NOTE = ("Trials are scored on **validation accuracy**: a share of the training set (20% unless "
+            "the preset sets another) that neither the teacher nor the student trains on. The test "
+            "set is never looked at while searching, so the test figure of the best config stays "
+            "honest.")
 # Words for the backends the engine offers (SEARCH_BACKENDS); one it adds later is offered by name.
-BACKEND_HELP = {"local": "trials on the engine's workers",
+BACKEND_HELP = {"local": "each trial is a run of its own, queued like any other",
                 "vectorised": "batches of 8 suggestions trained together as stacked students "
                               "(method knobs only; a pruned trial leaves the pass)"}
 PRUNER_HELP = ("median: stop a trial whose epoch-k accuracy is below the median of earlier trials at "
@@ -50,10 +52,15 @@ def searchable(base: RunConfig) -> list[str]:
     return out
 
 
+def _said(note: str) -> str:
+    """A search's stored warning in the page's words: metric keys and config paths named."""
+    return plain(re.sub(r"\b(?:val_acc|test_acc|kl_test)\b", lambda m: metric_name(m.group(0)), note))
+
+
 def _range_inputs(base: RunConfig, key: str) -> dict:
     """Widgets for one knob's range, defaulting to the knob's metadata."""
     rng = default_range(base, key)
-    short = key.rsplit(".", 1)[-1]
+    short = knob_label(key)
     if "choices" in rng:
         picked = st.multiselect(f"{short}: choices", rng["choices"], rng["choices"], key=f"se_ch_{key}")
         return {"choices": picked}
@@ -70,17 +77,17 @@ def _range_inputs(base: RunConfig, key: str) -> dict:
 
 def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[str] = ()) -> None:
     """The search form; a started search's id goes to ``st.session_state['search_id']``. ``base``
-    has the lesson link's locks applied; ``refused`` are the knobs they keep out of the space."""
+    has the class lock applied; ``refused`` are the knobs they keep out of the space."""
     st.caption(VAL_NOTE)
     fields = [k for k in searchable(base) if k not in refused]
     default = [k for k in DEFAULT_SEARCH_SPACE if k in fields][:2]
-    knobs = st.multiselect("Knobs to search", fields, default, key="se_knobs")
+    knobs = st.multiselect("Knobs to search", fields, default, key="se_knobs", format_func=knob_label)
     space = {}
     for key in knobs:
         try:
             space[key] = _range_inputs(base, key)
         except ConfigError as e:
-            st.error(str(e), icon=":material/error:")
+            st.error(error_text(e), icon=":material/error:")
     c1, c2, c3, c4 = st.columns(4)
     epochs = number_knob(c1, "Student epochs (max per trial)", "train.epochs", 1, 200,
                          int(base.train.epochs), "se_epochs")
@@ -90,7 +97,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
                            help="a seed reproduces the study; trials then run one at a time")
     c1, c2, c3, c4 = st.columns(4)
     pruner = c1.radio("Pruner", PRUNERS, key="se_pruner", horizontal=True, help=PRUNER_HELP)
-    metric = c2.selectbox("Metric", list(SEARCH_METRICS), key="se_metric")
+    metric = c2.selectbox("Metric", list(SEARCH_METRICS), key="se_metric", format_func=metric_name)
     pareto = c3.checkbox("Also minimise epoch time (Pareto front)", key="se_pareto",
                          help="two objectives: Optuna cannot prune them, so every trial runs to the end")
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
@@ -98,7 +105,7 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
                                       if k in BACKEND_HELP))
     for note in search_warnings(SearchSpec(base=base.to_dict(), space={}, metric=metric),
                                 engine.store):
-        st.warning(note, icon=":material/warning:")
+        st.warning(_said(note), icon=":material/warning:")
     if st.button("Run search", type="primary", key="se_launch"):
         cfg = base.copy()
         cfg.train.epochs = int(epochs)
@@ -126,10 +133,10 @@ def view(engine, owner: str, search_id: str) -> None:
                 text=f"{status} · {len(finished)}/{spec.n_trials} trials · {pruned} pruned · "
                      f"{epochs} epochs trained · backend {spec.backend}")
     for note in (se.notices if se else row["state"].get("notices", [])):
-        st.warning(note, icon=":material/warning:")
+        st.warning(_said(note), icon=":material/warning:")
     err = se.error if se else row["state"].get("error")
     if err:
-        st.error(err, icon=":material/error:")
+        st.error(plain(err), icon=":material/error:")
     _best(spec, rows, owner)
     st.plotly_chart(history_figure(rows, spec.metric, spec.directions[0] == "maximize"),
                     key=f"se_hist_{search_id}", config={"displayModeBar": False})
@@ -139,8 +146,12 @@ def view(engine, owner: str, search_id: str) -> None:
         fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 40, "b": 10})
         col.plotly_chart(fig, key=f"se_{name}_{search_id}", config={"displayModeBar": False})
     table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
+    table = table.rename(columns=lambda c: knob_label(c) if "." in c else
+                         (metric_name(spec.metric) if c == "value" else c.replace("_", " ")))
     st.dataframe(table, hide_index=True, key=f"se_table_{search_id}")
     active = se is not None and not se.done
+    if not may_change(row["owner"]):      # another student's search: read only
+        return
     b1, b2 = st.columns(2)
     if active and b1.button("Stop search", key=f"se_stop_{search_id}"):
         se.stop()
@@ -163,9 +174,10 @@ def _best(spec: SearchSpec, rows: list[dict], owner: str) -> None:
     best = best_trial(rows, spec)
     if best is None:
         return
-    knobs = ", ".join(f"{k.rsplit('.', 1)[-1]} = {best[k]:.4g}" if isinstance(best[k], float)
-                      else f"{k.rsplit('.', 1)[-1]} = {best[k]}" for k in spec.space)
-    st.success(f"Best so far: trial #{best['trial']}, {spec.metric} {best['value']:.4f} ({knobs})",
+    knobs = ", ".join(f"{knob_label(k)} = {best[k]:.4g}" if isinstance(best[k], float)
+                      else f"{knob_label(k)} = {best[k]}" for k in spec.space)
+    st.success(f"Best so far: trial #{best['trial']}, {metric_name(spec.metric)} {best['value']:.4f} "
+               f"({knobs})",
                icon=":material/trophy:")
     query = config_to_query(best_config(spec, best))
     try:

@@ -107,8 +107,9 @@ def show_url_notice(problems: list[str]) -> None:
     if not problems:
         return
     import streamlit as st
+    from ui.words import problem_text
     st.warning("Some values in the link were not valid and were reset to their defaults:\n\n"
-               + "\n".join(f"- `{p}`" for p in problems), icon=":material/link_off:")
+               + "\n".join(f"- {problem_text(p)}" for p in problems), icon=":material/link_off:")
 
 
 def presets() -> dict[str, str]:

@@ -6,12 +6,9 @@ import math
 import plotly.graph_objects as go
 
 from ui.charts import BASELINE, PALETTE, STUDENT, TEACHER, style
+from ui.words import knob_label, metric_name
 
 VIA_TA = "#54A24B"
-
-
-def _short(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
 
 
 def _fmt(v) -> str:
@@ -57,8 +54,9 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
         text.append(tr)
         custom.append(cr)
     xs, ys = [_fmt(v) for v in x_values], [_fmt(v) for v in y_values]
+    name = metric_name(metric)
     if ref is None:
-        scale = {"colorscale": "Viridis", "colorbar": {"title": {"text": metric}}}
+        scale = {"colorscale": "Viridis", "colorbar": {"title": {"text": name}}}
     else:
         scale = {"colorscale": "RdBu", "zmid": 0.0,
                  "colorbar": {"title": {"text": f"points vs student alone ({ref:.1%})"}}}
@@ -71,16 +69,16 @@ def heatmap_figure(rows: list[dict], x_key: str, y_key: str, metric: str,
         x=[c[0] for c in cells], y=[c[1] for c in cells], mode="markers", name="cells",
         showlegend=False, marker={"symbol": "square", "size": 60, "opacity": 0.01, "color": "#000"},
         customdata=[[*c[3], c[2]] for c in cells],
-        hovertemplate=(f"{_short(x_key)} = %{{x}}<br>{_short(y_key)} = %{{y}}<br>{metric} = "
+        hovertemplate=(f"{knob_label(x_key)} = %{{x}}<br>{knob_label(y_key)} = %{{y}}<br>{name} = "
                        "%{customdata[5]}<br>run %{customdata[0]} (%{customdata[1]}, "
                        "%{customdata[2]})<br>agreement %{customdata[3]}<br>teacher acc "
                        "%{customdata[4]}<br>click to open the run<extra></extra>")))
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    title = f"{metric} over {_short(x_key)} × {_short(y_key)}"
+    title = f"{name} over {knob_label(x_key)} × {knob_label(y_key)}"
     if ref is not None:
         title += f" (colour: difference to the student alone, {ref:.1%})"
-    fig = style(fig, title, x_key, y_key, height=380)
+    fig = style(fig, title, knob_label(x_key), knob_label(y_key), height=380)
     fig.update_layout(hovermode="closest")
     return fig
 
@@ -94,10 +92,11 @@ def knob_lines_figure(rows: list[dict], knob: str, other: str | None, metric: st
         pts = [(v, r.get(metric)) for v in values for r in rows
                if r.get(knob) == v and (other is None or r.get(other) == ov)
                and r.get("status") == "done" and isinstance(r.get(metric), (int, float))]
-        name = f"{_short(other)} = {_fmt(ov)}" if other else metric
+        name = f"{knob_label(other)} = {_fmt(ov)}" if other else metric_name(metric)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name,
                                  mode="lines+markers", line={"color": PALETTE[i % len(PALETTE)]}))
-    return style(fig, f"{metric} against {_short(knob)}", knob, metric)
+    return style(fig, f"{metric_name(metric)} against {knob_label(knob)}", knob_label(knob),
+                 metric_name(metric))
 
 
 def _band(fig: go.Figure, x: list, mean: list, sd: list, color: str, name: str) -> None:
@@ -144,17 +143,24 @@ def ta_gap_figure(results: dict) -> go.Figure:
 
 
 def ladder_figure(results: dict) -> go.Figure:
-    """The ladder's own (scratch) accuracies against size, the TA picks marked."""
+    """The ladder's own (scratch) accuracies against size, the TA picks marked. Each size is named
+    above and left of its point, off the rising line (below right, the names sat on the line and ran
+    off the plot's edge)."""
     rows = results["ladder"]
     pts = [r for r in rows if r["scratch_acc"] is not None]
     colors = [VIA_TA if r["role"] == "TA pick" else (STUDENT if r["role"] == "student" else
                                                      TEACHER) for r in pts]
     fig = go.Figure(go.Scatter(
         x=[r["params"] for r in pts], y=[r["scratch_acc"] for r in pts], mode="lines+markers+text",
-        text=[r["size"] for r in pts], textposition="bottom right", marker={"color": colors, "size": 10},
+        text=[r["size"] for r in pts], textposition="top left", cliponaxis=False,
+        marker={"color": colors, "size": 10},
         error_y={"type": "data", "array": [r["scratch_sd"] or 0 for r in pts]},
         line={"color": BASELINE}, name="from scratch"))
     fig = style(fig, "The ladder trained from scratch", "parameters (log scale)", "test accuracy",
-                  y_percent=True)
+                y_percent=True)
+    if pts:     # room on the left for the first name, above for the last
+        lo, hi = math.log10(min(r["params"] for r in pts)), math.log10(max(r["params"] for r in pts))
+        fig.update_xaxes(range=[lo - 0.1 - 0.2 * (hi - lo), hi + 0.05 * (hi - lo) + 0.05])
+        fig.update_layout(margin={"t": 60})
     fig.update_xaxes(type="log")
     return fig

@@ -63,7 +63,8 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
     kind, optional = _kind(spec)
     if key not in st.session_state:
         st.session_state[key] = _seed(kind, value, optional)
-    label, help_ = label_of(spec), spec.get("help") or None
+    from ui.words import plain
+    label, help_ = label_of(spec), plain(spec.get("help") or "") or None
     if kind == "choice":
         opts = list(spec["choices"])
         if st.session_state[key] not in opts:
@@ -97,12 +98,12 @@ def widget(spec: dict, key: str, value: Any, where=None, disabled: bool = False,
 
 def locked_widget(spec: dict, key: str, value: Any, where=None,
                   format_func: Callable[[Any], str] = str) -> Any:
-    """The widget of a knob an instructor's lesson link locks: drawn disabled at ``value``, under its
+    """The widget of a knob the class lock fixes: drawn disabled at ``value``, under its
     own key (the free widget's state is left alone), with a help text that says why; returns
     ``value``. The state is set on every run, so nothing but the link decides what it shows."""
     kind, optional = _kind(spec)
     st.session_state[f"{key}.locked"] = _seed(kind, value, optional)
-    why = "Locked by your instructor's lesson link: every run started here uses this value."
+    why = "Fixed by your instructor for this lesson: every run started here uses this value."
     widget({**spec, "help": f"{spec.get('help') or ''}\n\n{why}".strip()}, f"{key}.locked", value,
            where, disabled=True, format_func=format_func)
     return value
@@ -120,13 +121,15 @@ def _with_range(help_: str | None, spec: dict) -> str | None:
 
 
 def problem(spec: dict, value: Any, where=None) -> str | None:
-    """Check one field's value against its rule; show the broken rule under the field, in the
-    words of ``kdengine.core.knobs`` (the URL notice's words). Returns the message, or None."""
+    """Check one field's value against its rule; show the broken rule under the field, named by the
+    field's label (the URL notice's words). Returns the message, or None."""
+    from ui.words import error_text
     try:
         check_field(spec["name"], value, spec)
     except ConfigError as e:
-        (where or st).markdown(f":red[:material/error: {e.message}]")
-        return e.message
+        text = error_text(e, label_of(spec))
+        (where or st).markdown(f":red[:material/error: {text}]")
+        return text
     return None
 
 
@@ -148,7 +151,7 @@ def render_fields(cls, values: dict, key_prefix: str, names: Iterable[str] | Non
     """Widgets for the fields of dataclass ``cls``; returns ``{name: value}`` for those drawn.
 
     ``names`` picks and orders fields; ``advanced`` True/False keeps only advanced / plain ones.
-    ``locked``: field -> value an instructor's link fixes; those are drawn disabled at that value
+    ``locked``: field -> value the class lock fixes; those are drawn disabled at that value
     (:func:`locked_widget`). Nested dataclass fields are skipped (render them with their own call)."""
     specs = {s["name"]: s for s in field_specs(cls)}
     hints = typing.get_type_hints(cls)
@@ -236,10 +239,11 @@ def field(cls, name: str, values: dict, key_prefix: str, where=None,
 def launch_experiment(key: str, start: Callable[[], Any]) -> None:
     """Start a sweep or a search (``start()`` returns it) and keep its id in
     ``st.session_state[key]``; a refusal is shown in the page, naming the field."""
+    from ui.words import error_text
     try:
         st.session_state[key] = start().id
     except ConfigError as e:
-        st.error(str(e), icon=":material/error:")
+        st.error(error_text(e), icon=":material/error:")
 
 
 def stored_sweep_picker(store, kind: str, key: str, label: str, limit: int = 50) -> str | None:

@@ -429,11 +429,12 @@ def similarity_absent_reason(cfg: dict, has_teacher: bool) -> str:
     if not has_teacher:
         return ("This run has no teacher, so there is no teacher boundary to compare with (for a "
                 "student-alone reference that has one, use plain KD with soft weight 0).")
+    switch = "“measure boundary similarity” (the Lab: Training, more)"
     if mode == "off":
-        return "MagSim / AngSim were switched off for this run (train.boundary_metrics = off)."
+        return f"MagSim / AngSim were switched off for this run ({switch})."
     if mode == "auto" and not two_d and method != "bss":
-        return (f"MagSim / AngSim are not measured for this run: with train.boundary_metrics = "
-                f"auto they are measured on 2-D data and for BSS only, and this is a `{method}` "
-                f"run on {data.get('name', '?')} (on image data the probe attack costs about ten "
-                f"epochs). Set train.boundary_metrics = on to measure them.")
+        return (f"MagSim / AngSim are not measured for this run: unless switched on, they are "
+                f"measured on 2-D data and for BSS only, and this is a {method} run on "
+                f"{data.get('name', '?')} (on image data the probe attack costs about ten epochs). "
+                f"Switch on {switch} to measure them.")
     return "MagSim / AngSim appear when the first epoch ends."

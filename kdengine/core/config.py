@@ -59,9 +59,9 @@ class DataConfig:
                                         "(CIFAR-100: 100 classes in 20).")
     test_fraction: float = param(0.25, min=0.05, max=0.8, step=0.05, help="Share of data held for test.")
     val_fraction: float = param(0.0, min=0.0, max=0.5, step=0.05,
-                                help="Share of the training set held out for validation (val_acc): "
-                                     "neither teacher nor student trains on it and the test set stays "
-                                     "unseen, so a search can pick knobs on it honestly. 0 = none.")
+                                help="Share of the training set held out for validation: neither "
+                                     "teacher nor student trains on it and the test set stays unseen, "
+                                     "so a search can pick knobs on it honestly. 0 = none.")
     transfer: str = param("train", choices=TRANSFER_SETS,
                           help="What the student learns from: the teacher's training set, a held-out "
                                "split, the training set without labels, or only a few labels.")

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS runs (
     started REAL,
     finished REAL,
     updated REAL NOT NULL,
-    parent TEXT
+    parent TEXT,
+    lesson TEXT,
+    archive TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL,
@@ -66,6 +68,9 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 """
 
+# Columns added after the first release, with their type: a store made before gets them on open.
+ADDED_COLUMNS = {"runs": {"lesson": "TEXT", "archive": "TEXT"}}
+
 ACTIVE = ("queued", "running", "paused")
 FINAL = ("done", "failed", "stopped", "interrupted")
 
@@ -90,7 +95,19 @@ class Store:
         self._local = threading.local()
         with self._conn() as c:
             c.executescript(SCHEMA)
+        self._add_columns()
         self.recover()
+
+    def _add_columns(self) -> None:
+        for table, cols in ADDED_COLUMNS.items():
+            have = {r["name"] for r in self._tx(f"PRAGMA table_info({table})").fetchall()}
+            for col, kind in cols.items():
+                if col not in have:
+                    try:
+                        self._tx(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+                    except sqlite3.OperationalError as e:   # another process added it first
+                        if "duplicate column" not in str(e):
+                            raise
 
     # -- connections -----------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -109,14 +126,15 @@ class Store:
     # -- runs ------------------------------------------------------------------------------------
     def create_run(self, config: dict, config_hash: str, owner: str = "", name: str = "",
                    versions: dict | None = None, parent: str | None = None,
-                   status: str = "queued") -> str:
+                   status: str = "queued", lesson: str | None = None) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         now = time.time()
         self._tx("INSERT INTO runs (id, name, owner, status, config_json, config_hash, method, seed, "
-                 "versions_json, pid, created, updated, parent) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                 "versions_json, pid, created, updated, parent, lesson) "
+                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                  (run_id, name, owner, status, json.dumps(config, sort_keys=True), config_hash,
                   config.get("method", {}).get("name", ""), config.get("train", {}).get("seed", 0),
-                  json.dumps(versions or {}), os.getpid(), now, now, parent))
+                  json.dumps(versions or {}), os.getpid(), now, now, parent, lesson))
         return run_id
 
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -147,7 +165,8 @@ class Store:
         return _row(rows[0]) if len(rows) == 1 else None
 
     def list_runs(self, owner: str | None = None, status: str | None = None,
-                  limit: int = 500) -> list[dict]:
+                  limit: int = 500, archived: bool | None = None) -> list[dict]:
+        """Newest first; ``archived``: only the runs of closed classes (True) or of this one (False)."""
         sql, args = "SELECT * FROM runs", []
         conds = []
         if owner is not None:
@@ -156,6 +175,8 @@ class Store:
         if status is not None:
             conds.append("status = ?")
             args.append(status)
+        if archived is not None:
+            conds.append("archive IS NOT NULL" if archived else "archive IS NULL")
         if conds:
             sql += " WHERE " + " AND ".join(conds)
         sql += " ORDER BY created DESC LIMIT ?"
@@ -201,14 +222,36 @@ class Store:
         ck = self.checkpoint_path(run_id)
         ck.unlink(missing_ok=True)
 
-    def prune(self, keep: int = 100, statuses: tuple = FINAL) -> int:
-        """Delete all but the ``keep`` newest finished runs; returns how many went."""
+    def prune(self, keep: int = 100, statuses: tuple = FINAL, owner: str | None = None,
+              spare: Iterable[str] = ()) -> int:
+        """Delete all but the ``keep`` newest finished runs (of ``owner``, when given), never a run
+        in ``spare``; returns how many went."""
         marks = ",".join("?" * len(statuses))
-        rows = self._tx(f"SELECT id FROM runs WHERE status IN ({marks}) ORDER BY created DESC "
-                        f"LIMIT -1 OFFSET ?", (*statuses, keep)).fetchall()
-        for r in rows:
-            self.delete_run(r["id"])
-        return len(rows)
+        sql, args = f"SELECT id FROM runs WHERE status IN ({marks})", list(statuses)
+        if owner is not None:
+            sql, args = sql + " AND owner = ?", args + [owner]
+        rows = self._tx(sql + " ORDER BY created DESC LIMIT -1 OFFSET ?", (*args, keep)).fetchall()
+        spare = set(spare)
+        gone = [r["id"] for r in rows if r["id"] not in spare]
+        for rid in gone:
+            self.delete_run(rid)
+        return len(gone)
+
+    def set_owner(self, old: str, new: str) -> int:
+        """Give every run and sweep of ``old`` to ``new`` (two identities of one student merged);
+        returns how many runs moved."""
+        n = self._tx("UPDATE runs SET owner = ? WHERE owner = ?", (new, old)).rowcount
+        self._tx("UPDATE sweeps SET owner = ? WHERE owner = ?", (new, old))
+        return n
+
+    def archive_runs(self, label: str) -> list[str]:
+        """Tag every run of the current class with ``label`` (a closed class); returns their ids."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")       # no run created between the read and the update
+        ids = [r["id"] for r in conn.execute("SELECT id FROM runs WHERE archive IS NULL")]
+        conn.execute("UPDATE runs SET archive = ? WHERE archive IS NULL", (label,))
+        conn.execute("COMMIT")
+        return ids
 
     def recover(self) -> list[str]:
         """Mark runs whose process is gone as interrupted."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from kdengine.core.config import DataConfig, SYNTHETIC_DATASETS, TOY_DATASETS, config_hash
 from kdengine.core.knobs import ConfigError
 from kdengine.core.paths import inside_root
+from kdengine.data import cifar_files
 
 
 class DataUnavailable(RuntimeError):
@@ -118,14 +119,23 @@ def _torchvision(cfg: DataConfig):
     cls_name, names = _TV[cfg.name]
     root = inside_root(cfg.data_dir, "data.data_dir")
     cls = getattr(torchvision.datasets, cls_name)
+    cifar = cfg.name in cifar_files.LAYOUT
     try:
-        train = cls(str(root), train=True, download=cfg.download)
-        test = cls(str(root), train=False, download=cfg.download)
+        if not (cifar and cifar_files.present(root, cfg.name)):
+            train = cls(str(root), train=True, download=cfg.download)
+            test = cls(str(root), train=False, download=cfg.download)
     except Exception as e:  # torchvision raises RuntimeError / URLError / OSError variously
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise DataUnavailable(
             f"{cls_name} is not in {root} and could not be downloaded ({reason}); "
             f"put the files there or use digits or a 2-D toy data set") from None
+    if cifar:   # read by our checked reader: files brought by hand are never unpickled freely
+        try:
+            xtr, ytr, xte, yte, found = cifar_files.read(root, cfg.name)
+        except (cifar_files.BadBatch, OSError) as e:
+            raise DataUnavailable(f"{cls_name} in {root} could not be read: {e}") from None
+        return (xtr.astype(np.float32) / 255.0, ytr, xte.astype(np.float32) / 255.0, yte,
+                names or found)
 
     def arr(ds):
         x = np.asarray(ds.data, dtype=np.float32) / 255.0
@@ -287,8 +297,8 @@ def _build(cfg: DataConfig) -> DataBundle:
     notes: list[str] = []
     xtr, ytr, xva, yva = _carve_val(cfg, kind, xtr, ytr)
     if xva is not None:
-        notes.append(f"{len(yva)} training samples are held out for validation (val_acc); neither "
-                     f"teacher nor student trains on them.")
+        notes.append(f"{len(yva)} training samples are held out for validation (validation "
+                     f"accuracy); neither teacher nor student trains on them.")
     if cfg.name in SYNTHETIC_DATASETS:
         notes.append(f"{cfg.name}: synthetic CIFAR-shaped images drawn from a seed, for timing "
                      f"only; accuracies on it say nothing about distillation.")

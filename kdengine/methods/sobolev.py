@@ -35,7 +35,7 @@ class SobolevParams:
     value_loss: str = param("mse", choices=("mse", "kd"),
                             help="How outputs are matched: logit L2 or Hinton KL at T.")
     value_weight: float = weight_knob(1.0, "value weight", step=0.1)
-    T: float = temperature_knob(4.0, help="Temperature of the KD value term (value_loss = kd).")
+    T: float = temperature_knob(4.0, help="Temperature of the KD value term (outputs matched by kd).")
     hard_weight: float = weight_knob(0.0, "hard weight")
 
 

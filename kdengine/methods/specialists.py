@@ -50,7 +50,7 @@ class SpecialistsParams:
     grouping: str = param("covariance", choices=("covariance", "confusion"),
                           help="covariance: K-means on the covariance of the generalist's "
                                "predictions, no labels (the paper). confusion: the classes it "
-                               "confuses most on labelled data, in clusters of cluster_size (an "
+                               "confuses most on labelled data, in clusters of a fixed size (an "
                                "earlier reading here; it needs the labels).")
     cluster_size: int = param(3, min=2, max=100, label="classes per specialist (confusion)")
     specialist_epochs: int = param(10, min=1, max=1000, label="specialist epochs")

@@ -9,7 +9,11 @@
        -> pages read RunSnapshots (kdengine.run.snapshot)
 
 Runs carry an ``owner`` so two browser sessions sharing one engine never see each other's runs mixed
-up, and the queue serves owners in turn. An executor that dies (a killed worker process, a lost Ray
+up, and the queue serves owners in turn. A run is changed or removed (stop, pause, resume, delete,
+prune) only by its owner or the instructor: each such call takes a ``caller``
+(:mod:`kdengine.core.roles`; None is this machine's own code). A student's run follows the class's
+lesson lock (:mod:`kdengine.core.class_state`): the engine puts a locked knob back at the
+instructor's value, says so in a notice, and tags the run with the lesson. An executor that dies (a killed worker process, a lost Ray
 node) takes its runs with it; each continues from its last checkpoint by itself, once, with a
 notice. With ``batch_window_s``, runs that can train as stacked students wait up to that long for
 others of the same key (same data, teacher, student and seed, whoever submitted them); two or more
@@ -26,9 +30,11 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from kdengine.core.checkpoints import read_run_checkpoint
-from kdengine.core.config import RunConfig
+from kdengine.core.class_state import ClassState, apply_locks
+from kdengine.core.config import RunConfig, flatten
 from kdengine.core.events import Ended, Event, Notice
 from kdengine.core.knobs import ConfigError
+from kdengine.core.roles import Caller, check_instructor, check_owner
 from kdengine.core.store import ACTIVE, Store
 from kdengine.run.cohort_windows import CohortWindows, Group, window_key
 from kdengine.run.control import Control
@@ -87,6 +93,7 @@ class Engine:
                  slots: int = 1, processes: bool = False, ray_address: str | None = None,
                  batch_window_s: float = 0.0):
         self.store = store or Store()
+        self.classroom = ClassState(self.store.root)      # the lesson lock, kept in the data folder
         self.batch_window_s = 0.0 if ray_address else max(0.0, batch_window_s)
         self.ray_address = ray_address
         self.max_workers = 1 if ray_address else (max_workers or default_workers())
@@ -123,14 +130,22 @@ class Engine:
     # -- submitting --------------------------------------------------------------------------------
     def submit(self, cfg: RunConfig | dict, owner: str = "", name: str = "",
                parent: str | None = None,
-               subscriber: Callable[[Event], None] | None = None) -> str:
+               subscriber: Callable[[Event], None] | None = None, *,
+               caller: Caller | None = None, lesson: str | None = None) -> str:
         """Validate and queue a run; returns its id. Raises ConfigError for a bad config, or for a
         run too big for this machine (naming the knob to make smaller).
 
         ``parent`` tags the run with the sweep / experiment that asked for it. ``subscriber``: as
-        :meth:`subscribe`, attached before the run is queued, so it sees every event."""
+        :meth:`subscribe`, attached before the run is queued, so it sees every event. ``caller``:
+        who presses Train (a page passes one; a student's run gets the class's lesson lock).
+        ``lesson``: the lesson it is started from; a run that keeps the class lock is tagged with
+        the lock's lesson unless given one."""
+        cfg = RunConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        cfg, lesson, forced = self._class_rules(cfg, caller, lesson)
         cfg = self._checked(cfg)
-        job = self._new_job(cfg, owner, name or cfg.name, parent)
+        job = self._new_job(cfg, owner, name or cfg.name, parent, lesson)
+        if forced:
+            job.recorder.record(Notice(forced))
         if subscriber is not None:
             job.recorder.subscribers.append(subscriber)
         key = window_key(cfg) if self.batch_window_s else ""
@@ -180,6 +195,25 @@ class Engine:
         self._dispatch()
         return [j.state.run_id for j in jobs]
 
+    def _class_rules(self, cfg: RunConfig, caller: Caller | None,
+                     lesson: str | None) -> tuple[RunConfig, str | None, str]:
+        """A page's run under the class lock: a student's locked knobs put back at the lock's values
+        (the notice says which), and the lesson tag of a run that keeps the lock."""
+        lock = self.classroom.lock() if caller is not None else None
+        if lock is None:
+            return cfg, lesson, ""
+        forced = ""
+        if not caller.instructor:
+            cfg, changed = apply_locks(cfg, lock.locked)
+            if changed:
+                forced = ("Your instructor has fixed " + ", ".join(
+                    f"{k.rsplit('.', 1)[-1]} = {lock.locked[k]}" for k in changed)
+                    + " for this lesson; this run uses those values.")
+        flat = flatten(cfg.to_dict())
+        if lesson is None and all(flat.get(k, v) == v for k, v in lock.locked.items()):
+            lesson = lock.lesson
+        return cfg, lesson, forced
+
     def _checked(self, cfg: RunConfig | dict) -> RunConfig:
         # The one validation of a run (a config validated before and unchanged since is not
         # re-checked); the trainer trusts it.
@@ -187,10 +221,11 @@ class Engine:
         check_resources(cfg)
         return cfg
 
-    def _new_job(self, cfg: RunConfig, owner: str, name: str, parent: str | None) -> _Job:
+    def _new_job(self, cfg: RunConfig, owner: str, name: str, parent: str | None,
+                 lesson: str | None = None) -> _Job:
         run_id = self.store.create_run(cfg.to_dict(), cfg.hash, owner=owner, name=name,
-                                       versions=versions(), parent=parent)
-        state = RunState(run_id, cfg.to_dict(), owner, name, parent)
+                                       versions=versions(), parent=parent, lesson=lesson)
+        state = RunState(run_id, cfg.to_dict(), owner, name, parent, lesson=lesson)
         return _Job(state, cfg, Recorder(self.store, state, self.FLUSH_SECONDS),
                     self._new_control(owner))
 
@@ -201,9 +236,10 @@ class Engine:
         self._jobs[job.state.run_id] = job
         self._trim()
 
-    def resume_run(self, run_id: str) -> str:
+    def resume_run(self, run_id: str, *, caller: Caller | None = None) -> str:
         """Continue an interrupted, stopped, failed or paused run from its last checkpoint (same
         run id; the points after the checkpoint go)."""
+        check_owner(caller, self.owner_of(run_id), "continue")
         job = self._jobs.get(run_id)
         if job is not None and job.state.status in ACTIVE and not self._left_group_paused(job):
             raise ValueError(f"run {run_id} is {job.state.status}")
@@ -242,8 +278,9 @@ class Engine:
         self._dispatch()
 
     # -- control -----------------------------------------------------------------------------------
-    def pause(self, run_id: str) -> None:
+    def pause(self, run_id: str, *, caller: Caller | None = None) -> None:
         job = self._job(run_id)
+        check_owner(caller, job.state.owner, "pause")
         if job.state.status in ("queued", "running"):
             job.control.pause()
             with self._lock:       # a paused run waits alone: it would leave a group at once
@@ -251,8 +288,9 @@ class Engine:
                     self._queue.push(run_id, job.state.owner)
             self._command(job, "pause")
 
-    def resume(self, run_id: str) -> None:
+    def resume(self, run_id: str, *, caller: Caller | None = None) -> None:
         job = self._job(run_id)
+        check_owner(caller, job.state.owner, "resume")
         if self._left_group_paused(job):
             self._requeue(job)          # it left its group paused: it trains on alone
             return
@@ -261,9 +299,11 @@ class Engine:
         if job.state.status == "paused":
             job.recorder.set_status("running")
 
-    def stop(self, run_id: str, why: str = "stopped by the user") -> None:
+    def stop(self, run_id: str, why: str = "stopped by the user", *,
+             caller: Caller | None = None) -> None:
         """Stop a run; ``why`` is what its row says (a search's pruner gives its own reason)."""
         job = self._job(run_id)
+        check_owner(caller, job.state.owner, "stop")
         job.recorder.stop_reason = why
         job.control.stop()
         with self._lock:
@@ -277,7 +317,70 @@ class Engine:
     def _left_group_paused(job: _Job) -> bool:
         return job.state.status == "paused" and job.executor is None
 
+    # -- removing and regrouping runs ----------------------------------------------------------------
+    def delete_run(self, run_id: str, *, caller: Caller | None = None) -> None:
+        """Delete a finished run with its points and checkpoint. NotAllowed for another student's
+        run, ValueError for a run still queued, running or paused (stop it first)."""
+        check_owner(caller, self.owner_of(run_id), "delete")
+        status = self.status(run_id)
+        if status in ACTIVE:
+            raise ValueError(f"Run {run_id} is {status}: stop it first. Nothing was deleted.")
+        with self._lock:
+            self._jobs.pop(run_id, None)
+        self.store.delete_run(run_id)
+
+    def prune(self, keep: int = 100, *, caller: Caller | None = None) -> int:
+        """Delete all but the ``keep`` newest finished runs; returns how many went. A student
+        prunes only their own runs (keeping their newest ``keep``); the instructor and this
+        machine's own code prune everyone's. A run queued, running or paused is never pruned."""
+        owner = caller.owner if caller is not None and not caller.instructor else None
+        with self._lock:
+            live = [r for r, j in self._jobs.items() if j.state.status in ACTIVE]
+        n = self.store.prune(keep, owner=owner, spare=live)
+        with self._lock:
+            for rid in [r for r in self._jobs if r not in live and self.store.get_run(r) is None]:
+                del self._jobs[rid]
+        return n
+
+    def move_runs(self, old: str, new: str, *, caller: Caller | None = None) -> int:
+        """Give every run (and sweep) of owner ``old`` to ``new``: two identities of one student
+        merged. Instructor only; returns how many runs moved."""
+        check_instructor(caller, "merge two students")
+        n = self.store.set_owner(old, new)
+        with self._lock:
+            states = [j.state for j in self._jobs.values() if j.state.owner == old]
+        for state in states:
+            with state.lock:
+                state.owner = new
+                state.version += 1
+        return n
+
+    def new_class(self, *, caller: Caller | None = None) -> str:
+        """Close the class: its runs stay stored, tagged with its label ("class 1") and off the
+        class board; the next class starts with no lock and no answer revealed. Instructor only;
+        returns the closed class's label."""
+        check_instructor(caller, "start a new class")
+        label = self.classroom.label()
+        ids = set(self.store.archive_runs(label))
+        with self._lock:
+            states = [j.state for r, j in self._jobs.items() if r in ids]
+        for state in states:
+            with state.lock:
+                state.archive = label
+                state.version += 1
+        self.classroom.start_new(len(ids), caller)
+        return label
+
     # -- reading -----------------------------------------------------------------------------------
+    def owner_of(self, run_id: str) -> str:
+        job = self._jobs.get(run_id)
+        if job is not None:
+            return job.state.owner
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise KeyError(f"no run {run_id}")
+        return row["owner"]
+
     def status(self, run_id: str) -> str:
         job = self._jobs.get(run_id)
         if job is not None:
@@ -304,10 +407,12 @@ class Engine:
         return [j.state.snapshot(series=False) for j in reversed(jobs)
                 if owner is None or j.state.owner == owner]
 
-    def list_runs(self, owner: str | None = None, limit: int = 300) -> list[RunSnapshot]:
-        """Light snapshots of the stored runs, newest first; a run in memory as it is now."""
+    def list_runs(self, owner: str | None = None, limit: int = 300,
+                  archived: bool | None = None) -> list[RunSnapshot]:
+        """Light snapshots of the stored runs, newest first; a run in memory as it is now.
+        ``archived``: only closed classes' runs (True) or this class's (False)."""
         out = []
-        for row in self.store.list_runs(owner=owner, limit=limit):
+        for row in self.store.list_runs(owner=owner, limit=limit, archived=archived):
             job = self._jobs.get(row["id"])
             out.append(job.state.snapshot(series=False) if job is not None
                        else RunState.from_row(row).snapshot(series=False))

@@ -84,7 +84,8 @@ class RayExecutor:
         self._closed = False
         # A lost actor is not restarted by Ray: the engine decides what its runs do next.
         self._remote = ray.remote(num_cpus=1, max_concurrency=4, max_restarts=0)(_UnitActor)
-        threading.Thread(target=self._poll_loop, name="kd-ray-poll", daemon=True).start()
+        self._poller = threading.Thread(target=self._poll_loop, name="kd-ray-poll", daemon=True)
+        self._poller.start()
 
     def start(self, unit, controls) -> None:
         from kdengine.core.paths import data_root
@@ -101,6 +102,8 @@ class RayExecutor:
             actor.command.remote(run_id, verb)
 
     def close(self, wait: bool = True) -> None:
+        """Stop every run (waiting up to 30 s for their last events with ``wait``), then end the
+        poll thread before returning: nothing may touch Ray once its owner shuts it down."""
         import ray
         self._closed = True
         for rid in list(self._runs):
@@ -109,7 +112,11 @@ class RayExecutor:
             end = time.monotonic() + 30
             while self._actors and time.monotonic() < end:
                 time.sleep(POLL_SECONDS)
-        for actor in list(self._actors.values()):
+        with self._lock:
+            actors, self._actors = list(self._actors.values()), {}
+            self._runs.clear()
+        self._poller.join(timeout=10)
+        for actor in actors:
             ray.kill(actor)
 
     def _poll_loop(self) -> None:
@@ -118,7 +125,7 @@ class RayExecutor:
         import ray
         from kdengine.core.events import Ended
         polls: dict[str, Any] = {}              # unit id -> its poll in flight
-        while not (self._closed and not self._actors):
+        while not (self._closed and not self._actors):   # close() empties _actors last
             with self._lock:
                 actors = dict(self._actors)
             for uid, actor in actors.items():

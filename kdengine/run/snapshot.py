@@ -47,6 +47,8 @@ class RunSnapshot:
     version: int = 0                    # bumps on every change: a page redraws only when it moved
     queue_position: int | None = None   # a queued run: 0 = next to start
     queue_eta_s: float | None = None    # a queued run: seconds until it starts (None: not known)
+    lesson: str | None = None           # the lesson it was started from, or under whose lock
+    archive: str | None = None          # the closed class it belongs to ("class 1"); None: this one
 
     @property
     def active(self) -> bool:
@@ -58,10 +60,13 @@ class RunState:
     """Everything the UI shows about one run. Mutated only under ``lock``."""
 
     def __init__(self, run_id: str, config: dict, owner: str, name: str,
-                 parent: str | None = None, status: str = "queued", created: float | None = None):
+                 parent: str | None = None, status: str = "queued", created: float | None = None,
+                 lesson: str | None = None):
         self.lock = threading.Lock()
         self.run_id, self.config, self.owner, self.name = run_id, config, owner, name
         self.parent = parent        # the sweep / experiment that asked for it
+        self.lesson = lesson
+        self.archive: str | None = None
         self.status = status
         self.phase, self.phase_message, self.phase_progress = status, "", 0.0
         if status == "queued":
@@ -82,7 +87,8 @@ class RunState:
                  artifacts: dict[str, Any] | None = None) -> "RunState":
         """A stored run (a row of :meth:`Store.get_run`) with its points and latest artifacts."""
         state = cls(row["id"], row["config"], row["owner"], row["name"], row.get("parent"),
-                    row["status"], row["created"])
+                    row["status"], row["created"], row.get("lesson"))
+        state.archive = row.get("archive")
         state.error, state.summary = row["error"], dict(row["summary"])
         state.phase_message, state.phase_progress = "", 1.0
         if series:
@@ -145,4 +151,5 @@ class RunState:
                 latest=dict(self.latest),
                 series={k: list(v) for k, v in self.series.items()} if series else None,
                 artifacts=dict(self.artifacts), summary=dict(self.summary),
-                created=self.created, version=self.version)
+                created=self.created, version=self.version, lesson=self.lesson,
+                archive=self.archive)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kdengine.core.config import CONV_ARCHS, RunConfig
+from kdengine.core.knobs import field_specs
 from kdengine.data.datasets import DataBundle, load_data
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models import build_model, count_params, logits_of, model_label
@@ -35,6 +36,10 @@ from kdengine.core.checkpoints import RunCheckpoint
 from kdengine.core.events import Artifacts, Checkpoint, Emit, Metrics, Notice, Phase, no_emit
 from kdengine.core.optim import make_optimizer, make_scheduler
 from kdengine.run.control import Control
+
+# Where a teacher came from, in a run's notice ("Teacher MLP 2x128 (trained now): ...").
+SOURCE_WORDS = {"train": "trained now", "checkpoint": "from a checkpoint",
+                "run": "a stored run's student", "shipped": "shipped with the app"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -140,8 +145,8 @@ class Trainer:
                                         should_stop=lambda: self.control.stopped)
             self.summary.update(teacher_label=info["label"], teacher_test_acc=info["test_acc"],
                                 teacher_params=count_params(teacher), teacher_cached=info["cached"])
-            self._notice(f"Teacher {info['label']} ({'cached' if info['cached'] else info['source']})"
-                         f": test accuracy {info['test_acc']:.2%}")
+            how = "cached" if info["cached"] else SOURCE_WORDS.get(info["source"], info["source"])
+            self._notice(f"Teacher {info['label']} ({how}): test accuracy {info['test_acc']:.2%}")
             if info.get("warning"):
                 self._notice(info["warning"])
             teachers = [teacher]
@@ -189,8 +194,11 @@ class Trainer:
         self.method = method
         if data.n_labeled == 0:     # no labels: the terms that need them get weight 0
             zeroed = method.zero_label_terms()
-            if zeroed:
-                self._notice("No labels in the transfer set: " + ", ".join(zeroed) + " forced to 0.")
+            if zeroed:      # by the knobs' labels, as the Lab shows them
+                labels = {f["name"]: f.get("label") or f["name"].replace("_", " ")
+                          for f in field_specs(method_cls.Params)}
+                self._notice("No labels in the transfer set: "
+                             + ", ".join(labels.get(z, z) for z in zeroed) + " forced to 0.")
         self._phase("setup", f"preparing {method_cls.name}")
         method.setup(data)
         extra = [m.to(dev) for m in method.extra_modules()]

@@ -155,7 +155,7 @@ def validation_overlap(cfg: RunConfig, store=None, _seen: tuple = ()) -> str:
     run that held out the same split from a teacher that could not have seen it either)."""
     t = cfg.teacher
     seen = "it may have seen the validation samples the trials are judged on, so val_acc can favour " \
-           "knobs that copy it closely. A teacher trained here (source train) never sees them."
+           "knobs that copy it closely. A teacher trained here never sees them."
     if t.source in ("train", "none"):
         return ""
     if t.source == "checkpoint":

@@ -17,22 +17,30 @@ method that is not there makes the lesson say so, never show made-up results.
 **Instructor links** are plain query params: ``?lesson=few-labels&lock=method.params.T,train.epochs
 &method.params.T=4&train.epochs=10``. Only the lesson's own knobs can be set or locked; each value
 is checked against the knob's range and a bad one is dropped with a reason.
+
+**The class lock.** The server, not the URL, holds the locks (:class:`~kdengine.core.class_state.
+ClassState`): the instructor opens a lesson for the class (the Instructor page, or an instructor link
+opened by the instructor), and every student's page and run follows it until the instructor changes
+or lifts it. A link's ``lock=`` opened by a student locks nothing (:func:`link_for_student`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlencode
 
 import yaml
 
+from kdengine.core.class_state import ClassLock, apply_locks
 from kdengine.core.config import RunConfig, flatten
 from kdengine.core.knobs import ConfigError, check_field, coerce_value, field_specs
 from kdengine.core.paths import assets_dir
 from kdengine.core.presets import list_presets, load_preset
+from kdengine.teaching.class_server import page_url
 
 LOOK_FOR = re.compile(r"^##\s+What to look for\s*$", re.I | re.M)
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -127,10 +135,16 @@ def parse_lesson(text: str, source: str = "lesson") -> Lesson:
 
 
 def load_lessons() -> list[Lesson]:
-    """All lessons in ``assets/lessons``, in their ``order``."""
-    out = [parse_lesson(p.read_text(encoding="utf-8"), p.name)
-           for p in sorted(lessons_dir().glob("*.md"))]
-    return sorted(out, key=lambda l: (l.order, l.id))
+    """All lessons in ``assets/lessons``, in their ``order``. Parsed again only when a file changes:
+    every page that starts runs reads the class lock's lesson on each rerun."""
+    files = tuple((str(p), p.stat().st_mtime_ns) for p in sorted(lessons_dir().glob("*.md")))
+    return list(_parsed(files))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(files: tuple[tuple[str, int], ...]) -> tuple[Lesson, ...]:
+    out = [parse_lesson(Path(p).read_text(encoding="utf-8"), Path(p).name) for p, _ in files]
+    return tuple(sorted(out, key=lambda l: (l.order, l.id)))
 
 
 def get_lesson(lesson_id: str) -> Lesson:
@@ -171,15 +185,19 @@ def check_knob(cfg: RunConfig, path: str, raw: Any) -> Any:
 
 
 # ---- instructor links -----------------------------------------------------------------------------
-def lesson_link(lesson_id: str, values: Mapping[str, Any], locked: list[str]) -> str:
-    """The query string of an instructor link: the lesson, which knobs are locked, and knob values
-    (every locked knob's, plus any other given in ``values`` as a starting value)."""
+def lesson_link(lesson_id: str, values: Mapping[str, Any], locked: list[str],
+                base: str | None = None) -> str:
+    """An instructor link: the lesson, which knobs are locked, and knob values (every locked knob's,
+    plus any other given in ``values`` as a starting value). The query string alone, or with
+    ``base`` (the server's public URL, :func:`~kdengine.teaching.class_server.public_url`) the
+    whole link to the Lessons page."""
     q: dict[str, str] = {"lesson": lesson_id}
     if locked:
         q["lock"] = ",".join(locked)
     for k in list(locked) + [k for k in values if k not in locked]:
         q[k] = _fmt(values[k])
-    return urlencode(q, safe=",")
+    query = urlencode(q, safe=",")
+    return page_url(base, "lessons", query) if base else query
 
 
 def _fmt(v: Any) -> str:
@@ -196,6 +214,7 @@ class LinkState:
     locked: dict[str, Any]          # knob -> value the link fixes
     values: dict[str, Any]          # knob -> value the link sets but does not lock
     problems: list[str]
+    refused: list[str] = field(default_factory=list)    # link values the class lock overrules
 
 
 def parse_link(params: Mapping[str, Any], lessons: list[Lesson] | None = None) -> LinkState:
@@ -229,12 +248,57 @@ def parse_link(params: Mapping[str, Any], lessons: list[Lesson] | None = None) -
     return LinkState(lesson, locked, values, problems)
 
 
-def apply_locks(cfg: RunConfig, locked: Mapping[str, Any]) -> tuple[RunConfig, list[str]]:
-    """``cfg`` with every locked knob at the instructor's value, wherever the config was built (the
-    Lab included); returns the config and the knobs that had to be put back."""
-    flat = flatten(cfg.to_dict())
-    changed = [k for k, v in locked.items() if k in flat and flat[k] != v]
-    return (cfg.with_overrides({k: locked[k] for k in changed}) if changed else cfg), changed
+def class_lock(link: LinkState) -> ClassLock | None:
+    """The class lock an instructor's link sets (None: the link locks nothing)."""
+    if link.lesson is None or not link.locked:
+        return None
+    return ClassLock(link.lesson.id, dict(link.locked), dict(link.values))
+
+
+def lesson_lock(lesson_id: str, locked: Mapping[str, Any], values: Mapping[str, Any] | None = None,
+                lessons: list[Lesson] | None = None) -> tuple[ClassLock | None, list[str]]:
+    """The class lock that fixes ``locked`` (knob -> value, typed or as text) of a lesson, the
+    others starting at ``values``, each checked as an instructor link's would be; (None, the
+    problems) when anything is refused."""
+    given = {**(values or {}), **locked}
+    link = parse_link({"lesson": lesson_id, "lock": ",".join(locked),
+                       **{k: _fmt(v) for k, v in given.items()}}, lessons)
+    if link.problems or not link.locked:
+        return None, link.problems or ["lock: name at least one knob to lock"]
+    return class_lock(link), []
+
+
+def lock_state(lock: ClassLock | None, lessons: list[Lesson] | None = None) -> LinkState:
+    """The class lock as a :class:`LinkState` (what the pages read); an empty one without a lock
+    or when its lesson is gone."""
+    lessons = lessons if lessons is not None else load_lessons()
+    lesson = next((l for l in lessons if lock is not None and l.id == lock.lesson), None)
+    if lock is None or lesson is None:
+        return LinkState(None, {}, {}, [])
+    return LinkState(lesson, dict(lock.locked), dict(lock.values), [])
+
+
+def link_for_student(link: LinkState, lock: ClassLock | None,
+                     lessons: list[Lesson] | None = None) -> LinkState:
+    """What a page works under: the class lock ``lock`` (its lesson, its knobs at its values) and
+    a link someone opened (``link``). The link's values for knobs the lock leaves free are starting
+    values; a different value for a locked knob is refused, visibly (``refused``); the link's own
+    ``lock=`` fixes nothing (only the instructor sets the class lock)."""
+    problems, refused = list(link.problems), []
+    held = lock_state(lock, lessons) if lock is not None else LinkState(None, {}, {}, [])
+    locked = held.locked
+    same = held.lesson is None or link.lesson is None or link.lesson.id == held.lesson.id
+    asked = {**link.values, **link.locked} if same else {}
+    for k, v in asked.items():
+        if k in locked and locked[k] != v:
+            refused.append(f"{k}: your instructor has fixed it at {_fmt(locked[k])}; the link's "
+                           f"{_fmt(v)} is not used")
+    unlocked = [k for k in link.locked if k not in locked] if same else []
+    if unlocked:
+        refused.append(f"lock: only your instructor can fix {', '.join(unlocked)}; the link's "
+                       f"values are starting points")
+    values = {**held.values, **{k: v for k, v in asked.items() if k not in locked}}
+    return LinkState(held.lesson or link.lesson, locked, values, problems, refused)
 
 
 def free_knobs(fields: list[str], locked: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -251,14 +315,19 @@ def free_knobs(fields: list[str], locked: Mapping[str, Any]) -> tuple[list[str],
     return [k for k in fields if k not in why], why
 
 
-def locks_line(locked: Mapping[str, Any]) -> str:
-    """One sentence naming every locked knob and its value, for the pages that start runs."""
-    return ("Your instructor's lesson link locks " + ", ".join(f"`{k}` = {_fmt(v)}" for k, v in locked.items())
-            + ": every run started here uses those values.")
+def _short(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
 
 
-def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
-    """Markdown shown above a lesson's text: the values the instructor's link fixes, next to the
+def locks_line(locked: Mapping[str, Any], label: Callable[[str], str] = _short) -> str:
+    """One sentence naming every locked knob and its value, for the pages that start runs; ``label``
+    names a knob (its dotted path) in words (the pages pass theirs; the default is the field name)."""
+    return ("Your instructor has fixed " + ", ".join(f"{label(k)} = {_fmt(v)}" for k, v in locked.items())
+            + " for this lesson: every run started here uses those values.")
+
+
+def locked_note(lesson: Lesson, locked: Mapping[str, Any], label: Callable[[str], str] = _short) -> str:
+    """Markdown shown above a lesson's text: the values the class lock fixes, next to the
     preset's values the text was written for."""
     if not locked:
         return ""
@@ -266,11 +335,12 @@ def locked_note(lesson: Lesson, locked: Mapping[str, Any]) -> str:
     parts = []
     for k, v in locked.items():
         was = preset.get(k)
-        short = k.rsplit(".", 1)[-1]
-        parts.append(f"**{short} = {_fmt(v)}**" + (f" (the text below uses {short} = {_fmt(was)})"
-                                                  if was is not None and was != v else ""))
+        name = label(k)
+        parts.append(f"**{name} = {_fmt(v)}**" + (f" (the text below uses {name} = {_fmt(was)})"
+                                                 if was is not None and was != v else ""))
     return "In this class your instructor has fixed " + "; ".join(parts) + "."
 
 
-__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "free_knobs", "locked_note", "locks_line",
-           "get_lesson", "knob_spec", "lesson_link", "load_lessons", "parse_lesson", "parse_link"]
+__all__ = ["Lesson", "LinkState", "apply_locks", "check_knob", "class_lock", "free_knobs", "lesson_lock",
+           "link_for_student", "lock_state", "locked_note", "locks_line", "get_lesson", "knob_spec",
+           "lesson_link", "load_lessons", "parse_lesson", "parse_link"]

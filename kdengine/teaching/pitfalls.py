@@ -88,7 +88,7 @@ def _dkd_warmup_eats_the_run(cfg: RunConfig):
     if span >= 0.5 * cfg.train.epochs:
         return (f"DKD's warm-up lasts {span:g} of {cfg.train.epochs} epochs: the KD part is below "
                 f"full weight for {span / cfg.train.epochs:.0%} of the run, which biases a "
-                f"comparison against DKD. Lower warmup_epochs or the warm-up cap.")
+                f"comparison against DKD. Lower the warm-up epochs or the warm-up cap.")
     return None
 
 
