@@ -12,7 +12,8 @@ import numpy as np
 import streamlit as st
 
 from kdengine import ConfigError, RunConfig, RunSnapshot, TOY_DATASETS
-from kdengine.analysis.boundaries import dequantise, epoch_history, similarity_absent_reason
+from kdengine.analysis.boundaries import (dequantise, epoch_history, similarity_absent_reason,
+                                          similarity_note)
 from ui import boundary_figs as bf
 from ui import charts, state, widgets
 from ui.classroom import caller, locks_notice, with_locks
@@ -133,6 +134,8 @@ def similarity_charts(snap: RunSnapshot) -> None:
     with b.container(key="bd_angsim"):
         charts.show(bf.similarity_figure(curves["angsim"], "AngSim", "AngSim: direction to the "
                                          "boundary, student vs teacher"))
+    with st.expander("How these two are measured, and how that differs from the paper"):
+        st.markdown(similarity_note())
 
 
 def status_line(snap: RunSnapshot) -> None:

@@ -16,7 +16,8 @@ VIEWS = {"sobolev": "sobolev_field", "specialists": "specialists"}
 engine = get_engine()
 st.title("Method views")
 st.caption("Sobolev training matches the teacher's input gradients, not only its outputs; "
-           "specialists split the classes the generalist confuses. Pick a run of either method.")
+           "specialists each take a group of classes the generalist predicts together. Pick a run "
+           "of either method.")
 
 runs = [r for r in stored_runs() if r.config["method"]["name"] in VIEWS]
 run_id = widgets.run_picker(runs, key="mv_run")
@@ -51,9 +52,11 @@ def view(run_id: str) -> None:
         d.metric("specialists", len(art["clusters"]))
         with st.container(key="mv_specialists"):
             charts.show(specialists_figure(art))
-        st.caption("Each outlined block is one specialist's subset of confusable classes; all other "
-                   "classes are its dustbin class. The student distils the combined distribution q "
-                   "that minimises KL(p_gen‖q) + Σ KL(p_m‖q) over the active specialists.")
+        st.caption("Each outlined block is one specialist's group of classes, found from which "
+                   "classes the generalist predicts together (as in the paper, without labels); "
+                   "all other classes are its dustbin class. The combined distribution q minimises "
+                   "KL(p_gen‖q) + Σ KL(p_m‖q) over the active specialists. The paper stops there; "
+                   "distilling q into one student is this app's addition.")
 
 
 live_run(view, run_id, key="method_views")

@@ -76,7 +76,8 @@ if TYPE_CHECKING:
                                              METRICS as SEARCH_METRICS, PRUNERS, SEARCH_BACKENDS,
                                              Search, SearchSpec, best_config, best_trial,
                                              default_range, get_search, knob_meta, optimise,
-                                             resume_search, start_search, stored_trials, study_of)
+                                             resume_search, search_warnings, start_search,
+                                             stored_trials, study_of)
     from kdengine.experiments.base import is_running, shown_status
     from kdengine.cli import load_config
 

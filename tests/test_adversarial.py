@@ -164,11 +164,14 @@ def test_targets_and_base_selection():
     s_logits = torch.tensor([[3.0, 0.0], [-3.0, 3.0], [0.0, 3.0], [0.0, 0.0]])
     y = torch.tensor([0, 0, 0, 0])             # the teacher is wrong on sample 2
     lab = torch.tensor([True, True, True, True])
-    idx = adv.select_base(t_logits, s_logits, y, lab, k=10)
+    idx = adv.select_base(t_logits, s_logits, y, lab, k=10, rule="teacher_correct")
     assert idx.tolist() == [1, 3, 0]            # largest disagreement first, sample 2 excluded
-    assert adv.select_base(t_logits, s_logits, y, lab, k=2).tolist() == [1, 3]
-    unl = adv.select_base(t_logits, s_logits, y, torch.zeros(4, dtype=torch.bool), k=10)
+    assert adv.select_base(t_logits, s_logits, y, lab, k=2, rule="teacher_correct").tolist() == [1, 3]
+    unl = adv.select_base(t_logits, s_logits, y, torch.zeros(4, dtype=torch.bool), k=10,
+                          rule="teacher_correct")
     assert sorted(unl.tolist()) == [0, 1, 2, 3]  # without labels the teacher's class is the base
+    # the default: the student must be right too, so sample 1 (the student says 1) goes
+    assert adv.select_base(t_logits, s_logits, y, lab, k=10).tolist() == [3, 0]
 
 
 # ---- MagSim / AngSim --------------------------------------------------------------------------
@@ -324,3 +327,73 @@ def test_bss_on_digits_gives_a_gallery(runs_dir):
     assert not np.allclose(g["x_base"], g["x_bss"])
     assert len(g["t_before"][0]) == 10 and len(g["s_after"]) == len(g["base"])
     assert "grid_student" not in arts
+
+
+# ---- paper-faithful base samples and attack settings (the authors' final training code) --------
+def _bss_on_a_line(params: BSSParams):
+    """BSS with a linear teacher that is right on every sample and a student that always says
+    class 0: on this batch the student is right exactly on the teacher's class-0 samples."""
+    from types import SimpleNamespace
+    from kdengine.methods import Batch
+    teacher = _linear(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), torch.zeros(2))
+    student = _linear(torch.zeros(2, 2), torch.tensor([1.0, 0.0])).requires_grad_(True)
+    ctx = TrainContext(steps_per_epoch=10, epochs=4, n_classes=2, input_shape=(2,), device=CPU,
+                       data_kind="2d")
+    m = BSS(student, [teacher], params, ctx)
+    m.setup(SimpleNamespace(kind="2d", class_names=["a", "b"], mean=None, std=None))
+    x = torch.linspace(-2, 2, 32)[:, None] * torch.tensor([[1.0, 0.0]]) + torch.tensor([[0.0, 0.3]])
+    x = x[x[:, 0].abs() > 0.1]
+    y = (x[:, 0] < 0).long()                 # the teacher's class: 0 on the right, 1 on the left
+    return m, Batch(x, y, torch.ones(len(x), dtype=torch.bool), torch.arange(len(x)))
+
+
+def test_bss_attacks_only_samples_the_teacher_and_the_student_both_get_right():
+    """The authors' final train_BSS_distillation.py attacks a sample only when the teacher AND the
+    student classify it correctly (condition1 & condition2); the earlier rule (teacher alone) is
+    an option."""
+    m, batch = _bss_on_a_line(BSSParams(probe_size=0))
+    m.loss_terms(batch, step=0)
+    res = m._last["res"]
+    assert len(res.base) == int((batch.y == 0).sum())          # every sample both models get right
+    assert (res.base == 0).all() and (m._last["s_before"].argmax(1) == 0).all()
+    old, batch = _bss_on_a_line(BSSParams(probe_size=0, base_samples="teacher_correct"))
+    old.loss_terms(batch, step=0)
+    assert (old._last["res"].base == 1).any()                  # the teacher alone decides there
+    # without labels the student must agree with the teacher's class
+    t, s = torch.tensor([[3.0, 0.0], [0.0, 3.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    unl = torch.zeros(2, dtype=torch.bool)
+    assert adv.select_base(t, s, torch.tensor([-1, -1]), unl, 10).tolist() == [0]
+
+
+@pytest.mark.parametrize("rule,step,eps", [("authors", 0.3, 1e-4), ("deepfool", 1.0, 0.02)])
+def test_each_attack_rule_brings_its_own_step_and_eps(rule, step, eps):
+    """Choosing the authors' rule gives their eta 0.3 and eps 1e-4 without setting them; the
+    deepfool rule keeps 1 and 0.02; a value set by hand wins."""
+    m, batch = _bss_on_a_line(BSSParams(probe_size=0, attack_rule=rule, attack_steps=1))
+    m.loss_terms(batch, step=0)
+    res = m._last["res"]
+    x0 = res.traj[0]
+    # on this linear teacher: m = z_b - z_k = +-2 x_0, g = +-(2, 0); one step of the rule
+    margin = res.margins[0]
+    g = torch.where(res.base[:, None] == 0, torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.0]))
+    norm = g.norm(dim=1) ** (2 if rule == "deepfool" else 1)
+    want = x0 - (step * (margin + eps) / norm)[:, None] * g
+    torch.testing.assert_close(res.traj[1], want, rtol=0, atol=1e-6)
+    hand, batch = _bss_on_a_line(BSSParams(probe_size=0, attack_rule=rule, attack_steps=1,
+                                           attack_step=0.5, attack_eps=0.0))
+    hand.loss_terms(batch, step=0)
+    r2 = hand._last["res"]
+    want2 = r2.traj[0] - (0.5 * r2.margins[0] / norm)[:, None] * g
+    torch.testing.assert_close(r2.traj[1], want2, rtol=0, atol=1e-6)
+
+
+def test_the_similarity_note_states_the_probe_it_measures_with_and_the_papers_measure():
+    """What the Boundaries page says about MagSim / AngSim comes from the probe's own settings, so
+    the words cannot drift from the code; it names how the probe differs from training's attack."""
+    note = adv.similarity_note()
+    p = adv.PROBE_ATTACK
+    assert f"{p['steps']} steps" in note and f"{p['step']:g}" in note
+    assert "Heo" in note and "second most likely" in note
+    for word in ("training", "paper", "distance", "direction"):
+        assert word in note
+    assert "`" not in note and "." in note              # plain words: no code or config keys

@@ -69,6 +69,9 @@ def test_2d_run_shows_both_heatmaps_bss_paths_and_similarity(stored):
     assert labels[0] == "bss · this run" and any(lbl.startswith("plain KD") for lbl in labels)
     assert len(_arr(sim[0]["data"][0]["y"])) == 3
     assert any("boundary-supporting samples" in c.value for c in at.caption)
+    # how the two numbers are measured here, beside the paper's, in plain words
+    from kdengine.analysis.boundaries import similarity_note
+    assert any(similarity_note() in m.value for m in at.markdown)
 
 
 def _png_rgb(source: str) -> np.ndarray:

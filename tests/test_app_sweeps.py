@@ -81,6 +81,10 @@ def test_sweeps_page_search_mode_marks_pruned_trials_and_links_the_best(monkeypa
     at.radio(key="sw_mode").set_value("search").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("validation accuracy" in m.value for m in at.caption)
+    assert not at.warning                          # val_acc, with a teacher trained here
+    at.selectbox(key="se_metric").set_value("kl_test").run()
+    assert any("test set" in w.value for w in at.warning)     # an objective read on the test set
+    at.selectbox(key="se_metric").set_value("val_acc").run()
     assert at.multiselect(key="se_knobs").value == ["method.params.T", "method.params.soft_weight"]
     assert at.number_input(key="se_lo_method.params.T").value == 1.0      # from the knob table
     assert at.checkbox(key="se_log_method.params.T").value is True

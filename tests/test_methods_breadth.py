@@ -17,13 +17,16 @@ from kdengine.losses.logits import kd_loss, logit_mse
 from kdengine.methods import Batch, TrainContext, get_method_class
 from kdengine.models.families import build_model
 
-NEW = ["noisy_teacher", "sobolev", "fitnet", "dml", "multi_teacher", "specialists", "adversarial"]
+NEW = ["noisy_teacher", "sobolev", "fitnet", "fitnet_mdistiller", "dml", "multi_teacher",
+       "specialists", "adversarial"]
 # Small knobs so setup (extra teachers, specialists) stays quick.
 FAST = {"multi_teacher": {"teachers": ["mlp-1-64"]},
         "specialists": {"specialist_epochs": 2, "n_specialists": 2, "combine_steps": 10},
         "fitnet": {}, "dml": {"cohort_size": 3}}
 EXPECTED_TERMS = {"noisy_teacher": {"mse"}, "sobolev": {"mse", "sobolev"},
-                  "fitnet": {"hint", "kd", "ce"}, "dml": {"ce", "kl", "peer_ce", "peer_kl"},
+                  # fitnet: its first stage (the hint alone) at step 0 and in a one-epoch run
+                  "fitnet": {"hint"}, "fitnet_mdistiller": {"hint", "ce"},
+                  "dml": {"ce", "kl", "peer_ce", "peer_kl"},
                   "multi_teacher": {"kd", "ce"}, "specialists": {"kd", "ce"},
                   "adversarial": {"kd", "ce", "adv", "disc"}}
 
@@ -213,12 +216,14 @@ def test_sobolev_field_artifact_on_2d_data():
 
 # ---- FitNet ------------------------------------------------------------------------------------
 def test_fitnet_regressor_maps_student_features_to_teacher_features():
-    m, data = _method("fitnet")
+    m, data = _method("fitnet", {"regressor": "linear", "schedule": "joint"})
     reg = m.regressor
     assert isinstance(reg, torch.nn.Linear) and (reg.in_features, reg.out_features) == (16, 64)
+    assert set(m.loss_terms(_batch(data), 0)) == {"hint", "kd", "ce"}     # joint: all from step 0
     # CNN pair: a 1x1 conv, the student map pooled to the teacher's size
     cnn_t = build_model(ModelConfig("cnn", 3, 8), data.input_shape, 10).eval()
-    m2, _ = _method("fitnet", teacher=cnn_t, student_cfg=ModelConfig("cnn", 1, 4), data=data)
+    m2, _ = _method("fitnet", {"regressor": "linear"}, teacher=cnn_t,
+                    student_cfg=ModelConfig("cnn", 1, 4), data=data)
     assert isinstance(m2.regressor, torch.nn.Conv2d)
     assert torch.isfinite(m2.loss_terms(_batch(data), 0)["hint"])
     with pytest.raises(Exception, match="no module"):
@@ -232,7 +237,7 @@ def test_fitnet_nonlinear_regressor_is_conv_bn_relu_on_maps_and_linear_bn_relu_o
     cnn_t = build_model(ModelConfig("cnn", 3, 8), data.input_shape, 10).eval()
     m2, _ = _method("fitnet", {"regressor": "conv_bn_relu"}, teacher=cnn_t,
                     student_cfg=ModelConfig("cnn", 1, 4), data=data)
-    conv, bn, relu = m2.regressor
+    conv, bn, relu = m2.regressor          # the student's 4x4 map to the hint's 2x2: a 3x3 kernel
     assert conv.kernel_size == (3, 3) and isinstance(bn, torch.nn.BatchNorm2d)
     hint = m2.loss_terms(_batch(data), 0)["hint"]
     hint.backward()
@@ -241,7 +246,7 @@ def test_fitnet_nonlinear_regressor_is_conv_bn_relu_on_maps_and_linear_bn_relu_o
 
 # ---- DML ---------------------------------------------------------------------------------------
 def test_dml_terms_are_ce_plus_kl_to_each_peer():
-    m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5})
+    m, data = _method("dml", {"cohort_size": 3, "T": 2.0, "kl_weight": 0.5, "update": "joint"})
     assert m.needs_teacher is False and len(m.peers) == 2
     b = _batch(data)
     zs = [m.student(b.x)] + [p(b.x) for p in m.peers]
@@ -427,7 +432,7 @@ def test_specialists_setup_reports_progress_and_exposes_clusters():
     assert phases and phases[-1].progress == 1.0
     arts = m.artifacts()["specialists"]
     flat = [c for cl in arts["clusters"] for c in cl]
-    assert len(flat) == len(set(flat)) == 6
+    assert len(flat) == len(set(flat)) == 10          # K-means puts every class in one group
     assert m.artifacts() == {}          # sent once
     q = m.log_q.exp()
     assert q.shape == (len(data.transfer), 10) and torch.allclose(q.sum(-1), torch.ones(len(q)),
@@ -464,3 +469,167 @@ def test_new_methods_are_listed_with_validated_params():
     assert _cfg("multi_teacher", {"teachers": "mlp-1-64, mlp-2-128"}).method.params.teachers \
         == ["mlp-1-64", "mlp-2-128"]
     assert math.isclose(_cfg("sobolev").method.params.deriv_weight, 1.0)
+
+
+# ---- FitNets as in the paper (Romero et al. 2015), mdistiller's recipe as a named variant -------
+def _cnn_fitnet(name: str = "fitnet", params: dict | None = None, student_depth: int = 3):
+    data = load_data(_cfg(name).data)
+    torch.manual_seed(1)
+    teacher = build_model(ModelConfig("cnn", 3, 8), data.input_shape, 10).eval()
+    m, _ = _method(name, params, teacher=teacher, student_cfg=ModelConfig("cnn", student_depth, 4),
+                   data=data)
+    return m, data
+
+
+def test_fitnet_default_is_stagewise_from_the_middle_stage_through_a_regressor_sized_to_the_hint():
+    m, data = _cnn_fitnet()
+    b = _batch(data)
+    terms = m.loss_terms(b, 0)
+    assert set(terms) == {"hint"}                           # stage 1: the hint alone
+    # the guided layer is the student's middle stage (block 2 of 3: 8 channels at 2x2, not the
+    # last stage's 16), the hint the teacher's middle stage (16 channels, not 32)
+    assert m.s_hook.out.shape[1:] == (8, 2, 2) and m.t_hook.out.shape[1:] == (16, 2, 2)
+    conv, bn, relu = m.regressor                            # conv-BN-ReLU, a 1x1 conv here
+    assert conv.kernel_size == (1, 1) and isinstance(bn, torch.nn.BatchNorm2d)
+    assert isinstance(relu, torch.nn.ReLU)
+    after = m.loss_terms(b, int(m.params.hint_epochs * m.ctx.steps_per_epoch))
+    assert set(after) == {"kd", "ce"}                       # stage 2: KD on the whole student
+    # 2 hint epochs, capped at half of this 2-epoch run: the classifier trains in the second
+    assert m.hint_stage() == 1.0 and set(m.loss_terms(b, m.ctx.steps_per_epoch)) == {"kd", "ce"}
+    # a one-block student's middle stage is its only block (4 channels at 4x4): the paper's
+    # regressor is a valid convolution whose kernel brings 4x4 down to the hint's 2x2
+    small, _ = _cnn_fitnet(student_depth=1)
+    assert small.regressor[0].kernel_size == (3, 3) and small.regressor[0].padding == (0, 0)
+    small.loss_terms(b, 0)
+    assert small.regressor(small.s_hook.out).shape[1:] == (16, 2, 2)
+    # MLPs: the middle hidden layer and a Linear-BN-ReLU regressor
+    mlp, _ = _method("fitnet", student_cfg=ModelConfig("mlp", 3, 16))
+    mlp.loss_terms(b, 0)
+    assert [type(x) for x in mlp.regressor] == [torch.nn.Linear, torch.nn.BatchNorm1d,
+                                                torch.nn.ReLU]
+    assert mlp.s_hook.out.shape[1:] == (16,)
+
+
+def test_fitnet_stage_one_trains_only_the_student_up_to_the_guided_layer_and_the_regressor():
+    """The trainer's own step, three times in stage 1: the blocks up to the guided layer and the
+    regressor move; the last block (weights and BatchNorm statistics) and the head do not."""
+    from kdengine.run.trainer import make_optimizer, train_step
+    m, data = _cnn_fitnet()
+    s = m.student
+    later = [s.features[2], s.head]
+    before = {k: v.clone() for k, v in s.state_dict().items()}
+    reg_before = [p.detach().clone() for p in m.regressor.parameters()]
+    params = [p for mod in [s, *m.extra_modules()] for p in mod.parameters()]
+    opt = make_optimizer(m.ctx.config.train, params)
+    m.train(True)
+    for step in range(3):
+        train_step(m, _batch(data), step, opt, None)
+    after = s.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    late = {f"features.2.{k}" for k in later[0].state_dict()} | {f"head.{k}" for k in
+                                                                 later[1].state_dict()}
+    assert not moved & late, sorted(moved & late)
+    assert any(k.startswith("features.0.") for k in moved)
+    assert any(k.startswith("features.1.") for k in moved)
+    assert any(not torch.equal(a, p) for a, p in zip(reg_before, m.regressor.parameters()))
+
+
+def test_fitnet_mdistiller_variant_is_ce_plus_100_hint_mse_in_one_stage_without_kd():
+    """mdistiller's FitNet (megvii-research/mdistiller, FITNET: hint layer 2, CE weight 1, feature
+    weight 100, conv-BN-ReLU regressor): one stage, no KD term."""
+    m, data = _cnn_fitnet("fitnet_mdistiller")
+    assert m.term_weights == {"hint": 100.0, "ce": 1.0}
+    b = _batch(data)
+    for step in (0, 10, 19):
+        terms = m.loss_terms(b, step)
+        assert set(terms) == {"ce", "hint"}
+    assert m.s_hook.out.shape[1:] == (8, 2, 2) and m.t_hook.out.shape[1:] == (16, 2, 2)
+    z = m.student(b.x)                             # the same batch: the same BatchNorm statistics
+    m.run_teacher(m.teachers[0], b.x)
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(z, b.y))
+    torch.testing.assert_close(terms["hint"], F.mse_loss(m.regressor(m.s_hook.out), m.t_hook.out),
+                               rtol=1e-5, atol=1e-6)
+
+
+# ---- DML: every model in turn (Zhang et al. 2018, Algorithm 1 and s.3.3) ------------------------
+def test_dml_updates_each_peer_in_turn_against_the_latest_predictions_of_the_others():
+    """Three models: peer 1 steps against the student and peer 2; peer 2 then steps against the
+    student and peer 1 AS UPDATED; the student learns from both updated peers. Replayed by hand
+    with plain SGD."""
+    import copy
+    m, data = _method("dml", {"cohort_size": 3, "T": 2.0})
+    tc = m.ctx.config.train
+    tc.optimizer, tc.momentum, tc.lr = "sgd", 0.0, 0.5   # a big step: peer 1's update shows
+    m.setup(data)                                  # the peers' optimiser from the changed config
+    assert m.extra_modules() == []                 # the default: in turn, the paper's Algorithm 1
+    b = _batch(data)
+    lr = m.ctx.config.train.lr
+    p1, p2 = copy.deepcopy(m.peers[0]), copy.deepcopy(m.peers[1])
+    with torch.no_grad():
+        z_s = m.student(b.x)
+    for peer, other in ((p1, p2), (p2, p1)):
+        with torch.no_grad():
+            z_o = other(b.x)
+        z = peer(b.x)
+        loss = F.cross_entropy(z, b.y) + (kd_loss(z, z_s, 2.0) + kd_loss(z, z_o, 2.0)) / 2
+        grads = torch.autograd.grad(loss, list(peer.parameters()))
+        with torch.no_grad():
+            for p, g in zip(peer.parameters(), grads):
+                p -= lr * g
+    terms = m.loss_terms(b, 0)
+    for mine, want in zip(m.peers.parameters(), [*p1.parameters(), *p2.parameters()]):
+        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-6)
+    z = m.student(b.x)
+    with torch.no_grad():
+        kl = (kd_loss(z, p1(b.x), 2.0) + kd_loss(z, p2(b.x), 2.0)) / 2
+    torch.testing.assert_close(terms["kl"], kl, rtol=1e-5, atol=1e-6)
+
+
+def test_dml_peers_follow_the_runs_learning_rate_schedule(runs_dir):
+    """The peers' own optimiser (models in turn) decays with the run's schedule, as the student's
+    does: after a cosine run both end at the same learning rate."""
+    from kdengine.run.units import make_trainer
+    cfg = _cfg("dml", {"cohort_size": 3}, epochs=2, scheduler="cosine")
+    trainer = make_trainer(cfg, lambda e: None)
+    trainer.run()
+    peer_lr = trainer.method.peer_opt.param_groups[0]["lr"]
+    assert peer_lr < 1e-6 * cfg.train.lr + 1e-12
+
+
+# ---- specialists as in Hinton, Vinyals & Dean 2015, s.5 ------------------------------------------
+def test_specialist_classes_come_from_kmeans_on_the_covariance_of_the_generalists_predictions():
+    """Classes predicted together (positive covariance of the generalist's probabilities) share a
+    specialist; no labels are involved."""
+    from kdengine.methods.specialists import covariance_groups
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    u = torch.rand(n, generator=g)
+    a = torch.zeros(n, 5)
+    a[:, 0], a[:, 1] = u, 1 - u                                       # mass shared by 0 and 1
+    d = torch.distributions.Dirichlet(torch.ones(3)).sample((n,))
+    b = torch.zeros(n, 5)
+    b[:, 2:] = d                                                      # ... and by 2, 3, 4
+    probs = torch.cat([a, b])[torch.randperm(2 * n, generator=g)]
+    assert covariance_groups(probs, 2, seed=0) == [[0, 1], [2, 3, 4]]
+    assert covariance_groups(probs, 2, seed=5) == [[0, 1], [2, 3, 4]]
+
+
+def test_specialists_default_is_the_papers_unlabelled_grouping_with_n_1():
+    """setup() groups the classes without looking at the labels (shuffling them changes nothing),
+    and with the paper's n = 1 a specialist is active where the generalist's top class is one of
+    its classes."""
+    from kdengine.methods.specialists import active_specialists
+    m, data = _method("specialists", {"specialist_epochs": 1})
+    clusters = m.subsets
+    assert m.params.top_n == 1
+    shuffled = dataclasses.replace(data, teacher_train=dataclasses.replace(
+        data.teacher_train, y=data.teacher_train.y[torch.randperm(len(data.teacher_train.y),
+                                                   generator=torch.Generator().manual_seed(0))]))
+    again, _ = _method("specialists", {"specialist_epochs": 1}, teacher=m.teachers[0],
+                       data=shuffled)
+    assert again.subsets == clusters
+    p = F.softmax(torch.randn(64, 10, generator=torch.Generator().manual_seed(1)) * 3, -1)
+    act = active_specialists(p, clusters, m.params.top_n)
+    top = p.argmax(1)
+    for i in range(64):
+        assert act[i].tolist() == [int(top[i]) in c for c in clusters]

@@ -241,3 +241,39 @@ def test_cli_search_prints_progress_trials_and_best(runs_dir):
                          capture_output=True, text=True,
                          env={**os.environ, "KD_RUNS_DIR": str(runs_dir)}, timeout=300)
     assert bad.returncode == 2 and "method.params.T" in bad.stderr
+
+
+# ---- warnings stored with a search: the test set, and teachers that may have seen the val split --
+SPACE_T = {"method.params.T": {"low": 1.0, "high": 8.0, "log": True}}
+
+
+@pytest.mark.parametrize("metric", ["test_acc", "agreement", "kl_test"])
+def test_a_search_on_a_test_set_metric_warns_and_keeps_the_warning(engine, tiny_cfg, metric):
+    from kdengine.experiments.search import Search
+    se = Search(engine, SearchSpec(base=tiny_cfg.to_dict(), space=dict(SPACE_T), metric=metric))
+    assert any("test set" in n for n in se.notices), se.notices
+    se._save()
+    assert se.notices == engine.store.get_sweep(se.id)["state"]["notices"]
+    honest = Search(engine, SearchSpec(base=tiny_cfg.to_dict(), space=dict(SPACE_T)))
+    assert honest.notices == []       # val_acc, with a teacher trained here without the val split
+
+
+def test_a_search_warns_when_the_teacher_may_have_trained_on_the_validation_split(engine,
+                                                                                  tiny_cfg):
+    from kdengine.experiments.search import Search
+
+    def notices(teacher: dict) -> list[str]:
+        cfg = tiny_cfg.with_overrides({f"teacher.{k}": v for k, v in teacher.items()})
+        return Search(engine, SearchSpec(base=cfg.to_dict(), space=dict(SPACE_T))).notices
+    shipped = notices({"source": "shipped", "checkpoint": "digits-mlp-2x256",
+                       "model": {"arch": "mlp", "depth": 2, "width": 256}})
+    assert any("validation" in n for n in shipped), shipped
+    assert any("validation" in n for n in notices({"source": "checkpoint",
+                                                   "checkpoint": "teachers/mine.pt"}))
+    # a run teacher: disjoint when that run held out the same validation split, else a warning
+    same = tiny_cfg.with_overrides({"data.val_fraction": 0.2})
+    other = tiny_cfg.with_overrides({"data.val_fraction": 0.0})
+    ok = engine.store.create_run(same.to_dict(), same.hash, status="done")
+    leaky = engine.store.create_run(other.to_dict(), other.hash, status="done")
+    assert notices({"source": "run", "checkpoint": ok}) == []
+    assert any("validation" in n for n in notices({"source": "run", "checkpoint": leaky}))

@@ -4,6 +4,7 @@ arrive; open the best config in the Lab. Logic lives in :mod:`kdengine.experimen
 ``setup`` and ``view`` are separate so the page's polling (a fragment) can wrap ``view`` alone."""
 from __future__ import annotations
 
+import re
 from typing import Container
 from urllib.parse import urlencode
 
@@ -13,8 +14,8 @@ from streamlit.errors import StreamlitAPIException
 
 from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_METRICS, ConfigError,
                       RunConfig, SearchSpec, best_config, best_trial, default_range, flatten, get_search,
-                      is_running, knob_meta, resume_search, shown_status, start_search,
-                      stored_trials, study_of)
+                      is_running, knob_meta, resume_search, search_warnings, shown_status,
+                      start_search, stored_trials, study_of)
 from ui import widgets
 from ui.classroom import may_change, number_knob, with_locks
 from ui.live import live_fragment
@@ -49,6 +50,11 @@ def searchable(base: RunConfig) -> list[str]:
         if meta["kind"] != "str" or meta["choices"]:
             out.append(key)
     return out
+
+
+def _said(note: str) -> str:
+    """A search's stored warning in the page's words: metric keys and config paths named."""
+    return plain(re.sub(r"\b(?:val_acc|test_acc|kl_test)\b", lambda m: metric_name(m.group(0)), note))
 
 
 def _range_inputs(base: RunConfig, key: str) -> dict:
@@ -97,9 +103,9 @@ def setup(engine, owner: str, preset: str, base: RunConfig, refused: Container[s
     backend = c4.radio("Backend", SEARCH_BACKENDS, key="se_backend", horizontal=True,
                        help="; ".join(f"{k}: {BACKEND_HELP[k]}" for k in SEARCH_BACKENDS
                                       if k in BACKEND_HELP))
-    if metric == "test_acc":
-        st.warning("Choosing knobs on test accuracy makes the test figure optimistic; validation "
-                   "accuracy keeps it honest.", icon=":material/warning:")
+    for note in search_warnings(SearchSpec(base=base.to_dict(), space={}, metric=metric),
+                                engine.store):
+        st.warning(_said(note), icon=":material/warning:")
     if st.button("Run search", type="primary", key="se_launch"):
         cfg = base.copy()
         cfg.train.epochs = int(epochs)
@@ -126,6 +132,8 @@ def view(engine, owner: str, search_id: str) -> None:
     st.progress(min(1.0, len(finished) / max(1, spec.n_trials)),
                 text=f"{status} · {len(finished)}/{spec.n_trials} trials · {pruned} pruned · "
                      f"{epochs} epochs trained · backend {spec.backend}")
+    for note in (se.notices if se else row["state"].get("notices", [])):
+        st.warning(_said(note), icon=":material/warning:")
     err = se.error if se else row["state"].get("error")
     if err:
         st.error(plain(err), icon=":material/error:")

@@ -23,6 +23,8 @@ there in 10 steps (eta 0.3 leaves about 3% of the margin: it stops near the boun
 method's default, eta 1 with eps 0.02, aims just past it and crosses. The ``authors`` rule runs
 without the safeguard (below), as the official code does. Authors' defaults: eta 0.3, 10 steps,
 eps 1e-4, attack on logits (not probabilities), inputs clamped to [-2.5, 2.5] (normalised CIFAR).
+Each rule comes with its own eta and eps (``RULE_SETTINGS``): choosing the authors' rule gives their
+0.3 and 1e-4 unless a value is set by hand (``rule_settings``).
 
 Their code relies on APIs PyTorch has since removed or changed, re-expressed here:
 ``torch.autograd.gradcheck.zero_gradients`` (removed in 1.9; we use ``torch.autograd.grad``),
@@ -31,14 +33,17 @@ Their code relies on APIs PyTorch has since removed or changed, re-expressed her
 revisions (now ``.item()``), ``dataset_name is 'CIFAR-10'`` string identity, and ``torch.load`` of
 whole pickled networks (we only load state dicts with ``weights_only=True``).
 
-Base samples and targets (``train_BSS_distillation.py``): only samples the teacher classifies
-correctly are attacked; when there are more than ``attack_size`` (64), those with the largest
-``sum_{c != y} (p_t,c - p_s,c)^2`` (teacher/student disagreement outside the true class) are kept. The
-target class is drawn from the teacher's non-top classes with probability proportional to the
-teacher's softmax, so the runner-up is the most likely target.
+Base samples and targets (``train_BSS_distillation.py``): the authors' final code attacks only
+samples that the teacher AND the student classify correctly (``rule="both_correct"``; an earlier
+revision asked only the teacher, ``rule="teacher_correct"``); when there are more than
+``attack_size`` (64), those with the largest ``sum_{c != y} (p_t,c - p_s,c)^2`` (teacher/student
+disagreement outside the true class) are kept. The target class is drawn from the teacher's non-top
+classes with probability proportional to the teacher's softmax, so the runner-up is the most likely
+target.
 
 Boundary similarity (MagSim, AngSim; the project's reading of the paper's description, not verified
-against its text, which was not at hand offline; the exact normalisation is ours): for a probe sample x_n of base class b_n
+against its text, which was not at hand offline; the exact normalisation and the probe are ours, and
+``similarity_note`` says so on the Boundaries page): for a probe sample x_n of base class b_n
 and a fixed target class k_n, run the same boundary search on the teacher and on the student and take
 the perturbation vectors ``v_t = x_adv^t - x``, ``v_s = x_adv^s - x`` (distance and direction from the
 sample to each model's b/k boundary). Over the N probes where both models predict b_n and both
@@ -60,6 +65,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 RULES = ("deepfool", "authors")
+# Each rule's own step size eta and margin eps. The authors' are their code's (step_alpha 0.3 and
+# the 1e-4 in attack_BSS.py); DeepFool's aim just past the boundary (module docstring).
+RULE_SETTINGS = {"deepfool": {"step": 1.0, "eps": 0.02}, "authors": {"step": 0.3, "eps": 1e-4}}
+# Which samples may be attacked: both models right (the authors' final code), or the teacher alone.
+BASE_RULES = ("both_correct", "teacher_correct")
+
+
+def rule_settings(rule: str, step: float | None = None, eps: float | None = None
+                  ) -> tuple[float, float]:
+    """(eta, eps) for an attack rule: the values given, else the rule's own."""
+    own = RULE_SETTINGS[rule]
+    return (own["step"] if step is None else step, own["eps"] if eps is None else eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,12 +181,21 @@ def runner_up(logits: Tensor, base: Tensor) -> Tensor:
     return logits.float().scatter(1, base[:, None], float("-inf")).argmax(1)
 
 
-def select_base(t_logits: Tensor, s_logits: Tensor, y: Tensor, labeled: Tensor, k: int) -> Tensor:
-    """Indices of at most ``k`` base samples: the teacher must classify them correctly (or, without a
-    label, they keep the teacher's class); among those, the largest teacher/student disagreement
-    outside the base class comes first (authors' "base sample selection")."""
+def select_base(t_logits: Tensor, s_logits: Tensor, y: Tensor, labeled: Tensor, k: int,
+                rule: str = "both_correct") -> Tensor:
+    """Indices of at most ``k`` base samples; among the allowed ones, the largest teacher/student
+    disagreement outside the base class comes first (authors' "base sample selection").
+
+    Allowed (``rule``): ``both_correct``, the teacher and the student both classify the sample
+    correctly (the authors' final code: ``condition1 & condition2``); ``teacher_correct``, the
+    teacher alone. A sample without a label keeps the teacher's class, and under ``both_correct``
+    the student must predict that class too."""
+    if rule not in BASE_RULES:
+        raise ValueError(f"rule must be one of {BASE_RULES}, got {rule!r}")
     pred = t_logits.argmax(1)
     ok = (pred == y) | ~labeled
+    if rule == "both_correct":
+        ok = ok & (s_logits.argmax(1) == pred)     # pred == y wherever the teacher had to be right
     d = (F.softmax(t_logits.float(), 1) - F.softmax(s_logits.detach().float(), 1)) ** 2
     score = d.sum(1) - d.gather(1, pred[:, None])[:, 0]
     score = torch.where(ok, score, torch.full_like(score, float("-inf")))
@@ -199,6 +225,33 @@ def boundary_similarity(v_t: Tensor, v_s: Tensor, valid: Tensor | None = None) -
 # Settings for measuring the distance to a boundary (not for training): bigger steps and more of
 # them than the BSS defaults so most probes actually reach the boundary.
 PROBE_ATTACK = dict(step=0.5, steps=25, eps=1e-3, rule="deepfool")
+PROBE_SIZE = 128
+
+
+def similarity_note() -> str:
+    """How MagSim and AngSim are measured here, beside the paper's, in plain words (the Boundaries
+    page shows it). Built from the probe's settings, so the words follow the code."""
+    p = PROBE_ATTACK
+    return (
+        f"**How MagSim and AngSim are measured here.** From each of up to {PROBE_SIZE} test samples "
+        f"the teacher gets right, a boundary search pushes the sample towards the teacher's second "
+        f"most likely class, once on the teacher and once on the student, and keeps how far the "
+        f"sample had to move (the distance to that model's boundary) and in which direction. "
+        f"MagSim is the average of the shorter distance divided by the longer one; AngSim is the "
+        f"average agreement of the two directions (the cosine of the angle between them, counted "
+        f"as 0 when they point apart). Both are 1 when the student's boundary sits where the "
+        f"teacher's does. Samples where either search does not cross its boundary, or that the "
+        f"student gets wrong, are left out.\n\n"
+        f"The search is not quite the attack BSS uses in training: it always aims at the "
+        f"teacher's second most likely class (training draws the class in proportion to the "
+        f"teacher's probabilities), and it takes up to {p['steps']} steps, each covering "
+        f"{p['step']:g} of the estimated distance that is left (training: 10 steps by default, "
+        f"each aimed just past the boundary), so that most samples reach the boundary and the "
+        f"distances can be compared. "
+        f"The paper (Heo et al., AAAI 2019) introduced MagSim and AngSim to compare the two "
+        f"boundaries in the same two ways. These formulas are this app's reading of the paper's "
+        f"description, and the paper's own probe (which samples, which classes, which search) "
+        f"could not be checked here: compare these numbers with each other, not with the paper's.")
 
 
 class SimilarityProbe:
@@ -206,7 +259,7 @@ class SimilarityProbe:
     teacher never changes), the student's at each call."""
 
     def __init__(self, teacher: nn.Module, x: Tensor, y: Tensor, device: torch.device,
-                 size: int = 128, seed: int = 0, clamp: tuple[float, float] | None = None):
+                 size: int = PROBE_SIZE, seed: int = 0, clamp: tuple[float, float] | None = None):
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(x), generator=gen)
         x, y = x[idx].to(device), y[idx].to(device)
@@ -296,7 +349,7 @@ class BoundaryMonitor:
     GRID_N = 60          # stored snapshots; the page can ask for finer grids from live models
 
     def __init__(self, teacher: nn.Module | None, data, device: torch.device, seed: int = 0,
-                 probe_size: int = 128):
+                 probe_size: int = PROBE_SIZE):
         self.teacher, self.data, self.device = teacher, data, device
         self.kind = data.kind
         self.bounds = grid_bounds(data.transfer.x) if self.kind == "2d" else None

@@ -9,6 +9,10 @@ budget and a time budget, a pruner and the metric. Each trial is an ordinary run
   neither teacher nor student trains on, so picking knobs never looks at the test set. An optional
   second objective (seconds per epoch, minimised) turns the study into a Pareto search; Optuna
   cannot prune multi-objective trials, so pruning is off then.
+* Warnings (:func:`search_warnings`), kept with the search and shown by the page and the CLI: an
+  objective read on the test set (``test_acc``, ``agreement``, ``kl_test``), and a teacher that may
+  have trained on the validation split (a shipped, checkpoint or run teacher that cannot be shown
+  to have held it out: ``kdengine.teachers.sources.validation_overlap``).
 * Pruning: every epoch's metric is reported to the trial from the engine's event stream (in the
   worker thread, so a pruned run stops before its next step); ``median`` or ``asha``
   (successive halving).
@@ -48,6 +52,7 @@ PRUNERS = ("median", "asha", "none")
 METRICS = {"val_acc": "maximize", "test_acc": "maximize", "agreement": "maximize",
            "kl_test": "minimize"}
 SECOND = {"": None, "epoch_s": "minimize"}
+TEST_METRICS = ("test_acc", "agreement", "kl_test")      # read on the test set
 SEARCH_BACKENDS = ("local", "vectorised")
 VECTOR_BATCH = 8         # suggestions trained together as stacked students (backend vectorised)
 # Ranges a user most often wants, where the knob's own bounds are far too wide (T <= 100).
@@ -240,6 +245,23 @@ class SearchSpec(Spec):
         return self
 
 
+def search_warnings(spec: SearchSpec, store=None) -> list[str]:
+    """Why a search's best value may flatter its knobs, one line each: an objective measured on the
+    test set, or a teacher that may have trained on the validation split the trials are judged on."""
+    out = []
+    if spec.metric in TEST_METRICS:
+        out.append(f"Trials are judged on {spec.metric}, which is measured on the test set: the best "
+                   f"trial is chosen on those very samples, so its test figures are optimistic. "
+                   f"val_acc judges them on a validation split that teacher and student never "
+                   f"train on, and keeps the test set unseen.")
+    if spec.metric.startswith("val_"):
+        from kdengine.teachers.sources import validation_overlap
+        why = validation_overlap(spec.base_config(), store)
+        if why:
+            out.append(why)
+    return out
+
+
 def suggest(trial, name: str, dist):
     """trial.suggest_* for one of :func:`distributions`' entries."""
     from optuna.distributions import IntDistribution
@@ -359,6 +381,7 @@ class Search(Experiment):
         self.dists = distributions(self.base, spec.space)
         self.trials: list[TrialRow] = stored_rows(self.store, exp_id) if exp_id else []
         self.started = 0.0
+        self.notices += search_warnings(spec, self.store)     # stored with the search's state
 
     def stop(self) -> None:
         super().stop()

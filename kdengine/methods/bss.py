@@ -14,6 +14,11 @@ training (here e/E is the fraction of steps done, see ``BSS.weights``). Their KD
 cross-entropy ``-sum p_t^T log p_s^T`` without the T^2 factor (same gradient as the KL form used
 here); the ``t_squared`` switch adds it. Here the start and end
 weights and the point where BSS stops are knobs, with the authors' values as defaults.
+
+Base samples are those the teacher and the student both classify correctly, as in the authors'
+final code (``base_samples``). The attack's rule defaults to DeepFool's step (which lands just past
+the boundary whatever the logit scale); ``attack_rule = authors`` is their update, and brings their
+step size 0.3 and eps 1e-4 unless ``attack_step`` / ``attack_eps`` are set.
 """
 from __future__ import annotations
 
@@ -46,23 +51,32 @@ class BSSParams:
                             help="The authors' loss has no T² factor; switch on to match Hinton KD.")
     attack_size: int = param(64, min=1, max=4096, label="attacked samples per batch",
                              help="Base samples attacked per batch (authors: 64).")
-    attack_step: float = param(1.0, min=0.0, min_exclusive=True, max=10.0, step=0.05,
-                               label="attack step",
-                               help="eta in the update. deepfool: the share of the linearised "
-                                    "distance to the boundary covered per step; 1 (default) aims "
-                                    "just past it, 0.3 stops short (after 10 steps about 3% of the "
-                                    "margin is left and almost no sample crosses). Authors: 0.3 "
-                                    "with their rule.")
+    base_samples: str = param("both_correct", choices=adv.BASE_RULES, label="base samples",
+                              help="Which samples may be attacked. both_correct: the teacher and "
+                                   "the student both classify it correctly (the authors' final "
+                                   "code). teacher_correct: the teacher alone (an earlier version; "
+                                   "it attacks from the first step, when a fresh student is "
+                                   "right almost nowhere).")
+    attack_step: float | None = param(None, min=0.0, min_exclusive=True, max=10.0, step=0.05,
+                                      label="attack step",
+                                      help="eta in the update; empty = the rule's own (deepfool 1, "
+                                           "authors 0.3). deepfool: the share of the linearised "
+                                           "distance to the boundary covered per step; 1 aims "
+                                           "just past it, 0.3 stops short (after 10 steps about 3% "
+                                           "of the margin is left and almost no sample crosses).")
     attack_steps: int = param(10, min=1, max=200, label="attack steps",
                               help="Iterations of the boundary search (authors: 10).")
-    attack_eps: float = param(0.02, min=0.0, max=10.0, label="attack epsilon",
-                              help="Margin (in logits) by which the step aims past the boundary "
-                                   "(authors: 1e-4; 0.02 here so curved boundaries are crossed).")
+    attack_eps: float | None = param(None, min=0.0, max=10.0, step=0.01, label="attack epsilon",
+                                     help="Margin (in logits) by which the step aims past the "
+                                          "boundary; empty = the rule's own (authors 1e-4; "
+                                          "deepfool 0.02, so curved boundaries are crossed).")
     attack_rule: str = param("deepfool", choices=adv.RULES, advanced=True,
                              help="deepfool: step = eta*(margin+eps)*g/|g|^2, a fraction eta of the "
-                                  "linearised distance, with a safeguard against overshooting; "
-                                  "authors: g/|g| and no safeguard, as in the official code (the "
-                                  "step's length depends on the logit scale).")
+                                  "linearised distance, with a safeguard against overshooting (it "
+                                  "lands just past the boundary whatever the logit scale); "
+                                  "authors: g/|g| and no safeguard, as in the official code, with "
+                                  "its eta 0.3 and eps 1e-4 (the step's length depends on the "
+                                  "logit scale).")
     attack_every: int = param(1, min=1, max=1000, advanced=True,
                               help="Attack every n-th step only (cheaper; the BSS term is 0 between).")
     probe_size: int = param(128, min=0, max=2048, advanced=True,
@@ -133,13 +147,14 @@ class BSS(Method):
     def _boundary_samples(self, batch, s, t):
         """Attack the teacher from the batch's most useful base samples; returns (x_bss, t(x_bss))."""
         p = self.params
-        idx = adv.select_base(t, s, batch.y, batch.labeled, p.attack_size)
+        idx = adv.select_base(t, s, batch.y, batch.labeled, p.attack_size, rule=p.base_samples)
         if len(idx) == 0:
             return None, None
         base = t[idx].argmax(1)
         target = adv.sample_targets(t[idx], base, self.gen)
-        res = adv.boundary_attack(self.teachers[0], batch.x[idx], base, target, step=p.attack_step,
-                                  steps=p.attack_steps, eps=p.attack_eps, rule=p.attack_rule,
+        eta, eps = adv.rule_settings(p.attack_rule, p.attack_step, p.attack_eps)
+        res = adv.boundary_attack(self.teachers[0], batch.x[idx], base, target, step=eta,
+                                  steps=p.attack_steps, eps=eps, rule=p.attack_rule,
                                   clamp=self.clamp)
         # Keep references only (no copies); artifacts() converts the latest at epoch end.
         self._last = {"res": res, "s_before": s[idx].detach()}

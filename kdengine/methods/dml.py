@@ -3,13 +3,16 @@
 ``cohort`` mode: the student and ``cohort_size - 1`` peers of the same architecture start from
 different random weights and train together, no pre-trained teacher: each minimises
 ``CE(y, z_i) + kl_weight * T^2 * mean_{j != i} KL(p_j || p_i)``, with the peers' distributions as
-fixed targets in each term. ``update = "joint"`` (default) updates every model at once from the same
-batch, the common simplification; ``update = "alternating"`` is the paper's Algorithm 1: on each
-batch the peers are updated first (their own optimiser, against the student's current predictions),
-then their predictions are recomputed and the student is updated against them (the peers and
-their optimiser's state are in the run's checkpoint: ``extra_state``). ``online`` mode: the single
-peer has the teacher's architecture (``teacher.model`` in the run's config) and is trained together
-with the student: "teacher and student trained at once".
+fixed targets in each term. ``update = "alternating"`` (the default) is the paper's Algorithm 1,
+which for more than two models (its section 3.3) updates each in turn: on each batch every peer
+steps once, against the latest predictions of all the others (a peer updated before it in this
+batch included), then the student learns from the updated peers (the trainer's step). The peers
+have an optimiser of their own, of the run's kind and under the run's learning-rate schedule; it,
+its schedule and the peers are in the run's checkpoint (``extra_state``). ``update = "joint"``
+updates every model at once from the same batch's predictions: the common simplification, one
+backward pass for all. ``online`` mode: the single peer has the teacher's architecture
+(``teacher.model`` in the run's config) and is trained together with the student: "teacher and
+student trained at once".
 
 Terms: ``ce`` and ``kl`` are the student's; ``peer_ce`` and ``peer_kl`` sum over the peers. The
 peers' mean test accuracy is recorded each epoch as ``peer_test_acc``.
@@ -23,6 +26,7 @@ from torch import nn
 
 from kdengine.losses.logits import kd_loss, kd_loss_unscaled
 from kdengine.core.knobs import param, temperature_knob, weight_knob
+from kdengine.core.optim import make_optimizer, make_scheduler
 from kdengine.methods.base import Method, register
 
 
@@ -38,10 +42,11 @@ class DMLParams:
     T: float = temperature_knob(1.0, help="Temperature of the mutual KL (the paper uses 1).")
     hard_weight: float = weight_knob(1.0, "hard weight")
     t_squared: bool = param(True, label="multiply KL by T²")
-    update: str = param("joint", choices=("joint", "alternating"),
-                        help="joint: one step updates every model from the same batch; "
-                             "alternating: the peers step first, then the student learns from "
-                             "their updated predictions (the paper's Algorithm 1).")
+    update: str = param("alternating", choices=("alternating", "joint"),
+                        help="alternating: each model in turn, against the others' latest "
+                             "predictions; the peers first, then the student (the paper's "
+                             "Algorithm 1). joint: one step updates every model from the same "
+                             "predictions (a common simplification: one backward pass, cheaper).")
 
 
 @register
@@ -79,9 +84,11 @@ class DeepMutualLearning(Method):
         torch.set_rng_state(state)
         self.peers.to(self.ctx.device)
         self.data = data
-        self.peer_opt = None
+        self.peer_opt = self.peer_sched = None
         if p.update == "alternating":
-            self.peer_opt = _optimizer(cfg.train, self.peers.parameters())
+            # One optimiser for all peers: a peer's step moves only the peer that has gradients.
+            self.peer_opt = make_optimizer(cfg.train, self.peers.parameters())
+            self.peer_sched = make_scheduler(cfg.train, self.peer_opt, self.ctx.total_steps)
 
     def extra_modules(self):
         # Alternating: the peers have their own optimiser, so they stay out of the trainer's.
@@ -95,13 +102,18 @@ class DeepMutualLearning(Method):
         # Alternating: the peers and their optimiser are outside the trainer's checkpointed ones.
         if not self.alternating:
             return {}
-        return {"peers": {k: v.detach().cpu() for k, v in self.peers.state_dict().items()},
-                "peer_opt": self.peer_opt.state_dict()}
+        state = {"peers": {k: v.detach().cpu() for k, v in self.peers.state_dict().items()},
+                 "peer_opt": self.peer_opt.state_dict()}
+        if self.peer_sched is not None:
+            state["peer_sched"] = self.peer_sched.state_dict()
+        return state
 
     def load_extra_state(self, state):
         if self.alternating and state:
             self.peers.load_state_dict(state["peers"])
             self.peer_opt.load_state_dict(state["peer_opt"])
+            if self.peer_sched is not None and "peer_sched" in state:
+                self.peer_sched.load_state_dict(state["peer_sched"])
 
     def train(self, mode: bool = True) -> None:
         super().train(mode)
@@ -135,27 +147,31 @@ class DeepMutualLearning(Method):
         return terms
 
     def _alternating_terms(self, batch):
-        """Peers step first against the student's current predictions; the student's terms (for
-        the trainer's step) then use the peers' updated predictions."""
+        """Each peer in turn steps against the latest predictions of every other model; the
+        student's terms (for the trainer's step) then use the peers' updated predictions."""
         w = self.term_weights
         with torch.no_grad():
-            z_s = self.student(batch.x)
-        peer_logits = [m(batch.x) for m in self.peers]
-        per = self.mutual_terms([z_s] + peer_logits, batch)[1:]
-        peer_ce = sum(d["ce"] for d in per)
-        peer_kl = sum(d["kl"] for d in per)
-        self.peer_opt.zero_grad(set_to_none=True)
-        (w.get("peer_ce", 1.0) * peer_ce + w.get("peer_kl", 1.0) * peer_kl).backward()
-        self.peer_opt.step()
-        with torch.no_grad():
-            peer_logits = [m(batch.x) for m in self.peers]
+            latest = [self.student(batch.x)] + [m(batch.x) for m in self.peers]
+        peer_ce = peer_kl = 0.0
+        for k, peer in enumerate(self.peers, start=1):
+            z = peer(batch.x)
+            others = [o for j, o in enumerate(latest) if j != k]
+            ce, kl = self.hard_ce(z, batch), sum(self._kl(z, o) for o in others) / len(others)
+            self.peer_opt.zero_grad(set_to_none=True)
+            (w.get("peer_ce", 1.0) * ce + w.get("peer_kl", 1.0) * kl).backward()
+            self.peer_opt.step()
+            with torch.no_grad():
+                latest[k] = peer(batch.x)          # the next model learns from this update
+            peer_ce, peer_kl = peer_ce + ce.detach(), peer_kl + kl.detach()
+        if self.peer_sched is not None:
+            self.peer_sched.step()                 # once per batch, as the student's schedule
         z = self.student(batch.x)
-        kl = sum(self._kl(z, o) for o in peer_logits) / len(peer_logits)
+        kl = sum(self._kl(z, o) for o in latest[1:]) / len(self.peers)
         # the peers' terms are shown (detached): they were already optimised above
-        terms = {"kl": kl, "peer_kl": peer_kl.detach()}
+        terms = {"kl": kl, "peer_kl": peer_kl}
         if self.wants("ce"):
             terms["ce"] = self.hard_ce(z, batch)
-            terms["peer_ce"] = peer_ce.detach()
+            terms["peer_ce"] = peer_ce
         return terms
 
     @torch.no_grad()
@@ -172,10 +188,3 @@ class DeepMutualLearning(Method):
             m.train(was)
         return {"peer_test_acc": sum(accs) / len(accs)}
 
-
-def _optimizer(tc, params):
-    """The peers' own optimiser, of the run's kind and learning rate (alternating updates)."""
-    if tc.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=tc.lr, weight_decay=tc.weight_decay)

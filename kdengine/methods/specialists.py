@@ -1,17 +1,25 @@
 """Generalist + specialists (Hinton, Vinyals & Dean 2015, arXiv:1503.02531, section 5).
 
-1. Cluster the classes the generalist (the run's teacher) confuses: a soft confusion matrix
-   ``C[i, j] = mean p_gen(j | x)`` over its training samples of class i; classes are grouped greedily
-   by the symmetric affinity ``C + C^T`` into disjoint subsets S_m.
+1. Group the classes the generalist (the run's teacher) predicts together, without labels (paper
+   s.5.2): K-means, with ``n_specialists`` clusters, on the columns of the covariance matrix of the
+   generalist's predicted probabilities over its training inputs; each cluster is one specialist's
+   subset S_m, and every class is in one. (The paper ran an on-line K-means; scikit-learn's batch
+   K-means, best of 10 starts, minimises the same objective.) ``grouping = "confusion"`` is this
+   project's earlier reading: a soft confusion matrix ``C[i, j] = mean p_gen(j | x)`` over the
+   training samples of true class i, classes grouped greedily by ``C + C^T`` into ``n_specialists``
+   clusters of ``cluster_size`` (it needs the labels; the paper chose covariance to avoid them).
 2. Train one specialist per subset (the teacher's architecture, initialised from the generalist where
    shapes match, as in the paper) on enriched data: a fraction ``enrich`` of its training set comes
    from S_m, the rest from all other classes merged into one dustbin class. Afterwards the dustbin
    logit is corrected by the log of the prior ratio, undoing the enrichment (paper s.5.1).
-3. For each input, K = the generalist's ``top_n`` most probable classes; the active specialists are
-   those with S_m meeting K. The combined q minimises ``KL(p_gen || q) + sum_m KL(p_m || C_m q)``,
-   with C_m collapsing q onto S_m + dustbin, by a few (natural-)gradient steps on q's logits,
-   batched over samples, from a start one EM step away from p_gen (see ``combine``).
-4. The student distils q: ``soft_weight * T^2 * KL(q^(1/T) || p_s^T) + hard_weight * CE``.
+3. For each input, K = the generalist's ``top_n`` most probable classes (the paper: n = 1); the
+   active specialists are those with S_m meeting K. The combined q minimises
+   ``KL(p_gen || q) + sum_m KL(p_m || C_m q)``, with C_m collapsing q onto S_m + dustbin, by a few
+   (natural-)gradient steps on q's logits, batched over samples, from a start one EM step away from
+   p_gen (see ``combine``). The paper stops here: the combination is its classifier.
+4. This project's extension, not in the paper (which says distilling the specialists back into one
+   model was not yet shown): a student distils q,
+   ``soft_weight * T^2 * KL(q^(1/T) || p_s^T) + hard_weight * CE``.
 
 q is computed once in ``setup`` for the whole (fixed) transfer set and for the test set, so training
 costs what Hinton KD costs; ``ensemble_test_acc`` vs ``teacher_test_acc`` is the ensemble's gain.
@@ -37,15 +45,21 @@ _EPS = 1e-12
 @dataclass
 class SpecialistsParams:
     n_specialists: int = param(2, min=1, max=20, label="specialists",
-                               help="Number of specialists (disjoint confusable class subsets).")
-    cluster_size: int = param(3, min=2, max=100, label="classes per specialist")
+                               help="Number of specialists: the clusters of K-means (covariance "
+                                    "grouping: every class is in one) or of confusable classes.")
+    grouping: str = param("covariance", choices=("covariance", "confusion"),
+                          help="covariance: K-means on the covariance of the generalist's "
+                               "predictions, no labels (the paper). confusion: the classes it "
+                               "confuses most on labelled data, in clusters of a fixed size (an "
+                               "earlier reading here; it needs the labels).")
+    cluster_size: int = param(3, min=2, max=100, label="classes per specialist (confusion)")
     specialist_epochs: int = param(10, min=1, max=1000, label="specialist epochs")
     enrich: float = param(0.5, min=0.05, max=0.95, step=0.05, label="enrichment",
                           help="Share of a specialist's training data drawn from its own classes "
                                "(the rest is the dustbin).")
-    top_n: int = param(2, min=1, max=100, label="generalist top-n",
+    top_n: int = param(1, min=1, max=100, label="generalist top-n",
                        help="A specialist is active on an input when its classes meet the "
-                            "generalist's n most probable classes.")
+                            "generalist's n most probable classes (the paper: 1).")
     combine_steps: int = param(30, min=0, max=10_000, label="combiner steps",
                                help="Natural-gradient steps on q's logits.")
     combine_lr: float = param(1.0, min=0.0, min_exclusive=True, max=1.5, step=0.1,
@@ -61,6 +75,17 @@ def soft_confusion(probs: Tensor, y: Tensor, n_classes: int) -> Tensor:
     c = torch.zeros(n_classes, n_classes)
     c.index_add_(0, y.cpu(), probs.cpu())
     return c / torch.bincount(y.cpu(), minlength=n_classes).clamp_min(1).unsqueeze(1)
+
+
+def covariance_groups(probs: Tensor, n_groups: int, seed: int = 0) -> list[list[int]]:
+    """The paper's grouping (s.5.2): K-means on the columns of the covariance matrix of the
+    generalist's predicted probabilities ``probs`` (samples x classes), so classes that are
+    predicted together share a group. No labels. Every class is in one group; groups sorted."""
+    from sklearn.cluster import KMeans
+    cov = torch.cov(probs.double().T).cpu().numpy()       # column j: how class j co-varies
+    k = min(n_groups, cov.shape[0])
+    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(cov.T)
+    return sorted(sorted(int(c) for c in (labels == j).nonzero()[0]) for j in set(labels.tolist()))
 
 
 def cluster_classes(conf: Tensor, n_clusters: int, size: int) -> list[list[int]]:
@@ -197,8 +222,11 @@ class Specialists(Method):
         n = data.n_classes
         tr = data.teacher_train
         p_train = self._probs(gen, tr.x)
-        conf = soft_confusion(p_train, tr.y, n)
-        self.subsets = cluster_classes(conf, p.n_specialists, min(p.cluster_size, n - 1))
+        conf = soft_confusion(p_train, tr.y, n)      # shown on the page; groups only by choice
+        if p.grouping == "covariance":
+            self.subsets = covariance_groups(p_train, p.n_specialists, self.ctx.seed)
+        else:
+            self.subsets = cluster_classes(conf, p.n_specialists, min(p.cluster_size, n - 1))
         self.specialists = [self._train_specialist(m, s, data) for m, s in enumerate(self.subsets)]
         self._emit("combining generalist and specialists", 1.0)
         self.log_q = self.combined_log_probs(data.transfer.x)

@@ -9,8 +9,8 @@ What ``depth`` and ``width`` mean per family (validated in :mod:`kdengine.core.c
     mobilenetv2  depth = expansion ratio of the inverted residuals; width = width multiplier in %
                  (the benchmarks' "MobileNetV2" student is expansion 6, width 50)
 
-Every model keeps its convolutional trunk in ``features`` (FitNets' default hint layer) and ends in
-an adaptive average pool, so it also runs on images smaller than 32x32 (digits).
+Every model keeps its convolutional trunk in ``features`` (FitNets' default hint layer is its middle
+stage) and ends in an adaptive average pool, so it also runs on images smaller than 32x32 (digits).
 """
 from __future__ import annotations
 

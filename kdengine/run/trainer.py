@@ -34,6 +34,7 @@ from kdengine.teachers.fitting import bf16_autocast
 from kdengine.teachers.sources import get_teacher
 from kdengine.core.checkpoints import RunCheckpoint
 from kdengine.core.events import Artifacts, Checkpoint, Emit, Metrics, Notice, Phase, no_emit
+from kdengine.core.optim import make_optimizer, make_scheduler
 from kdengine.run.control import Control
 
 # Where a teacher came from, in a run's notice ("Teacher MLP 2x128 (trained now): ...").
@@ -429,19 +430,3 @@ def read_window(window: dict[str, list[torch.Tensor]], win_start: int, spe: int,
     n = sums.shape[0]
     cols = {k: m.expand(n).tolist() for k, m in means.items()}
     return [{k: col[j] for k, col in cols.items()} for j in range(n)]
-
-
-def make_optimizer(tc, params):
-    if tc.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    if tc.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-
-
-def make_scheduler(tc, opt, total_steps):
-    if tc.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total_steps))
-    if tc.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, max(1, total_steps // 3), gamma=0.1)
-    return None

@@ -133,3 +133,56 @@ def load_shipped_teacher(name: str, cfg: RunConfig, data: DataBundle, device: to
         info["warning"] = (f"shipped teacher {name} was trained on a different split of "
                            f"{cfg.data.name}; its test accuracy may be optimistic")
     return model, info
+
+
+# What fixes a data set's validation split: the raw training set and the carve (datasets._carve_val).
+_VAL_SPLIT_KEYS = ("name", "n_samples", "noise", "n_classes", "hier_classes", "hier_superclasses",
+                   "test_fraction", "seed", "val_fraction")
+
+
+def _same_val_split(theirs: dict, ours) -> bool:
+    """Whether a data config (a stored plain dict) held out the same validation split as ``ours``
+    (a DataConfig): then neither its teacher nor its student trained on those samples."""
+    from dataclasses import asdict
+    from kdengine.core.config import DataConfig
+    theirs = {**asdict(DataConfig()), **theirs}        # keys added later are at their defaults
+    return bool(ours.val_fraction) and all(theirs[k] == getattr(ours, k) for k in _VAL_SPLIT_KEYS)
+
+
+def validation_overlap(cfg: RunConfig, store=None, _seen: tuple = ()) -> str:
+    """Why ``cfg``'s teacher may have trained on ``cfg``'s validation split, in one line; "" when
+    it cannot have (a teacher trained here never sees that split, nor does the student of a stored
+    run that held out the same split from a teacher that could not have seen it either)."""
+    t = cfg.teacher
+    seen = "it may have seen the validation samples the trials are judged on, so val_acc can favour " \
+           "knobs that copy it closely. A teacher trained here never sees them."
+    if t.source in ("train", "none"):
+        return ""
+    if t.source == "checkpoint":
+        return f"The teacher comes from the checkpoint {t.checkpoint}, which does not say what it " \
+               f"was trained on: {seen}"
+    if t.source == "shipped":
+        card = shipped_teachers().get(t.checkpoint, {})
+        if _same_val_split(card.get("data_config", {}), cfg.data):
+            return ""
+        return f"The teacher is the shipped {t.checkpoint!r}, trained on the whole training set " \
+               f"(no validation split held out): {seen}"
+    if store is None:
+        from kdengine.core.store import Store
+        store = Store()
+    row = store.get_run(t.checkpoint)
+    if row is None:
+        return f"The teacher is the student of run {t.checkpoint}, which is not in this store, so " \
+               f"what it was trained on cannot be checked: {seen}"
+    if t.checkpoint in _seen or not _same_val_split(row["config"].get("data", {}), cfg.data):
+        return f"The teacher is the student of run {t.checkpoint}, which did not hold out this " \
+               f"validation split: {seen}"
+    try:
+        theirs = RunConfig.from_dict(row["config"])
+    except ConfigError:
+        return f"The teacher is the student of run {t.checkpoint}, whose config no longer loads, " \
+               f"so its teacher cannot be checked: {seen}"
+    if validation_overlap(theirs, store, _seen + (t.checkpoint,)):
+        return f"The teacher is the student of run {t.checkpoint}, whose own teacher may have " \
+               f"seen the validation split: {seen}"
+    return ""
