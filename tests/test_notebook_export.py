@@ -42,6 +42,7 @@ DATA = {"digits": {"name": "digits", "transfer": "labels", "n_labels": 50},
                       "hier_superclasses": 4}}
 RUNS = {   # method -> (data, method knobs, student)
     "hinton": ("digits", {}, None), "dkd": ("digits", {}, None), "fitnet": ("digits", {}, None),
+    "fitnet_mdistiller": ("digits", {}, None),
     "bss": ("digits", {"probe_size": 32}, None), "ce": ("digits", {}, {"arch": "cnn", "depth": 1,
                                                                         "width": 8}),
     "multi_teacher": ("digits", {"teachers": ["mlp-1-64"]}, None),
