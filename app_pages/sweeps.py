@@ -12,7 +12,7 @@ from kdengine import (ConfigError, DEFAULT_SWEEP_AXES, DEFAULT_SWEEP_PRESET, SWE
                       SweepSpec, flatten, free_knobs, get_sweep,
                       is_running, parse_values, resume_sweep, shown_status, start_sweep, stored_cells)
 from ui import search_panel, state, widgets
-from ui.classroom import lesson_locks, locks_notice, may_change, number_knob, with_locks
+from ui.classroom import caller, lesson_locks, locks_notice, may_change, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.nav import ROOT
@@ -156,10 +156,10 @@ def view(sweep_id: str) -> None:
     active = sw is not None and not sw.done
     mine = may_change(row["owner"])         # another student's sweep: read only
     if mine and active and b2.button("Stop sweep", key=f"stop_{sweep_id}"):
-        sw.stop()
+        sw.stop(caller=caller())
     if mine and not active and status != "done" and b3.button("Resume sweep",
                                                                 key=f"resume_{sweep_id}"):
-        resume_sweep(engine, sweep_id)
+        resume_sweep(engine, sweep_id, caller=caller())
         st.rerun()
     with st.expander("Cells"):       # the CSV keeps the stored names; the table says them
         st.dataframe(df.rename(columns=lambda c: knob_label(c) if "." in c else metric_name(c)),

@@ -14,7 +14,7 @@ import streamlit as st
 from kdengine import (ConfigError, ModelConfig, RunConfig, TAGapSpec, TA_GAP_PRESET, get_experiment, is_running,
                       ladder, model_label, resume_experiment, shown_status, start_experiment, stored_results)
 from ui import widgets
-from ui.classroom import lesson_locks, locks_notice, may_change, number_knob, with_locks
+from ui.classroom import caller, lesson_locks, locks_notice, may_change, number_knob, with_locks
 from ui.engine import get_engine, owner_id
 from ui.live import live_fragment
 from ui.sweep_charts import ladder_figure, ta_gap_figure
@@ -131,10 +131,10 @@ def view(exp_id: str) -> None:
     if not may_change((row or {}).get("owner", "")):     # another student's experiment: read only
         return
     if exp is not None and not exp.done and st.button("Stop", key=f"ta_stop_{exp_id}"):
-        exp.stop()
+        exp.stop(caller=caller())
     if status in ("interrupted", "stopped", "failed") and st.button(
             "Resume (finished runs are reused)", key=f"ta_resume_{exp_id}"):
-        resume_experiment(engine, exp_id)
+        resume_experiment(engine, exp_id, caller=caller())
         st.rerun()
 
 

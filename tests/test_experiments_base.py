@@ -105,7 +105,7 @@ TRAINS = {"Trainer", "GroupTrainer", "train_unit", "make_trainer", "train"}
 TRAINING_MODULES = {"kdengine.run.units", "kdengine.run.trainer", "kdengine.run.executors",
                     "kdengine.run.ray_executor", "kdengine.run.recorder"}
 # ... and what writes a run's row, points, artifacts or checkpoint (the engine's recorder does).
-WRITES = {"create_run", "add_metrics", "add_metrics_many", "set_status", "set_summary",
+WRITES = {"create_run", "add_metrics", "set_status", "set_summary",
           "add_artifact", "truncate_metrics", "save_checkpoint", "write_bytes_atomic"}
 
 

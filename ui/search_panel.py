@@ -17,7 +17,7 @@ from kdengine import (DEFAULT_SEARCH_SPACE, PRUNERS, SEARCH_BACKENDS, SEARCH_MET
                       is_running, knob_meta, resume_search, search_warnings, shown_status,
                       start_search, stored_trials, study_of)
 from ui import widgets
-from ui.classroom import may_change, number_knob, with_locks
+from ui.classroom import caller, may_change, number_knob, with_locks
 from ui.live import live_fragment
 from ui.search_charts import history_figure, optuna_figures
 from ui.state import config_to_query
@@ -154,9 +154,9 @@ def view(engine, owner: str, search_id: str) -> None:
         return
     b1, b2 = st.columns(2)
     if active and b1.button("Stop search", key=f"se_stop_{search_id}"):
-        se.stop()
+        se.stop(caller=caller())
     if not active and status != "done" and b2.button("Resume search", key=f"se_resume_{search_id}"):
-        resume_search(engine, search_id)
+        resume_search(engine, search_id, caller=caller())
         st.rerun()
 
 

@@ -272,20 +272,6 @@ class Store:
         conn.execute("UPDATE runs SET updated = ? WHERE id = ?", (time.time(), run_id))
         conn.execute("COMMIT")
 
-    def add_metrics_many(self, items: Iterable[tuple[str, int, float, dict[str, float]]]) -> None:
-        """Several (run_id, step, epoch, values) in one transaction (vectorised sweeps write 16
-        runs' points at once; one commit each was a visible share of the sweep's time)."""
-        items = list(items)
-        rows = [(rid, step, epoch, k, _num(v)) for rid, step, epoch, vals in items
-                for k, v in vals.items()]
-        conn = self._conn()
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
-        now = time.time()
-        conn.executemany("UPDATE runs SET updated = ? WHERE id = ?",
-                         [(now, rid) for rid in {i[0] for i in items}])
-        conn.execute("COMMIT")
-
     def metrics(self, run_id: str, names: Iterable[str] | None = None) -> list[dict]:
         sql, args = "SELECT step, epoch, name, value FROM metrics WHERE run_id = ?", [run_id]
         if names is not None:

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import asdict
 from typing import Any, ClassVar
 
+from kdengine.core.roles import Caller, check_owner
+
 FINISHED = ("done", "failed", "stopped")
 # Backends of older versions, still found in stored specs: what runs them now.
 RETIRED_BACKENDS = {"ray": "local"}
@@ -75,7 +77,9 @@ class Experiment:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, caller: Caller | None = None) -> None:
+        """Stop the experiment and its runs; only its owner or the instructor may (``caller``)."""
+        check_owner(caller, self.owner, "stop")
         self._stop.set()
 
     def wait(self, timeout: float | None = None) -> str:
@@ -126,15 +130,17 @@ class Experiment:
         return exp if isinstance(exp, cls) else None
 
     @classmethod
-    def resume(cls, engine, exp_id: str, **spec_changes: Any):
+    def resume(cls, engine, exp_id: str, caller: Caller | None = None, **spec_changes: Any):
         """Start a stored experiment again under the same id (the one still running, if it is).
-        ``spec_changes`` set spec fields first (None leaves a field as stored)."""
-        live = cls.live(exp_id)
-        if live is not None and not live.done:
-            return live
+        ``spec_changes`` set spec fields first (None leaves a field as stored). Only its owner or
+        the instructor may (``caller``)."""
         row = engine.store.get_sweep(exp_id)
         if row is None or row["kind"] != cls.kind:
             raise KeyError(f"no {cls.label} {exp_id}")
+        check_owner(caller, row["owner"], "resume")
+        live = cls.live(exp_id)
+        if live is not None and not live.done:
+            return live
         spec = cls.spec_cls.from_dict(row["spec"])
         for name, value in spec_changes.items():
             if value is not None:

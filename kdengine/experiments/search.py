@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 from kdengine.core.config import RunConfig
 from kdengine.core.events import Metrics
+from kdengine.core.roles import Caller
 from kdengine.core.knobs import ConfigError, check_field
 from kdengine.core.store import ACTIVE, FINAL
 from kdengine.experiments.base import Experiment, Spec
@@ -383,8 +384,8 @@ class Search(Experiment):
         self.started = 0.0
         self.notices += search_warnings(spec, self.store)     # stored with the search's state
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, caller: Caller | None = None) -> None:
+        super().stop(caller)
         for t in list(self.trials):
             if t.state == "running" and t.run_id:
                 try:
@@ -687,10 +688,11 @@ def get_search(search_id: str) -> Search | None:
     return Search.live(search_id)
 
 
-def resume_search(engine, search_id: str, n_trials: int | None = None) -> Search:
+def resume_search(engine, search_id: str, n_trials: int | None = None,
+                  caller: Caller | None = None) -> Search:
     """Continue a stored search under its id: its study is rebuilt from the stored trials;
     ``n_trials`` may raise the trial budget."""
-    return Search.resume(engine, search_id, n_trials=n_trials)
+    return Search.resume(engine, search_id, caller, n_trials=n_trials)
 
 
 def stored_rows(store, search_id: str) -> list[TrialRow]:

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kdengine.core.config import RunConfig, flatten
+from kdengine.core.roles import Caller
 from kdengine.core.knobs import ConfigError
 from kdengine.core.store import ACTIVE, FINAL
 from kdengine.experiments.base import Experiment, Spec
@@ -121,8 +122,8 @@ class Sweep(Experiment):
             check_resources(self._configs[unit[0]][1], stacked=len(unit))
 
     # -- control ---------------------------------------------------------------------------------
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, caller: Caller | None = None) -> None:
+        super().stop(caller)
         self._stop_runs()
 
     def _stop_runs(self) -> None:
@@ -312,10 +313,11 @@ def get_sweep(sweep_id: str) -> Sweep | None:
     return Sweep.live(sweep_id)
 
 
-def resume_sweep(engine, sweep_id: str, backend: str | None = None) -> Sweep:
+def resume_sweep(engine, sweep_id: str, backend: str | None = None,
+                 caller: Caller | None = None) -> Sweep:
     """Start a stored sweep again under the same id: finished cells are reused (matched by config
     hash), interrupted runs continue from their checkpoints, only the rest are trained."""
-    return Sweep.resume(engine, sweep_id, backend=backend or None)
+    return Sweep.resume(engine, sweep_id, caller, backend=backend or None)
 
 
 def stored_cells(store, sweep_id: str) -> list[dict]:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kdengine.core.config import ModelConfig, RunConfig
+from kdengine.core.roles import Caller
 from kdengine.core.knobs import ConfigError
 from kdengine.experiments.base import Experiment, Spec
 from kdengine.experiments.chains import ChainError, ensure_run, run_chain, run_teacher, scratch_config
@@ -268,10 +269,10 @@ def get_experiment(exp_id: str) -> TAGapExperiment | None:
     return TAGapExperiment.live(exp_id)
 
 
-def resume_experiment(engine, exp_id: str) -> TAGapExperiment:
+def resume_experiment(engine, exp_id: str, caller: Caller | None = None) -> TAGapExperiment:
     """Run a stored experiment again under its id; every finished run is found by config hash,
     so only what is missing is trained."""
-    return TAGapExperiment.resume(engine, exp_id)
+    return TAGapExperiment.resume(engine, exp_id, caller)
 
 
 def stored_results(store, exp_id: str) -> dict | None:
