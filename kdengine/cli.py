@@ -31,12 +31,12 @@ def load_config(path: str, sets: list[str] | None = None) -> RunConfig:
 
 
 def cmd_train(args) -> int:
-    from kdengine import Engine, Metrics, Notice, lint
+    from kdengine import Metrics, Notice, lint
     from kdengine.core import progress
     cfg = load_config(args.config, args.set)
     for w in lint(cfg):
         print(f"warning: {w}", file=sys.stderr)
-    eng = Engine(max_workers=1)
+    eng = _engine()
     rid = eng.submit(cfg, owner="cli")
     print(f"run {rid}: {cfg.method.name} on {cfg.data.name}")
 
@@ -115,6 +115,12 @@ def _print_summary(sm: dict) -> None:
     if "baseline_test_acc" in sm and "final_test_acc" in sm:
         gain = sm["final_test_acc"] - sm["baseline_test_acc"]
         print(f"  the teacher {'helped' if gain > 0 else 'did not help'}: {gain * 100:+.2f} points")
+
+
+def _engine(store=None):
+    """The CLI's engine: one run at a time here, or on Ray when KD_RAY_ADDRESS names a cluster."""
+    from kdengine import Engine
+    return Engine(store=store, max_workers=1, ray_address=os.environ.get("KD_RAY_ADDRESS") or None)
 
 
 def _store():
@@ -197,10 +203,9 @@ def cmd_prune(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from kdengine import Engine
     store = _store()
     row = _get(store, args.run)
-    eng = Engine(store=store, max_workers=1)
+    eng = _engine(store)
     rid = eng.resume_run(row["id"])
     st = eng.wait(rid)
     s = eng.snapshot(rid)
@@ -215,8 +220,8 @@ def cmd_sweep(args) -> int:
     """A grid over two (or more) knobs, e.g. --axis method.params.T=1,2,4 --axis
     method.params.soft_weight=0.5,0.9; prints the grid of the chosen metric when it is done.
     The cells are engine runs: with KD_RAY_ADDRESS set, the engine trains them on that Ray cluster."""
-    from kdengine import Engine, parse_values, resume_sweep, start_sweep
-    eng = Engine(max_workers=1, ray_address=os.environ.get("KD_RAY_ADDRESS") or None)
+    from kdengine import parse_values, resume_sweep, start_sweep
+    eng = _engine()
     resumed = eng.store.get_sweep(args.resume) if args.resume else None
     if args.mode == "search" or (resumed or {}).get("kind") == "search":
         return _search(eng, args)
