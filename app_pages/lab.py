@@ -373,13 +373,13 @@ def live_body(run_id: str, cfg_hash: str | None) -> None:
     for note in dict.fromkeys(snap.notices):
         st.info(plain(note), icon=":material/info:")
     if snap.error and snap.status == "failed":
-        st.error(f"The run failed: {snap.error}", icon=":material/error:")
+        st.error(f"The run failed: {plain(snap.error)}", icon=":material/error:")
         if snap.error.startswith("DataUnavailable"):
             if st.button("Use digits instead (works offline)", key="lab_use_digits"):
                 use_digits()
                 st.rerun()
         if snap.traceback:
-            with st.expander("traceback"):
+            with st.expander("Details for the instructor: where the program failed"):
                 st.code(snap.traceback)
     headline(snap)
     charts.live_panel(snap, key="lab", focus=focused_term("lab"))

@@ -12,7 +12,10 @@ import streamlit as st
 def _problem(config_json: str) -> str | None:
     """Why a config cannot be exported (cached: the live views redraw this button every second)."""
     from kdengine import notebook_problem
-    return notebook_problem(json.loads(config_json))
+    try:
+        return notebook_problem(json.loads(config_json))
+    except Exception as e:      # a fault in the export must not take the run's page down with it
+        return f"the notebook cannot be written for this run ({type(e).__name__}: {e})"
 
 
 def notebook_button(store, run_id: str, config: dict, key: str, where=None,
