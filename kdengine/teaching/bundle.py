@@ -264,7 +264,9 @@ class Bundle:
             if n is node and other != name:
                 self.pieces[other] = piece
                 self._origin[other] = (module, other)
-        for used, phase in [(n, piece.now) for n in names.now] + [(n, piece.later) for n in names.later]:
+        # in name order: the same run gives the same notebook, and a refusal names the same part
+        for used, phase in ([(n, piece.now) for n in sorted(names.now)]
+                            + [(n, piece.later) for n in sorted(names.later)]):
             target = self._target(module, used, local)
             if target is None or (target[0] == "def" and target[1:] == (module, name)):
                 continue
