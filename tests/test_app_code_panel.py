@@ -42,6 +42,17 @@ def test_term_names_are_the_ones_the_code_returns():
     assert term_names(get_method_class("hinton")) == ["kd", "ce"]
     assert term_names(get_method_class("dkd")) == ["tckd", "nckd", "ce"]
     assert term_names(get_method_class("bss")) == ["kd", "bss", "ce"]      # assigned, not declared
+    assert term_names(get_method_class("fitnet_mdistiller")) == ["hint", "ce"]
+
+
+def test_a_method_with_its_own_loss_has_its_own_formula():
+    """A subclass that changes loss_terms states its loss too: an inherited formula would show terms
+    its code does not compute (fitnet_mdistiller has no KD term)."""
+    for method in method_names():
+        cls = get_method_class(method)
+        if "loss_terms" in vars(cls):
+            assert "formula" in vars(cls), f"{method} inherits {cls.__mro__[1].__name__}'s formula"
+    assert "KL" not in get_method_class("fitnet_mdistiller").formula
 
 
 def test_a_copied_or_edited_method_file_shows_its_own_code(tmp_path):

@@ -258,6 +258,7 @@ class FitNetMdistiller(FitNet):
     Params = FitNetMdistillerParams
     title = "FitNets, mdistiller's recipe (cross-entropy + 100 x hint, one stage, no KD)"
     paper = "Romero et al. 2015, arXiv:1412.6550, as run by megvii-research/mdistiller"
+    formula = r"w_{hint}\,\lVert r(h_s) - h_t \rVert^2 + w_{hard}\,CE(y, s)"     # no KD term
     weight_knobs = {"hint": "hint_weight", "ce": "hard_weight"}
     temperature = None
 

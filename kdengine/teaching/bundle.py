@@ -28,7 +28,7 @@ from kdengine.core.code import module_file, parsed, top_level
 # Engine modules whose definitions may be copied: plain PyTorch, NumPy and scikit-learn code.
 COPYABLE = ("kdengine.losses", "kdengine.data", "kdengine.models", "kdengine.analysis",
             "kdengine.methods", "kdengine.core.config", "kdengine.core.events", "kdengine.core.knobs",
-            "kdengine.teachers.fitting", "kdengine.run.trainer")
+            "kdengine.core.optim", "kdengine.teachers.fitting", "kdengine.run.trainer")
 # For the generated text task only (tokens, transformers, Hugging Face).
 TEXT_ONLY = ("kdengine.losses.multilabel", "kdengine.data.text", "kdengine.models.transformer",
              "kdengine.models.hf", "kdengine.teachers.hf")
@@ -198,9 +198,13 @@ class Bundle:
 
     # -- copying -----------------------------------------------------------------------------------
     def add(self, module: str, name: str) -> str:
-        """Copy ``module``'s definition of ``name`` and what it needs; returns its notebook name
+        """Copy what ``name`` is in ``module`` (defined there, or imported from another engine
+        module: a helper moved elsewhere is followed) and what it needs; returns its notebook name
         (or '' when it is left out)."""
-        return self._add_target(("def", module, name), name)
+        target = self._target(module, name)
+        if target is None or target[0] == "module":
+            raise LookupError(f"{module} defines or imports no {name}")
+        return self._add_target(target, name)
 
     def _add_target(self, target, bound: str) -> str:
         kind = target[0]
@@ -260,7 +264,9 @@ class Bundle:
             if n is node and other != name:
                 self.pieces[other] = piece
                 self._origin[other] = (module, other)
-        for used, phase in [(n, piece.now) for n in names.now] + [(n, piece.later) for n in names.later]:
+        # in name order: the same run gives the same notebook, and a refusal names the same part
+        for used, phase in ([(n, piece.now) for n in sorted(names.now)]
+                            + [(n, piece.later) for n in sorted(names.later)]):
             target = self._target(module, used, local)
             if target is None or (target[0] == "def" and target[1:] == (module, name)):
                 continue

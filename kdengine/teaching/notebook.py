@@ -10,7 +10,9 @@ MNIST, FashionMNIST and CIFAR), so it runs on Colab unchanged.
 
 Its code is the engine's own, copied from the files that train (:mod:`kdengine.teaching.bundle`):
 the method class and its losses, the data set builder, the model classes, one training step. Only the
-loop that calls them is written here; it follows :class:`kdengine.run.trainer.Trainer` step for step.
+loop that calls them is written here; it follows :class:`kdengine.run.trainer.Trainer` step for step
+(``tests/test_notebook_export.py`` checks that it calls every method hook and helper the trainer's
+loop calls).
 A run this cannot reproduce (the text task, a Hugging Face teacher) is refused with the reason.
 """
 from __future__ import annotations
@@ -323,7 +325,11 @@ for the notebook, and it calls them exactly as the app does. Run the cells from 
                     + f"\n\n\nparams = {params_cls}(**CONFIG_DICT['method']['params'])\nparams"),
               _md("## Training\n\nThe student is built right after seeding with the run's seed; "
                   "each epoch draws a permutation of the transfer set from a generator seeded the "
-                  "same way, and the last partial batch is dropped, as in the app."),
+                  "same way, and the last partial batch is dropped, as in the app. `method.setup` "
+                  "prepares what the method needs before the first step, and the modules it trains "
+                  "besides the student (`extra_modules`) join the optimiser. A weight that a step's "
+                  "loss does not reach gets no gradient, and the optimiser leaves it as it is (no "
+                  "weight decay, no momentum) for that step."),
               _code(_LOOP.replace("METHOD_CLASS", cls.__name__)),
               _md("## The curves"),
               _code(_CURVES),
