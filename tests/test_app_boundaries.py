@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from kdengine.cli import load_config
 from kdengine import Engine, Store
 
-from conftest import app_test, train_stored
+from support import app_test, train_stored
 
 PAGE = "app_pages/boundaries.py"
 

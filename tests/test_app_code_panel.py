@@ -12,7 +12,7 @@ import textwrap
 
 from kdengine import get_method_class, method_names, method_source, term_names
 
-from conftest import app_test, data_folder, lab, poll, status_line, train_stored
+from support import app_test, data_folder, lab, poll, status_line, train_stored
 
 
 def panel(at, method: str):

@@ -7,7 +7,7 @@ import gzip
 
 import pytest
 
-from conftest import app_test
+from support import app_test
 from tests.test_data_archives import mnist_files
 
 PAGE = "app_pages/data.py"

@@ -16,7 +16,7 @@ from kdengine.methods import get_method_class, method_names
 from kdengine.core.knobs import field_specs
 from ui import state
 
-from conftest import lab, poll, status_line
+from support import lab, poll, status_line
 
 WIDGET_KINDS = ("number_input", "selectbox", "toggle", "text_input", "multiselect")
 

@@ -11,7 +11,7 @@ from streamlit.testing.v1.element_tree import AppTestError
 from kdengine.teaching import lessons as lessons_mod
 from kdengine.teaching.lessons import load_lessons
 
-from conftest import app_test
+from support import app_test
 
 LESSONS = "app_pages/lessons.py"
 INSTRUCTOR = "app_pages/instructor.py"

@@ -10,7 +10,7 @@ import pytest
 
 from kdengine import RunConfig, Store
 
-from conftest import app_test, data_folder, train_stored
+from support import app_test, data_folder, train_stored
 
 ROOT = Path(__file__).resolve().parent.parent
 # Pages and ui helpers that redraw while something trains (a run, a sweep, an experiment).

@@ -8,7 +8,7 @@ import pytest
 
 from kdengine import RunConfig
 
-from conftest import app_test, data_folder, train_stored
+from support import app_test, data_folder, train_stored
 
 
 def cfg(data: str, method: str, params: dict) -> RunConfig:

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from kdengine import RunConfig, Store
 
-from conftest import app_test, data_folder, train_stored
+from support import app_test, data_folder, train_stored
 
 
 def tiny(T: float) -> RunConfig:

@@ -16,7 +16,7 @@ from kdengine.analysis import soft_targets as explore
 from kdengine.cli import load_config
 from kdengine import Engine, Store
 
-from conftest import app_test, train_stored
+from support import app_test, train_stored
 
 
 # -- kdengine.analysis.soft_targets (pure) ---------------------------------------------------------------------

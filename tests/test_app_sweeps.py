@@ -8,7 +8,7 @@ import json
 
 from streamlit.testing.v1 import AppTest
 
-from conftest import app_test, poll
+from support import app_test, poll
 
 
 def page(name: str) -> AppTest:

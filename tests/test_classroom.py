@@ -14,7 +14,7 @@ from kdengine.teaching import classroom
 from kdengine.teaching.classroom import (Roster, fold_children, legend_labels, short_names,
                                          student_rows)
 
-from conftest import app_test
+from support import app_test
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import until
+from support import until
 from kdengine.core.events import Checkpoint, Ended, Metrics
 from kdengine import Engine, RunConfig, Store
 from kdengine.core.checkpoints import RunCheckpoint, read_run_checkpoint

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import app_server
+from support import app_server
 from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is missing")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import app_server
+from support import app_server
 from tests.test_e2e import ARGS, ARTIFACTS, CHROMIUM, wait_until
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium is missing")

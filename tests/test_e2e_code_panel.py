@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import app_server
+from support import app_server
 from test_e2e import ARGS, ARTIFACTS, CHROMIUM, idle, wait_until
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import app_server
+from support import app_server
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"

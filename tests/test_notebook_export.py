@@ -32,7 +32,7 @@ from kdengine import (NotExportable, RunConfig, Store, build_notebook, export_no
                       get_method_class, method_names, notebook_problem)
 from kdengine.teaching.notebook import code_cells
 
-from conftest import data_folder, train_stored
+from support import data_folder, train_stored
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT_METHODS = {"distilbert", "tinybert"}          # the text task: refused, with the reason

@@ -10,7 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
-from conftest import until  # noqa: E402
+from support import until  # noqa: E402
 from kdengine.core.events import Metrics  # noqa: E402
 from kdengine.core.store import Store  # noqa: E402
 from kdengine.run.engine import Engine  # noqa: E402

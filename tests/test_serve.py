@@ -24,7 +24,7 @@ from kdengine.teaching import classroom
 from kdengine.teaching.class_server import ServeSettings, check_public_url, resolve_token
 from kdengine.teaching.lessons import lesson_link
 
-from conftest import app_test, free_port
+from support import app_test, free_port
 from tests.test_e2e_ws import ws_session
 
 ROOT = Path(__file__).resolve().parent.parent

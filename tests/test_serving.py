@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import until
+from support import until
 from kdengine.core.events import Metrics
 from kdengine.core.store import Store
 from kdengine.run.engine import Engine

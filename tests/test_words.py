@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from kdengine import RunConfig, load_lessons
 from ui.nav import PAGES
 
-from conftest import app_test, data_folder, train_stored
+from support import app_test, data_folder, train_stored
 
 # What a student must never read, and why it is there when it is.
 FORBIDDEN = {
