@@ -5,6 +5,9 @@ the digits-quick preset, cached before timing starts):
 
 * (16-cell vectorised sweep time) / (one run time)   — goal <= 3x
 * (16-cell local-backend sweep time) / (one run time)
+* the vectorised sweep again on an engine with worker processes (``--processes``, as the app serves):
+  the server process's CPU time as a share of the sweep's (server + workers): the server only
+  submits and records, so its share should be small
 
 Each stage has its own store, so no stage can reuse another's cells. Times are wall clock through the
 Engine / Sweep (what a user waits for), including data, evaluation and store writes; the vectorised
@@ -26,6 +29,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1, help="engine workers for the local backend")
     ap.add_argument("--repeats", type=int, default=3, help="single runs timed (median)")
+    ap.add_argument("--processes", action="store_true",
+                    help="also run the vectorised sweep on worker processes and report the server's CPU share")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="kd-bench-sweep-"))
     os.environ["KD_RUNS_DIR"] = str(root)
@@ -50,20 +55,26 @@ def main() -> None:
             eng.wait(eng.submit(cfg))
             one.append(time.perf_counter() - t)
 
-    def sweep(backend: str, workers: int) -> float:
-        e = Engine(Store(root / backend), max_workers=workers)
-        t = time.perf_counter()
+    def sweep(backend: str, workers: int, processes: bool = False) -> tuple[float, float, float]:
+        """Wall time, this process's CPU time and the workers' CPU time of one sweep."""
+        e = Engine(Store(root / f"{backend}-{processes}"), max_workers=workers, processes=processes)
+        if processes:
+            for x in e._executors:
+                x.ready.wait(120)           # imported and warmed up, as on a serving app
+        pids = [x.process.pid for x in e._executors] if processes else []
+        w0, t, c = worker_cpu(pids), time.perf_counter(), time.process_time()
         sw = start_sweep(e, SweepSpec(base=base.to_dict(), axes=axes, backend=backend))
         status = sw.wait()
-        dt = time.perf_counter() - t
+        dt, cpu, wcpu = time.perf_counter() - t, time.process_time() - c, worker_cpu(pids) - w0
         e.shutdown()
         assert status == "done", sw.error
-        return dt
+        return dt, cpu, wcpu
 
     # single runs before and after the sweeps: on a shared machine the load drifts
     single_runs(args.repeats)
-    t_vec = sweep("vectorised", 1)
-    t_local = sweep("local", args.workers)
+    t_vec = sweep("vectorised", 1)[0]
+    t_local = sweep("local", args.workers)[0]
+    procs = sweep("vectorised", 1, processes=True) if args.processes else None
     single_runs(args.repeats)
     eng.shutdown()
     t_one = statistics.median(one)
@@ -73,6 +84,19 @@ def main() -> None:
     print(f"16-cell vectorised sweep:{t_vec:7.2f} s  = {t_vec / t_one:5.2f} x one run (goal <= 3)")
     print(f"16-cell local sweep:     {t_local:7.2f} s  = {t_local / t_one:5.2f} x one run "
           f"({args.workers} worker{'s' if args.workers > 1 else ''})")
+    if procs:
+        wall, server, workers = procs
+        print(f"16-cell vectorised sweep on a worker process: {wall:.2f} s; CPU: server {server:.2f} s, "
+              f"worker {workers:.2f} s; server share {server / (server + workers):.1%}")
+
+
+def worker_cpu(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (Linux ``/proc``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])      # utime, stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _fill(store: Store, statuses: list[str]) -> list[str]:
     for i, st in enumerate(statuses):
         rid = store.create_run({"method": {"name": "ce"}}, f"h{i}", owner="a", name=f"r{i}")
         store.set_status(rid, st)
-        store.add_metrics(rid, 1, 1.0, {"test_acc": 0.5})
+        store.add_metrics(rid, [(1, 1.0, {"test_acc": 0.5})])
         ck = store.checkpoint_path(rid)
         ck.parent.mkdir(parents=True, exist_ok=True)
         ck.write_bytes(b"x")

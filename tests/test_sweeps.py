@@ -72,6 +72,25 @@ def test_local_and_vectorised_backends_store_the_same_four_cells(runs_dir, tiny_
         assert results["vectorised"][key] == pytest.approx(acc, abs=0.01)
 
 
+def test_a_vectorised_sweep_on_worker_processes_trains_in_the_workers(runs_dir, tiny_cfg, monkeypatch):
+    """The server only submits and records: no unit of the sweep (its teacher included) trains in
+    this process when the engine has worker processes."""
+    import kdengine.run.units as units
+    trained_here: list[str] = []
+    real = units._train
+    monkeypatch.setattr(units, "_train", lambda build, control, unit, emit: (
+        trained_here.append(unit.unit_id), real(build, control, unit, emit)))
+    eng = Engine(Store(runs_dir), max_workers=1, processes=True)
+    try:
+        sw = start_sweep(eng, _spec(tiny_cfg, "vectorised"))
+        assert sw.wait(300) == "done", sw.error
+        _check_four_runs(eng.store, sw)
+        assert {eng.store.get_run(c.run_id)["summary"].get("stacked") for c in sw.cells} == {4}
+    finally:
+        eng.shutdown()
+    assert trained_here == []
+
+
 def test_resume_after_interruption_skips_finished_cells(engine, tiny_cfg):
     cfg = tiny_cfg.with_overrides({"train.epochs": 3})
     sw = start_sweep(engine, _spec(cfg, "local"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,9 @@ class RunCheckpoint:
     format: int = RUN_CHECKPOINT_FORMAT
 
     def to_bytes(self) -> bytes:
+        # the fields as they are: asdict would deep-copy every tensor only for torch.save to read it
         buf = io.BytesIO()
-        torch.save(asdict(self), buf)
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, buf)
         return buf.getvalue()
 
     def save(self, path: Path) -> None:

@@ -264,8 +264,10 @@ class Store:
         return lost
 
     # -- metrics ---------------------------------------------------------------------------------
-    def add_metrics(self, run_id: str, step: int, epoch: float, values: dict[str, float]) -> None:
-        rows = [(run_id, step, epoch, k, _num(v)) for k, v in values.items()]
+    def add_metrics(self, run_id: str, points: Iterable[tuple[int, float, dict[str, float]]]) -> None:
+        """A run's points, each ``(step, epoch, {name: value})``, in one transaction."""
+        rows = [(run_id, step, epoch, k, _num(v)) for step, epoch, values in points
+                for k, v in values.items()]
         conn = self._conn()
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)

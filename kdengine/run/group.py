@@ -18,6 +18,7 @@ being finite fails alone.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -95,10 +96,11 @@ class GroupTrainer(Trainer):
         self.emit = self._to_live
         self.student_params: int | None = None      # one student's, once built
         self._index = {m.run_id: j for j, m in enumerate(members)}
+        self._hashes = [m.cfg.hash for m in members]     # what each checkpoint is for
         self._arts: dict[int, dict] = {}
         self._monitors: list[list] = [[] for _ in members]
         self._plain: nn.Module | None = None
-        self._unsent: dict[int, Checkpoint] = {}    # member -> its latest epoch-end checkpoint
+        self._unsent: dict[int, RunCheckpoint] = {}  # member -> its latest epoch-end checkpoint
         self._sent_at = time.monotonic()
         control.on_leave = lambda run_id, why: self._leave(self._index[run_id], why)
 
@@ -230,19 +232,20 @@ class GroupTrainer(Trainer):
                     m.emit(Artifacts(step, int(epoch), arts))
 
     def _save(self, student, extra, opt, sched, gen, epoch, step):
-        """Each live member's checkpoint, as a run of its config alone saves it (kept; sent at the
-        end, or when ``WRITE_EVERY_S`` has passed)."""
+        """Each live member's checkpoint, as a run of its config alone saves it. Kept as tensors
+        (copies) and serialised only when sent: at the end, when the member leaves, or when
+        ``WRITE_EVERY_S`` has passed, since serialising every member at every epoch end cost
+        half of a small pass."""
         assert not extra, "stackable methods train no extra modules"
         opt_state = opt.state_dict()
+        shared = dict(scheduler=copy.deepcopy(sched.state_dict()) if sched is not None else None,
+                      rng=gen.get_state(), torch_rng=torch.get_rng_state(),
+                      method=copy.deepcopy(self.method.extra_state()))
         for j in self.live:
-            ck = RunCheckpoint(
-                config_hash=self.members[j].cfg.hash, epoch=epoch, step=step,
+            self._unsent[j] = RunCheckpoint(
+                config_hash=self._hashes[j], epoch=epoch, step=step,
                 state_dict=student.state_dict_of(j),
-                optimizer=student.optimizer_state_of(opt_state, j),
-                scheduler=sched.state_dict() if sched is not None else None,
-                rng=gen.get_state(), torch_rng=torch.get_rng_state(),
-                method=self.method.extra_state())
-            self._unsent[j] = Checkpoint(epoch, step, ck.to_bytes())
+                optimizer=student.optimizer_state_of(opt_state, j), **shared)
         if epoch == self.cfg.train.epochs or time.monotonic() - self._sent_at >= WRITE_EVERY_S:
             for j in self.live:
                 self._send(j)
@@ -251,4 +254,4 @@ class GroupTrainer(Trainer):
     def _send(self, j: int) -> None:
         ck = self._unsent.pop(j, None)
         if ck is not None:
-            self.members[j].emit(ck)
+            self.members[j].emit(Checkpoint(ck.epoch, ck.step, ck.to_bytes()))

@@ -82,9 +82,9 @@ class Recorder:
         self._tell(Ended("failed", error=msg))
 
     def flush(self) -> None:
-        for step, epoch, values in self.pending:
-            self.store.add_metrics(self.run_id, step, epoch, values)
-        self.pending.clear()
+        if self.pending:
+            self.store.add_metrics(self.run_id, self.pending)
+        self.pending = []
         self.last_flush = time.monotonic()
 
     def _tell(self, ev: Event) -> None:

@@ -184,8 +184,10 @@ def _slice_optimizer_state(state: dict, i: int, order: list[int],
     ``order[new]`` (reshaped to ``shapes[new]`` when given). Element-wise state (Adam's moments,
     SGD's momentum) slices exactly; scalar state (Adam's step) is shared."""
     def part(v, new):
-        if not (torch.is_tensor(v) and v.dim()):
+        if not torch.is_tensor(v):
             return copy.deepcopy(v)
+        if not v.dim():                         # shared scalar state, e.g. Adam's step
+            return v.clone()
         v = v[i]
         return (v.reshape(shapes[new]) if shapes is not None else v).clone()
     sliced = {new: {k: part(v, new) for k, v in state["state"][old].items()}
