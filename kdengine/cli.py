@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-token", action="store_true",
                    help="print the instructor link with its token")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
-    p.add_argument("--slots", type=int, help="runs each worker process time-slices (default 4)")
+    p.add_argument("--slots", type=int, help="runs each worker (process or Ray actor) time-slices (default 4)")
     p.add_argument("--threads", action="store_true", help="train on threads in the server process")
     p.add_argument("--ray", metavar="ADDRESS", help="train on Ray: auto, ray://HEAD:10001 or local")
     p.add_argument("--dry-run", action="store_true",

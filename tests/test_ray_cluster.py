@@ -31,7 +31,7 @@ def test_a_class_and_a_search_on_two_nodes_survive_a_lost_node(runs_dir, tiny_cf
     cluster, worker = two_nodes
     eng = Engine(store=Store(runs_dir), ray_address=cluster.address)
     try:
-        assert eng.slots == 3                                   # the cluster's CPUs
+        assert eng.capacity == 3                                # the cluster's CPUs, one run each
         cfg = tiny_cfg.with_overrides({"train.epochs": 20})
         ids = [eng.submit(cfg.with_overrides({"method.params.T": 1.0 + i}), owner=f"student-{i}")
                for i in range(8)]

@@ -78,10 +78,11 @@ class Engine:
 
     ``max_workers`` executors each host up to ``slots`` units; with ``processes`` the executors are
     worker processes (parallel despite the GIL), with ``ray_address`` one executor sends every unit
-    to a Ray cluster, otherwise they are threads of this process. With one slot (the default) an
-    executor trains one unit at a time and the rest wait in the queue; with more, its runs take
-    turns in short time slices, and an owner with nothing running is admitted even when the slots
-    are full (up to ``OVERBOOK x`` the slots), so a newcomer never waits behind a sweep."""
+    to a Ray cluster (``slots`` per worker actor, one actor per CPU), otherwise they are threads of
+    this process. With one slot (the default) a worker trains one unit at a time and the rest wait
+    in the queue; with more, its runs take turns in short time slices, and an owner with nothing
+    running is admitted even when the slots are full (up to ``OVERBOOK x`` the slots), so a
+    newcomer never waits behind a sweep."""
 
     # Metrics reach SQLite at most this often (plus at every epoch end and at the run's end), so a
     # killed process loses at most this much; KD_FLUSH_SECONDS=0 flushes every point (tests).
@@ -94,7 +95,7 @@ class Engine:
                  batch_window_s: float = 0.0):
         self.store = store or Store()
         self.classroom = ClassState(self.store.root)      # the lesson lock, kept in the data folder
-        self.batch_window_s = 0.0 if ray_address else max(0.0, batch_window_s)
+        self.batch_window_s = max(0.0, batch_window_s)
         self.ray_address = ray_address
         self.max_workers = 1 if ray_address else (max_workers or default_workers())
         self.slots = max(1, slots)
@@ -116,9 +117,7 @@ class Engine:
     def _new_executor(self, index: int):
         if self.ray_address:
             from kdengine.run.ray_executor import RayExecutor
-            ex = RayExecutor(index, self.ray_address, self._on_event, self._on_lost)
-            self.slots = ex.slots
-            return ex
+            return RayExecutor(index, self.ray_address, self.slots, self._on_event, self._on_lost)
         from kdengine.run.executors import ProcessExecutor, ThreadExecutor
         kind = ProcessExecutor if self.processes else ThreadExecutor
         return kind(index, self.slots, self._on_event, self._on_lost)
@@ -418,6 +417,12 @@ class Engine:
                        else RunState.from_row(row).snapshot(series=False))
         return out
 
+    @property
+    def capacity(self) -> int:
+        """Units that train at once without overbooking: every executor's slots (on Ray, the
+        cluster's CPUs now times the units each worker time-slices)."""
+        return sum(e.slots for e in self._executors)
+
     def queue_info(self, run_id: str) -> tuple[int | None, float | None]:
         """(position, seconds until it starts) of a queued run; (None, None) for any other."""
         with self._lock:
@@ -432,7 +437,7 @@ class Engine:
                          for r in ex.active if self._unit_jobs(r)]
             durations = list(self._durations)
         pos = len(order) if gathering else order.index(unit)   # a window closes behind the queue
-        return pos, start_eta(pos, remaining, self.max_workers * self.slots, durations)
+        return pos, start_eta(pos, remaining, self.capacity, durations)
 
     def active_owners(self) -> int:
         """How many owners (sessions) have a run queued, running or paused: the live views the
@@ -511,14 +516,14 @@ class Engine:
     def _admit(self) -> list[tuple[Any, Any]]:
         """Under the lock: take queued units for free slots (and, when time-slicing, newcomers)."""
         started = []
-        cap = self.OVERBOOK * self.slots * len(self._executors)
+        cap = self.OVERBOOK * self.capacity
         while len(self._queue) and not self._closed:
             active = self._active_by_owner()
             free = [e for e in self._executors if len(e.active) < e.slots]
             if free:
                 ex = min(free, key=lambda e: len(e.active))
                 uid = self._queue.pop(active)
-            elif self.slots > 1 and not self.ray_address and sum(active.values()) < cap:
+            elif self.slots > 1 and sum(active.values()) < cap:
                 ex = min(self._executors, key=lambda e: len(e.active))
                 uid = self._queue.pop(active, only_idle_owners=True)
             else:

@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from kdengine.core.events import Event
 from kdengine.run.control import Control
@@ -170,46 +170,71 @@ def _main_not_reimported():
                 sys.modules["__main__"] = main
 
 
-# ---- the worker process ---------------------------------------------------------------------------
+# ---- a worker (process or Ray actor) ---------------------------------------------------------------
+class UnitHost:
+    """Trains units in threads of this process, taking turns on one baton: what a worker process
+    and a Ray worker both are. Each run gets its own control, which ``command`` sets; ``emit(run_id,
+    event)`` carries the events away (a queue to the server, a buffer a Ray poll drains)."""
+
+    def __init__(self, emit: Callable[[str, Event], None]):
+        from kdengine.run.time_slices import Baton
+        self.baton = Baton()
+        self.controls: dict[str, Control] = {}
+        self._emit = emit
+
+    def start(self, unit, paused: Iterable[str] = (), stopped: Iterable[str] = ()) -> None:
+        from kdengine.run.time_slices import SlicedControl
+        mine = {t.run_id: SlicedControl(unit.owner) for t in unit.runs}
+        for rid in paused:
+            mine[rid].pause()
+        for rid in stopped:
+            mine[rid].stop()
+        self.controls.update(mine)
+        threading.Thread(target=self._train, args=(unit, mine), daemon=True,
+                         name=f"kd-run-{unit.unit_id[-6:]}").start()
+
+    def command(self, run_id: str, verb: str) -> None:
+        ctl = self.controls.get(run_id)         # a run this host does not (or no longer) train
+        if ctl is not None:
+            getattr(ctl, verb)()
+
+    def stop_all(self) -> None:
+        for ctl in list(self.controls.values()):
+            ctl.stop()
+
+    def _train(self, unit, mine: dict[str, Control]) -> None:
+        import torch
+        from kdengine.core.events import Ended
+        from kdengine.run.units import train_unit
+        torch.set_num_threads(1)
+
+        def emit(run_id: str, ev: Event) -> None:
+            if isinstance(ev, Ended):
+                self.controls.pop(run_id, None)
+            self._emit(run_id, ev)
+        train_unit(unit, mine, emit, hold=lambda c: c.hold(self.baton), leave=lambda c: c.leave())
+
+
 def child_main(cmd_q, ev_q) -> None:
-    """The worker process: train units in threads sharing one baton; obey pause / resume / stop."""
+    """The worker process: a :class:`UnitHost` obeying the server's start / pause / resume / stop."""
     import torch
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from kdengine.run.time_slices import Baton, SlicedControl
     prewarm()
     ev_q.put((None, None))
-    baton = Baton()
-    controls: dict[str, SlicedControl] = {}
+    host = UnitHost(lambda run_id, ev: ev_q.put((run_id, ev)))
     while True:
         msg = cmd_q.get()
         verb = msg[0]
         if verb == "exit":
-            for ctl in controls.values():
-                ctl.stop()
+            host.stop_all()
             return
         if verb == "start":
             unit, env = msg[1:]
             os.environ.update(env)
-            mine = {t.run_id: SlicedControl(unit.owner) for t in unit.runs}
-            controls.update(mine)
-            threading.Thread(target=_child_unit, args=(unit, mine, baton, ev_q, controls),
-                             daemon=True).start()
-        elif msg[1] in controls:
-            getattr(controls[msg[1]], verb)()
-
-
-def _child_unit(unit, mine, baton, ev_q, controls) -> None:
-    import torch
-    from kdengine.core.events import Ended
-    from kdengine.run.units import train_unit
-    torch.set_num_threads(1)
-
-    def emit(run_id: str, ev: Event) -> None:
-        if isinstance(ev, Ended):
-            controls.pop(run_id, None)
-        ev_q.put((run_id, ev))
-    train_unit(unit, mine, emit, hold=lambda c: c.hold(baton), leave=lambda c: c.leave())
+            host.start(unit)
+        else:
+            host.command(msg[1], verb)
 
 
 def prewarm() -> None:

@@ -4,9 +4,11 @@
 memory is short (each holds torch and its runs: about ``PER_WORKER_BYTES``), each time-slicing up
 to ``KD_SLOTS`` runs (default 4). ``KD_WORKER_PROCESSES`` pins the number of processes.
 ``KD_RAY_ADDRESS`` (``auto``, ``ray://head:10001``, ``local``) sends every run to a Ray cluster
-instead (:mod:`kdengine.run.ray_executor`). ``KD_SERVE=threads`` keeps the single-process engine (``KD_MAX_WORKERS`` threads, one run each).
+instead (:mod:`kdengine.run.ray_executor`): one worker actor per CPU, each time-slicing up to
+``KD_SLOTS`` runs as a worker process does. ``KD_SERVE=threads`` keeps the single-process engine
+(``KD_MAX_WORKERS`` threads, one run each).
 
-With worker processes, runs that can stack wait ``KD_BATCH_WINDOW`` seconds (default 0.3; 0 turns it
+With worker processes or Ray, runs that can stack wait ``KD_BATCH_WINDOW`` seconds (default 0.3; 0 turns it
 off) for others of the same data, teacher and student, and train with them as one cohort
 (:mod:`kdengine.run.group`): a class pressing Train together costs little more than one run.
 """
@@ -53,11 +55,11 @@ def batch_window() -> float:
 
 def serving_options() -> dict:
     """Keyword arguments for ``Engine(...)`` in a server process."""
-    if os.environ.get("KD_RAY_ADDRESS"):
-        return {"ray_address": os.environ["KD_RAY_ADDRESS"]}
-    if os.environ.get("KD_SERVE", "processes") == "threads":
+    if os.environ.get("KD_SERVE", "processes") == "threads" and not os.environ.get("KD_RAY_ADDRESS"):
         return {}
     slots = os.environ.get("KD_SLOTS", "")
-    return {"max_workers": worker_processes(), "processes": True,
-            "slots": int(slots) if slots.isdigit() and int(slots) > 0 else DEFAULT_SLOTS,
+    opts = {"slots": int(slots) if slots.isdigit() and int(slots) > 0 else DEFAULT_SLOTS,
             "batch_window_s": batch_window()}
+    if os.environ.get("KD_RAY_ADDRESS"):        # a worker actor per CPU, each time-slicing
+        return {"ray_address": os.environ["KD_RAY_ADDRESS"], **opts}
+    return {"max_workers": worker_processes(), "processes": True, **opts}

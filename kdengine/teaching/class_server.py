@@ -68,7 +68,7 @@ class ServeSettings:
     port: int = DEFAULT_PORT
     public_url: str | None = None
     workers: int | None = None         # worker processes (default: one per core)
-    slots: int | None = None           # runs each worker process time-slices
+    slots: int | None = None           # runs each worker (process or Ray actor) time-slices
     threads: bool = False              # one process, runs on threads
     ray_address: str | None = None
 
@@ -81,10 +81,10 @@ class ServeSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name}", f"must be at least 1, got {value}")
-        if sum([self.threads, bool(self.ray_address), self.workers is not None
-                or self.slots is not None]) > 1:
+        if sum([self.threads, bool(self.ray_address), self.workers is not None]) > 1 or \
+                (self.threads and self.slots is not None):
             raise ConfigError("--workers", "choose one: worker processes (--workers, --slots), "
-                                           "--threads or --ray")
+                                           "--threads or --ray (with --slots)")
         if self.public_url:
             self.public_url = check_public_url(self.public_url, "--public-url")
 
@@ -120,6 +120,8 @@ class ServeSettings:
         out = {"KD_RUNS_DIR": str(root), PUBLIC_URL_ENV: self.public_url or ""}
         if self.ray_address:
             out["KD_RAY_ADDRESS"] = self.ray_address
+            if self.slots:
+                out["KD_SLOTS"] = str(self.slots)
         elif self.threads:
             out.update(KD_SERVE="threads", KD_RAY_ADDRESS="")
         elif self.workers or self.slots:
@@ -141,13 +143,14 @@ class ServeSettings:
 
 def describe_executor(env: Mapping[str, str]) -> str:
     """Where the runs of a server started with ``env`` train, in words."""
+    slots = env.get("KD_SLOTS", "")
+    slots = int(slots) if slots.isdigit() and int(slots) > 0 else serving.DEFAULT_SLOTS
     if env.get("KD_RAY_ADDRESS"):
-        return f"on Ray at {env['KD_RAY_ADDRESS']}"
+        return f"on Ray at {env['KD_RAY_ADDRESS']}, a worker per CPU, {slots} runs each"
     if env.get("KD_SERVE") == "threads":
         return "on threads in the server process"
-    workers, slots = env.get("KD_WORKER_PROCESSES", ""), env.get("KD_SLOTS", "")
+    workers = env.get("KD_WORKER_PROCESSES", "")
     workers = int(workers) if workers.isdigit() and int(workers) > 0 else serving.worker_processes()
-    slots = int(slots) if slots.isdigit() and int(slots) > 0 else serving.DEFAULT_SLOTS
     return f"in {workers} worker process{'es' if workers > 1 else ''}, {slots} runs each"
 
 
