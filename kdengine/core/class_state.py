@@ -8,8 +8,6 @@ student submits (:meth:`kdengine.run.engine.Engine.submit`).
 """
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdengine.core.config import RunConfig, flatten
+from kdengine.core.json_files import read_dict, write_dict
 from kdengine.core.roles import Caller, check_instructor
 
 _lock = threading.Lock()
@@ -45,17 +44,10 @@ class ClassState:
         self.path = Path(root) / "class.json"
 
     def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_dict(self.path)
 
     def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_dict(self.path, data)
 
     def _change(self, caller: Caller | None, what: str, edit) -> None:
         check_instructor(caller, what)

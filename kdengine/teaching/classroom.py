@@ -20,7 +20,6 @@ kept across restarts.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from kdengine.core.config import flatten
 from kdengine.core.knobs import ConfigError
+from kdengine.core.json_files import read_dict, write_dict
 from kdengine.core.paths import data_root
 from kdengine.core.roles import Caller, NotAllowed, check_instructor
 
@@ -72,17 +72,10 @@ class Roster:
         self.path = Path(root) / "classroom.json"
 
     def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_dict(self.path)
 
     def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_dict(self.path, data)
 
     def register(self, owner: str, name: str) -> str:
         """Give ``owner`` a display name; returns its recovery code (kept if it had one). Raises
@@ -154,7 +147,7 @@ class Roster:
             data = self._read()
             if data:
                 path = self.path.with_name(f"classroom-{label.replace(' ', '-')}.json")
-                path.write_text(json.dumps(data, indent=1, sort_keys=True))
+                write_dict(path, data)
             self._write({})
 
 
