@@ -70,14 +70,18 @@ def test_which_runs_may_join_a_cohort(runs_dir, tiny_cfg):
     eng.shutdown()
 
 
-def test_serving_turns_the_window_on_for_worker_processes(monkeypatch):
+def test_serving_turns_the_window_on_for_worker_processes_and_ray(monkeypatch):
     monkeypatch.setenv("KD_SERVE", "processes")
     monkeypatch.delenv("KD_BATCH_WINDOW", raising=False)
+    monkeypatch.delenv("KD_SLOTS", raising=False)
     assert serving_options()["batch_window_s"] == 0.3
     monkeypatch.setenv("KD_BATCH_WINDOW", "0")
     assert serving_options()["batch_window_s"] == 0.0
-    monkeypatch.setenv("KD_RAY_ADDRESS", "local")
-    assert "batch_window_s" not in serving_options()
+    monkeypatch.setenv("KD_BATCH_WINDOW", "0.5")
+    monkeypatch.setenv("KD_RAY_ADDRESS", "local")        # Ray workers time-slice and take cohorts
+    assert serving_options() == {"ray_address": "local", "slots": 4, "batch_window_s": 0.5}
+    monkeypatch.setenv("KD_SERVE", "threads")            # the Ray address wins
+    assert serving_options()["ray_address"] == "local"
 
 
 def test_windows_queue_in_the_order_they_opened_whatever_order_their_timers_fire():
