@@ -372,22 +372,20 @@ class Engine:
 
     # -- reading -----------------------------------------------------------------------------------
     def owner_of(self, run_id: str) -> str:
-        job = self._jobs.get(run_id)
-        if job is not None:
-            return job.state.owner
-        row = self.store.get_run(run_id)
-        if row is None:
-            raise KeyError(f"no run {run_id}")
-        return row["owner"]
+        return self._run_field(run_id, "owner")
 
     def status(self, run_id: str) -> str:
+        return self._run_field(run_id, "status")
+
+    def _run_field(self, run_id: str, name: str) -> str:
+        """A run's ``owner`` or ``status``: live when in memory, else as stored."""
         job = self._jobs.get(run_id)
         if job is not None:
-            return job.state.status
+            return getattr(job.state, name)
         row = self.store.get_run(run_id)
         if row is None:
             raise KeyError(f"no run {run_id}")
-        return row["status"]
+        return row[name]
 
     def snapshot(self, run_id: str) -> RunSnapshot:
         """The run's state now; for a run not in memory, read back from the store. A queued run
