@@ -176,6 +176,7 @@ class RayExecutor:
         while not (self._closed and not self._units):   # close() empties _units last
             if time.monotonic() - counted > 2.0:
                 self._count_cpus()
+                self._trim()
                 counted = time.monotonic()
             with self._lock:
                 busy = {n: self._workers[n] for n in set(self._units.values())}
@@ -215,18 +216,22 @@ class RayExecutor:
                 traceback.print_exc()
 
     def _free_if_done(self, uid: str) -> None:
-        """Every run of the unit has ended: its worker is free for it. A worker left with nothing
-        to train goes when the cluster has fewer CPUs than workers now (a node left), so that a
-        worker started since, still waiting for a CPU, gets this one."""
-        import ray
+        """Every run of the unit has ended: its worker is free for it."""
         with self._lock:
             if uid in self._runs.values() or uid not in self._units:
                 return
-            n = self._units.pop(uid)
-            empty = n not in self._units.values()
-            spare = empty and (self._closed or len(self._workers) > self.cpus)
-            worker = self._workers.pop(n) if spare else None
-        if worker is not None:
+            del self._units[uid]
+        self._trim()
+
+    def _trim(self) -> None:
+        """More workers than CPUs (a node left, or the engine is closing): idle workers go, so that
+        a worker started since, still waiting for a CPU, gets theirs."""
+        import ray
+        with self._lock:
+            idle = [n for n in self._workers if n not in self._units.values()]
+            extra = len(idle) if self._closed else len(self._workers) - self.cpus
+            dropped = [self._workers.pop(n) for n in idle[:max(0, extra)]]
+        for worker in dropped:
             ray.kill(worker)
 
     def _count_cpus(self) -> None:
