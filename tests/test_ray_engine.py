@@ -3,6 +3,7 @@ live events stream back, the store and the checkpoint land on this machine, stop
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -68,8 +69,10 @@ def test_a_class_on_ray_takes_turns_on_each_worker(runs_dir, tiny_cfg, local_ray
             return on
         for rid in ids:
             eng.subscribe(rid, watch(rid))
+        deadline = time.monotonic() + 300      # for the whole class: a stuck run fails, not hangs
         for rid in ids:
-            assert eng.wait(rid, 300) == "done", eng.snapshot(rid).error
+            assert eng.wait(rid, max(1.0, deadline - time.monotonic())) == "done", \
+                (eng.snapshot(rid).status, eng.snapshot(rid).error)
         assert first_point == set(ids) and not done_before_all_started.is_set()
     finally:
         eng.shutdown()
