@@ -132,3 +132,21 @@ def until(cond, timeout: float = 30.0, every: float = 0.05) -> bool:
             return False
         time.sleep(every)
     return True
+
+
+def choose_option(page, box: str, option, timeout: float = 60.0) -> None:
+    """Pick ``option`` (a name or a pattern) in the Streamlit selectbox with key ``box``, in a real
+    browser. A page run that ends while the list is open (e.g. the Lab's once its methods have
+    loaded, later on a busy machine) redraws the box and closes the list: open it again."""
+    end = time.monotonic() + timeout
+    while True:
+        page.locator(f".st-key-{box}").click()
+        item = page.get_by_role("option", name=option)
+        try:
+            item.first.wait_for(timeout=5_000)
+            item.first.click(timeout=5_000)
+            return
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            page.keyboard.press("Escape")

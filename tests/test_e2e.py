@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import app_server
+from support import app_server, choose_option
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -123,8 +123,7 @@ def test_browser_lab_train_live_and_soft_targets(server):
             idle(page)
 
             # The fastest preset, with enough epochs to watch the chart grow.
-            page.locator(".st-key-lab_preset").click()
-            page.get_by_role("option", name=re.compile(r"^digits-quick")).click()
+            choose_option(page, "lab_preset", re.compile(r"^digits-quick"))
             idle(page)
             page.get_by_role("button", name="Load preset").click()
             epochs = page.locator(".st-key-lab-train-epochs input")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import app_server
+from support import app_server, choose_option
 from test_e2e import ARGS, ARTIFACTS, CHROMIUM, idle, wait_until
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -45,8 +45,7 @@ def test_lab_panel_shows_the_running_code_of_the_chosen_method(tmp_path):
                 assert page.get_by_role("button", name=term, exact=True).is_disabled()
 
             page.get_by_role("tab", name="Method").click()
-            page.locator(".st-key-lab-method-name").click()
-            page.get_by_role("option", name=re.compile(r"^dkd")).click()
+            choose_option(page, "lab-method-name", re.compile(r"^dkd"))
             wait_until(lambda: "method.name=dkd" in page.evaluate("() => location.href"), 60,
                        "the method in the URL")
             idle(page)
