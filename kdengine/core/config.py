@@ -98,16 +98,16 @@ class TeacherConfig:
                              "checkpoint file, the student of a stored run (teacher-assistant "
                              "chains), or none (student alone).")
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="mlp", depth=2, width=256))
-    epochs: int = param(30, min=1, max=1000, help="Epochs to train the teacher (source = train).")
+    epochs: int = param(30, min=1, max=1000, help="Epochs to train the teacher, when it is trained here.")
     lr: float = param(1e-3, min=0.0, max=10.0, min_exclusive=True, help="Teacher learning rate.")
-    checkpoint: str = param("", help="Checkpoint path inside the data root (source = checkpoint), "
-                                     "shipped teacher name (source = shipped) or run id "
-                                     "(source = run).")
+    checkpoint: str = param("", help="Where the teacher's weights come from: a checkpoint file in the "
+                                     "data folder, the name of a shipped teacher, or the id of a "
+                                     "finished run, as the teacher's source says.")
 
 
 @dataclass
 class MethodConfig:
-    name: str = param("hinton", help="Distillation method (see `python -m kdengine methods`).")
+    name: str = param("hinton", help="Distillation method: how the student learns from the teacher.")
     # Declared as the plain-data form (a dict of knobs in a file, a URL, to_dict()); from
     # RunConfig.validate() on it holds the method's typed Params dataclass.
     params: dict = field(default_factory=dict)
