@@ -94,7 +94,7 @@ class RayExecutor:
         # a worker per CPU now, as a server starts its worker processes: a class pressing Train
         # does not wait for actors to start and import torch
         with self._lock:
-            first = [self._new_worker() for _ in range(self.cpus)]
+            first = [self._workers[self._new_worker()] for _ in range(self.cpus)]
         threading.Thread(target=self._warm, args=(first,), name="kd-ray-warm", daemon=True).start()
         self._poller = threading.Thread(target=self._poll_loop, name="kd-ray-poll", daemon=True)
         self._poller.start()
@@ -106,11 +106,10 @@ class RayExecutor:
         self._workers[n] = self._remote.remote(str(data_root()))
         return n
 
-    def _warm(self, numbers: list[int]) -> None:
+    def _warm(self, workers: list) -> None:
         import ray
         try:
-            ray.wait([self._workers[n].ping.remote() for n in numbers if n in self._workers],
-                     num_returns=len(numbers), timeout=300)
+            ray.wait([w.ping.remote() for w in workers], num_returns=len(workers), timeout=300)
         except Exception:       # a worker that cannot start shows when a unit is sent to it
             pass
         self.ready.set()
